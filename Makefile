@@ -1,0 +1,29 @@
+# The two commands a newcomer needs: `make demo` and `make test`. Both install first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# torch is a range in pyproject for users; here it is pinned to the wheels this machine carries.
+TORCH_PIN := torch==2.14.1 torchvision==0.29.1
+
+.PHONY: install demo test lint clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q $(TORCH_PIN)
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+demo: install
+	$(VENV)/bin/audit demo --out demo-out
+
+test: install
+	$(PY) -m ruff check audit tests bench
+	$(PY) -m pytest -q
+
+lint: install
+	$(PY) -m ruff check audit tests bench
+
+clean:
+	rm -rf $(VENV) demo-out build dist *.egg-info

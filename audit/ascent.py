@@ -1,0 +1,204 @@
+"""Batched token ascent: the words CLIP associates with each image (the "CLIP opinion").
+
+For every image, `candidates` sequences of `tokens_per_seq` free tokens are optimised by Adam through a hard
+straight-through Gumbel-softmax over the whole vocabulary, to maximise the mean cosine between the text and
+randomly affine-augmented views of the image. All images of a batch are optimised at once; each image's
+randomness comes from its own seed (audit.rng), and its loss term touches only its own parameters, so its
+words do not depend on the rest of the batch.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from dataclasses import dataclass
+
+import kornia.geometry.transform as KT
+import torch
+import torch.nn.functional as F
+
+from . import rng
+from .encoders import Towers
+
+# Disjoint ranges of rng stream numbers, so no two uses of an image's seed share numbers.
+_INIT_STREAM = 1  # normal() takes uniform streams 2 and 3
+_NOISE_STREAM = 1_000  # + step
+_VIEW_STREAM = 2_000_000  # + view draw (0 = the folded target; step + 1 when redrawn each step)
+
+
+@dataclass(frozen=True)
+class AscentConfig:
+    tokens_per_seq: int = 4
+    candidates: int = 16
+    steps: int = 200
+    lr: float = 5.0
+    tau: float = 1000.0
+    views: int = 64
+    resample_views: bool = False
+    prompt: str = ""
+    keep: int = 5
+    degrees: float = 10.0
+    translate: float = 0.1
+    p_affine: float = 0.8
+
+
+@dataclass
+class AscentResult:
+    seqs: torch.Tensor  # [B, keep, K] token ids, -1 where fewer than `keep` distinct sequences were seen
+    scores: torch.Tensor  # [B, keep] mean view cosine, -inf where empty
+
+
+def augment(images: torch.Tensor, seeds: torch.Tensor, stream: int, cfg: AscentConfig) -> torch.Tensor:
+    """`cfg.views` random affine views of each image (rotation, translation, applied with p), [B*V, C, H, W].
+
+    The same parameters as kornia's RandomAffine(degrees, translate, p), drawn from each image's own stream.
+    """
+    b, c, h, w = images.shape
+    v = cfg.views
+    u = rng.uniform(seeds, stream, (v, 4), device=images.device).reshape(b * v, 4)
+    apply = (u[:, 3] < cfg.p_affine).to(images.dtype)
+    angle = (u[:, 0] * 2 - 1) * cfg.degrees * apply
+    shift = torch.stack([(u[:, 1] * 2 - 1) * cfg.translate * w, (u[:, 2] * 2 - 1) * cfg.translate * h], 1)
+    shift = shift * apply[:, None]
+    center = images.new_tensor([(w - 1) / 2, (h - 1) / 2]).expand(b * v, 2)
+    scale = images.new_ones(b * v, 2)
+    matrix = KT.get_affine_matrix2d(shift.float(), center.float(), scale.float(), angle.float())
+    flat = images[:, None].expand(b, v, c, h, w).reshape(b * v, c, h, w)
+    return KT.warp_affine(flat, matrix[:, :2].to(flat.dtype), (h, w), mode="bilinear", padding_mode="zeros",
+                          align_corners=True)
+
+
+@torch.no_grad()
+def view_target(towers: Towers, images: torch.Tensor, seeds: torch.Tensor, stream: int, cfg: AscentConfig,
+                chunk: int = 256) -> torch.Tensor:
+    """Mean of the normalized embeddings of the augmented views, [B, D] (deliberately not re-normalized).
+
+    mean_v <e_v/|e_v|, t> = <mean_v e_v/|e_v|, t>: one target vector per image replaces all views in the
+    objective, exactly.
+    """
+    b = images.shape[0]
+    per_chunk = max(1, chunk // max(cfg.views, 1))
+    out = []
+    for i in range(0, b, per_chunk):
+        views = augment(images[i:i + per_chunk], seeds[i:i + per_chunk], stream, cfg)
+        feats = F.normalize(towers.encode_images(views).float(), dim=-1)
+        out.append(feats.reshape(-1, cfg.views, feats.shape[-1]).mean(1))
+    return torch.cat(out)
+
+
+def merge_best(best_scores, best_seqs, new_scores, new_seqs, keep: int):
+    """Keep the `keep` highest-scoring distinct sequences per image; ties keep the earlier one."""
+    scores = torch.cat([best_scores, new_scores.float()], 1)
+    seqs = torch.cat([best_seqs, new_seqs], 1)
+    scores, order = scores.sort(dim=1, descending=True, stable=True)
+    seqs = seqs.gather(1, order[:, :, None].expand_as(seqs))
+    n = scores.shape[1]
+    same = (seqs[:, :, None, :] == seqs[:, None, :, :]).all(-1)
+    earlier = torch.ones(n, n, dtype=torch.bool, device=scores.device).tril(-1)
+    dup = (same & earlier).any(-1)
+    scores = scores.masked_fill(dup, float("-inf"))
+    scores, order = scores.sort(dim=1, descending=True, stable=True)
+    seqs = seqs.gather(1, order[:, :, None].expand_as(seqs))
+    return scores[:, :keep].contiguous(), seqs[:, :keep].contiguous()
+
+
+class _Sequences:
+    """Embeds [SOT, prompt, k learned tokens, EOT] and scores them against per-image targets."""
+
+    def __init__(self, towers: Towers, cfg: AscentConfig):
+        self.towers = towers
+        emb = towers.token_embedding.weight
+        prompt_ids = towers.tokenizer.encode(cfg.prompt) if cfg.prompt else []
+        if len(prompt_ids) + cfg.tokens_per_seq + 2 > towers.context_length:
+            raise ValueError("prompt plus learned tokens exceed the text context length")
+        ids = torch.tensor([towers.sot_id, *prompt_ids], device=emb.device)
+        self.head = emb[ids]  # [P+1, D]
+        self.tail = emb[torch.tensor([towers.eot_id], device=emb.device)]
+        self.length = len(prompt_ids) + 1 + cfg.tokens_per_seq + 1
+
+    def cosine(self, learned: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """learned [B, C, K, D] -> cosine [B, C] with target [B, D]."""
+        b, c, k, d = learned.shape
+        x = torch.cat([self.head.expand(b * c, -1, -1).to(learned.dtype), learned.reshape(b * c, k, d),
+                       self.tail.expand(b * c, -1, -1).to(learned.dtype)], 1)
+        eot = torch.full((b * c,), self.length - 1, device=x.device, dtype=torch.long)
+        feats, _ = self.towers.text_from_embeddings(x, eot)
+        feats = F.normalize(feats.float(), dim=-1).reshape(b, c, -1)
+        return (feats * target[:, None, :]).sum(-1)
+
+
+def run_ascent(towers: Towers, images: torch.Tensor, seeds: torch.Tensor, cfg: AscentConfig) -> AscentResult:
+    """Optimise token sequences for a batch of preprocessed images [B, 3, H, W]; seeds [B] per image."""
+    b = images.shape[0]
+    dev = images.device
+    k, c, vocab = cfg.tokens_per_seq, cfg.candidates, towers.vocab_size
+    emb = towers.token_embedding.weight
+    seqs = _Sequences(towers, cfg)
+    target = view_target(towers, images, seeds, _VIEW_STREAM, cfg)
+    logits = rng.normal(seeds, _INIT_STREAM, (c, k, vocab), device=dev).requires_grad_(True)
+    opt = torch.optim.Adam([logits], lr=cfg.lr)
+    best_scores = torch.full((b, 0), float("-inf"), device=dev)
+    best_seqs = torch.zeros((b, 0, k), dtype=torch.long, device=dev)
+    for step in range(cfg.steps):
+        if cfg.resample_views and step > 0:
+            target = view_target(towers, images, seeds, _VIEW_STREAM + step, cfg)
+        z = (logits + rng.gumbel(seeds, _NOISE_STREAM + step, (c, k, vocab), device=dev)) / cfg.tau
+        soft = z.softmax(-1)
+        idx = z.detach().argmax(-1)
+        # Straight-through estimator: the forward value is exactly the hard token's embedding, the gradient
+        # is the soft one's. Written on the embeddings to avoid a vocabulary-sized one-hot tensor.
+        soft_emb = soft.reshape(-1, vocab) @ emb
+        learned = emb[idx].reshape(-1, emb.shape[1]) + (soft_emb - soft_emb.detach())
+        cos = seqs.cosine(learned.reshape(b, c, k, -1), target)
+        # A sum over images (not a mean) keeps each image's gradient independent of the batch size.
+        loss = -100.0 * cos.mean(1).sum()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        best_scores, best_seqs = merge_best(best_scores, best_seqs, cos.detach(), idx, cfg.keep)
+    with torch.no_grad():
+        idx = logits.argmax(-1)
+        cos = seqs.cosine(emb[idx], target)
+        best_scores, best_seqs = merge_best(best_scores, best_seqs, cos, idx, cfg.keep)
+    if best_scores.shape[1] < cfg.keep:  # fewer candidates than keep and no steps: pad
+        pad = cfg.keep - best_scores.shape[1]
+        best_scores = F.pad(best_scores, (0, pad), value=float("-inf"))
+        best_seqs = F.pad(best_seqs, (0, 0, 0, pad), value=-1)
+    best_seqs = best_seqs.masked_fill(torch.isinf(best_scores)[:, :, None], -1)
+    return AscentResult(best_seqs.cpu(), best_scores.cpu())
+
+
+# ---- from token ids to words -------------------------------------------------------------------------
+
+def _printable(text: str) -> str:
+    return "".join(ch if unicodedata.category(ch)[0] not in "C" else " " for ch in text)
+
+
+def decode_sequence(tokenizer, ids: list[int]) -> str:
+    """The sequence as text with special tokens and unprintable characters removed."""
+    special = {tokenizer.sot_token_id, tokenizer.eot_token_id, *getattr(tokenizer, "all_special_ids", [])}
+    text = tokenizer.decode([i for i in ids if i not in special and i >= 0])
+    text = text.replace("\ufffd", " ")
+    return " ".join(_printable(text).split())
+
+
+def clean_words(text: str) -> list[str]:
+    """Words of a decoded sequence: letters and digits only, lower case, in order."""
+    kept = "".join(ch if unicodedata.category(ch)[0] in "LN" else " " for ch in text.lower())
+    return kept.split()
+
+
+def sequences_to_words(tokenizer, seqs: torch.Tensor, scores: torch.Tensor) -> list[dict]:
+    """Unique words of one image's kept sequences (best first), each with the sequence it first came from."""
+    rows: list[dict] = []
+    seen: set[str] = set()
+    for rank in range(seqs.shape[0]):
+        score = float(scores[rank])
+        if score == float("-inf"):
+            continue
+        text = decode_sequence(tokenizer, seqs[rank].tolist())
+        for word in clean_words(text):
+            if word not in seen:
+                seen.add(word)
+                rows.append({"word": word, "word_rank": len(rows), "seq_rank": rank, "seq_text": text,
+                             "seq_cosine": score})
+    return rows

@@ -1,0 +1,167 @@
+"""The two towers of an open_clip CLIP, re-expressed for batch auditing.
+
+- text from token *embeddings* (so ascent can feed soft one-hots), cut right after EOT and pooled there;
+- vision split into a gradient-free prefix and a suffix whose attention probabilities are explicit tensors
+  (fused attention never materialises them, and relevancy needs them only in its layers).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
+
+from .errors import AuditError
+
+
+def _text_parts(model):
+    """The text tower's modules, whether they sit on the CLIP itself or on model.text."""
+    owner = model if hasattr(model, "token_embedding") else getattr(model, "text", None)
+    return owner
+
+
+def check_supported(loaded) -> None:
+    """Refuse, in one line, models whose towers this code cannot explain exactly."""
+    model, name = loaded.model, loaded.name
+    why = None
+    visual = getattr(model, "visual", None)
+    text = _text_parts(model)
+    if not isinstance(visual, VisionTransformer):
+        why = "its image tower is not an open_clip VisionTransformer"
+    elif getattr(visual, "attn_pool", None) is not None or getattr(visual, "pool_type", "tok") != "tok":
+        why = "its image tower does not pool at the class token"
+    elif not all(isinstance(b, ResidualAttentionBlock) for b in visual.transformer.resblocks):
+        why = "its image tower uses custom attention blocks"
+    elif text is None or not hasattr(text, "token_embedding") or not hasattr(text, "transformer"):
+        why = "its text tower is not an open_clip TextTransformer"
+    elif getattr(text, "attn_mask", None) is None:
+        why = "its text tower is not causal, so sequences cannot be cut at EOT"
+    elif getattr(text, "text_pool_type", getattr(text, "pool_type", "argmax")) not in ("argmax", "eos", "last"):
+        why = "its text tower does not pool at the end-of-text token"
+    elif getattr(text, "cls_emb", None) is not None:
+        why = "its text tower appends a class token"
+    elif not all(isinstance(b, ResidualAttentionBlock) for b in text.transformer.resblocks):
+        why = "its text tower uses custom attention blocks"
+    elif not hasattr(loaded.tokenizer, "encoder") or not hasattr(loaded.tokenizer, "eot_token_id"):
+        why = "it does not use CLIP's BPE tokenizer"
+    if why:
+        raise AuditError(f"model {name} is not supported: {why}; use a CLIP ViT model such as ViT-B-32")
+
+
+def explicit_block(blk: ResidualAttentionBlock, x: torch.Tensor, mask: torch.Tensor | None = None):
+    """One residual attention block with the attention probabilities as a tensor in the graph.
+
+    Same arithmetic as nn.MultiheadAttention (packed in-projection, scaled dot product, out-projection).
+    Returns (output, probs [N, heads, L, L]).
+    """
+    attn = blk.attn
+    n, length, d = x.shape
+    heads = attn.num_heads
+    h = blk.ln_1(x)
+    q, k, v = F.linear(h, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
+    q, k, v = (t.reshape(n, length, heads, d // heads).transpose(1, 2) for t in (q, k, v))
+    scores = (q * (1.0 / math.sqrt(d // heads))) @ k.transpose(-1, -2)
+    if mask is not None:
+        scores = scores + mask.to(scores.dtype)
+    probs = scores.softmax(dim=-1)
+    out = (probs @ v).transpose(1, 2).reshape(n, length, d)
+    out = attn.out_proj(out)
+    x = x + blk.ls_1(out)
+    x = x + blk.ls_2(blk.mlp(blk.ln_2(x)))
+    return x, probs
+
+
+class Towers:
+    """Batched forward passes over a loaded CLIP; no parameters of its own."""
+
+    def __init__(self, loaded):
+        self.model = loaded.model
+        self.tokenizer = loaded.tokenizer
+        self.device = loaded.device
+        text = _text_parts(loaded.model)
+        self.text = text
+        self.token_embedding: torch.nn.Embedding = text.token_embedding
+        self.vocab_size = self.token_embedding.num_embeddings
+        self.context_length = text.positional_embedding.shape[0]
+        self.sot_id = int(loaded.tokenizer.sot_token_id)
+        self.eot_id = int(loaded.tokenizer.eot_token_id)
+        self.visual: VisionTransformer = loaded.model.visual
+        self.vision_blocks = list(self.visual.transformer.resblocks)
+        self.text_blocks = list(text.transformer.resblocks)
+        self.grid_size = tuple(self.visual.grid_size)
+        self.logit_scale = float(loaded.model.logit_scale.exp())
+
+    # ---- text ---------------------------------------------------------------------------------------
+    def tokenize(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """[SOT, tokens, EOT] per text, right-padded to the longest; returns (ids [N, L], eot index [N])."""
+        rows = []
+        for t in texts:
+            ids = self.tokenizer.encode(t)[: self.context_length - 2]
+            rows.append([self.sot_id, *ids, self.eot_id])
+        length = max(len(r) for r in rows)
+        ids = torch.zeros(len(rows), length, dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, : len(r)] = torch.tensor(r)
+        eot = torch.tensor([len(r) - 1 for r in rows])
+        return ids.to(self.device), eot.to(self.device)
+
+    def text_from_embeddings(self, x: torch.Tensor, eot: torch.Tensor, explicit_from: int | None = None):
+        """Text features (unnormalized) of embedded sequences [N, L, D], pooled at position eot [N].
+
+        Positions after EOT cannot reach EOT through the causal mask, so sequences may be cut or padded
+        freely there. Layers >= explicit_from use explicit attention; their probabilities are returned.
+        """
+        length = x.shape[1]
+        t = self.text
+        x = x + t.positional_embedding[:length].to(x.dtype)
+        mask = t.attn_mask[:length, :length]
+        probs = []
+        if explicit_from is not None:
+            # Relevancy: the layers before the first explained one need no gradient.
+            with torch.no_grad():
+                for blk in self.text_blocks[:explicit_from]:
+                    x = blk(x, attn_mask=mask)
+            x = x.detach().requires_grad_(True)
+            for blk in self.text_blocks[explicit_from:]:
+                x, p = explicit_block(blk, x, mask)
+                probs.append(p)
+        else:
+            for blk in self.text_blocks:
+                x = blk(x, attn_mask=mask)
+        pooled = x[torch.arange(x.shape[0], device=x.device), eot]
+        pooled = t.ln_final(pooled)  # LayerNorm is per position: pooling first gives the same vector
+        proj = t.text_projection
+        if proj is not None:
+            pooled = proj(pooled) if isinstance(proj, torch.nn.Linear) else pooled @ proj
+        return pooled, probs
+
+    def encode_ids(self, ids: torch.Tensor, eot: torch.Tensor, explicit_from: int | None = None):
+        return self.text_from_embeddings(self.token_embedding(ids), eot, explicit_from)
+
+    # ---- vision -------------------------------------------------------------------------------------
+    def vision_prefix(self, images: torch.Tensor, upto: int) -> torch.Tensor:
+        """Hidden states after the first `upto` blocks."""
+        x = self.visual._embeds(images)
+        for blk in self.vision_blocks[:upto]:
+            x = blk(x)
+        return x
+
+    def vision_suffix(self, x: torch.Tensor, start: int, explicit: bool = True):
+        """Blocks start.. with explicit attention, then pooling and projection. Returns (features, probs)."""
+        probs = []
+        for blk in self.vision_blocks[start:]:
+            if explicit:
+                x, p = explicit_block(blk, x)
+                probs.append(p)
+            else:
+                x = blk(x)
+        pooled, _ = self.visual._pool(x)
+        if self.visual.proj is not None:
+            pooled = pooled @ self.visual.proj
+        return pooled, probs
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        return self.vision_suffix(self.vision_prefix(images, len(self.vision_blocks)), len(self.vision_blocks),
+                                  explicit=False)[0]

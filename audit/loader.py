@@ -1,0 +1,67 @@
+"""torch Dataset/DataLoader over source records: decode in workers, never raise on a bad file."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .decode import DecodeError, box_in_frame, decode
+from .sources import Record
+
+DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb limit
+
+
+class ImageDataset(Dataset):
+    def __init__(self, records: list[Record], preprocess: dict, max_pixels: int | None = DEFAULT_MAX_PIXELS):
+        self.records = records
+        self.preprocess = preprocess
+        self.max_pixels = max_pixels
+        self.mean = np.asarray(preprocess["mean"], dtype=np.float32)
+        self.std = np.asarray(preprocess["std"], dtype=np.float32)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> dict:
+        rec = self.records[i]
+        try:
+            d = decode(rec.path, self.preprocess, self.max_pixels)
+        except DecodeError as e:
+            return {"index": i, "error": str(e)}
+        except Exception as e:  # noqa: BLE001 - a decoder bug on one file must not end the scan
+            return {"index": i, "error": f"unexpected decoder failure: {type(e).__name__}: {str(e)[:160]}"}
+        x = (d.pixels.astype(np.float32) / 255.0 - self.mean) / self.std
+        return {
+            "index": i,
+            "error": None,
+            "pixels": torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1))),
+            "width": d.width,
+            "height": d.height,
+            "box": box_in_frame(rec.box, d.frame),
+        }
+
+
+@dataclass
+class Batch:
+    indices: list[int]  # dataset indices of decoded images, in batch order
+    pixels: torch.Tensor  # [n, 3, H, W] normalized
+    sizes: list[tuple[int, int]]
+    boxes: np.ndarray  # [n, 4] fractions of the model input, NaN without box
+    errors: list[tuple[int, str]]  # (dataset index, reason)
+
+
+def collate(items: list[dict]) -> Batch:
+    ok = [it for it in items if it["error"] is None]
+    errors = [(it["index"], it["error"]) for it in items if it["error"] is not None]
+    pixels = torch.stack([it["pixels"] for it in ok]) if ok else torch.zeros(0)
+    boxes = np.array([it["box"] for it in ok], dtype=np.float64).reshape(len(ok), 4)
+    return Batch([it["index"] for it in ok], pixels, [(it["width"], it["height"]) for it in ok], boxes, errors)
+
+
+def make_loader(dataset: ImageDataset, batch_size: int, workers: int, pin_memory: bool = False) -> DataLoader:
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate,
+                      pin_memory=pin_memory, persistent_workers=False,
+                      prefetch_factor=2 if workers > 0 else None)

@@ -1,0 +1,114 @@
+"""Load any open_clip model (name + pretrained tag, local checkpoint, or random weights) and check that
+audit can explain it; register the project's own model configs (audit-tiny, later audit-demo)."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import open_clip
+import torch
+
+from .errors import AuditError
+
+CONFIG_DIR = Path(__file__).parent / "model_configs"
+open_clip.add_model_config(CONFIG_DIR)
+
+DEFAULT_MODEL = "ViT-B-32"
+DEFAULT_PRETRAINED = "openai"
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    tokenizer: object
+    name: str
+    pretrained: str
+    weights_sha256: str | None
+    device: torch.device
+    preprocess: dict
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise AuditError("--device cuda was asked for but torch sees no CUDA GPU; use --device cpu or auto")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise AuditError(f"--device must be auto, cpu or cuda, not {device!r}")
+    return torch.device(device)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    st = os.stat(path)
+    return _sha256(os.path.abspath(path), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:  # size and mtime make a changed file a new key
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _weights_hint(name: str) -> str:
+    tags = open_clip.list_pretrained_tags_by_model(name)
+    tag_text = f"a tag open_clip can download ({', '.join(tags[:6])}{', …' if len(tags) > 6 else ''}), " if tags else ""
+    return (f"pass --pretrained with {tag_text}a local checkpoint file (--pretrained /path/to/weights.pt), "
+            "or --pretrained none for random weights (tests only)")
+
+
+def resolve_weights(name: str, pretrained: str) -> tuple[str | None, str | None]:
+    """Check model name and weights without loading: (weights for open_clip or None, sha256 of a file)."""
+    if name not in open_clip.list_models():
+        raise AuditError(f"unknown model {name!r}: pass an open_clip model name "
+                         "(python -c 'import open_clip; print(open_clip.list_models())') or audit-tiny")
+    weights = None if pretrained.strip().lower() in ("none", "") else pretrained
+    if weights is None or open_clip.get_pretrained_cfg(name, weights):
+        return weights, None
+    if not os.path.isfile(weights):
+        raise AuditError(f"--pretrained {weights!r} is neither an open_clip tag for {name} nor a file; "
+                         + _weights_hint(name))
+    return os.path.abspath(weights), file_sha256(weights)
+
+
+def load_model(name: str = DEFAULT_MODEL, pretrained: str = DEFAULT_PRETRAINED, *, device: str = "auto",
+               seed: int = 0) -> LoadedModel:
+    """Build the model in eval mode on the chosen device; every failure a user can fix is an AuditError."""
+    dev = resolve_device(device)
+    weights, sha = resolve_weights(name, pretrained)
+    try:
+        # Random init draws from torch's global generator: fork it so --seed fixes the weights and the
+        # caller's random state is untouched.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            logging.disable(logging.WARNING)  # open_clip warns on purpose-made random weights
+            try:
+                model = open_clip.create_model(name, pretrained=weights, device="cpu")
+            finally:
+                logging.disable(logging.NOTSET)
+    except AuditError:
+        raise
+    except Exception as e:  # noqa: BLE001 - open_clip raises bare RuntimeErrors for missing downloads
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise AuditError(f"could not load weights for {name} (pretrained={pretrained}): {first[:200]}; "
+                         + _weights_hint(name)) from e
+    model = model.to(dev).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    try:
+        tokenizer = open_clip.get_tokenizer(name)
+    except Exception as e:  # noqa: BLE001
+        raise AuditError(f"could not build the tokenizer for {name}: {e}") from e
+    preprocess = dict(open_clip.get_model_preprocess_cfg(model))
+    loaded = LoadedModel(model, tokenizer, name, pretrained, sha, dev, preprocess)
+    from .encoders import check_supported
+
+    check_supported(loaded)
+    return loaded

@@ -1,0 +1,66 @@
+"""Counter-based randomness, one independent stream per image.
+
+Every random number an image sees is a hash of (the image's seed, a stream number, the element's index), so
+an image's results cannot depend on which other images share its batch, the batch order, the worker count,
+or where a resumed scan restarts, and CPU and GPU draw the same numbers. torch's generators are sequential
+and would need one call per image per step; this is one vectorised pass over the whole batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+
+import torch
+
+_GOLDEN = -0x61C88647  # 0x9E3779B9 as a signed int32
+
+
+def image_seed(run_seed: int, image_id: str) -> int:
+    """A 31-bit seed from the run seed and the image id (stable across processes and machines)."""
+    digest = hashlib.blake2b(f"{run_seed}\x00{image_id}".encode("utf-8", "surrogatepass"), digest_size=4)
+    return int.from_bytes(digest.digest(), "little") & 0x7FFFFFFF
+
+
+def _mix(x: torch.Tensor) -> torch.Tensor:
+    """In-place 32-bit integer mixer (Wellons' lowbias32) on an int32 tensor.
+
+    int32 products wrap, which is exactly the modular arithmetic the mixer wants; shifts are arithmetic, so
+    the shifted-in sign bits are masked off to make them logical.
+    """
+    x ^= (x >> 16) & 0xFFFF
+    x *= 0x7FEB352D
+    x ^= (x >> 15) & 0x1FFFF
+    x *= -0x7B935975  # 0x846CA68B
+    x ^= (x >> 16) & 0xFFFF
+    return x
+
+
+def _keys(seeds: torch.Tensor, stream: int, device) -> torch.Tensor:
+    s = seeds.to(device=device, dtype=torch.int64).remainder(1 << 31).to(torch.int32)
+    # Chained, not symmetric: (seed a, stream b) and (seed b, stream a) must not share a key.
+    return _mix(_mix(_mix(s.clone()) ^ (stream % (1 << 31))))
+
+
+def uniform(seeds: torch.Tensor, stream: int, shape: tuple[int, ...], device=None) -> torch.Tensor:
+    """Uniform float32 in (0, 1), shape [len(seeds), *shape]; row i depends only on seeds[i], stream, index."""
+    device = device if device is not None else seeds.device
+    n = math.prod(shape)
+    if n >= 1 << 31:
+        raise ValueError("too many random numbers for one stream")
+    idx = torch.arange(n, device=device, dtype=torch.int32) * _GOLDEN
+    h = _mix(_keys(seeds, stream, device)[:, None] ^ idx[None, :])
+    # 23 bits keep (k + 0.5) / 2**23 strictly inside (0, 1) in float32.
+    u = ((h >> 9) & 0x7FFFFF).to(torch.float32).add_(0.5).mul_(1.0 / (1 << 23))
+    return u.reshape(len(seeds), *shape)
+
+
+def gumbel(seeds: torch.Tensor, stream: int, shape: tuple[int, ...], device=None) -> torch.Tensor:
+    return uniform(seeds, stream, shape, device).log_().neg_().log_().neg_()
+
+
+def normal(seeds: torch.Tensor, stream: int, shape: tuple[int, ...], device=None) -> torch.Tensor:
+    """Standard normal float32 by Box-Muller over two uniform streams."""
+    u1 = uniform(seeds, 2 * stream, shape, device)
+    u2 = uniform(seeds, 2 * stream + 1, shape, device)
+    return u1.log_().mul_(-2.0).sqrt_().mul_(torch.cos(u2.mul_(2.0 * math.pi)))

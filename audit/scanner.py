@@ -1,0 +1,220 @@
+"""The scan: source -> loader -> model -> ascent -> relevancy -> statistics -> store."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as _dt
+import hashlib
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from . import rng
+from .ascent import AscentConfig, run_ascent, sequences_to_words
+from .encoders import Towers
+from .errors import AuditError
+from .heatmaps import grid_stats
+from .loader import DEFAULT_MAX_PIXELS, Batch, ImageDataset, make_loader
+from .models import DEFAULT_MODEL, DEFAULT_PRETRAINED, load_model, resolve_device, resolve_weights
+from .progress import Progress
+from .relevancy import relevancy
+from .sources import BOX_COLUMNS, Record, open_source
+from .store import Scan, ScanWriter
+
+
+@dataclass(frozen=True)
+class ScanOptions:
+    model: str = DEFAULT_MODEL
+    pretrained: str = DEFAULT_PRETRAINED
+    device: str = "auto"
+    batch_size: int | str = "auto"
+    workers: int = 2
+    seed: int = 0
+    steps: int = 200
+    tokens_per_seq: int = 4
+    candidates: int = 16
+    lr: float = 5.0
+    views: int = 64
+    resample_views: bool = False
+    prompt: str = ""
+    start_layer: int = -1
+    start_layer_text: int = -1
+    path_column: str = "path"
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    overwrite: bool = False
+    quiet: bool = False
+
+    def resolved_batch_size(self, device: torch.device) -> int:
+        if self.batch_size == "auto":
+            # On CPU, tensors above glibc's 32 MB mmap ceiling are re-faulted on every op: small batches are
+            # about 3x faster per image (bench/cpu_batch.py).
+            return 64 if device.type == "cuda" else 4
+        try:
+            return int(self.batch_size)
+        except (TypeError, ValueError):
+            raise AuditError(f"--batch-size must be a number or auto, not {self.batch_size!r}") from None
+
+    def check(self) -> None:
+        positive = {"tokens_per_seq": self.tokens_per_seq,
+                    "candidates": self.candidates, "views": self.views, "max_pixels": self.max_pixels}
+        for name, value in positive.items():
+            if value < 1:
+                raise AuditError(f"--{name.replace('_', '-')} must be at least 1, not {value}")
+        if self.steps < 0 or self.workers < 0:
+            raise AuditError("--steps and --workers cannot be negative")
+        if not self.lr > 0:
+            raise AuditError(f"--lr must be positive, not {self.lr}")
+
+    def ascent(self) -> AscentConfig:
+        return AscentConfig(tokens_per_seq=self.tokens_per_seq, candidates=self.candidates, steps=self.steps,
+                            lr=self.lr, views=self.views, resample_views=self.resample_views, prompt=self.prompt)
+
+
+def _settings(opts: ScanOptions, weights: str | None, sha: str | None) -> dict:
+    """Everything that changes a stored row; resume refuses to mix two different ones."""
+    asc = dataclasses.asdict(opts.ascent())
+    return {"model": opts.model, "pretrained": weights or "none", "weights_sha256": sha, "seed": opts.seed,
+            "start_layer": opts.start_layer, "start_layer_text": opts.start_layer_text, **asc}
+
+
+def _fingerprint(records: list[Record]) -> str:
+    h = hashlib.sha256()
+    for r in records:
+        h.update(r.image_id.encode("utf-8", "surrogatepass") + b"\0")
+    return h.hexdigest()
+
+
+def _autocast(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+class _BatchScanner:
+    """Turns one loader batch into the rows of one unit of work."""
+
+    def __init__(self, opts: ScanOptions, towers: Towers, records: list[Record], meta_columns: list[str]):
+        self.opts = opts
+        self.towers = towers
+        self.records = records
+        self.meta_columns = meta_columns
+        self.ascent_cfg = opts.ascent()
+
+    def error_rows(self, batch: Batch, stage: str = "decode", errors=None) -> dict:
+        errs = batch.errors if errors is None else errors
+        recs = [self.records[i] for i, _ in errs]
+        return {"image_id": [r.image_id for r in recs], "path": [r.display_path for r in recs],
+                "stage": [stage] * len(recs), "reason": [reason for _, reason in errs]}
+
+    def image_rows(self, recs: list[Record], sizes) -> dict:
+        rows = {"image_id": [r.image_id for r in recs], "path": [r.display_path for r in recs],
+                "label": [r.label for r in recs], "width": [w for w, _ in sizes], "height": [h for _, h in sizes]}
+        for i, col in enumerate(BOX_COLUMNS):
+            rows[col] = [r.box[i] if r.box else None for r in recs]
+        for col in self.meta_columns:
+            rows[col] = [r.meta.get(col) for r in recs]
+        return rows
+
+    def run(self, batch: Batch) -> dict[str, pa.Table]:
+        tables = {"errors": pa.table(self.error_rows(batch))}
+        if not batch.indices:
+            return tables
+        t = self.towers
+        recs = [self.records[i] for i in batch.indices]
+        images = batch.pixels.to(t.device, non_blocking=True)
+        seeds = torch.tensor([rng.image_seed(self.opts.seed, r.image_id) for r in recs], device=t.device)
+        with _autocast(t.device):
+            found = run_ascent(t, images, seeds, self.ascent_cfg)
+            words = [sequences_to_words(t.tokenizer, found.seqs[i], found.scores[i]) for i in range(len(recs))]
+            pair_image = torch.tensor([i for i, ws in enumerate(words) for _ in ws], dtype=torch.long)
+            pair_words = [w["word"] for ws in words for w in ws]
+            rel = relevancy(t, images, pair_image, pair_words, self.opts.start_layer, self.opts.start_layer_text)
+        pairs = [(recs[i], w) for i, ws in enumerate(words) for w in ws]
+        tokens = {
+            "image_id": [r.image_id for r, _ in pairs], "word": [w["word"] for _, w in pairs],
+            "word_rank": [w["word_rank"] for _, w in pairs], "seq_rank": [w["seq_rank"] for _, w in pairs],
+            "seq_text": [w["seq_text"] for _, w in pairs], "seq_cosine": [w["seq_cosine"] for _, w in pairs],
+            "word_cosine": rel.cosine.numpy(),
+        }
+        grids = rel.image.numpy()
+        stats = grid_stats(grids, batch.boxes[pair_image.numpy()] if len(pairs) else np.zeros((0, 4)))
+        gh, gw = t.grid_size
+        heat = {
+            "image_id": tokens["image_id"], "word": tokens["word"],
+            "grid_h": [gh] * len(pairs), "grid_w": [gw] * len(pairs),
+            "grid": pa.array(list(grids.reshape(len(pairs), -1)), type=pa.list_(pa.float32())),
+            **{k: pa.array(list(v), type=pa.bool_()) if k == "peak_in_box" else pa.array(v, from_pandas=True)
+               for k, v in stats.items()},
+            "text_relevance": pa.array([x.numpy() for x in rel.text], type=pa.list_(pa.float32())),
+        }
+        tables.update(images=pa.table(self.image_rows(recs, batch.sizes)), tokens=pa.table(tokens),
+                      heatmaps=pa.table(heat))
+        return tables
+
+
+def run_scan(source, out, **options) -> Scan:
+    unknown = set(options) - {f.name for f in dataclasses.fields(ScanOptions)}
+    if unknown:
+        raise TypeError(f"unknown scan options: {', '.join(sorted(unknown))}")
+    opts = ScanOptions(**options)
+    opts.check()
+    log = (lambda *_: None) if opts.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    device = resolve_device(opts.device)
+    batch_size = opts.resolved_batch_size(device)
+    if batch_size < 1:
+        raise AuditError(f"--batch-size must be at least 1, not {batch_size}")
+    src = open_source(source, opts.path_column)
+    if not src.records:
+        raise AuditError(f"no images found in {source} (looked for common image extensions, recursively)"
+                         if src.kind == "folder" else f"manifest {source} lists no images")
+    weights, sha = resolve_weights(opts.model, opts.pretrained)
+    settings = _settings(opts, weights, sha)
+    source_info = {"kind": src.kind, "location": src.root, "path_column": opts.path_column,
+                   "meta_columns": src.meta_columns}
+    writer = ScanWriter.open(out, settings, source_info, overwrite=opts.overwrite)
+    started = time.perf_counter()
+    try:
+        done = writer.done_ids()
+        pending = [r for r in src.records if r.image_id not in done]
+        counts = {"images": 0, "errors": 0, "tokens": 0}
+        if pending:
+            log(f"audit scan: {len(pending)} images to scan ({len(src.records) - len(pending)} already done) "
+                f"with {opts.model} on {device}, batch size {batch_size}")
+            loaded = load_model(opts.model, opts.pretrained, device=str(device), seed=opts.seed)
+            towers = Towers(loaded)
+            scanner = _BatchScanner(opts, towers, pending, src.meta_columns)
+            loader = make_loader(ImageDataset(pending, loaded.preprocess, opts.max_pixels), batch_size,
+                                 opts.workers, pin_memory=device.type == "cuda")
+            progress = Progress(len(pending), quiet=opts.quiet)
+            try:
+                for batch in loader:
+                    tables = scanner.run(batch)
+                    writer.write_unit(tables)
+                    counts["images"] += len(batch.indices)
+                    counts["errors"] += len(batch.errors)
+                    counts["tokens"] += tables["tokens"].num_rows if "tokens" in tables else 0
+                    progress.update(len(batch.indices) + len(batch.errors))
+            finally:
+                progress.close()
+        seconds = time.perf_counter() - started
+        writer.record_run({
+            "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "device": str(device), "batch_size": batch_size, "workers": opts.workers,
+            "dataset_images": len(src.records), "dataset_fingerprint": _fingerprint(src.records),
+            "skipped": len(src.records) - len(pending), **counts, "seconds": round(seconds, 3),
+        })
+        scanned = counts["images"] + counts["errors"]
+        rate = scanned / seconds if seconds > 0 else 0.0
+        if pending:
+            log(f"audit scan: {counts['images']} images scanned, {counts['errors']} errors, {counts['tokens']} "
+                f"words in {seconds:.1f} s ({rate:.2f} images/s) -> {out}")
+        else:
+            log(f"audit scan: nothing to do, all {len(src.records)} images are already in {out}")
+    finally:
+        writer.close()
+    return Scan(out)

@@ -1,0 +1,131 @@
+"""The data model of a scan directory: every table's Arrow schema, its column docs and the schema version.
+
+Every writer and reader imports this module; nothing else spells a column name of a stored table.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+SCHEMA_VERSION = 1
+
+TABLES = ("images", "tokens", "heatmaps", "errors")
+
+# Metadata columns carried from a source are stored as strings next to these; a source column that
+# collides with one of these names is rejected when the source is read.
+IMAGES = pa.schema(
+    [
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("path", pa.string(), nullable=False),
+        pa.field("label", pa.string()),
+        pa.field("width", pa.int32(), nullable=False),
+        pa.field("height", pa.int32(), nullable=False),
+        pa.field("x0", pa.float64()),
+        pa.field("y0", pa.float64()),
+        pa.field("x1", pa.float64()),
+        pa.field("y1", pa.float64()),
+    ]
+)
+
+TOKENS = pa.schema(
+    [
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("word", pa.string(), nullable=False),
+        pa.field("word_rank", pa.int16(), nullable=False),
+        pa.field("seq_rank", pa.int16(), nullable=False),
+        pa.field("seq_text", pa.string(), nullable=False),
+        pa.field("seq_cosine", pa.float32(), nullable=False),
+        pa.field("word_cosine", pa.float32(), nullable=False),
+    ]
+)
+
+HEATMAPS = pa.schema(
+    [
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("word", pa.string(), nullable=False),
+        pa.field("grid_h", pa.int16(), nullable=False),
+        pa.field("grid_w", pa.int16(), nullable=False),
+        pa.field("grid", pa.list_(pa.float32()), nullable=False),
+        pa.field("peak_x", pa.float32()),
+        pa.field("peak_y", pa.float32()),
+        pa.field("entropy", pa.float32()),
+        pa.field("top10_mass", pa.float32()),
+        pa.field("centre_mass", pa.float32()),
+        pa.field("border_mass", pa.float32()),
+        pa.field("box_mass", pa.float32()),
+        pa.field("peak_in_box", pa.bool_()),
+        pa.field("text_relevance", pa.list_(pa.float32()), nullable=False),
+    ]
+)
+
+ERRORS = pa.schema(
+    [
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("path", pa.string(), nullable=False),
+        pa.field("stage", pa.string(), nullable=False),
+        pa.field("reason", pa.string(), nullable=False),
+    ]
+)
+
+SCHEMAS: dict[str, pa.Schema] = {"images": IMAGES, "tokens": TOKENS, "heatmaps": HEATMAPS, "errors": ERRORS}
+
+COLUMN_DOCS: dict[str, dict[str, str]] = {
+    "images": {
+        "image_id": "Stable id: path relative to the source folder or as written in the manifest.",
+        "path": "Where the file was read from (absolute).",
+        "label": "First-level sub-folder for folder sources (empty at the root); the manifest's label column.",
+        "width": "Width in pixels after EXIF orientation.",
+        "height": "Height in pixels after EXIF orientation.",
+        "x0": "Object box from the source, pixels of the oriented image (null when the source has none).",
+        "y0": "See x0.",
+        "x1": "See x0.",
+        "y1": "See x0.",
+    },
+    "tokens": {
+        "image_id": "The image.",
+        "word": "A word of one of the best ascent sequences, cleaned (no special tokens or punctuation).",
+        "word_rank": "0 = the word of the best sequence that came first; unique per image.",
+        "seq_rank": "Rank (0 = best) of the sequence the word first appears in.",
+        "seq_text": "That sequence, decoded.",
+        "seq_cosine": "Objective of that sequence: mean cosine with the augmented views of the image.",
+        "word_cosine": "Cosine of the word alone (tokenized as text) with the un-augmented image.",
+    },
+    "heatmaps": {
+        "image_id": "The image.",
+        "word": "The word the heatmap explains (same text as in tokens).",
+        "grid_h": "Rows of the relevancy grid (the ViT patch grid).",
+        "grid_w": "Columns of the relevancy grid.",
+        "grid": "Raw Chefer relevancy of each patch for logit(image, word), row-major, not normalized.",
+        "peak_x": "Centre of the most relevant cell, 0 = left edge, 1 = right edge of the model's input.",
+        "peak_y": "Centre of the most relevant cell, 0 = top, 1 = bottom.",
+        "entropy": "Entropy of the normalized grid divided by log(cells): 1 = spread evenly, 0 = one cell.",
+        "top10_mass": "Share of relevance in the top 10% of cells (at least one cell).",
+        "centre_mass": "Share of relevance in cells whose centres lie in the middle half of both axes.",
+        "border_mass": "Share of relevance in the outermost ring of cells.",
+        "box_mass": "Share of relevance inside the source's object box (cells weighted by overlap); null without box.",
+        "peak_in_box": "Whether the peak cell's centre lies inside the object box; null without box.",
+        "text_relevance": "Chefer relevancy of each of the word's tokens in the text tower (between SOT and EOT).",
+    },
+    "errors": {
+        "image_id": "The image that could not be scanned.",
+        "path": "Where it was read from.",
+        "stage": "'decode' (could not be read as an image) or 'scan' (failed inside the model).",
+        "reason": "What went wrong, in one line.",
+    },
+}
+
+
+def empty_table(name: str) -> pa.Table:
+    return SCHEMAS[name].empty_table()
+
+
+def conform(name: str, table: pa.Table) -> pa.Table:
+    """Cast a freshly built table to its stored schema; extra image columns (source metadata) stay strings."""
+    schema = SCHEMAS[name]
+    if name == "images":
+        extra = [f for f in table.schema if f.name not in schema.names]
+        schema = pa.schema(list(schema) + [pa.field(f.name, pa.string()) for f in extra])
+    missing = [n for n in schema.names if n not in table.column_names]
+    if missing:
+        raise ValueError(f"table {name!r} lacks columns {missing}")
+    return table.select(schema.names).cast(schema)

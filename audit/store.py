@@ -1,0 +1,214 @@
+"""A scan directory on disk: atomic part files, resume bookkeeping, and reading a scan back.
+
+One unit of work (a batch of images) becomes one part file in each table, all named alike. Each part is
+written to a hidden temporary name, flushed, then renamed; the `images` part is renamed last and is the
+commit marker. On open, temporaries and parts without their `images` twin (a unit killed halfway) are
+removed, so a killed scan leaves exactly the committed units and resume redoes the rest.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import fcntl
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from . import __version__
+from .errors import AuditError
+from .schema import SCHEMA_VERSION, SCHEMAS, TABLES, conform, empty_table
+
+CONFIG_FILE = "scan.json"
+_PART = re.compile(r"^part-(\d{6,})\.parquet$")
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".tmp-{path.name}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, ensure_ascii=False)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _parts(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if _PART.match(p.name))
+
+
+def _diff(old: dict, new: dict) -> str:
+    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    return "; ".join(f"{k}: stored {old.get(k)!r}, now {new.get(k)!r}" for k in keys[:4])
+
+
+class ScanWriter:
+    """Exclusive writer of one scan directory (a lock file keeps a second scan out)."""
+
+    def __init__(self, root: Path, config: dict, lock_fd: int):
+        self.root = root
+        self.config = config
+        self._lock_fd = lock_fd
+        self._next = 1 + max((int(_PART.match(p.name).group(1)) for t in TABLES for p in _parts(root / t)),
+                             default=0)
+
+    @classmethod
+    def open(cls, out: str | os.PathLike, settings: dict, source: dict, overwrite: bool = False) -> ScanWriter:
+        root = Path(out)
+        if root.exists() and not root.is_dir():
+            raise AuditError(f"--out {root} is a file; pass a directory (new or an earlier scan)")
+        config_path = root / CONFIG_FILE
+        if root.is_dir() and not config_path.exists() and any(p.name != ".lock" for p in root.iterdir()):
+            raise AuditError(f"--out {root} is not empty and holds no audit scan; pass a new or empty directory")
+        root.mkdir(parents=True, exist_ok=True)
+        lock_fd = os.open(root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(lock_fd)
+            raise AuditError(f"another audit scan is writing to {root}; wait for it or pass another --out") from None
+        try:
+            config = cls._prepare(root, settings, source, overwrite)
+        except BaseException:
+            os.close(lock_fd)
+            raise
+        writer = cls(root, config, lock_fd)
+        writer.recover()
+        return writer
+
+    @staticmethod
+    def _prepare(root: Path, settings: dict, source: dict, overwrite: bool) -> dict:
+        config_path = root / CONFIG_FILE
+        if config_path.exists() and overwrite:
+            for t in TABLES:
+                shutil.rmtree(root / t, ignore_errors=True)
+            config_path.unlink()
+        if config_path.exists():
+            config = read_config(root)
+            if config["settings"] != settings:
+                raise AuditError(f"{root} holds a scan made with other settings ({_diff(config['settings'], settings)}); "
+                                 "resume with the same settings, pass another --out, or --overwrite to start over")
+            return config
+        config = {
+            "tool": "audit", "tool_version": __version__, "schema_version": SCHEMA_VERSION,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "settings": settings, "source": source, "runs": [],
+        }
+        for t in TABLES:
+            (root / t).mkdir(exist_ok=True)
+        _write_json(config_path, config)
+        return config
+
+    def recover(self) -> list[str]:
+        """Delete temporaries and half-committed units; returns what was removed."""
+        removed = []
+        committed = {p.name for p in _parts(self.root / "images")}
+        for t in TABLES:
+            folder = self.root / t
+            folder.mkdir(exist_ok=True)
+            for p in folder.iterdir():
+                if p.name.startswith(".tmp-") or (t != "images" and _PART.match(p.name) and p.name not in committed):
+                    p.unlink()
+                    removed.append(f"{t}/{p.name}")
+        return removed
+
+    def done_ids(self) -> set[str]:
+        done: set[str] = set()
+        for t in ("images", "errors"):
+            for p in _parts(self.root / t):
+                done.update(pq.read_table(p, columns=["image_id"]).column(0).to_pylist())
+        return done
+
+    def write_unit(self, tables: dict[str, pa.Table]) -> str:
+        """Write one unit of work (every table, possibly empty) and commit it; returns the part name."""
+        name = f"part-{self._next:06d}.parquet"
+        self._next += 1
+        staged = []
+        for t in TABLES:
+            table = conform(t, tables[t]) if t in tables else empty_table(t)
+            tmp = self.root / t / f".tmp-{name}"
+            with open(tmp, "wb") as f:
+                pq.write_table(table, f, compression="zstd")
+                f.flush()
+                os.fsync(f.fileno())
+            staged.append((tmp, self.root / t / name))
+        # images last: its rename is the commit.
+        for tmp, final in sorted(staged, key=lambda s: s[1].parent.name == "images"):
+            os.replace(tmp, final)
+        for t in TABLES:
+            _fsync_dir(self.root / t)
+        return name
+
+    def record_run(self, run: dict) -> None:
+        self.config.setdefault("runs", []).append(run)
+        _write_json(self.root / CONFIG_FILE, self.config)
+
+    def close(self) -> None:
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+
+
+def read_config(root: str | os.PathLike) -> dict:
+    path = Path(root) / CONFIG_FILE
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise AuditError(f"{root} is not an audit scan (no {CONFIG_FILE}); run `audit scan` first") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise AuditError(f"{path} is damaged ({e}); re-run the scan with --overwrite") from None
+    version = config.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise AuditError(f"{root} was written with schema version {version}, this audit reads version "
+                         f"{SCHEMA_VERSION}; re-run the scan with this version (--overwrite)")
+    return config
+
+
+class Scan:
+    """Read access to a scan directory: `scan.tokens()` (pandas) or `scan.table("tokens")` (Arrow)."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        self.config = read_config(self.root)
+
+    def table(self, name: str) -> pa.Table:
+        if name not in SCHEMAS:
+            raise AuditError(f"unknown table {name!r}; tables are {', '.join(TABLES)}")
+        committed = {p.name for p in _parts(self.root / "images")}
+        files = [p for p in _parts(self.root / name) if p.name in committed]
+        if not files:
+            return empty_table(name)
+        return pa.concat_tables([pq.read_table(p) for p in files], promote_options="default")
+
+    def df(self, name: str) -> pd.DataFrame:
+        return self.table(name).to_pandas()
+
+    def images(self) -> pd.DataFrame:
+        return self.df("images")
+
+    def tokens(self) -> pd.DataFrame:
+        return self.df("tokens")
+
+    def heatmaps(self) -> pd.DataFrame:
+        return self.df("heatmaps")
+
+    def errors(self) -> pd.DataFrame:
+        return self.df("errors")
+
+    def __repr__(self) -> str:
+        return f"Scan({str(self.root)!r})"
