@@ -1,0 +1,126 @@
+"""Ascent: exact reformulations, best-sequence tracking, words, and independence from the batch."""
+
+import torch
+import torch.nn.functional as F
+
+from audit.ascent import (
+    AscentConfig,
+    augment,
+    clean_words,
+    decode_sequence,
+    merge_best,
+    run_ascent,
+    sequences_to_words,
+    view_target,
+)
+
+CFG = AscentConfig(steps=4, candidates=4, views=6)
+
+
+def images(n, seed=0):
+    return torch.randn(n, 3, 64, 64, generator=torch.Generator().manual_seed(seed))
+
+
+def test_view_folding_equals_mean_of_view_cosines(towers):
+    """<mean_v normalize(e_v), t_hat> == mean_v cos(e_v, t): one target replaces all views exactly."""
+    imgs, seeds = images(3), torch.tensor([5, 6, 7])
+    target = view_target(towers, imgs, seeds, 0, CFG)
+    with torch.no_grad():
+        views = towers.encode_images(augment(imgs, seeds, 0, CFG)).reshape(3, CFG.views, -1)
+        ids, eot = towers.tokenize(["red", "circle on grass", "snow"])
+        text = F.normalize(towers.encode_ids(ids, eot)[0], dim=-1)
+    direct = F.cosine_similarity(views, text[:, None, :], dim=-1).mean(1)
+    folded = (target * text).sum(-1)
+    assert torch.allclose(direct, folded, atol=1e-5)
+
+
+def test_views_are_per_image_and_mostly_transformed(towers):
+    imgs, seeds = images(2), torch.tensor([1, 2])
+    v = augment(imgs, seeds, 0, AscentConfig(views=32))
+    alone = augment(imgs[1:], seeds[1:], 0, AscentConfig(views=32))
+    assert torch.equal(v[32:], alone)
+    changed = (v[:32] - imgs[0:1]).abs().flatten(1).amax(1) > 1e-4
+    assert 0.5 < changed.float().mean() < 1.0  # p=0.8 of views are warped, the rest are the image itself
+
+
+def test_merge_best_keeps_distinct_top_sequences():
+    best_s = torch.tensor([[0.9, 0.5]])
+    best_q = torch.tensor([[[1, 2], [3, 4]]])
+    new_s = torch.tensor([[0.95, 0.9, 0.1]])
+    new_q = torch.tensor([[[1, 2], [5, 6], [7, 8]]])
+    s, q = merge_best(best_s, best_q, new_s, new_q, keep=3)
+    assert q.tolist() == [[[1, 2], [5, 6], [3, 4]]]  # [1,2] once, at its best score; tie 0.9 keeps earlier
+    assert torch.allclose(s, torch.tensor([[0.95, 0.9, 0.5]]))
+
+
+def test_recorded_score_is_the_cosine_of_the_decoded_token_sequence(towers):
+    """Scores come from hard tokens pooled at the true EOT: re-encoding the stored ids gives the same number."""
+    imgs, seeds = images(2), torch.tensor([11, 12])
+    res = run_ascent(towers, imgs, seeds, CFG)
+    target = view_target(towers, imgs, seeds, 2_000_000, CFG)
+    assert res.seqs.shape == (2, 5, 4)
+    assert (res.scores[:, :-1] >= res.scores[:, 1:]).all()
+    for i in range(2):
+        for r in range(5):
+            ids = torch.tensor([[towers.sot_id, *res.seqs[i, r].tolist(), towers.eot_id]])
+            with torch.no_grad():
+                feat = F.normalize(towers.encode_ids(ids, torch.tensor([5]))[0], dim=-1)
+            assert abs(float((feat[0] * target[i]).sum()) - float(res.scores[i, r])) < 1e-5
+
+
+def test_best_sequences_come_from_all_steps_not_just_the_last(towers):
+    """With more steps the kept set can only get better: tracking spans the whole run."""
+    imgs, seeds = images(2), torch.tensor([3, 4])
+    short = run_ascent(towers, imgs, seeds, AscentConfig(steps=2, candidates=4, views=4))
+    long = run_ascent(towers, imgs, seeds, AscentConfig(steps=6, candidates=4, views=4))
+    assert (long.scores[:, 0] >= short.scores[:, 0] - 1e-6).all()
+
+
+def test_ascent_words_do_not_depend_on_batch_size_or_order(towers):
+    imgs, seeds = images(5, seed=3), torch.tensor([101, 102, 103, 104, 105])
+    together = run_ascent(towers, imgs, seeds, CFG)
+    order = torch.tensor([4, 2, 0, 3, 1])
+    shuffled = run_ascent(towers, imgs[order], seeds[order], CFG)
+    one_by_one = [run_ascent(towers, imgs[i:i + 1], seeds[i:i + 1], CFG) for i in range(5)]
+    for j, i in enumerate(order.tolist()):
+        assert torch.equal(shuffled.seqs[j], together.seqs[i])
+        assert torch.allclose(shuffled.scores[j], together.scores[i], atol=1e-5)
+    for i in range(5):
+        assert torch.equal(one_by_one[i].seqs[0], together.seqs[i])
+        assert torch.allclose(one_by_one[i].scores[0], together.scores[i], atol=1e-5)
+
+
+def test_seed_changes_the_search(towers):
+    imgs = images(1)
+    a = run_ascent(towers, imgs, torch.tensor([1]), CFG)
+    b = run_ascent(towers, imgs, torch.tensor([2]), CFG)
+    assert not torch.equal(a.seqs, b.seqs)
+
+
+def test_prompt_and_resampled_views_run(towers):
+    imgs, seeds = images(1), torch.tensor([1])
+    base = run_ascent(towers, imgs, seeds, CFG)
+    prompted = run_ascent(towers, imgs, seeds, AscentConfig(steps=4, candidates=4, views=6, prompt="a photo of"))
+    resampled = run_ascent(towers, imgs, seeds, AscentConfig(steps=4, candidates=4, views=6, resample_views=True))
+    assert not torch.equal(base.scores, prompted.scores)
+    assert not torch.equal(base.scores, resampled.scores)
+
+
+def test_decode_and_clean_words(tiny):
+    tok = tiny.tokenizer
+    ids = [tok.sot_token_id, *tok.encode("red, circle!"), tok.eot_token_id, *tok.encode("grass")]
+    text = decode_sequence(tok, ids)
+    assert "start_of_text" not in text and "end_of_text" not in text
+    assert clean_words(text) == ["red", "circle", "grass"]
+    assert clean_words("Ünïcode\x00 ctrl\u200b!! 42") == ["ünïcode", "ctrl", "42"]
+
+
+def test_sequences_to_words_are_unique_and_ranked(tiny):
+    tok = tiny.tokenizer
+    seqs = torch.tensor([tok.encode("red circle red") + [tok.eot_token_id],
+                         tok.encode("circle on grass") + [tok.eot_token_id],
+                         [-1, -1, -1, -1]])
+    rows = sequences_to_words(tok, seqs, torch.tensor([0.5, 0.4, float("-inf")]))
+    assert [r["word"] for r in rows] == ["red", "circle", "on", "grass"]
+    assert [r["word_rank"] for r in rows] == [0, 1, 2, 3]
+    assert [r["seq_rank"] for r in rows] == [0, 0, 1, 1]
