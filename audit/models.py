@@ -59,7 +59,7 @@ def _sha256(path: str, size: int, mtime_ns: int) -> str:  # size and mtime make 
 
 def _weights_hint(name: str) -> str:
     tags = open_clip.list_pretrained_tags_by_model(name)
-    tag_text = f"a tag open_clip can download ({', '.join(tags[:6])}{', …' if len(tags) > 6 else ''}), " if tags else ""
+    tag_text = f"a tag open_clip can download ({', '.join(tags[:3])}{', …' if len(tags) > 3 else ''}), " if tags else ""
     return (f"pass --pretrained with {tag_text}a local checkpoint file (--pretrained /path/to/weights.pt), "
             "or --pretrained none for random weights (tests only)")
 
@@ -88,7 +88,9 @@ def load_model(name: str = DEFAULT_MODEL, pretrained: str = DEFAULT_PRETRAINED, 
         # caller's random state is untouched.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            logging.disable(logging.WARNING)  # open_clip warns on purpose-made random weights
+            # open_clip logs a warning for purpose-made random weights and an error before raising on a
+            # failed download; the AuditError below says it better, once.
+            logging.disable(logging.CRITICAL)
             try:
                 model = open_clip.create_model(name, pretrained=weights, device="cpu")
             finally:
@@ -96,8 +98,10 @@ def load_model(name: str = DEFAULT_MODEL, pretrained: str = DEFAULT_PRETRAINED, 
     except AuditError:
         raise
     except Exception as e:  # noqa: BLE001 - open_clip raises bare RuntimeErrors for missing downloads
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise AuditError(f"could not load weights for {name} (pretrained={pretrained}): {first[:200]}; "
+        text = " ".join(str(e).split()) or type(e).__name__
+        if "download" in text.lower() or "hub" in text.lower():
+            text = "the download failed (offline, or the model hub is unreachable)"
+        raise AuditError(f"could not load weights for {name} (pretrained={pretrained}): {text[:160]}; "
                          + _weights_hint(name)) from e
     model = model.to(dev).eval()
     for p in model.parameters():

@@ -215,6 +215,9 @@ def run_scan(source, out, **options) -> Scan:
                 f"words in {seconds:.1f} s ({rate:.2f} images/s) -> {out}")
         else:
             log(f"audit scan: nothing to do, all {len(src.records)} images are already in {out}")
+    except BaseException:
+        writer.discard_if_unused()
+        raise
     finally:
         writer.close()
     return Scan(out)

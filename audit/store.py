@@ -8,6 +8,7 @@ removed, so a killed scan leaves exactly the committed units and resume redoes t
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import fcntl
 import json
@@ -75,6 +76,7 @@ class ScanWriter:
         config_path = root / CONFIG_FILE
         if root.is_dir() and not config_path.exists() and any(p.name != ".lock" for p in root.iterdir()):
             raise AuditError(f"--out {root} is not empty and holds no audit scan; pass a new or empty directory")
+        made_dir = not root.exists()
         root.mkdir(parents=True, exist_ok=True)
         lock_fd = os.open(root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -88,6 +90,8 @@ class ScanWriter:
             os.close(lock_fd)
             raise
         writer = cls(root, config, lock_fd)
+        writer.created = not config["runs"] and not _parts(root / "images")
+        writer.made_dir = made_dir
         writer.recover()
         return writer
 
@@ -153,6 +157,19 @@ class ScanWriter:
         for t in TABLES:
             _fsync_dir(self.root / t)
         return name
+
+    def discard_if_unused(self) -> None:
+        """Undo a scan directory this run created but never committed to (say, the model failed to load),
+        so that a retry with other settings is not refused."""
+        if not self.created or _parts(self.root / "images"):
+            return
+        for t in TABLES:
+            shutil.rmtree(self.root / t, ignore_errors=True)
+        (self.root / CONFIG_FILE).unlink(missing_ok=True)
+        (self.root / ".lock").unlink(missing_ok=True)
+        if self.made_dir:
+            with contextlib.suppress(OSError):
+                self.root.rmdir()
 
     def record_run(self, run: dict) -> None:
         self.config.setdefault("runs", []).append(run)

@@ -1,0 +1,208 @@
+"""End to end on the tiny model: tables, bad input, resume, invariance, clear errors."""
+
+import io
+import os
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+import audit
+from audit.cli import main
+from audit.schema import SCHEMAS, TABLES
+
+from .helpers import FAST, save_noise
+
+
+def sorted_df(df, keys):
+    return df.sort_values(keys).reset_index(drop=True)
+
+
+def test_scan_writes_all_tables_with_their_schemas(small_folder, tmp_path):
+    out = tmp_path / "scan"
+    scan = audit.scan(small_folder, out, **FAST)
+    assert isinstance(scan, audit.Scan)
+    images = scan.images()
+    assert sorted(images.image_id) == ["cat/1.png", "cat/3.png", "dog/0.png", "dog/2.png", "dog/4.png", "top.png"]
+    assert pd.isna(images.set_index("image_id").label["top.png"])  # null label at the root
+    for t in TABLES:
+        files = sorted((out / t).glob("part-*.parquet"))
+        assert files, t
+        for f in files:
+            assert pq.read_schema(f).remove_metadata().equals(SCHEMAS[t]), (t, f)
+    tokens, heat = scan.tokens(), scan.heatmaps()
+    assert len(tokens) > 0 and len(tokens) == len(heat)
+    assert set(tokens.image_id) == set(images.image_id)
+    assert (tokens.groupby("image_id").word.nunique() == tokens.groupby("image_id").size()).all()
+    assert tokens.word.str.fullmatch(r"\w+").all()
+    merged = tokens.merge(heat, on=["image_id", "word"])
+    assert len(merged) == len(tokens)
+    assert (heat.grid.map(len) == 16).all() and (heat.grid_h == 4).all()
+    assert heat.entropy.between(0, 1).all() and heat.peak_x.between(0, 1).all()
+    assert scan.errors().empty
+    assert scan.config["settings"]["model"] == "audit-tiny"
+    assert scan.table("tokens").num_rows == len(tokens)
+
+
+def test_word_cosine_is_the_words_own_cosine(small_folder, tmp_path, tiny):
+    """word_cosine = cos(encode_image(image), encode_text(tokenize(word))) with open_clip's own calls."""
+    import torch
+
+    from audit.decode import decode
+
+    scan = audit.scan(small_folder, tmp_path / "scan", **FAST)
+    tokens = scan.tokens().head(6)
+    pre = tiny.preprocess
+    for row in tokens.itertuples():
+        d = decode(str(small_folder / row.image_id), pre, None)
+        x = (torch.tensor(d.pixels, dtype=torch.float32).permute(2, 0, 1) / 255
+             - torch.tensor(pre["mean"]).view(3, 1, 1)) / torch.tensor(pre["std"]).view(3, 1, 1)
+        with torch.no_grad():
+            img = tiny.model.encode_image(x[None], normalize=True)
+            txt = tiny.model.encode_text(tiny.tokenizer([row.word]), normalize=True)
+        assert abs(float((img * txt).sum()) - row.word_cosine) < 1e-5
+
+
+def make_bad_inputs(root):
+    ok = {}
+    save_noise(root / "good" / "a.png", seed=1)
+    (root / "bad").mkdir(parents=True)
+    (root / "bad" / "empty.png").write_bytes(b"")
+    buf = io.BytesIO()
+    Image.fromarray(np.random.RandomState(0).randint(0, 255, (64, 64, 3), dtype=np.uint8)).save(buf, "PNG")
+    (root / "bad" / "truncated.png").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    (root / "bad" / "text.jpg").write_text("this is not an image")
+    (root / "bad" / "dangling.png").symlink_to(root / "nowhere.png")
+    save_noise(root / "bad" / "locked.png")
+    ok["odd/wrong-ext.jpg"] = save_noise(root / "odd" / "wrong-ext.jpg.tmp.png")
+    os.rename(ok["odd/wrong-ext.jpg"], root / "odd" / "wrong-ext.jpg")  # PNG bytes behind a .jpg name
+    Image.new("RGB", (1, 1), (255, 0, 0)).save(root / "odd" / "one.png")
+    Image.new("RGB", (20000, 20), (0, 0, 255)).save(root / "odd" / "wide.png")
+    Image.fromarray((np.arange(64 * 64).reshape(64, 64) * 16).astype(np.uint16)).save(root / "odd" / "gray16.png")
+    pal = Image.new("P", (30, 30), 1)
+    pal.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
+    pal.save(root / "odd" / "palette.png", transparency=0)
+    Image.new("CMYK", (40, 30), (0, 255, 255, 0)).save(root / "odd" / "cmyk.jpg")
+    frames = [Image.new("L", (20, 20), v) for v in (0, 255)]
+    frames[0].save(root / "odd" / "anim.gif", save_all=True, append_images=frames[1:])
+    save_noise(root / "odd" / ("x" * 240 + ".png"))
+    with open(os.path.join(os.fsencode(root / "odd"), b"caf\xe9.png"), "wb") as f:
+        Image.new("RGB", (10, 10)).save(f, "PNG")
+    os.chmod(root / "bad" / "locked.png", 0)
+
+
+def test_bad_input_becomes_error_rows_and_the_scan_goes_on(tmp_path, monkeypatch):
+    root = tmp_path / "ds"
+    make_bad_inputs(root)
+    locked = str(root / "bad" / "locked.png")
+    real_open = open
+
+    def guarded_open(path, *args, **kwargs):  # root ignores chmod 0: refuse like the OS would for a user
+        if str(path) == locked:
+            raise PermissionError(13, "Permission denied", path)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr("audit.decode.open", guarded_open, raising=False)
+    scan = audit.scan(root, tmp_path / "scan", **FAST)
+    errors = scan.errors().set_index("image_id").reason.to_dict()
+    assert errors == {
+        "bad/dangling.png": "broken symlink",
+        "bad/empty.png": "empty file (0 bytes)",
+        "bad/locked.png": "permission denied",
+        "bad/text.jpg": "not an image file Pillow can read",
+        "bad/truncated.png": errors["bad/truncated.png"],
+    }
+    assert errors["bad/truncated.png"].startswith("corrupt or truncated image")
+    images = scan.images().set_index("image_id")
+    assert len(images) == 10
+    assert "odd/caf\\xe9.png" in images.index and ("odd/" + "x" * 240 + ".png") in images.index
+    assert (images.loc["odd/wide.png", "width"], images.loc["odd/wide.png", "height"]) == (20000, 20)
+    assert set(scan.tokens().image_id) == set(images.index)
+
+
+def test_manifest_with_missing_and_outside_paths(tmp_path):
+    save_noise(tmp_path / "data" / "a.png")
+    save_noise(tmp_path / "data" / "b.png", size=(80, 60))
+    manifest = tmp_path / "data" / "m.csv"
+    manifest.write_text("path,label,source,x0,y0,x1,y1\n"
+                        "a.png,cat,web,,,,\n"
+                        "b.png,dog,<b>scrape</b>,10,0,40,30\n"
+                        "missing.png,cat,web,,,,\n"
+                        "../../elsewhere/nope.png,dog,web,,,,\n")
+    scan = audit.scan(manifest, tmp_path / "scan", **FAST)
+    assert scan.errors().set_index("image_id").reason.to_dict() == {
+        "missing.png": "file not found", "../../elsewhere/nope.png": "file not found"}
+    images = scan.images().set_index("image_id")
+    assert images.loc["b.png", "source"] == "<b>scrape</b>" and images.loc["b.png", "x1"] == 40
+    heat = scan.heatmaps()
+    b, a = heat[heat.image_id == "b.png"], heat[heat.image_id == "a.png"]
+    assert b.box_mass.notna().all() and b.box_mass.between(0, 1).all() and b.peak_in_box.notna().all()
+    assert a.box_mass.isna().all() and a.peak_in_box.isna().all()
+
+
+def test_results_do_not_depend_on_batch_size_or_workers(small_folder, tmp_path):
+    a = audit.scan(small_folder, tmp_path / "a", **{**FAST, "batch_size": 1})
+    b = audit.scan(small_folder, tmp_path / "b", **{**FAST, "batch_size": 4, "workers": 2})
+    ta, tb = (sorted_df(s.tokens(), ["image_id", "word"]) for s in (a, b))
+    pd.testing.assert_frame_equal(ta.drop(columns=["seq_cosine", "word_cosine"]),
+                                  tb.drop(columns=["seq_cosine", "word_cosine"]))
+    assert np.allclose(ta.seq_cosine, tb.seq_cosine, atol=1e-5)
+    assert np.allclose(ta.word_cosine, tb.word_cosine, atol=1e-5)
+    ha, hb = (sorted_df(s.heatmaps(), ["image_id", "word"]) for s in (a, b))
+    assert np.allclose(np.stack(ha.grid), np.stack(hb.grid), atol=1e-5)
+
+
+def test_resume_skips_done_images_and_refuses_other_settings(small_folder, tmp_path, capsys):
+    out = tmp_path / "scan"
+    first = audit.scan(small_folder, out, **FAST).tokens()
+    save_noise(small_folder / "cat" / "new.png", seed=42)
+    again = audit.scan(small_folder, out, **{**FAST, "quiet": False})
+    assert "1 images to scan (6 already done)" in capsys.readouterr().err
+    assert len(again.images()) == 7 and len(again.config["runs"]) == 2
+    old = again.tokens()[lambda d: d.image_id != "cat/new.png"]
+    pd.testing.assert_frame_equal(sorted_df(old, ["image_id", "word"]), sorted_df(first, ["image_id", "word"]))
+    audit.scan(small_folder, out, **{**FAST, "quiet": False})
+    assert "nothing to do" in capsys.readouterr().err
+    with pytest.raises(audit.errors.AuditError, match="other settings.*steps"):
+        audit.scan(small_folder, out, **{**FAST, "steps": 4})
+    redone = audit.scan(small_folder, out, **{**FAST, "steps": 4, "overwrite": True})
+    assert len(redone.images()) == 7 and redone.config["settings"]["steps"] == 4
+
+
+def test_cli_user_errors_are_one_line_and_exit_2(tmp_path, capsys, small_folder):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "notscan").mkdir()
+    (tmp_path / "notscan" / "precious.txt").write_text("keep me")
+    base = ["--model", "audit-tiny", "--pretrained", "none", "--steps", "1", "-q"]
+    cases = [
+        (["scan", str(tmp_path / "empty"), "--out", str(tmp_path / "o1"), *base], "no images found"),
+        (["scan", str(small_folder), "--out", str(tmp_path / "afile"), *base], "is a file"),
+        (["scan", str(small_folder), "--out", str(tmp_path / "notscan"), *base], "not empty and holds no audit scan"),
+        (["scan", str(small_folder), "--out", str(tmp_path / "o2"), "--model", "nope-net"], "unknown model"),
+        (["scan", str(small_folder), "--out", str(tmp_path / "o3"), "--model", "audit-tiny", "--pretrained",
+          "missing.pt"], "neither an open_clip tag"),
+        (["scan", str(small_folder), "--out", str(tmp_path / "o4"), "--model", "ViT-B-32", "--pretrained",
+          "openai", "-q"], "could not load weights for ViT-B-32"),
+        (["scan", str(small_folder), "--out", str(tmp_path / "o5"), *base, "--batch-size", "many"], "--batch-size"),
+        (["scan", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o6"), *base], "does not exist"),
+    ]
+    for argv, needle in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("audit: error: ") and needle in err[0], (argv, err)
+    assert (tmp_path / "notscan" / "precious.txt").read_text() == "keep me"
+    assert not (tmp_path / "o4").exists()  # a failed model load leaves no half-made scan behind
+
+
+def test_cli_scan_prints_progress_and_summary(small_folder, tmp_path, capsys):
+    argv = ["scan", str(small_folder), "--out", str(tmp_path / "s"), "--model", "audit-tiny", "--pretrained",
+            "none", "--steps", "2", "--candidates", "2", "--views", "2", "--workers", "0"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "scan 6/6 (100%)" in err and "images/s" in err
+    assert "6 images scanned, 0 errors" in err
+    assert main([*argv, "--quiet"]) == 0
+    assert capsys.readouterr().err == ""
