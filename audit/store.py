@@ -74,7 +74,8 @@ class ScanWriter:
         if root.exists() and not root.is_dir():
             raise AuditError(f"--out {root} is a file; pass a directory (new or an earlier scan)")
         config_path = root / CONFIG_FILE
-        if root.is_dir() and not config_path.exists() and any(p.name != ".lock" for p in root.iterdir()):
+        ours = {".lock", f".tmp-{CONFIG_FILE}"}  # all a run killed before its first commit can leave
+        if root.is_dir() and not config_path.exists() and any(p.name not in ours for p in root.iterdir()):
             raise AuditError(f"--out {root} is not empty and holds no audit scan; pass a new or empty directory")
         made_dir = not root.exists()
         root.mkdir(parents=True, exist_ok=True)
@@ -113,14 +114,15 @@ class ScanWriter:
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "settings": settings, "source": source, "runs": [],
         }
+        _write_json(config_path, config)  # before the table folders: without it the folder is not ours
         for t in TABLES:
             (root / t).mkdir(exist_ok=True)
-        _write_json(config_path, config)
         return config
 
     def recover(self) -> list[str]:
         """Delete temporaries and half-committed units; returns what was removed."""
         removed = []
+        (self.root / f".tmp-{CONFIG_FILE}").unlink(missing_ok=True)
         committed = {p.name for p in _parts(self.root / "images")}
         for t in TABLES:
             folder = self.root / t
