@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import datetime as _dt
 import hashlib
@@ -51,9 +52,13 @@ class ScanOptions:
 
     def resolved_batch_size(self, device: torch.device) -> int:
         if self.batch_size == "auto":
-            # On CPU, tensors above glibc's 32 MB mmap ceiling are re-faulted on every op: small batches are
-            # about 3x faster per image (bench/cpu_batch.py).
-            return 64 if device.type == "cuda" else 4
+            if device.type == "cuda":
+                return 64
+            # On CPU, a vocabulary-sized tensor above glibc's 32 MB mmap ceiling is unmapped when freed and
+            # page-faulted again by the next op; batches that stay under it are 2-3x faster per image
+            # (bench/cpu_batch.py).
+            per_image = self.candidates * self.tokens_per_seq * 49408 * 4
+            return max(1, (32 << 20) // per_image)
         try:
             return int(self.batch_size)
         except (TypeError, ValueError):
@@ -87,6 +92,17 @@ def _fingerprint(records: list[Record]) -> str:
     for r in records:
         h.update(r.image_id.encode("utf-8", "surrogatepass") + b"\0")
     return h.hexdigest()
+
+
+def _tune_cpu_allocator() -> None:
+    """Keep freed blocks up to glibc's 32 MB ceiling in the heap instead of returning them to the OS, so the
+    ascent's per-step temporaries are reused rather than page-faulted anew (see bench/cpu_batch.py)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD
+        libc.mallopt(-1, 256 << 20)  # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):
+        pass  # not glibc: nothing to tune
 
 
 def _autocast(device: torch.device):
@@ -185,6 +201,8 @@ def run_scan(source, out, **options) -> Scan:
         if pending:
             log(f"audit scan: {len(pending)} images to scan ({len(src.records) - len(pending)} already done) "
                 f"with {opts.model} on {device}, batch size {batch_size}")
+            if device.type == "cpu":
+                _tune_cpu_allocator()
             loaded = load_model(opts.model, opts.pretrained, device=str(device), seed=opts.seed)
             towers = Towers(loaded)
             scanner = _BatchScanner(opts, towers, pending, src.meta_columns)
