@@ -44,6 +44,8 @@ def open_rgb(path: str, max_pixels: int | None) -> Image.Image:
         raise DecodeError("permission denied") from None
     except OSError as e:
         raise DecodeError(f"cannot stat file: {e.strerror or e}") from None
+    if os.path.isdir(path):
+        raise DecodeError("is a directory, not an image file")
     if size == 0:
         raise DecodeError("empty file (0 bytes)")
     old_limit = Image.MAX_IMAGE_PIXELS

@@ -52,6 +52,11 @@ class Batch:
     boxes: np.ndarray  # [n, 4] fractions of the model input, NaN without box
     errors: list[tuple[int, str]]  # (dataset index, reason)
 
+    def pin_memory(self) -> Batch:  # called by DataLoader(pin_memory=True) on a custom batch type
+        if self.pixels.numel():
+            self.pixels = self.pixels.pin_memory()
+        return self
+
 
 def collate(items: list[dict]) -> Batch:
     ok = [it for it in items if it["error"] is None]

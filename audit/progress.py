@@ -24,6 +24,8 @@ class Progress:
         self.done = 0
         self.start = time.perf_counter()
         self._last = self.start
+        if self.tty and not quiet:
+            self.update(0)  # show the bar before the first batch, which can take a while
 
     def rate(self) -> float:
         elapsed = time.perf_counter() - self.start

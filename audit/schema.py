@@ -73,7 +73,7 @@ COLUMN_DOCS: dict[str, dict[str, str]] = {
     "images": {
         "image_id": "Stable id: path relative to the source folder or as written in the manifest.",
         "path": "Where the file was read from (absolute).",
-        "label": "First-level sub-folder for folder sources (empty at the root); the manifest's label column.",
+        "label": "First-level sub-folder for folder sources (null at the root); the manifest's label column.",
         "width": "Width in pixels after EXIF orientation.",
         "height": "Height in pixels after EXIF orientation.",
         "x0": "Object box from the source, pixels of the oriented image (null when the source has none).",
@@ -109,7 +109,7 @@ COLUMN_DOCS: dict[str, dict[str, str]] = {
     "errors": {
         "image_id": "The image that could not be scanned.",
         "path": "Where it was read from.",
-        "stage": "'decode' (could not be read as an image) or 'scan' (failed inside the model).",
+        "stage": "Where it failed: 'decode' (the file could not be read as an image).",
         "reason": "What went wrong, in one line.",
     },
 }

@@ -115,14 +115,18 @@ def _manifest(path: Path, path_column: str) -> Source:
         cols = ", ".join(map(str, df.columns[:12]))
         raise AuditError(f"manifest {printable_path(str(path))} has no column {path_column!r} (columns: {cols}); "
                          "pass --path-column NAME")
+    df.columns = [str(c) for c in df.columns]
+    present = [c for c in BOX_COLUMNS if c in df.columns]
+    if present and len(present) < len(BOX_COLUMNS):
+        raise AuditError(f"manifest {printable_path(str(path))} has box column(s) {', '.join(present)} but a box "
+                         "needs all of x0, y0, x1, y1 (pixels); add the others or rename these")
     reserved = set(IMAGES.names) - {"label", *BOX_COLUMNS}
     clash = [str(c) for c in df.columns if str(c) in reserved and str(c) != path_column]
     if clash:
         raise AuditError(f"manifest column(s) {', '.join(clash)} clash with audit's own image columns; rename them")
     base = path.resolve().parent
     has_box = all(c in df.columns for c in BOX_COLUMNS)
-    meta_cols = [str(c) for c in df.columns if str(c) != path_column and str(c) != "label"
-                 and not (has_box and str(c) in BOX_COLUMNS)]
+    meta_cols = [c for c in df.columns if c not in (path_column, "label", *BOX_COLUMNS)]
     records = []
     seen: set[str] = set()
     for row in df.to_dict("records"):

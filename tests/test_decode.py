@@ -93,6 +93,8 @@ def test_missing_file(tmp_path):
     link.symlink_to(tmp_path / "gone.png")
     with pytest.raises(DecodeError, match="broken symlink"):
         open_rgb(str(link), None)
+    with pytest.raises(DecodeError, match="is a directory"):
+        open_rgb(str(tmp_path), None)
 
 
 def test_shortest_fit_matches_open_clip_transform():

@@ -72,6 +72,9 @@ def test_manifest_errors(tmp_path):
     path.write_text("path,width\na.png,3\n")
     with pytest.raises(AuditError, match="clash"):
         open_source(path)
+    path.write_text("path,x0,y0\na.png,1,2\n")
+    with pytest.raises(AuditError, match="needs all of x0, y0, x1, y1"):
+        open_source(path)
     path.write_text("path\na.png\na.png\n")
     with pytest.raises(AuditError, match="twice"):
         open_source(path)
