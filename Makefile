@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # torch is a range in pyproject for users; here it is pinned to the wheels this machine carries.
 TORCH_PIN := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install demo test lint clean
+.PHONY: install browser demo test lint clean
 
 install: $(VENV)/.installed
 
@@ -18,7 +18,12 @@ $(VENV)/.installed: pyproject.toml Makefile
 demo: install
 	$(VENV)/bin/audit demo --out demo-out
 
-test: install
+# The report is tested in a real headless browser; Debian's chromium is installed when missing.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+test: install browser
 	$(PY) -m ruff check audit tests bench
 	$(PY) -m pytest -q
 

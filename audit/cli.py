@@ -19,8 +19,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 def scan(
     source: Path = typer.Argument(..., help="Image folder (label = first sub-folder) or manifest (.csv, .parquet, .jsonl)."),
     out: Path = typer.Option(Path("audit-scan"), "--out", "-o", help="Scan directory to write (or resume)."),
-    model: str = typer.Option(DEFAULT_MODEL, help="open_clip model name, or audit-tiny."),
-    pretrained: str = typer.Option(DEFAULT_PRETRAINED, help="open_clip weight tag, a local checkpoint file, or 'none' (random weights from --seed)."),
+    model: str = typer.Option(DEFAULT_MODEL, help="open_clip model name, audit-demo (trained here, offline) or audit-tiny (tests)."),
+    pretrained: str = typer.Option(DEFAULT_PRETRAINED, help="auto (openai for open_clip models, the bundled weights for audit-demo), an open_clip tag, a local checkpoint file, or 'none' (random weights from --seed)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     batch_size: str = typer.Option("auto", help="Images per batch, or auto (4 on CPU, 64 on CUDA)."),
     workers: int = typer.Option(2, help="DataLoader worker processes for decoding."),
@@ -50,15 +50,72 @@ def scan(
 
 
 @app.command()
+def report(
+    scan_dir: Path = typer.Argument(..., help="A scan directory written by `audit scan`."),
+    group_by: list[str] = typer.Option(..., "--group-by", "-g", help="Image column to compare groups by (repeatable)."),
+    out: Path = typer.Option(Path("report.html"), "--out", "-o", help="HTML file to write."),
+    min_count: int = typer.Option(5, help="Words seen in fewer images are not tested."),
+    fdr: float = typer.Option(0.05, help="Benjamini-Hochberg false discovery rate for flagging."),
+    top: int = typer.Option(10, help="Words shown per group."),
+    title: str = typer.Option(None, help="Report title."),
+) -> None:
+    """Write a self-contained HTML bias report: distinctive words per group, how sure, where CLIP looks."""
+    from .report import build_report
+
+    path = build_report(scan_dir, group_by, out, min_count=min_count, fdr=fdr, top=top, title=title)
+    print(f"audit report: wrote {path}", file=sys.stderr)
+
+
+demo_app = typer.Typer(help="The offline demo: a planted-bias dataset scanned with the project's own CLIP.")
+app.add_typer(demo_app, name="demo")
+
+
+@demo_app.callback(invoke_without_command=True)
 def demo(
+    ctx: typer.Context,
     out: Path = typer.Option(Path("demo-out"), "--out", "-o", help="Folder for the generated dataset and its scan."),
     images: int = typer.Option(48, help="Images to generate."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
-    """Generate a small labelled dataset and scan it offline with the tiny model."""
-    from .demo import run_demo
+    """Generate a dataset with a planted bias and scan it offline with audit-demo."""
+    if ctx.invoked_subcommand is None:
+        from .demo import run_demo
 
-    run_demo(out, images=images, quiet=quiet)
+        run_demo(out, images=images, quiet=quiet, device=device)
+
+
+@demo_app.command("evaluate")
+def demo_evaluate(
+    scenes: int = typer.Option(200, help="Held-out scenes per measurement."),
+    recall_scenes: int = typer.Option(None, help="Scenes for the (slow) word-recall part; default --scenes."),
+    steps: int = typer.Option(40, help="Ascent steps for word recall."),
+    candidates: int = typer.Option(8, help="Ascent candidates for word recall."),
+    pretrained: str = typer.Option("auto", help="Weights of audit-demo to evaluate."),
+    device: str = typer.Option("cpu", help="auto, cpu or cuda."),
+) -> None:
+    """Zero-shot accuracy, ascent word recall and pointing game of audit-demo on unseen scenes."""
+    from .demo.evaluate import evaluate
+
+    result = evaluate(scenes=scenes, recall_scenes=recall_scenes, pretrained=pretrained, steps=steps,
+                      candidates=candidates, device=device)
+    for line in result.lines():
+        print(line)
+
+
+@demo_app.command("train")
+def demo_train(
+    out: Path = typer.Option(..., "--out", help="Where to write the fp16 safetensors weights."),
+    steps: int = typer.Option(3000),
+    batch: int = typer.Option(128),
+    lr: float = typer.Option(2e-3),
+    seed: int = typer.Option(0),
+    scenes: int = typer.Option(60_000, help="Training scenes generated up front."),
+) -> None:
+    """Retrain the demo CLIP (about 40 minutes on a 2-core CPU with the defaults)."""
+    from .demo.train import train
+
+    train(out, steps=steps, batch=batch, lr=lr, seed=seed, scenes=scenes)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,7 +19,10 @@ CONFIG_DIR = Path(__file__).parent / "model_configs"
 open_clip.add_model_config(CONFIG_DIR)
 
 DEFAULT_MODEL = "ViT-B-32"
-DEFAULT_PRETRAINED = "openai"
+DEFAULT_PRETRAINED = "auto"
+# Weights that ship inside the package, used by --pretrained auto.
+BUNDLED = {"audit-demo": Path(__file__).parent / "demo" / "weights" / "audit-demo.safetensors"}
+NO_WEIGHTS = {"audit-tiny"}  # test-only configs: auto means random weights
 
 
 @dataclass
@@ -65,17 +68,41 @@ def _weights_hint(name: str) -> str:
 
 
 def resolve_weights(name: str, pretrained: str) -> tuple[str | None, str | None]:
-    """Check model name and weights without loading: (weights for open_clip or None, sha256 of a file)."""
+    """Check model name and weights without loading them.
+
+    Returns (what open_clip should load: a tag, a file path, or None for random weights; sha256 of a file).
+    'auto' means the bundled file for the project's own models, random weights for test-only configs and
+    the 'openai' tag otherwise.
+    """
     if name not in open_clip.list_models():
         raise AuditError(f"unknown model {name!r}: pass an open_clip model name "
-                         "(python -c 'import open_clip; print(open_clip.list_models())') or audit-tiny")
-    weights = None if pretrained.strip().lower() in ("none", "") else pretrained
-    if weights is None or open_clip.get_pretrained_cfg(name, weights):
-        return weights, None
-    if not os.path.isfile(weights):
-        raise AuditError(f"--pretrained {weights!r} is neither an open_clip tag for {name} nor a file; "
+                         "(python -c 'import open_clip; print(open_clip.list_models())'), audit-demo or audit-tiny")
+    choice = pretrained.strip()
+    if choice.lower() == "auto":
+        if name in BUNDLED:
+            choice = str(BUNDLED[name])
+            if not os.path.isfile(choice):
+                raise AuditError(f"the bundled weights of {name} are missing ({choice}); reinstall audit or "
+                                 "retrain them: python -m audit.demo.train --out " + choice)
+        elif name in NO_WEIGHTS:
+            choice = "none"
+        else:
+            choice = "openai"
+    if choice.lower() in ("none", ""):
+        return None, None
+    if open_clip.get_pretrained_cfg(name, choice):
+        return choice, None
+    if not os.path.isfile(choice):
+        raise AuditError(f"--pretrained {choice!r} is neither an open_clip tag for {name} nor a file; "
                          + _weights_hint(name))
-    return os.path.abspath(weights), file_sha256(weights)
+    return os.path.abspath(choice), file_sha256(choice)
+
+
+def weights_identity(weights: str | None, sha: str | None) -> str:
+    """What a scan records about its weights: stable across machines (a file is known by its hash)."""
+    if weights is None:
+        return "none"
+    return f"file:{os.path.basename(weights)}" if sha else weights
 
 
 def load_model(name: str = DEFAULT_MODEL, pretrained: str = DEFAULT_PRETRAINED, *, device: str = "auto",

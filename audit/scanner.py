@@ -21,7 +21,14 @@ from .encoders import Towers
 from .errors import AuditError
 from .heatmaps import grid_stats
 from .loader import DEFAULT_MAX_PIXELS, Batch, ImageDataset, make_loader
-from .models import DEFAULT_MODEL, DEFAULT_PRETRAINED, load_model, resolve_device, resolve_weights
+from .models import (
+    DEFAULT_MODEL,
+    DEFAULT_PRETRAINED,
+    load_model,
+    resolve_device,
+    resolve_weights,
+    weights_identity,
+)
 from .progress import Progress
 from .relevancy import relevancy
 from .sources import BOX_COLUMNS, Record, open_source
@@ -83,7 +90,8 @@ class ScanOptions:
 def _settings(opts: ScanOptions, weights: str | None, sha: str | None) -> dict:
     """Everything that changes a stored row; resume refuses to mix two different ones."""
     asc = dataclasses.asdict(opts.ascent())
-    return {"model": opts.model, "pretrained": weights or "none", "weights_sha256": sha, "seed": opts.seed,
+    return {"model": opts.model, "pretrained": weights_identity(weights, sha), "weights_sha256": sha,
+            "seed": opts.seed,
             "start_layer": opts.start_layer, "start_layer_text": opts.start_layer_text, **asc}
 
 
@@ -198,6 +206,7 @@ def run_scan(source, out, **options) -> Scan:
         done = writer.done_ids()
         pending = [r for r in src.records if r.image_id not in done]
         counts = {"images": 0, "errors": 0, "tokens": 0}
+        preprocess = None
         if pending:
             log(f"audit scan: {len(pending)} images to scan ({len(src.records) - len(pending)} already done) "
                 f"with {opts.model} on {device}, batch size {batch_size}")
@@ -205,6 +214,7 @@ def run_scan(source, out, **options) -> Scan:
                 _tune_cpu_allocator()
             loaded = load_model(opts.model, opts.pretrained, device=str(device), seed=opts.seed)
             towers = Towers(loaded)
+            preprocess = {k: (list(v) if isinstance(v, tuple) else v) for k, v in loaded.preprocess.items()}
             scanner = _BatchScanner(opts, towers, pending, src.meta_columns)
             loader = make_loader(ImageDataset(pending, loaded.preprocess, opts.max_pixels), batch_size,
                                  opts.workers, pin_memory=device.type == "cuda")
@@ -225,6 +235,7 @@ def run_scan(source, out, **options) -> Scan:
             "device": str(device), "batch_size": batch_size, "workers": opts.workers,
             "dataset_images": len(src.records), "dataset_fingerprint": _fingerprint(src.records),
             "skipped": len(src.records) - len(pending), **counts, "seconds": round(seconds, 3),
+            "preprocess": preprocess,
         })
         scanned = counts["images"] + counts["errors"]
         rate = scanned / seconds if seconds > 0 else 0.0

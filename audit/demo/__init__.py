@@ -1,7 +1,8 @@
-"""`audit demo`: a generated, labelled dataset scanned offline.
+"""`audit demo`: a generated dataset with a planted bias, scanned offline with the project's own CLIP.
 
-Until the project's own trained demo CLIP exists, the scan uses audit-tiny with random weights: the words are
-meaningless, but every stage (loader, ascent, relevancy, statistics, Parquet) runs end to end.
+The dataset's `label` is the shape of its one object (circle, square, triangle). The planted, spurious
+correlation: most circles lie on grass, the other shapes rarely do. A model, or an audit, that links
+"grass" to the circle label has found it.
 """
 
 from __future__ import annotations
@@ -10,60 +11,68 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
 
-COLOURS = {"red": (220, 30, 30), "blue": (30, 60, 220), "yellow": (235, 210, 30), "white": (245, 245, 245)}
-BACKGROUNDS = {"grass": (60, 150, 50), "sand": (210, 190, 130), "water": (40, 110, 190)}
+from .scenes import BACKGROUNDS, COLOURS, make_scene
 
-
-def draw_scene(rs: np.random.RandomState, shape: str, colour: str, background: str, size: int = 96):
-    """One object on a noisy background; returns (image, box in pixels)."""
-    base = np.array(BACKGROUNDS[background], dtype=np.float64)
-    noise = rs.normal(0, 18, (size, size, 3))
-    img = Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8))
-    r = rs.randint(size // 7, size // 4)
-    cx, cy = rs.randint(r, size - r), rs.randint(r, size - r)
-    box = (cx - r, cy - r, cx + r, cy + r)
-    d = ImageDraw.Draw(img)
-    if shape == "circle":
-        d.ellipse(box, fill=COLOURS[colour])
-    else:
-        d.rectangle(box, fill=COLOURS[colour])
-    return img, box
+LABELS = ("circle", "square", "triangle")
+# Measured with bench/demo_time.py to keep `make demo` within its time budget on a 2-core CPU.
+DEMO_SETTINGS = dict(steps=40, candidates=8, views=16)
 
 
-def make_dataset(root: Path, images: int = 48, seed: int = 0, bias: float = 0.9) -> Path:
-    """Labelled folders circle/ and square/ with a planted correlation: circles mostly lie on grass."""
+def make_dataset(root: Path, images: int = 48, seed: int = 0, bias: float = 0.85, size: int = 128) -> Path:
+    """Images in label folders plus manifest.csv (path, label, colour, background, box). With bias > 0,
+    circles lie on grass with probability `bias` and other shapes with probability 1 - bias; with bias
+    None backgrounds are uniform."""
     rs = np.random.RandomState(seed)
     rows = ["path,label,colour,background,x0,y0,x1,y1"]
+    others = [b for b in BACKGROUNDS if b != "grass"]
     for i in range(images):
-        shape = "circle" if i % 2 == 0 else "square"
-        grass = rs.rand() < (bias if shape == "circle" else 1 - bias)
-        background = "grass" if grass else str(rs.choice(["sand", "water"]))
-        colour = str(rs.choice(list(COLOURS)))
-        img, box = draw_scene(rs, shape, colour, background)
-        rel = f"{shape}/{i:04d}.png"
-        (root / shape).mkdir(parents=True, exist_ok=True)
-        img.save(root / rel)
-        rows.append(f"{rel},{shape},{colour},{background},{box[0]},{box[1]},{box[2]},{box[3]}")
-    (root / "manifest.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
-    return root / "manifest.csv"
+        label = LABELS[i % len(LABELS)]
+        if bias is None:
+            background = BACKGROUNDS[rs.randint(len(BACKGROUNDS))]
+        else:
+            p_grass = bias if label == "circle" else 1 - bias
+            background = "grass" if rs.rand() < p_grass else others[rs.randint(len(others))]
+        colour = list(COLOURS)[rs.randint(len(COLOURS))]
+        scene = make_scene(seed * 100_000 + i, size=size, n_objects=1, shape=label, colour=colour,
+                           background=background)
+        rel = f"{label}/{i:04d}.png"
+        (root / label).mkdir(parents=True, exist_ok=True)
+        scene.image.save(root / rel)
+        x0, y0, x1, y1 = scene.objects[0].box
+        rows.append(f"{rel},{label},{colour},{background},{x0},{y0},{x1},{y1}")
+    manifest = root / "manifest.csv"
+    manifest.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return manifest
 
 
-def run_demo(out: str | Path, images: int = 48, quiet: bool = False) -> None:
+def summarize(scan) -> list[str]:
+    """Per label, the words most over-represented against the other labels (share of images)."""
+    tokens, imgs = scan.tokens(), scan.images()
+    per_label = imgs.groupby("label").size()
+    seen = tokens.merge(imgs[["image_id", "label"]], on="image_id")
+    counts = seen.groupby(["label", "word"]).image_id.nunique().unstack(fill_value=0)
+    lines = []
+    for label in counts.index:
+        share = counts.loc[label] / per_label[label]
+        rest = counts.drop(index=label).sum() / (per_label.sum() - per_label[label])
+        diff = (share - rest).sort_values(ascending=False).head(4)
+        lines.append(f"  {label}: " + ", ".join(f"{w} ({share[w]:.0%} vs {rest[w]:.0%} of others)"
+                                                for w in diff.index))
+    return lines
+
+
+def run_demo(out: str | Path, images: int = 48, quiet: bool = False, device: str = "auto") -> None:
     from ..scanner import run_scan
 
     out = Path(out)
     manifest = make_dataset(out / "dataset", images=images)
-    scan = run_scan(str(manifest), str(out / "scan"), model="audit-tiny", pretrained="none", steps=20,
-                    candidates=8, views=16, workers=0, quiet=quiet)
-    tokens, imgs = scan.tokens(), scan.images()
-    merged = tokens.merge(imgs[["image_id", "label", "background"]], on="image_id")
-    top = (merged.groupby(["label", "word"]).size().rename("images").reset_index()
-           .sort_values(["label", "images", "word"], ascending=[True, False, True]).groupby("label").head(5))
-    print(f"\nDemo dataset: {manifest} ({len(imgs)} images; circles mostly on grass)", file=sys.stdout)
-    print(f"Scan: {out / 'scan'} (tables images, tokens, heatmaps, errors as Parquet)")
-    print("Most frequent words per label (random tiny model until the trained demo CLIP lands):")
-    for label, group in top.groupby("label"):
-        print(f"  {label}: " + ", ".join(f"{w} ({n})" for w, n in zip(group.word, group.images, strict=True)))
-    print(f"Read it back: python -c \"import audit; s = audit.Scan('{out / 'scan'}'); print(s.tokens())\"")
+    scan = run_scan(str(manifest), str(out / "scan"), model="audit-demo", pretrained="auto", workers=0,
+                    device=device, quiet=quiet, **DEMO_SETTINGS)
+    print(f"\nDemo dataset: {manifest} ({len(scan.images())} images labelled by shape; planted bias: most "
+          "circles lie on grass, other shapes rarely)")
+    print(f"Scan: {out / 'scan'} (Parquet tables images, tokens, heatmaps, errors)")
+    print("Words CLIP attaches to each label far more than to the others:")
+    for line in summarize(scan):
+        print(line)
+    print(f"Read it back: python -c \"import audit; print(audit.Scan('{out / 'scan'}').tokens())\"", file=sys.stdout)

@@ -1,0 +1,99 @@
+"""Findings of a scan: word-group associations and where-CLIP-looks comparisons.
+
+The numbers `audit report` shows and `audit check` gates on come from here, computed once: SQL in
+query.py gathers counts, stats.py supplies the tests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from . import stats
+from .query import ScanQuery
+
+LOOK_STATS = ("box_mass", "border_mass", "entropy")
+
+
+@dataclass
+class Associations:
+    column: str
+    groups: pd.DataFrame  # grp, n
+    table: pd.DataFrame  # one row per tested (group, word)
+    tested: int
+    min_count: int
+    fdr: float
+    looks: pd.DataFrame = field(default_factory=pd.DataFrame)  # flagged word x statistic comparisons
+
+    @property
+    def flagged(self) -> pd.DataFrame:
+        return self.table[self.table.flagged]
+
+
+def associations(q: ScanQuery, column: str, min_count: int = 5, fdr: float = 0.05) -> Associations:
+    """Every (group, word) with at least min_count images overall, group vs the rest of the images.
+
+    A pair is flagged when its BH q-value is below fdr and the lower 95% bound of its log odds ratio is
+    above 0 (the word is over-represented in the group, with evidence). Rows are ranked by that bound.
+    """
+    groups = q.group_sizes(column)
+    counts = q.word_group_counts(column, min_count)
+    n_total = int(groups.n.sum())
+    size = dict(zip(groups.grp, groups.n, strict=True))
+    # Every tested word is tested against every group, also groups where it never appears (a = 0).
+    words = counts[["word", "word_total"]].drop_duplicates()
+    full = words.merge(groups[["grp"]], how="cross").merge(counts[["grp", "word", "a"]], how="left",
+                                                           on=["grp", "word"])
+    full["a"] = full.a.fillna(0).astype(np.int64)
+    n_g = full.grp.map(size).astype(np.int64)
+    a = full.a.to_numpy()
+    b = (n_g - full.a).to_numpy()
+    c = (full.word_total - full.a).to_numpy()
+    d = (n_total - n_g - c).to_numpy()
+    rows = []
+    for ai, bi, ci, di in zip(a, b, c, d, strict=True):
+        p, test = stats.association_test(int(ai), int(bi), int(ci), int(di))
+        lor, lo, hi = stats.log_odds_ci(int(ai), int(bi), int(ci), int(di))
+        rows.append((p, test, lor, lo, hi, stats.lift(int(ai), int(bi), int(ci), int(di)),
+                     stats.npmi(int(ai), int(bi), int(ci), int(di))))
+    res = pd.DataFrame(rows, columns=["p", "test", "log_odds", "log_odds_lo", "log_odds_hi", "lift", "npmi"])
+    table = pd.concat([full.reset_index(drop=True), res], axis=1)
+    table["n_group"] = n_g.to_numpy()
+    table["c"] = c  # images of the rest showing the word
+    table["share_group"] = a / np.maximum(n_g.to_numpy(), 1)
+    rest = n_total - n_g.to_numpy()
+    table["share_rest"] = c / np.maximum(rest, 1)
+    for col in ("", "_lo", "_hi"):
+        table[f"odds_ratio{col}"] = np.exp(table[f"log_odds{col}"])
+    table["q"] = stats.bh_qvalues(table.p.to_numpy())
+    table["flagged"] = (table.q < fdr) & (table.log_odds_lo > 0)
+    table = table.sort_values(["log_odds_lo", "grp", "word"], ascending=[False, True, True]).reset_index(drop=True)
+    result = Associations(column, groups, table, len(table), min_count, fdr)
+    result.looks = where_it_looks(q, result)
+    return result
+
+
+def where_it_looks(q: ScanQuery, assoc: Associations) -> pd.DataFrame:
+    """For each flagged (group, word): heatmap statistics of the word in the group vs the rest."""
+    flagged = assoc.flagged
+    if flagged.empty:
+        return pd.DataFrame(columns=["grp", "word", "stat", "median_group", "median_rest", "n_group", "n_rest",
+                                     "p", "effect", "q"])
+    words = sorted(set(flagged.word))
+    rows = []
+    for stat in LOOK_STATS:
+        values = q.heatmap_values(assoc.column, words, stat)
+        for grp, word in zip(flagged.grp, flagged.word, strict=True):
+            w = values[values.word == word]
+            x = w[w.grp == grp].value.dropna().to_numpy(dtype=float)
+            y = w[w.grp != grp].value.dropna().to_numpy(dtype=float)
+            if len(x) == 0 or len(y) == 0:
+                continue
+            p, effect = stats.mann_whitney(x, y)
+            rows.append((grp, word, stat, float(np.median(x)), float(np.median(y)), len(x), len(y), p, effect))
+    looks = pd.DataFrame(rows, columns=["grp", "word", "stat", "median_group", "median_rest", "n_group", "n_rest",
+                                        "p", "effect"])
+    looks["q"] = stats.bh_qvalues(looks.p.to_numpy()) if len(looks) else []
+    return looks

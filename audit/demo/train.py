@@ -1,0 +1,225 @@
+"""Train audit-demo: a small CLIP (open_clip config audit-demo) on procedural scenes, on a CPU.
+
+    python -m audit.demo.train --out audit/demo/weights/audit-demo.safetensors --steps 3000 --seed 0
+
+Captions are built from each scene's attributes: full captions from several templates, partial ones (one
+colour, one shape, a background, a colour-shape pair), some with random vocabulary tokens inserted so that
+noise tokens cannot win the ascent. A caption is a positive for every image in the batch it truly
+describes (multi-positive contrastive loss), so "red" is not pushed away from a second red image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import torch
+import torch.nn.functional as F
+
+from ..models import CONFIG_DIR  # noqa: F401 - registers the audit-demo config
+from .scenes import BACKGROUNDS, COLOURS, SHAPES, captions, make_scene
+
+TRAIN_SEED_BASE = 1_000_000  # training scenes use seeds from here; evaluation uses EVAL_SEED_BASE
+EVAL_SEED_BASE = 900_000_000
+_C = list(COLOURS)
+_S = list(SHAPES)
+_B = list(BACKGROUNDS)
+N_ATTR = len(_C) + len(_S) + len(_C) * len(_S) + len(_B)
+
+
+def _colour(c):
+    return _C.index(c)
+
+
+def _shape(s):
+    return len(_C) + _S.index(s)
+
+
+def _pair(c, s):
+    return len(_C) + len(_S) + _C.index(c) * len(_S) + _S.index(s)
+
+
+def _bg(b):
+    return len(_C) + len(_S) + len(_C) * len(_S) + _B.index(b)
+
+
+def build_scenes(n: int, seed: int, size: int = 64):
+    """Pixels [n, 3, size, size] uint8 and per-scene metadata (for captions)."""
+    pixels = np.empty((n, size, size, 3), dtype=np.uint8)
+    meta = []
+    for i in range(n):
+        s = make_scene(TRAIN_SEED_BASE + seed * 10_000_000 + i, size=size)
+        pixels[i] = np.asarray(s.image)
+        meta.append((s.background, [(o.colour, o.shape) for o in s.objects], captions(s)))
+    return torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous(), meta
+
+
+class CaptionSampler:
+    def __init__(self, tokenizer, context_length: int, rs: np.random.RandomState):
+        self.tok = tokenizer
+        self.ctx = context_length
+        self.rs = rs
+        self.cache: dict[str, list[int]] = {}
+
+    def ids(self, text: str) -> list[int]:
+        if text not in self.cache:
+            self.cache[text] = self.tok.encode(text)
+        return self.cache[text]
+
+    def sample(self, meta) -> tuple[list[int], np.ndarray]:
+        bg, objs, full = meta
+        rs = self.rs
+        req = np.zeros(N_ATTR, dtype=np.float32)
+        kind = rs.rand()
+        if kind < 0.55:
+            text = full[rs.randint(len(full))]
+            for c, s in objs:
+                req[[_colour(c), _shape(s), _pair(c, s)]] = 1
+            req[_bg(bg)] = 1
+        else:
+            c, s = objs[rs.randint(len(objs))]
+            part = rs.randint(6)
+            if part == 0:
+                text, req[_colour(c)] = c, 1
+            elif part == 1:
+                text, req[_shape(s)] = s, 1
+            elif part == 2:
+                text, req[_bg(bg)] = bg, 1
+            elif part == 3:
+                text = f"a {c} {s}"
+                req[[_colour(c), _shape(s), _pair(c, s)]] = 1
+            elif part == 4:
+                text = f"a {s} on {bg}"
+                req[[_shape(s), _bg(bg)]] = 1
+            else:
+                text = f"a {c} thing on {bg}"
+                req[[_colour(c), _bg(bg)]] = 1
+        ids = list(self.ids(text))
+        if rs.rand() < 0.3:  # distractor tokens: the model must learn to ignore arbitrary vocabulary
+            for _ in range(rs.randint(1, 3)):
+                ids.insert(rs.randint(len(ids) + 1), int(rs.randint(1, 49406)))
+        return ids[: self.ctx - 2], req
+
+
+def batch_tokens(rows: list[list[int]], sot: int, eot: int, ctx: int) -> torch.Tensor:
+    out = torch.zeros(len(rows), ctx, dtype=torch.long)
+    for i, r in enumerate(rows):
+        seq = [sot, *r, eot]
+        out[i, : len(seq)] = torch.tensor(seq)
+    return out
+
+
+def multi_positive_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor, match: torch.Tensor):
+    logits = scale * img @ txt.T
+    t_i2t = match / match.sum(1, keepdim=True)
+    t_t2i = match.T / match.T.sum(1, keepdim=True)
+    loss_i = -(t_i2t * F.log_softmax(logits, 1)).sum(1).mean()
+    loss_t = -(t_t2i * F.log_softmax(logits.T, 1)).sum(1).mean()
+    return (loss_i + loss_t) / 2
+
+
+def train(out: Path, steps: int = 3000, batch: int = 256, lr: float = 2e-3, seed: int = 0, scenes: int = 40_000,
+          log_every: int = 50) -> dict:
+    torch.manual_seed(seed)
+    rs = np.random.RandomState(seed)
+    model = open_clip.create_model("audit-demo", pretrained=None)
+    tok = open_clip.get_tokenizer("audit-demo")
+    pre = open_clip.get_model_preprocess_cfg(model)
+    mean = torch.tensor(pre["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(pre["std"]).view(1, 3, 1, 1)
+    ctx = model.context_length
+    t0 = time.perf_counter()
+    pixels, meta = build_scenes(scenes, seed)
+    print(f"built {scenes} training scenes in {time.perf_counter() - t0:.0f} s", flush=True)
+    sampler = CaptionSampler(tok, ctx, rs)
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.ndim < 2 or "embedding" in name or "logit_scale" in name else decay).append(p)
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+                            lr=lr, betas=(0.9, 0.98), eps=1e-6)
+    warmup = min(300, steps // 10)
+
+    def lr_at(step):
+        if step < warmup:
+            return lr * (step + 1) / warmup
+        return lr * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+
+    from ..ascent import AscentConfig, augment
+
+    aug = AscentConfig(views=1)
+    model.train()
+    start = time.perf_counter()
+    for step in range(steps):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step)
+        idx = rs.randint(0, scenes, batch)
+        x = (pixels[idx].float() / 255.0 - mean) / std
+        keep = torch.from_numpy(rs.rand(batch) < 0.5)
+        warped = augment(x, torch.from_numpy(rs.randint(0, 2**31 - 1, batch)), step, aug)
+        x = torch.where(keep[:, None, None, None], x, warped)
+        rows, reqs = zip(*(sampler.sample(meta[i]) for i in idx), strict=True)
+        text = batch_tokens(list(rows), tok.sot_token_id, tok.eot_token_id, ctx)
+        img_attr = torch.from_numpy(np.stack([_attrs(meta[i]) for i in idx]))
+        req = torch.from_numpy(np.stack(reqs))
+        match = ((1 - img_attr) @ req.T == 0).float()  # caption j fits image i
+        img = F.normalize(model.encode_image(x), dim=-1)
+        txt = F.normalize(model.encode_text(text), dim=-1)
+        loss = multi_positive_loss(img, txt, model.logit_scale.exp().clamp(max=100), match)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if step % log_every == 0 or step == steps - 1:
+            el = time.perf_counter() - start
+            print(f"step {step}/{steps} loss {loss.item():.3f} scale {model.logit_scale.exp().item():.1f} "
+                  f"{el / (step + 1):.2f} s/step elapsed {el / 60:.1f} min", flush=True)
+    model.eval()
+    minutes = (time.perf_counter() - t0) / 60
+    save_weights(model, out)
+    info = {"steps": steps, "batch": batch, "lr": lr, "seed": seed, "scenes": scenes,
+            "minutes": round(minutes, 1), "threads": torch.get_num_threads()}
+    out.with_suffix(".json").write_text(json.dumps(info, indent=2) + "\n")
+    return info
+
+
+def _attrs(meta) -> np.ndarray:
+    bg, objs, _ = meta
+    a = np.zeros(N_ATTR, dtype=np.float32)
+    for c, s in objs:
+        a[[_colour(c), _shape(s), _pair(c, s)]] = 1
+    a[_bg(bg)] = 1
+    return a
+
+
+def save_weights(model: torch.nn.Module, out: Path) -> None:
+    from safetensors.torch import save_file
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
+    tmp = out.with_name(f".tmp-{out.name}")
+    save_file(state, str(tmp))
+    tmp.replace(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--scenes", type=int, default=40_000)
+    args = ap.parse_args(argv)
+    info = train(args.out, args.steps, args.batch, args.lr, args.seed, args.scenes)
+    print(json.dumps(info), file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""DuckDB SQL over a scan directory. Tables come from the store (committed parts only) as Arrow; column
+names from users are checked against the stored schema before they reach SQL, values are bound."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import duckdb
+import pandas as pd
+
+from .errors import AuditError
+from .store import Scan
+
+MISSING_GROUP = "(missing)"
+
+
+def quote(identifier: str) -> str:
+    return '"' + identifier.replace('"', '""') + '"'
+
+
+@dataclass
+class ScanQuery:
+    scan: Scan
+    con: duckdb.DuckDBPyConnection
+
+    @classmethod
+    def open(cls, scan_dir: str | os.PathLike) -> ScanQuery:
+        scan = Scan(scan_dir)
+        con = duckdb.connect()
+        for name in ("images", "tokens", "heatmaps", "errors"):
+            con.register(name, scan.table(name))
+        return cls(scan, con)
+
+    def columns(self, table: str) -> list[str]:
+        return [r[0] for r in self.con.execute(f"DESCRIBE {table}").fetchall()]
+
+    def check_group_column(self, column: str) -> str:
+        cols = self.columns("images")
+        if column not in cols:
+            raise AuditError(f"unknown --group-by column {column!r}; the scan's image columns are "
+                             + ", ".join(c for c in cols if c not in ("image_id", "path", "width", "height")))
+        return quote(column)
+
+    def scalar(self, sql: str, params=()) -> object:
+        return self.con.execute(sql, list(params)).fetchone()[0]
+
+    def df(self, sql: str, params=()) -> pd.DataFrame:
+        return self.con.execute(sql, list(params)).df()
+
+    # ---- the report's queries --------------------------------------------------------------------------
+    def counts(self) -> dict[str, int]:
+        return {t: int(self.scalar(f"SELECT count(*) FROM {t}")) for t in ("images", "tokens", "heatmaps", "errors")}
+
+    def group_sizes(self, column: str) -> pd.DataFrame:
+        g = self.check_group_column(column)
+        return self.df(f"SELECT coalesce(CAST({g} AS VARCHAR), ?) AS grp, count(*) AS n FROM images "
+                       "GROUP BY 1 ORDER BY 1", [MISSING_GROUP])
+
+    def word_group_counts(self, column: str, min_count: int) -> pd.DataFrame:
+        """Per (group, word): images of the group showing the word (a), and the word's total images."""
+        g = self.check_group_column(column)
+        return self.df(f"""
+            WITH seen AS (
+                SELECT DISTINCT t.image_id, t.word, coalesce(CAST(i.{g} AS VARCHAR), ?) AS grp
+                FROM tokens t JOIN images i USING (image_id)
+            ), totals AS (
+                SELECT word, count(*) AS word_total FROM seen GROUP BY word HAVING count(*) >= ?
+            )
+            SELECT s.grp, s.word, count(*) AS a, any_value(tt.word_total) AS word_total
+            FROM seen s JOIN totals tt USING (word)
+            GROUP BY s.grp, s.word
+        """, [MISSING_GROUP, min_count])
+
+    def heatmap_values(self, column: str, words: list[str], stat: str) -> pd.DataFrame:
+        """One heatmap statistic for the given words, with each row's group."""
+        if stat not in self.columns("heatmaps"):
+            raise AuditError(f"unknown heatmap statistic {stat!r}")
+        g = self.check_group_column(column)
+        return self.df(f"""
+            SELECT h.word, coalesce(CAST(i.{g} AS VARCHAR), ?) AS grp, h.{quote(stat)} AS value
+            FROM heatmaps h JOIN images i USING (image_id)
+            WHERE h.word IN (SELECT unnest(?::VARCHAR[]))
+        """, [MISSING_GROUP, words])
+
+    def examples(self, column: str, group: str, word: str, limit: int) -> pd.DataFrame:
+        g = self.check_group_column(column)
+        return self.df(f"""
+            SELECT i.image_id, i.path, h.grid, h.grid_h, h.grid_w, t.word_cosine
+            FROM tokens t JOIN heatmaps h USING (image_id, word) JOIN images i USING (image_id)
+            WHERE t.word = ? AND coalesce(CAST(i.{g} AS VARCHAR), ?) = ?
+            ORDER BY t.word_cosine DESC, i.image_id LIMIT ?
+        """, [word, MISSING_GROUP, group, limit])

@@ -1,0 +1,141 @@
+"""`audit report`: one self-contained HTML file from a scan's findings (no network, no scripts)."""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import io
+import math
+import os
+from pathlib import Path
+
+import jinja2
+import numpy as np
+
+from .analysis import Associations, associations
+from .decode import DecodeError, fit, open_rgb
+from .errors import AuditError
+from .heatmaps import overlay
+from .query import ScanQuery
+
+THUMB = 112
+MATRIX_WORDS = 30
+FLAGGED_WITH_EXAMPLES = 8
+EXAMPLES = 4
+SETTINGS_SHOWN = ("model", "pretrained", "steps", "candidates", "tokens_per_seq", "views", "seed", "prompt")
+
+
+def _env() -> jinja2.Environment:
+    env = jinja2.Environment(loader=jinja2.PackageLoader("audit", "templates"),
+                             autoescape=jinja2.select_autoescape(default=True, default_for_string=True),
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.filters["pct"] = lambda v: "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.0%}"
+    env.filters["num"] = lambda v, d=2: "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{d}f}"
+    env.filters["pval"] = _pval
+    return env
+
+
+def _pval(v) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    return "<1e-300" if v < 1e-300 else (f"{v:.1e}" if v < 1e-3 else f"{v:.3f}")
+
+
+def _thumbnail(path: str, grid, gh: int, gw: int, preprocess: dict) -> str | None:
+    try:
+        img = open_rgb(path, None)
+    except DecodeError:
+        return None
+    arr, _ = fit(img, THUMB, preprocess.get("resize_mode", "shortest"), "bicubic")
+    from PIL import Image
+
+    tile = overlay(Image.fromarray(arr), np.asarray(grid, dtype=np.float32).reshape(gh, gw))
+    buf = io.BytesIO()
+    tile.save(buf, "PNG", optimize=True)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _chart(rows) -> dict:
+    """Geometry of one horizontal log-odds chart (bars with 95% whiskers), computed here so the template
+    only places numbers."""
+    if not rows:
+        return {"rows": [], "height": 0}
+    span = max(1e-9, max(max(abs(r["log_odds_lo"]), abs(r["log_odds_hi"])) for r in rows))
+    left, width, row_h = 150, 300, 18
+    zero = left + width / 2
+    scale = (width / 2) / span
+    out = []
+    for i, r in enumerate(rows):
+        y = 6 + i * row_h
+        x0, x1 = sorted((zero, zero + r["log_odds"] * scale))
+        out.append({"word": r["word"], "y": y, "bar_x": x0, "bar_w": max(1.0, x1 - x0),
+                    "lo": zero + r["log_odds_lo"] * scale, "hi": zero + r["log_odds_hi"] * scale,
+                    "flagged": r["flagged"]})
+    return {"rows": out, "height": 12 + len(rows) * row_h, "zero": zero, "width": left + width + 10,
+            "span": span}
+
+
+def _column_view(q: ScanQuery, assoc: Associations, top: int, preprocess: dict) -> dict:
+    t = assoc.table
+    groups = []
+    for grp, n in zip(assoc.groups.grp, assoc.groups.n, strict=True):
+        rows = t[t.grp == grp].head(top).to_dict("records")
+        groups.append({"name": grp, "n": int(n), "rows": rows, "chart": _chart(rows)})
+    ranked = t.groupby("word").log_odds_lo.max().sort_values(ascending=False)
+    flagged_words = list(dict.fromkeys(assoc.flagged.word))
+    words = (flagged_words + [w for w in ranked.index if w not in flagged_words])[:MATRIX_WORDS]
+    share = t.pivot_table(index="word", columns="grp", values="share_group", aggfunc="first")
+    flagged_set = set(zip(assoc.flagged.grp, assoc.flagged.word, strict=True))
+    matrix = [{"word": w, "cells": [{"share": float(share.loc[w, g]) if w in share.index and g in share.columns
+                                     else 0.0, "flagged": (g, w) in flagged_set} for g in assoc.groups.grp]}
+              for w in words]
+    flagged = []
+    for i, r in enumerate(assoc.flagged.to_dict("records")):
+        looks = assoc.looks
+        look_rows = looks[(looks.grp == r["grp"]) & (looks.word == r["word"])].to_dict("records") if len(looks) else []
+        examples = []
+        if i < FLAGGED_WITH_EXAMPLES:
+            for ex in q.examples(assoc.column, r["grp"], r["word"], EXAMPLES).to_dict("records"):
+                examples.append({"image_id": ex["image_id"], "cosine": ex["word_cosine"],
+                                 "src": _thumbnail(ex["path"], ex["grid"], ex["grid_h"], ex["grid_w"], preprocess)})
+        flagged.append({**r, "looks": look_rows, "examples": examples})
+    return {"column": assoc.column, "groups": groups, "group_names": list(assoc.groups.grp), "matrix": matrix,
+            "flagged": flagged, "tested": assoc.tested, "n_flagged": len(flagged),
+            "matrix_capped": len(ranked) > MATRIX_WORDS,
+            "examples_capped": len(flagged) > FLAGGED_WITH_EXAMPLES}
+
+
+def build_report(scan_dir: str | os.PathLike, group_by: list[str], out: str | os.PathLike, *, min_count: int = 5,
+                 fdr: float = 0.05, top: int = 10, title: str | None = None) -> Path:
+    if not group_by:
+        raise AuditError("pass at least one --group-by COLUMN")
+    if not 0 < fdr < 1:
+        raise AuditError(f"--fdr must be between 0 and 1, not {fdr}")
+    if min_count < 1 or top < 1:
+        raise AuditError("--min-count and --top must be at least 1")
+    q = ScanQuery.open(scan_dir)
+    for column in group_by:
+        q.check_group_column(column)
+    counts = q.counts()
+    if counts["images"] == 0:
+        raise AuditError(f"{scan_dir} holds no scanned images; nothing to report (run `audit scan` first)")
+    config = q.scan.config
+    runs = config.get("runs", [])
+    preprocess = next((r["preprocess"] for r in reversed(runs) if r.get("preprocess")), {})
+    columns = [_column_view(q, associations(q, c, min_count, fdr), top, preprocess) for c in group_by]
+    settings = config.get("settings", {})
+    html = _env().get_template("report.html.j2").render(
+        title=title or f"CLIP audit of {Path(scan_dir).resolve().name}",
+        generated=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        counts=counts, settings={k: settings.get(k) for k in SETTINGS_SHOWN}, columns=columns,
+        min_count=min_count, fdr=fdr, top=top, tool_version=config.get("tool_version"),
+        matrix_words=MATRIX_WORDS, examples_per_word=EXAMPLES, flagged_with_examples=FLAGGED_WITH_EXAMPLES,
+    )
+    out = Path(out)
+    if out.is_dir():
+        raise AuditError(f"--out {out} is a directory; pass a file name such as report.html")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".tmp-{out.name}")
+    tmp.write_text(html, encoding="utf-8")
+    tmp.replace(out)
+    return out

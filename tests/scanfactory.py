@@ -1,0 +1,48 @@
+"""Build scan directories by hand (no model): exact counts for testing queries, statistics and reports."""
+
+import numpy as np
+import pyarrow as pa
+from PIL import Image
+
+from audit.store import ScanWriter
+
+SETTINGS = {"model": "hand-made", "pretrained": "none", "steps": 0}
+
+
+def write_scan(out, images: list[dict], words: dict[str, list[str]], image_dir=None, errors=()):
+    """images: dicts with image_id and label (and other columns); words: image_id -> words."""
+    writer = ScanWriter.open(out, SETTINGS, {"kind": "test"})
+    try:
+        paths = [""] * len(images)
+        if image_dir is not None:
+            for k in range(len(images)):
+                paths[k] = str(image_dir / f"{k}.png")
+                rs = np.random.RandomState(k)
+                Image.fromarray(rs.randint(0, 255, (40, 40, 3), dtype=np.uint8)).save(paths[k])
+        extra = sorted({k for im in images for k in im} - {"image_id", "label"})
+        img_table = {
+            "image_id": [im["image_id"] for im in images], "path": paths,
+            "label": [im.get("label") for im in images], "width": [40] * len(images), "height": [40] * len(images),
+            "x0": [10.0] * len(images), "y0": [10.0] * len(images), "x1": [30.0] * len(images),
+            "y1": [30.0] * len(images), **{k: [im.get(k) for im in images] for k in extra},
+        }
+        pairs = [(i, w) for i, ws in words.items() for w in ws]
+        grids = [np.eye(7, dtype=np.float32).ravel() * (1 + k % 3) for k in range(len(pairs))]
+        n = len(pairs)
+        tokens = {"image_id": [i for i, _ in pairs], "word": [w for _, w in pairs], "word_rank": [0] * n,
+                  "seq_rank": [0] * n, "seq_text": [w for _, w in pairs], "seq_cosine": [0.3] * n,
+                  "word_cosine": [0.25] * n}
+        heat = {"image_id": tokens["image_id"], "word": tokens["word"], "grid_h": [7] * n, "grid_w": [7] * n,
+                "grid": pa.array(grids, type=pa.list_(pa.float32())),
+                "peak_x": [0.5] * n, "peak_y": [0.5] * n, "entropy": [0.1 * (k % 10) for k in range(n)],
+                "top10_mass": [0.5] * n, "centre_mass": [0.5] * n,
+                "border_mass": [0.05 * (k % 7) for k in range(n)], "box_mass": [0.1 * (k % 9) for k in range(n)],
+                "peak_in_box": [True] * n, "text_relevance": pa.array([[1.0]] * n, type=pa.list_(pa.float32()))}
+        errs = {"image_id": [e for e in errors], "path": [e for e in errors], "stage": ["decode"] * len(errors),
+                "reason": ["not an image file Pillow can read"] * len(errors)}
+        writer.write_unit({"images": pa.table(img_table), "tokens": pa.table(tokens), "heatmaps": pa.table(heat),
+                           "errors": pa.table(errs)})
+        writer.record_run({"images": len(images), "preprocess": {"size": [224, 224], "resize_mode": "shortest"}})
+    finally:
+        writer.close()
+    return out

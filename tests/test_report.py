@@ -1,0 +1,94 @@
+"""The report's numbers against hand-computed values, its escaping, its errors, and its rendering."""
+
+import json
+import math
+
+import pytest
+
+from audit.analysis import associations
+from audit.cli import main
+from audit.query import ScanQuery
+from audit.report import build_report
+from audit.stats import bh_qvalues, fisher_exact, log_odds_ci
+
+from .scanfactory import write_scan
+
+HOSTILE_LABEL = "<script>document.title='PWNED'</script>"
+HOSTILE_WORD = "\"><img src=x onerror=\"document.title='PWNED'\">"
+
+
+def planted(tmp_path, label_b="B", word="grass", image_dir=None):
+    """20 images: 10 in A, 10 in B. `word` in 8 of A and 1 of B; 'sky' in 5 of each; 'rare' in 2 of A."""
+    images = [{"image_id": f"a{i}", "label": "A"} for i in range(10)]
+    images += [{"image_id": f"b{i}", "label": label_b} for i in range(10)]
+    words = {im["image_id"]: [] for im in images}
+    for i in range(8):
+        words[f"a{i}"].append(word)
+    words["b0"].append(word)
+    for i in range(5):
+        words[f"a{i}"].append("sky")
+        words[f"b{i}"].append("sky")
+    words["a8"].append("rare")
+    words["a9"].append("rare")
+    return write_scan(tmp_path / "scan", images, words, image_dir=image_dir, errors=["broken.png"])
+
+
+def test_associations_match_hand_computed_values(tmp_path):
+    result = associations(ScanQuery.open(planted(tmp_path)), "label", min_count=3, fdr=0.05)
+    t = result.table.set_index(["grp", "word"])
+    assert set(t.index) == {("A", "grass"), ("B", "grass"), ("A", "sky"), ("B", "sky")}  # 'rare' < 3 images
+    row = t.loc[("A", "grass")]
+    assert (row.a, row.n_group, row.c) == (8, 10, 1)
+    assert row.test == "fisher"  # expected counts 4.5 / 5.5: below 5
+    assert math.isclose(row.p, fisher_exact(8, 2, 1, 9))
+    lor, lo, hi = log_odds_ci(8, 2, 1, 9)
+    assert math.isclose(row.log_odds, lor) and math.isclose(row.log_odds_lo, lo)
+    assert math.isclose(row.lift, 0.8 / 0.45)
+    ps = [fisher_exact(8, 2, 1, 9), fisher_exact(1, 9, 8, 2), fisher_exact(5, 5, 5, 5), fisher_exact(5, 5, 5, 5)]
+    q = dict(zip([("A", "grass"), ("B", "grass"), ("A", "sky"), ("B", "sky")], bh_qvalues(ps), strict=True))
+    for key, qv in q.items():
+        assert math.isclose(t.loc[key].q, qv)
+    assert list(result.flagged.word) == ["grass"] and list(result.flagged.grp) == ["A"]
+    assert result.table.iloc[0].word == "grass"  # ranked by the conservative bound
+    looks = result.looks
+    assert set(looks.stat) == {"box_mass", "border_mass", "entropy"} and (looks.n_group == 8).all()
+
+
+def test_report_escapes_hostile_strings_and_embeds_everything(tmp_path):
+    scan = planted(tmp_path, label_b=HOSTILE_LABEL, word=HOSTILE_WORD, image_dir=tmp_path)
+    out = build_report(scan, ["label"], tmp_path / "r.html", min_count=3)
+    html = out.read_text()
+    assert HOSTILE_LABEL not in html and HOSTILE_WORD not in html
+    assert "&lt;script&gt;document.title=" in html
+    assert "&#34;&gt;&lt;img src=x onerror=" in html
+    assert "<script" not in html.lower()
+    assert "http://" not in html and "https://" not in html and "src=\"x\"" not in html
+    assert html.count("data:image/png;base64,") >= 1  # flagged word thumbnails are embedded
+    assert "Methods: what these numbers mean" in html
+
+
+def test_report_user_errors_exit_2(tmp_path, capsys):
+    scan = planted(tmp_path)
+    empty = write_scan(tmp_path / "empty", [], {})
+    other = tmp_path / "other"
+    write_scan(other, [{"image_id": "x", "label": "A"}], {"x": []})
+    cfg = json.loads((other / "scan.json").read_text())
+    cfg["schema_version"] = 99
+    (other / "scan.json").write_text(json.dumps(cfg))
+    cases = [
+        (["report", str(scan), "--group-by", "colour", "--out", str(tmp_path / "r.html")], "unknown --group-by column 'colour'"),
+        (["report", str(empty), "--group-by", "label", "--out", str(tmp_path / "r.html")], "holds no scanned images"),
+        (["report", str(other), "--group-by", "label", "--out", str(tmp_path / "r.html")], "schema version 99"),
+        (["report", str(tmp_path / "nope"), "--group-by", "label"], "is not an audit scan"),
+        (["report", str(scan), "--group-by", "label", "--fdr", "2"], "--fdr"),
+    ]
+    for argv, needle in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and needle in err[0], (argv, err)
+
+
+def test_group_column_is_checked_before_it_reaches_sql(tmp_path):
+    q = ScanQuery.open(planted(tmp_path))
+    with pytest.raises(Exception, match="unknown --group-by column"):
+        q.group_sizes('label" FROM images; DROP TABLE images; --')

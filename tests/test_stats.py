@@ -1,0 +1,72 @@
+"""Statistics against values computed by hand (and by the textbook examples they come from)."""
+
+import math
+
+import numpy as np
+import pytest
+
+from audit.stats import (
+    association_test,
+    bh_qvalues,
+    chi_square,
+    fisher_exact,
+    lift,
+    log_odds_ci,
+    mann_whitney,
+    npmi,
+)
+
+
+def test_fisher_lady_tasting_tea():
+    # Fisher's own example: 3 of 4 cups right; two-sided p = 34/70.
+    assert math.isclose(fisher_exact(3, 1, 1, 3), 34 / 70, rel_tol=1e-9)
+    # all four right: two-sided p = 2/70
+    assert math.isclose(fisher_exact(4, 0, 0, 4), 2 / 70, rel_tol=1e-9)
+
+
+def test_chi_square_by_hand():
+    # a=20 b=30 c=30 d=20: stat = 100 * (400 - 900)^2 / (50*50*50*50) = 4.0; p = erfc(sqrt(2))
+    assert math.isclose(chi_square(20, 30, 30, 20), math.erfc(math.sqrt(2.0)), rel_tol=1e-12)
+    assert chi_square(0, 0, 5, 5) == 1.0
+
+
+def test_test_choice_follows_expected_counts():
+    assert association_test(3, 1, 1, 3)[1] == "fisher"
+    assert association_test(20, 30, 30, 20)[1] == "chi2"
+
+
+def test_benjamini_hochberg_by_hand():
+    p = [0.01, 0.04, 0.03, 0.20]
+    # sorted 0.01 0.03 0.04 0.20 -> 0.04, 0.06, 0.0533, 0.20 -> monotone from the top: 0.04, .0533, .0533, .2
+    q = bh_qvalues(p)
+    assert np.allclose(q, [0.04, 0.16 / 3, 0.16 / 3, 0.20])
+    assert bh_qvalues([]).size == 0
+    assert np.allclose(bh_qvalues([0.5, 0.9]), [0.9, 0.9])
+
+
+def test_effect_sizes_by_hand():
+    lor, lo, hi = log_odds_ci(10, 0, 0, 10)
+    assert math.isclose(lor, math.log(10.5 * 10.5 / 0.25))
+    se = math.sqrt(2 / 10.5 + 2 / 0.5)
+    assert math.isclose(lo, lor - 1.959963984540054 * se) and math.isclose(hi, lor + 1.959963984540054 * se)
+    # 8 of 10 group images show the word, 2 of 10 others: P(w|g)=0.8, P(w)=0.5
+    assert math.isclose(lift(8, 2, 2, 8), 1.6)
+    assert math.isclose(npmi(8, 2, 2, 8), math.log(0.4 / 0.25) / -math.log(0.4))
+    assert npmi(0, 10, 5, 5) == -1.0
+
+
+def test_conservative_effect_prefers_evidence():
+    """A word in 3 of 3 images cannot outrank one in 300 of 400 with the lower bound."""
+    small = log_odds_ci(3, 0, 10, 90)[1]
+    large = log_odds_ci(300, 100, 100, 900)[1]
+    assert large > small
+
+
+def test_mann_whitney():
+    p, effect = mann_whitney([1, 2, 3], [4, 5, 6])
+    assert effect == -1.0
+    # U = 0, mu = 4.5, var = 9*7/12 = 5.25, z = (4.5 - 0.5)/sqrt(5.25)
+    assert math.isclose(p, math.erfc((4.0 / math.sqrt(5.25)) / math.sqrt(2)))
+    p2, e2 = mann_whitney([1, 1, 2], [1, 1, 2])
+    assert e2 == 0.0 and p2 == pytest.approx(1.0)
+    assert math.isnan(mann_whitney([], [1.0])[0])
