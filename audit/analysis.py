@@ -29,7 +29,20 @@ class Associations:
 
     @property
     def flagged(self) -> pd.DataFrame:
+        """Flagged pairs, strongest evidence first."""
         return self.table[self.table.flagged]
+
+    @property
+    def findings(self) -> pd.DataFrame:
+        """Flagged pairs other than a group's own name: what the model links to a group beyond its label."""
+        return self.table[self.table.flagged & ~self.table.names_group]
+
+
+def _name_words(group: str) -> set[str]:
+    """The words of a group's own name, as ascent would spell them (lower case, letters and digits)."""
+    from .ascent import clean_words
+
+    return set(clean_words(str(group)))
 
 
 def associations(q: ScanQuery, column: str, min_count: int = 5, fdr: float = 0.05) -> Associations:
@@ -69,6 +82,7 @@ def associations(q: ScanQuery, column: str, min_count: int = 5, fdr: float = 0.0
         table[f"odds_ratio{col}"] = np.exp(table[f"log_odds{col}"])
     table["q"] = stats.bh_qvalues(table.p.to_numpy())
     table["flagged"] = (table.q < fdr) & (table.log_odds_lo > 0)
+    table["names_group"] = [w in _name_words(g) for g, w in zip(table.grp, table.word, strict=True)]
     table = table.sort_values(["log_odds_lo", "grp", "word"], ascending=[False, True, True]).reset_index(drop=True)
     result = Associations(column, groups, table, len(table), min_count, fdr)
     result.looks = where_it_looks(q, result)

@@ -29,7 +29,12 @@ class ScanQuery:
         scan = Scan(scan_dir)
         con = duckdb.connect()
         for name in ("images", "tokens", "heatmaps", "errors"):
-            con.register(name, scan.table(name))
+            files = [str(p) for p in scan.files(name)]
+            if files:
+                # A view, so DuckDB reads only the columns and rows a query needs (grids stay on disk).
+                con.read_parquet(files, union_by_name=True).create_view(name)
+            else:
+                con.register(name, scan.table(name))
         return cls(scan, con)
 
     def columns(self, table: str) -> list[str]:

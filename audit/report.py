@@ -11,6 +11,7 @@ from pathlib import Path
 
 import jinja2
 import numpy as np
+import pandas as pd
 
 from .analysis import Associations, associations
 from .decode import DecodeError, fit, open_rgb
@@ -90,7 +91,8 @@ def _column_view(q: ScanQuery, assoc: Associations, top: int, preprocess: dict) 
                                      else 0.0, "flagged": (g, w) in flagged_set} for g in assoc.groups.grp]}
               for w in words]
     flagged = []
-    for i, r in enumerate(assoc.flagged.to_dict("records")):
+    ordered = pd.concat([assoc.findings, assoc.flagged[assoc.flagged.names_group]])
+    for i, r in enumerate(ordered.to_dict("records")):
         looks = assoc.looks
         look_rows = looks[(looks.grp == r["grp"]) & (looks.word == r["word"])].to_dict("records") if len(looks) else []
         examples = []
@@ -101,6 +103,7 @@ def _column_view(q: ScanQuery, assoc: Associations, top: int, preprocess: dict) 
         flagged.append({**r, "looks": look_rows, "examples": examples})
     return {"column": assoc.column, "groups": groups, "group_names": list(assoc.groups.grp), "matrix": matrix,
             "flagged": flagged, "tested": assoc.tested, "n_flagged": len(flagged),
+            "n_findings": len(assoc.findings),
             "matrix_capped": len(ranked) > MATRIX_WORDS,
             "examples_capped": len(flagged) > FLAGGED_WITH_EXAMPLES}
 

@@ -205,11 +205,15 @@ class Scan:
         self.root = Path(root)
         self.config = read_config(self.root)
 
-    def table(self, name: str) -> pa.Table:
+    def files(self, name: str) -> list[Path]:
+        """The committed part files of a table (a unit whose images part is missing is not committed)."""
         if name not in SCHEMAS:
             raise AuditError(f"unknown table {name!r}; tables are {', '.join(TABLES)}")
         committed = {p.name for p in _parts(self.root / "images")}
-        files = [p for p in _parts(self.root / name) if p.name in committed]
+        return [p for p in _parts(self.root / name) if p.name in committed]
+
+    def table(self, name: str) -> pa.Table:
+        files = self.files(name)
         if not files:
             return empty_table(name)
         return pa.concat_tables([pq.read_table(p) for p in files], promote_options="default")

@@ -92,3 +92,14 @@ def test_group_column_is_checked_before_it_reaches_sql(tmp_path):
     q = ScanQuery.open(planted(tmp_path))
     with pytest.raises(Exception, match="unknown --group-by column"):
         q.group_sizes('label" FROM images; DROP TABLE images; --')
+
+
+def test_a_groups_own_name_is_flagged_but_not_a_finding(tmp_path):
+    images = [{"image_id": f"d{i}", "label": "Dog"} for i in range(10)]
+    images += [{"image_id": f"c{i}", "label": "cat"} for i in range(10)]
+    words = {f"d{i}": ["dog", "leash"] if i < 8 else ["dog"] for i in range(10)}
+    words.update({f"c{i}": [] for i in range(10)})
+    result = associations(ScanQuery.open(write_scan(tmp_path / "scan", images, words)), "label", min_count=3)
+    flagged = set(zip(result.flagged.grp, result.flagged.word, strict=True))
+    assert {("Dog", "dog"), ("Dog", "leash")} <= flagged
+    assert list(result.findings.word) == ["leash"]

@@ -1,0 +1,84 @@
+"""`audit report` over a scan of 1,000,000 token rows (50,000 images x 20 words), built synthetically.
+
+Prints the time to build the report (the target is 10 s on a 2-core CPU) and the HTML size.
+
+    .venv/bin/python bench/report_1m.py [--images 50000] [--words-per-image 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from audit.report import build_report
+from audit.store import ScanWriter
+
+
+def synthetic_scan(out: Path, images: int, per_image: int, vocab: int = 3000, groups: int = 5, seed: int = 0):
+    rs = np.random.RandomState(seed)
+    writer = ScanWriter.open(out, {"model": "synthetic"}, {"kind": "bench"})
+    ids = np.array([f"img{i:07d}.jpg" for i in range(images)], dtype=object)
+    label = rs.randint(0, groups, images)
+    chunk = 10_000
+    try:
+        for lo in range(0, images, chunk):
+            hi = min(images, lo + chunk)
+            n_img = hi - lo
+            # Zipf-like word frequencies, plus a planted word for group 0.
+            w = np.minimum(rs.zipf(1.3, (n_img, per_image)) - 1, vocab - 1)
+            w[:, 0] = np.where((label[lo:hi] == 0) & (rs.rand(n_img) < 0.6), vocab, w[:, 0])
+            words = np.array([f"w{k}" for k in range(vocab)] + ["grass"], dtype=object)[w]
+            image_id = np.repeat(ids[lo:hi], per_image)
+            n = n_img * per_image
+            grids = pa.ListArray.from_arrays(np.arange(0, (n + 1) * 49, 49, dtype=np.int32),
+                                             pa.array(rs.rand(n * 49).astype(np.float32)))
+            tokens = pa.table({"image_id": image_id, "word": words.ravel(),
+                               "word_rank": np.tile(np.arange(per_image, dtype=np.int16), n_img),
+                               "seq_rank": np.zeros(n, np.int16), "seq_text": words.ravel(),
+                               "seq_cosine": rs.rand(n).astype(np.float32),
+                               "word_cosine": rs.rand(n).astype(np.float32)})
+            heat = pa.table({"image_id": image_id, "word": words.ravel(), "grid_h": np.full(n, 7, np.int16),
+                             "grid_w": np.full(n, 7, np.int16), "grid": grids,
+                             **{k: rs.rand(n).astype(np.float32) for k in ("peak_x", "peak_y", "entropy",
+                                                                           "top10_mass", "centre_mass",
+                                                                           "border_mass", "box_mass")},
+                             "peak_in_box": rs.rand(n) < 0.5,
+                             "text_relevance": pa.array([[1.0]] * n, type=pa.list_(pa.float32()))})
+            imgs = pa.table({"image_id": ids[lo:hi], "path": ids[lo:hi],
+                             "label": np.array([f"group{g}" for g in label[lo:hi]], dtype=object),
+                             "width": np.full(n_img, 640, np.int32), "height": np.full(n_img, 480, np.int32),
+                             **{k: pa.nulls(n_img, pa.float64()) for k in ("x0", "y0", "x1", "y1")}})
+            errors = pa.table({"image_id": pa.array([], pa.string()), "path": pa.array([], pa.string()),
+                               "stage": pa.array([], pa.string()), "reason": pa.array([], pa.string())})
+            writer.write_unit({"images": imgs, "tokens": tokens, "heatmaps": heat, "errors": errors})
+    finally:
+        writer.close()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--images", type=int, default=50_000)
+    ap.add_argument("--words-per-image", type=int, default=20)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        scan = Path(tmp) / "scan"
+        t0 = time.perf_counter()
+        synthetic_scan(scan, args.images, args.words_per_image)
+        built = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        out = build_report(scan, ["label"], Path(tmp) / "report.html")
+        wall = time.perf_counter() - t0
+        size = out.stat().st_size
+    rows = args.images * args.words_per_image
+    print(f"synthetic scan: {args.images} images, {rows} token rows (built in {built:.1f} s)")
+    print(f"report: {wall:.2f} s, {size / 1024:.0f} KiB of HTML")
+    print(f"ratio: {wall / 10:.2f} of the 10 s target")
+
+
+if __name__ == "__main__":
+    main()
