@@ -1,0 +1,68 @@
+"""The committed audit-demo weights (v0) and the demo built on them.
+
+The floors below guard what v0 measures (see audit/demo/weights/MODEL_CARD.md), not the targets of the
+demo-model issue, which v0 does not reach for shapes yet.
+"""
+
+import pandas as pd
+import pytest
+
+import audit
+from audit.demo import make_dataset, run_demo
+from audit.demo.evaluate import pointing_game, zero_shot
+from audit.demo.scenes import make_scene
+from audit.demo.train import EVAL_SEED_BASE
+from audit.encoders import Towers
+from audit.models import BUNDLED, load_model, resolve_weights
+
+from .browser import open_page
+
+
+def test_bundled_weights_ship_and_are_the_default():
+    assert BUNDLED["audit-demo"].is_file()
+    assert BUNDLED["audit-demo"].stat().st_size <= 20 * 1024 * 1024
+    weights, sha = resolve_weights("audit-demo", "auto")
+    assert weights == str(BUNDLED["audit-demo"]) and len(sha) == 64
+
+
+@pytest.fixture(scope="module")
+def demo_model():
+    loaded = load_model("audit-demo", "auto", device="cpu")
+    return loaded, Towers(loaded)
+
+
+def test_v0_knows_colours_and_backgrounds(demo_model):
+    loaded, towers = demo_model
+    scenes = [make_scene(EVAL_SEED_BASE + i, size=64, n_objects=1) for i in range(100)]
+    acc = zero_shot(towers, loaded.preprocess, scenes)
+    assert acc["colour"] >= 0.95 and acc["background"] >= 0.95, acc  # v0: 100% and 100% on 200 scenes
+    assert acc["shape"] >= 0.35, acc  # v0: 48.5% on 200 scenes; chance is 12.5%
+
+
+def test_v0_heatmaps_point_better_than_chance(demo_model):
+    loaded, towers = demo_model
+    scenes = [make_scene(EVAL_SEED_BASE + 500_000 + i, size=64, n_objects=2) for i in range(60)]
+    hits, box_mass = pointing_game(towers, loaded.preprocess, scenes)
+    # A box covers about 7% of a 64 px scene; v0 puts 39% of relevance inside it and 43% of peaks.
+    assert hits >= 0.25 and box_mass >= 0.2, (hits, box_mass)
+
+
+def test_demo_report_makes_the_planted_bias_the_top_finding(tmp_path, capsys):
+    report = run_demo(tmp_path / "demo", images=60, quiet=True, device="cpu")
+    out = capsys.readouterr().out
+    assert "Top finding: CLIP links 'grass' to label=north" in out, out
+    scan = audit.Scan(tmp_path / "demo" / "scan")
+    assert len(scan.images()) == 60 and scan.errors().empty
+    run = open_page(report, tmp_path / "chromium")
+    assert run.console == [] and run.requests == []
+    assert "grass" in run.dom and run.dom.count("data:image/png;base64,") >= 1
+
+
+def test_planted_and_unbiased_datasets(tmp_path):
+    biased = pd.read_csv(make_dataset(tmp_path / "b", images=60))
+    share = (biased.background == "grass").groupby(biased.label).mean()
+    assert share["north"] >= 0.7 and share.drop("north").max() <= 0.3
+    flat = pd.read_csv(make_dataset(tmp_path / "u", images=60, bias=None))
+    share = (flat.background == "grass").groupby(flat.label).mean()
+    assert share.max() - share.min() < 0.35
+    assert biased.groupby("label")["shape"].nunique().min() >= 4  # every site has many shapes
