@@ -74,7 +74,7 @@ app.add_typer(demo_app, name="demo")
 def demo(
     ctx: typer.Context,
     out: Path = typer.Option(Path("demo-out"), "--out", "-o", help="Folder for the generated dataset and its scan."),
-    images: int = typer.Option(48, help="Images to generate."),
+    images: int = typer.Option(60, help="Images to generate (a third per site)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:

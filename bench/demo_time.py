@@ -17,7 +17,7 @@ from audit.demo import DEMO_SETTINGS, run_demo
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--images", type=int, default=48)
+    ap.add_argument("--images", type=int, default=60)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         buf = io.StringIO()
