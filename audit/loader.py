@@ -14,6 +14,12 @@ from .sources import Record
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb limit
 
 
+def to_model_input(pixels: np.ndarray, mean: np.ndarray, std: np.ndarray) -> torch.Tensor:
+    """uint8 [H, W, 3] from decode.fit -> normalized float32 [3, H, W] as the model expects."""
+    x = (pixels.astype(np.float32) / 255.0 - mean) / std
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
+
+
 class ImageDataset(Dataset):
     def __init__(self, records: list[Record], preprocess: dict, max_pixels: int | None = DEFAULT_MAX_PIXELS):
         self.records = records
@@ -33,11 +39,10 @@ class ImageDataset(Dataset):
             return {"index": i, "error": str(e)}
         except Exception as e:  # noqa: BLE001 - a decoder bug on one file must not end the scan
             return {"index": i, "error": f"unexpected decoder failure: {type(e).__name__}: {str(e)[:160]}"}
-        x = (d.pixels.astype(np.float32) / 255.0 - self.mean) / self.std
         return {
             "index": i,
             "error": None,
-            "pixels": torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1))),
+            "pixels": to_model_input(d.pixels, self.mean, self.std),
             "width": d.width,
             "height": d.height,
             "box": box_in_frame(rec.box, d.frame),

@@ -50,13 +50,13 @@ class Evaluation:
 
 def _pixels(images, preprocess, device):
     from ..decode import fit
+    from ..loader import to_model_input
 
-    mean = torch.tensor(preprocess["mean"]).view(1, 3, 1, 1)
-    std = torch.tensor(preprocess["std"]).view(1, 3, 1, 1)
-    arr = np.stack([fit(im, preprocess["size"], preprocess.get("resize_mode", "shortest"),
-                        preprocess.get("interpolation", "bicubic"))[0] for im in images])
-    x = torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 255.0
-    return ((x - mean) / std).to(device)
+    mean = np.asarray(preprocess["mean"], dtype=np.float32)
+    std = np.asarray(preprocess["std"], dtype=np.float32)
+    arrays = [fit(im, preprocess["size"], preprocess.get("resize_mode", "shortest"),
+                  preprocess.get("interpolation", "bicubic"))[0] for im in images]
+    return torch.stack([to_model_input(a, mean, std) for a in arrays]).to(device)
 
 
 @torch.no_grad()
