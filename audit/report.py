@@ -72,8 +72,7 @@ def _chart(rows) -> dict:
         out.append({"word": r["word"], "y": y, "bar_x": x0, "bar_w": max(1.0, x1 - x0),
                     "lo": zero + r["log_odds_lo"] * scale, "hi": zero + r["log_odds_hi"] * scale,
                     "flagged": r["flagged"]})
-    return {"rows": out, "height": 12 + len(rows) * row_h, "zero": zero, "width": left + width + 10,
-            "span": span}
+    return {"rows": out, "height": 12 + len(rows) * row_h, "zero": zero, "width": left + width + 10}
 
 
 def _column_view(q: ScanQuery, assoc: Associations, top: int, preprocess: dict) -> dict:

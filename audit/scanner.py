@@ -129,11 +129,10 @@ class _BatchScanner:
         self.meta_columns = meta_columns
         self.ascent_cfg = opts.ascent()
 
-    def error_rows(self, batch: Batch, stage: str = "decode", errors=None) -> dict:
-        errs = batch.errors if errors is None else errors
-        recs = [self.records[i] for i, _ in errs]
+    def error_rows(self, batch: Batch) -> dict:
+        recs = [self.records[i] for i, _ in batch.errors]
         return {"image_id": [r.image_id for r in recs], "path": [r.display_path for r in recs],
-                "stage": [stage] * len(recs), "reason": [reason for _, reason in errs]}
+                "stage": ["decode"] * len(recs), "reason": [reason for _, reason in batch.errors]}
 
     def image_rows(self, recs: list[Record], sizes) -> dict:
         rows = {"image_id": [r.image_id for r in recs], "path": [r.display_path for r in recs],
