@@ -61,10 +61,13 @@ def _diff(old: dict, new: dict) -> str:
 class ScanWriter:
     """Exclusive writer of one scan directory (a lock file keeps a second scan out)."""
 
-    def __init__(self, root: Path, config: dict, lock_fd: int):
+    def __init__(self, root: Path, config: dict, lock_fd: int, made_dir: bool = False):
         self.root = root
         self.config = config
         self._lock_fd = lock_fd
+        # A run that made the scan directory, and has committed nothing, may take it back on failure.
+        self.made_dir = made_dir
+        self.created = not config.get("runs") and not _parts(root / "images")
         self._next = 1 + max((int(_PART.match(p.name).group(1)) for t in TABLES for p in _parts(root / t)),
                              default=0)
 
@@ -90,9 +93,7 @@ class ScanWriter:
         except BaseException:
             os.close(lock_fd)
             raise
-        writer = cls(root, config, lock_fd)
-        writer.created = not config["runs"] and not _parts(root / "images")
-        writer.made_dir = made_dir
+        writer = cls(root, config, lock_fd, made_dir)
         writer.recover()
         return writer
 

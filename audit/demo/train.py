@@ -80,9 +80,7 @@ class CaptionSampler:
         kind = rs.rand()
         if kind < 0.55:
             text = full[rs.randint(len(full))]
-            for c, s in objs:
-                req[[_colour(c), _shape(s), _pair(c, s)]] = 1
-            req[_bg(bg)] = 1
+            req = _attrs(meta)  # a full caption states every attribute of the scene
         else:
             c, s = objs[rs.randint(len(objs))]
             part = rs.randint(6)
