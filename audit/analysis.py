@@ -89,25 +89,32 @@ def associations(q: ScanQuery, column: str, min_count: int = 5, fdr: float = 0.0
     return result
 
 
-def where_it_looks(q: ScanQuery, assoc: Associations) -> pd.DataFrame:
-    """For each flagged (group, word): heatmap statistics of the word in the group vs the rest."""
-    flagged = assoc.flagged
-    if flagged.empty:
-        return pd.DataFrame(columns=["grp", "word", "stat", "median_group", "median_rest", "n_group", "n_rest",
-                                     "p", "effect", "q"])
-    words = sorted(set(flagged.word))
+LOOK_COLUMNS = ["grp", "word", "stat", "median_group", "median_rest", "n_group", "n_rest", "p", "effect", "q"]
+
+
+def compare_looks(q: ScanQuery, column: str, pairs: list[tuple[str, str]], stat_names=LOOK_STATS) -> pd.DataFrame:
+    """For each (group, word) and heatmap statistic: the word's heatmaps in the group vs in the rest
+    (medians, Mann-Whitney p, rank-biserial effect), with BH q-values over all rows."""
+    words = sorted({w for _, w in pairs})
     rows = []
-    for stat in LOOK_STATS:
-        values = q.heatmap_values(assoc.column, words, stat)
-        for grp, word in zip(flagged.grp, flagged.word, strict=True):
-            w = values[values.word == word]
+    for stat in stat_names if pairs else ():
+        values = q.heatmap_values(column, words, stat)
+        by_word = {w: v for w, v in values.groupby("word")}
+        for grp, word in pairs:
+            w = by_word.get(word)
+            if w is None:
+                continue
             x = w[w.grp == grp].value.dropna().to_numpy(dtype=float)
             y = w[w.grp != grp].value.dropna().to_numpy(dtype=float)
             if len(x) == 0 or len(y) == 0:
                 continue
             p, effect = stats.mann_whitney(x, y)
             rows.append((grp, word, stat, float(np.median(x)), float(np.median(y)), len(x), len(y), p, effect))
-    looks = pd.DataFrame(rows, columns=["grp", "word", "stat", "median_group", "median_rest", "n_group", "n_rest",
-                                        "p", "effect"])
+    looks = pd.DataFrame(rows, columns=LOOK_COLUMNS[:-1])
     looks["q"] = stats.bh_qvalues(looks.p.to_numpy()) if len(looks) else []
     return looks
+
+
+def where_it_looks(q: ScanQuery, assoc: Associations) -> pd.DataFrame:
+    """For each flagged (group, word): heatmap statistics of the word in the group vs the rest."""
+    return compare_looks(q, assoc.column, list(zip(assoc.flagged.grp, assoc.flagged.word, strict=True)))

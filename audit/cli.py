@@ -66,6 +66,46 @@ def report(
     print(f"audit report: wrote {path}", file=sys.stderr)
 
 
+@app.command()
+def check(
+    scan_dir: Path = typer.Argument(..., help="The scan of the snapshot under review."),
+    policy: Path = typer.Option(..., "--policy", "-p", help="Policy file (TOML); see examples/audit-policy.toml."),
+    baseline: Path = typer.Option(None, "--baseline", "-b", help="Scan of the last accepted snapshot, for the drift rules."),
+    junit: Path = typer.Option(None, "--junit", help="Write JUnit XML here (one test case per rule)."),
+    json_out: Path = typer.Option(None, "--json", help="Write the findings as JSON here."),
+    markdown: Path = typer.Option(None, "--markdown", help="Write a Markdown summary here (for a CI step summary)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing; the exit code and files say it all."),
+) -> None:
+    """Gate a dataset snapshot on a policy: exit 0 when every rule passes, 1 when one fails, 2 on usage errors."""
+    from .check import run_check, write_outputs
+    from .check_output import text
+    from .policy import load_policy
+
+    result = run_check(scan_dir, load_policy(policy), baseline)
+    write_outputs(result, junit=junit, json_path=json_out, markdown=markdown)
+    if not quiet:
+        sys.stdout.write(text(result))
+    raise typer.Exit(result.exit_code)
+
+
+@app.command()
+def diff(
+    old: Path = typer.Argument(..., help="Scan of the earlier snapshot."),
+    new: Path = typer.Argument(..., help="Scan of the later snapshot."),
+    group_by: list[str] = typer.Option(None, "--group-by", "-g", help="Image column to compare groups by (repeatable)."),
+    out: Path = typer.Option(None, "--out", "-o", help="Also write the diff to this .html or .md file."),
+    min_count: int = typer.Option(5, help="Words seen in fewer images are not tested for associations."),
+    fdr: float = typer.Option(0.05, help="Benjamini-Hochberg false discovery rate for associations."),
+) -> None:
+    """What changed between two scans: images added and removed, word shift, associations gained and lost."""
+    from .diff import build_diff, text, write_diff
+
+    d = build_diff(old, new, group_by or [], min_count=min_count, fdr=fdr)
+    sys.stdout.write(text(d))
+    if out is not None:
+        print(f"audit diff: wrote {write_diff(d, out)}", file=sys.stderr)
+
+
 demo_app = typer.Typer(help="The offline demo: a planted-bias dataset scanned with the project's own CLIP.")
 app.add_typer(demo_app, name="demo")
 
@@ -120,7 +160,7 @@ def demo_train(
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        app(args=argv, prog_name="audit", standalone_mode=False)
+        code = app(args=argv, prog_name="audit", standalone_mode=False)
     except AuditError as e:
         print(f"audit: error: {e}", file=sys.stderr)
         return 2
@@ -131,14 +171,13 @@ def main(argv: list[str] | None = None) -> int:
         print("audit: interrupted; committed batches are kept, run the same command again to resume",
               file=sys.stderr)
         return 130
-    except Exception as e:  # click usage errors carry their own exit code
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
+    except Exception as e:
+        # Usage errors of the command-line parser (click, or the copy typer vendors) carry their exit code.
+        if callable(getattr(e, "show", None)) and isinstance(getattr(e, "exit_code", None), int):
             e.show()
             return e.exit_code
         raise
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":

@@ -96,3 +96,23 @@ class ScanQuery:
             WHERE t.word = ? AND coalesce(CAST(i.{g} AS VARCHAR), ?) = ?
             ORDER BY t.word_cosine DESC, i.image_id LIMIT ?
         """, [word, MISSING_GROUP, group, limit])
+
+    # ---- check / diff ----------------------------------------------------------------------------------
+    def image_ids(self) -> pd.Series:
+        return self.df("SELECT image_id FROM images").image_id
+
+    def unreadable(self) -> int:
+        """Images that could not be scanned (an image that failed in one run and was read in a later one
+        is not counted)."""
+        return int(self.scalar("SELECT count(DISTINCT image_id) FROM errors "
+                               "WHERE image_id NOT IN (SELECT image_id FROM images)"))
+
+    def word_images(self, column: str | None = None) -> pd.DataFrame:
+        """Images showing each word, per group when a column is given (grp is '' otherwise)."""
+        if column is None:
+            return self.df("SELECT '' AS grp, word, count(DISTINCT image_id) AS n FROM tokens GROUP BY word")
+        g = self.check_group_column(column)
+        return self.df(f"""
+            SELECT coalesce(CAST(i.{g} AS VARCHAR), ?) AS grp, t.word, count(DISTINCT t.image_id) AS n
+            FROM tokens t JOIN images i USING (image_id) GROUP BY 1, 2
+        """, [MISSING_GROUP])

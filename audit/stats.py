@@ -127,3 +127,20 @@ def mann_whitney(x, y) -> tuple[float, float]:
         return 1.0, effect
     z = (abs(u1 - mu) - 0.5) / math.sqrt(var)  # continuity-corrected
     return min(1.0, math.erfc(max(z, 0) / math.sqrt(2))), effect
+
+
+def jensen_shannon(p, q) -> float:
+    """Jensen-Shannon divergence of two count (or probability) vectors over the same support, in bits:
+    0 for identical distributions, 1 for distributions with no outcome in common."""
+    p = np.asarray(p, dtype=np.float64)
+    q = np.asarray(q, dtype=np.float64)
+    if p.sum() <= 0 or q.sum() <= 0:
+        return float("nan")
+    p, q = p / p.sum(), q / q.sum()
+    m = (p + q) / 2
+
+    def kl(x: np.ndarray) -> float:
+        nz = x > 0
+        return float(np.sum(x[nz] * np.log2(x[nz] / m[nz])))
+
+    return min(1.0, max(0.0, (kl(p) + kl(q)) / 2))

@@ -9,8 +9,9 @@ from audit.store import ScanWriter
 SETTINGS = {"model": "hand-made", "pretrained": "none", "steps": 0}
 
 
-def write_scan(out, images: list[dict], words: dict[str, list[str]], image_dir=None, errors=()):
-    """images: dicts with image_id and label (and other columns); words: image_id -> words."""
+def write_scan(out, images: list[dict], words: dict[str, list[str]], image_dir=None, errors=(), box_mass=None):
+    """images: dicts with image_id and label (and other columns); words: image_id -> words; box_mass: an
+    optional function (image_id, word) -> value instead of the default pattern."""
     writer = ScanWriter.open(out, SETTINGS, {"kind": "test"})
     try:
         paths = [""] * len(images)
@@ -36,7 +37,8 @@ def write_scan(out, images: list[dict], words: dict[str, list[str]], image_dir=N
                 "grid": pa.array(grids, type=pa.list_(pa.float32())),
                 "peak_x": [0.5] * n, "peak_y": [0.5] * n, "entropy": [0.1 * (k % 10) for k in range(n)],
                 "top10_mass": [0.5] * n, "centre_mass": [0.5] * n,
-                "border_mass": [0.05 * (k % 7) for k in range(n)], "box_mass": [0.1 * (k % 9) for k in range(n)],
+                "border_mass": [0.05 * (k % 7) for k in range(n)],
+                "box_mass": [box_mass(i, w) if box_mass else 0.1 * (k % 9) for k, (i, w) in enumerate(pairs)],
                 "peak_in_box": [True] * n, "text_relevance": pa.array([[1.0]] * n, type=pa.list_(pa.float32()))}
         errs = {"image_id": [e for e in errors], "path": [e for e in errors], "stage": ["decode"] * len(errors),
                 "reason": ["not an image file Pillow can read"] * len(errors)}

@@ -17,6 +17,8 @@ import numpy as np
 from .scenes import BACKGROUNDS, COLOURS, SHAPES, make_scene
 
 LABELS = ("north", "south", "west")
+# The documented example policy (examples/audit-policy.toml links here); the demo gates on it.
+POLICY = Path(__file__).with_name("audit-policy.toml")
 # Measured with bench/demo_time.py to keep `make demo` within its time budget on a 2-core CPU.
 DEMO_SETTINGS = dict(steps=40, candidates=8, views=16)
 
@@ -50,8 +52,10 @@ def make_dataset(root: Path, images: int = 48, seed: int = 0, bias: float = 0.85
 
 
 def run_demo(out: str | Path, images: int = 60, quiet: bool = False, device: str = "auto") -> Path:
-    """Dataset, scan and report; prints where to look. Returns the report's path."""
+    """Dataset, scan, report and policy check; prints where to look. Returns the report's path."""
     from ..analysis import associations
+    from ..check import run_check, write_outputs
+    from ..policy import load_policy
     from ..query import ScanQuery
     from ..report import build_report
     from ..scanner import run_scan
@@ -73,4 +77,10 @@ def run_demo(out: str | Path, images: int = 60, quiet: bool = False, device: str
     else:
         print("No association beyond the labels' own names was flagged.")
     print(f"Report: {report} (open it in a browser)", file=sys.stdout)
+    checked = run_check(out / "scan", load_policy(POLICY))
+    write_outputs(checked, junit=out / "check-junit.xml", json_path=out / "check.json", markdown=out / "check.md")
+    failed = [r.rule.id for r in checked.results if r.status == "fail"]
+    print(f"Policy check (`audit check {out / 'scan'} --policy {POLICY.name}`): exit {checked.exit_code}"
+          + (f", failed: {', '.join(failed)}" if failed else ", every rule passed")
+          + f"; summary in {out / 'check.md'}")
     return report

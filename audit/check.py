@@ -1,0 +1,284 @@
+"""`audit check`: a scan (and optionally a baseline scan) against a policy; findings and an exit code.
+
+Exit 0 when every rule passes (warnings and skipped rules included), 1 when a rule at level "fail" fails.
+Usage errors (bad policy, unknown column, missing scan) are AuditErrors, which the CLI turns into exit 2.
+Every number comes from analysis.py and drift.py, the same code the report and `audit diff` use.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from .analysis import Associations, associations, compare_looks
+from .drift import Drift, compare
+from .errors import AuditError
+from .policy import Policy, Rule
+from .query import ScanQuery
+
+EVIDENCE_ROWS = 20  # per rule in the outputs; the count of all rows is always given
+COMPARED_SETTINGS = ("model", "pretrained", "weights_sha256", "steps", "candidates", "tokens_per_seq", "views",
+                     "lr", "prompt", "seed", "start_layer", "start_layer_text")
+
+
+@dataclass
+class RuleResult:
+    rule: Rule
+    status: str  # pass | fail | warn | skip
+    summary: str
+    evidence: list[dict] = field(default_factory=list)
+    measured: dict = field(default_factory=dict)  # the rule's headline numbers, for the JSON output
+
+    @property
+    def failed(self) -> bool:
+        return self.status == "fail"
+
+
+@dataclass
+class CheckResult:
+    scan: str
+    baseline: str | None
+    policy: Policy
+    images: int
+    unreadable: int
+    results: list[RuleResult]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if any(r.failed for r in self.results) else 0
+
+    def count(self, status: str) -> int:
+        return sum(r.status == status for r in self.results)
+
+
+def _pct(v: float) -> str:
+    return f"{v:.1%}" if v < 0.1 else f"{v:.0%}"
+
+
+def _or(v: float) -> str:
+    return f"{v:.3g}"
+
+
+def _records(df: pd.DataFrame, columns: list[str]) -> list[dict]:
+    out = []
+    for r in df[columns].to_dict("records"):
+        out.append({k: (None if isinstance(v, float) and math.isnan(v) else
+                        v.item() if hasattr(v, "item") else v) for k, v in r.items()})
+    return out
+
+
+ASSOC_EVIDENCE = ["column", "grp", "word", "a", "n_group", "share_group", "share_rest", "odds_ratio",
+                  "odds_ratio_lo", "odds_ratio_hi", "q"]
+
+
+def _assoc_line(r: dict) -> str:
+    return (f"'{r['word']}' with {r['column']}={r['grp']}: {r['a']} of {r['n_group']} images "
+            f"({_pct(r['share_group'])}) vs {_pct(r['share_rest'])} of the rest, odds ratio {_or(r['odds_ratio'])} "
+            f"(95% CI {_or(r['odds_ratio_lo'])}-{_or(r['odds_ratio_hi'])}), q={r['q']:.2g}")
+
+
+class _Checker:
+    def __init__(self, q: ScanQuery, policy: Policy, base: ScanQuery | None):
+        self.q, self.policy, self.base = q, policy, base
+        self._assoc: dict[tuple[str, str], Associations] = {}
+        self._drift: dict[str | None, Drift] = {}
+
+    def assoc(self, column: str, which: str = "new") -> Associations:
+        key = (which, column)
+        if key not in self._assoc:
+            q = self.q if which == "new" else self.base
+            self._assoc[key] = associations(q, column, self.policy.min_count, self.policy.fdr)
+        return self._assoc[key]
+
+    def drift(self, column: str | None) -> Drift:
+        if column not in self._drift:
+            kw = {}
+            if column is not None:
+                kw = {"assoc_old": self.assoc(column, "old"), "assoc_new": self.assoc(column)}
+            self._drift[column] = compare(self.base, self.q, column, min_count=self.policy.min_count,
+                                          fdr=self.policy.fdr, **kw)
+        return self._drift[column]
+
+    def assoc_rows(self, pick) -> pd.DataFrame:
+        frames = []
+        for col in self.policy.group_by:
+            t = self.assoc(col).table
+            frames.append(t[pick(t)].assign(column=col))
+        return pd.concat(frames, ignore_index=True).sort_values("odds_ratio_lo", ascending=False) if frames else \
+            pd.DataFrame(columns=ASSOC_EVIDENCE)
+
+    # ---- rules -------------------------------------------------------------------------------------
+    def max_error_rate(self, rule: Rule) -> RuleResult:
+        bad = self.q.unreadable()
+        total = bad + int(self.q.scalar("SELECT count(*) FROM images"))
+        rate = bad / total if total else 0.0
+        limit = rule.params["limit"]
+        ev = []
+        if rate > limit:
+            ev = _records(self.q.df("SELECT image_id, path, stage, reason FROM errors ORDER BY image_id LIMIT ?",
+                                    [EVIDENCE_ROWS]), ["image_id", "path", "stage", "reason"])
+        return self.result(rule, rate > limit, f"{bad} of {total} images unreadable ({_pct(rate)}; limit "
+                                               f"{_pct(limit)})", ev,
+                           {"unreadable": bad, "images_seen": total, "error_rate": rate})
+
+    def min_images_per_group(self, rule: Rule) -> RuleResult:
+        limit = rule.params["limit"]
+        small = []
+        n_groups = 0
+        for col in self.policy.group_by:
+            g = self.q.group_sizes(col)
+            n_groups += len(g)
+            small += [{"column": col, "grp": r.grp, "n": int(r.n)} for r in g.itertuples() if r.n < limit]
+        summary = (f"{len(small)} of {n_groups} groups have fewer than {limit} images"
+                   + (": " + ", ".join(f"{s['column']}={s['grp']} ({s['n']})" for s in small[:5]) if small else ""))
+        return self.result(rule, bool(small), summary, small, {"groups": n_groups, "too_small": len(small)})
+
+    def watch(self, rule: Rule) -> RuleResult:
+        words, bound = rule.params["words"], rule.params["min_odds_ratio"]
+        hits = self.assoc_rows(lambda t: t.word.isin(words) & t.flagged & (t.odds_ratio_lo > bound))
+        tested = set().union(*(set(self.assoc(c).table.word) for c in self.policy.group_by))
+        untested = [w for w in words if w not in tested]
+        rows = _records(hits, ASSOC_EVIDENCE)
+        if rows:
+            summary = f"{len(rows)} watched association(s); strongest: {_assoc_line(rows[0])}"
+        else:
+            summary = (f"no watched word is linked to a group (q<{self.policy.fdr}, odds ratio CI above "
+                       f"{_or(bound)}); {len(words) - len(untested)} of {len(words)} words seen in at least "
+                       f"{self.policy.min_count} images and tested")
+        return self.result(rule, bool(rows), summary, rows, {"associations": len(rows), "untested_words": untested})
+
+    def max_association(self, rule: Rule) -> RuleResult:
+        bound, own = rule.params["max_odds_ratio"], rule.params["include_group_names"]
+        hits = self.assoc_rows(lambda t: t.flagged & (own | ~t.names_group) & (t.odds_ratio_lo > bound))
+        rows = _records(hits, ASSOC_EVIDENCE)
+        tested = sum(self.assoc(c).tested for c in self.policy.group_by)
+        summary = (f"{len(rows)} of {tested} tested pairs have an odds ratio CI above {_or(bound)}"
+                   + (f"; strongest: {_assoc_line(rows[0])}" if rows else ""))
+        return self.result(rule, bool(rows), summary, rows, {"associations": len(rows), "tested_pairs": tested})
+
+    def heatmap(self, rule: Rule) -> RuleResult:
+        stat, bound = rule.params["stat"], rule.params["max_difference"]
+        if self.q.scalar(f'SELECT count("{stat}") FROM heatmaps') == 0:
+            return RuleResult(rule, "skip", f"the scan has no {stat} values (no object boxes in the source)"
+                              if stat == "box_mass" else f"the scan has no {stat} values")
+        frames = []
+        for col in self.policy.group_by:
+            a = self.assoc(col)
+            words = rule.params["words"] or sorted(set(a.table.word))
+            pairs = [(g, w) for w in words for g in a.groups.grp]
+            looks = compare_looks(self.q, col, pairs, [stat])
+            frames.append(looks.assign(column=col))
+        looks = pd.concat(frames, ignore_index=True)
+        looks["difference"] = looks.median_group - looks.median_rest
+        bad = looks[(looks.q < self.policy.fdr) & (looks.difference.abs() > bound)]
+        bad = bad.sort_values("difference", key=lambda d: -d.abs())
+        rows = _records(bad, ["column", "grp", "word", "stat", "median_group", "median_rest", "difference",
+                              "n_group", "n_rest", "q"])
+        summary = f"{len(rows)} of {len(looks)} (group, word) comparisons differ in median {stat} by more than {bound:g}"
+        if rows:
+            r = rows[0]
+            summary += (f"; largest: '{r['word']}' in {r['column']}={r['grp']} {r['median_group']:.2f} vs "
+                        f"{r['median_rest']:.2f} in the rest (q={r['q']:.2g})")
+        return self.result(rule, bool(rows), summary, rows, {"violations": len(rows), "comparisons": len(looks)})
+
+    def drift_rule(self, rule: Rule) -> RuleResult:
+        if self.base is None:
+            return RuleResult(rule, "skip", "no --baseline scan given")
+        kind = rule.kind
+        if kind == "drift.words":
+            d, bound = self.drift(None), rule.params["max_jsd"]
+            top = d.words.head(5)
+            moved = ", ".join(f"'{w}' {_pct(o)}->{_pct(n)}" for w, o, n in
+                              zip(top.word, top.share_old, top.share_new, strict=True))
+            return self.result(rule, d.jsd > bound, f"Jensen-Shannon divergence of the word distribution "
+                               f"{d.jsd:.3f} (limit {bound:g}); moved most: {moved or 'none'}",
+                               _records(d.words.head(EVIDENCE_ROWS), ["word", "n_old", "n_new", "share_old",
+                                                                     "share_new", "delta"]),
+                               {"jsd": d.jsd, "images_added": len(d.added), "images_removed": len(d.removed)})
+        rows: list[dict] = []
+        for col in self.policy.group_by:
+            d = self.drift(col)
+            g = d.groups.assign(column=col)
+            if kind == "drift.group_words":
+                bound = rule.params["max_group_jsd"]
+                rows += _records(g[g.jsd > bound].sort_values("jsd", ascending=False),
+                                 ["column", "grp", "n_old", "n_new", "jsd"])
+            elif kind == "drift.group_shares":
+                bound = rule.params["max_share_change"]
+                rows += _records(g[g.delta.abs() > bound].sort_values("delta", key=lambda x: -x.abs()),
+                                 ["column", "grp", "n_old", "n_new", "share_old", "share_new", "delta"])
+            else:
+                rows += _records(d.appeared.assign(column=col), ASSOC_EVIDENCE)
+        if kind == "drift.group_words":
+            summary = (f"{len(rows)} group(s) whose word distribution moved by more than {bound:g} (Jensen-Shannon)"
+                       + "".join(f"; {r['column']}={r['grp']} {r['jsd']:.3f}" for r in rows[:3]))
+        elif kind == "drift.group_shares":
+            summary = (f"{len(rows)} group share(s) moved by more than {_pct(bound)}"
+                       + "".join(f"; {r['column']}={r['grp']} {_pct(r['share_old'])}->{_pct(r['share_new'])}"
+                                 for r in rows[:3]))
+        else:
+            summary = (f"{len(rows)} association(s) significant now but not in the baseline"
+                       + (f"; strongest: {_assoc_line(rows[0])}" if rows else ""))
+        return self.result(rule, bool(rows), summary, rows, {"violations": len(rows)})
+
+    def result(self, rule: Rule, broken: bool, summary: str, evidence: list[dict], measured: dict) -> RuleResult:
+        status = ("fail" if rule.level == "fail" else "warn") if broken else "pass"
+        return RuleResult(rule, status, summary, evidence, measured)
+
+    def run(self, rule: Rule) -> RuleResult:
+        if rule.kind.startswith("drift."):
+            return self.drift_rule(rule)
+        return getattr(self, rule.kind)(rule)
+
+
+def _setting_notes(q: ScanQuery, base: ScanQuery) -> list[str]:
+    new, old = q.scan.config.get("settings", {}), base.scan.config.get("settings", {})
+    diffs = [f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in COMPARED_SETTINGS if old.get(k) != new.get(k)]
+    if not diffs:
+        return []
+    return ["the baseline was scanned with other settings (" + "; ".join(diffs) + "); drift may reflect the "
+            "settings rather than the data"]
+
+
+def run_check(scan_dir: str | os.PathLike, policy: Policy, baseline: str | os.PathLike | None = None) -> CheckResult:
+    q = ScanQuery.open(scan_dir)
+    base = ScanQuery.open(baseline) if baseline is not None else None
+    for which, sq in (("scan", q), ("baseline", base)):
+        if sq is None:
+            continue
+        cols = sq.columns("images")
+        for col in policy.group_by:
+            if col not in cols:
+                raise AuditError(f"{policy.path}: group_by column {col!r} is not in the {which} {sq.scan.root}; "
+                                 "its image columns are " + ", ".join(cols))
+        if sq.counts()["images"] == 0:
+            raise AuditError(f"the {which} {sq.scan.root} holds no scanned images; run `audit scan` first")
+    checker = _Checker(q, policy, base)
+    results = [checker.run(rule) for rule in policy.rules]
+    notes = _setting_notes(q, base) if base is not None else []
+    return CheckResult(str(scan_dir), None if baseline is None else str(baseline), policy,
+                       q.counts()["images"], q.unreadable(), results, notes)
+
+
+def write_outputs(result: CheckResult, *, junit: str | os.PathLike | None = None,
+                  json_path: str | os.PathLike | None = None, markdown: str | os.PathLike | None = None) -> None:
+    from . import check_output as out
+
+    for path, text in ((junit, out.junit), (json_path, out.to_json), (markdown, out.markdown)):
+        if path is None:
+            continue
+        p = Path(path)
+        if p.is_dir():
+            raise AuditError(f"{p} is a directory; pass a file name")
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_name(f".tmp-{p.name}")
+        tmp.write_text(text(result), encoding="utf-8")
+        tmp.replace(p)
+
+
+__all__ = ["CheckResult", "RuleResult", "run_check", "write_outputs"]

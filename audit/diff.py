@@ -1,0 +1,134 @@
+"""`audit diff`: what changed between two scans of a dataset, as text, Markdown or one HTML file.
+
+The numbers are drift.compare's, the same the drift rules of `audit check` gate on.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .check_output import md, plain
+from .drift import Drift, compare
+from .errors import AuditError
+from .query import ScanQuery
+
+TOP_WORDS = 15
+SHOWN_IDS = 10
+
+
+@dataclass
+class Diff:
+    old: str
+    new: str
+    overall: Drift
+    by_column: list[Drift]
+    min_count: int
+    fdr: float
+
+
+def build_diff(old: str | os.PathLike, new: str | os.PathLike, group_by: list[str] | None = None, *,
+               min_count: int = 5, fdr: float = 0.05) -> Diff:
+    if not 0 < fdr < 1:
+        raise AuditError(f"--fdr must be between 0 and 1, not {fdr}")
+    if min_count < 1:
+        raise AuditError("--min-count must be at least 1")
+    qo, qn = ScanQuery.open(old), ScanQuery.open(new)
+    for col in group_by or []:
+        for which, q in (("old", qo), ("new", qn)):
+            if col not in q.columns("images"):
+                raise AuditError(f"--group-by column {col!r} is not in the {which} scan {q.scan.root}; its image "
+                                 "columns are " + ", ".join(q.columns("images")))
+    overall = compare(qo, qn, None, min_count=min_count, fdr=fdr)
+    cols = [compare(qo, qn, c, min_count=min_count, fdr=fdr) for c in group_by or []]
+    return Diff(str(old), str(new), overall, cols, min_count, fdr)
+
+
+def _pct(v: float) -> str:
+    return f"{v:.1%}"
+
+
+def _ids(ids: list[str]) -> str:
+    shown = ", ".join(ids[:SHOWN_IDS])
+    return shown + (f" and {len(ids) - SHOWN_IDS} more" if len(ids) > SHOWN_IDS else "")
+
+
+def text(d: Diff) -> str:
+    o = d.overall
+    lines = [f"audit diff: {d.old} -> {d.new}",
+             f"images: {o.images_old} -> {o.images_new} ({len(o.added)} added, {len(o.removed)} removed, "
+             f"{o.kept} in both)"]
+    if o.added:
+        lines.append(f"  added: {_ids(o.added)}")
+    if o.removed:
+        lines.append(f"  removed: {_ids(o.removed)}")
+    lines.append(f"word distribution: Jensen-Shannon divergence {o.jsd:.3f} (0 = same, 1 = nothing in common)")
+    lines.append("words that moved most (share of images showing the word):")
+    for r in o.words.head(TOP_WORDS).itertuples():
+        lines.append(f"  {r.word:<20} {_pct(r.share_old):>6} -> {_pct(r.share_new):>6}  ({r.delta:+.1%})")
+    for c in d.by_column:
+        lines.append(f"by {c.column}:")
+        for r in c.groups.itertuples():
+            jsd = "group new or gone" if r.jsd != r.jsd else f"word JSD {r.jsd:.3f}"
+            lines.append(f"  {r.grp}: {r.n_old} -> {r.n_new} images ({_pct(r.share_old)} -> {_pct(r.share_new)}), "
+                         f"{jsd}")
+        for label, df in (("appeared", c.appeared), ("vanished", c.vanished)):
+            lines.append(f"  associations {label}: {len(df)}")
+            for r in df.head(TOP_WORDS).itertuples():
+                lines.append(f"    '{r.word}' with {c.column}={r.grp} ({_pct(r.share_group)} vs {_pct(r.share_rest)}, "
+                             f"q={r.q:.2g})")
+    return "\n".join(plain(line) for line in lines) + "\n"
+
+
+def markdown(d: Diff) -> str:
+    o = d.overall
+    lines = [f"## audit diff: {md(d.old)} → {md(d.new)}", "",
+             f"**Images:** {o.images_old} → {o.images_new} ({len(o.added)} added, {len(o.removed)} removed, "
+             f"{o.kept} in both).", ""]
+    if o.added:
+        lines += [f"Added: {md(_ids(o.added))}", ""]
+    if o.removed:
+        lines += [f"Removed: {md(_ids(o.removed))}", ""]
+    lines += [f"**Word distribution:** Jensen–Shannon divergence {o.jsd:.3f} (0 = same, 1 = nothing in common).", "",
+              "| word | before | after | change |", "|---|---:|---:|---:|"]
+    for r in o.words.head(TOP_WORDS).itertuples():
+        lines.append(f"| {md(r.word)} | {_pct(r.share_old)} | {_pct(r.share_new)} | {r.delta:+.1%} |")
+    for c in d.by_column:
+        lines += ["", f"### By {md(c.column)}", "", "| group | images before | after | share before | after | word JSD |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        for r in c.groups.itertuples():
+            jsd = "–" if r.jsd != r.jsd else f"{r.jsd:.3f}"
+            lines.append(f"| {md(r.grp)} | {r.n_old} | {r.n_new} | {_pct(r.share_old)} | {_pct(r.share_new)} | {jsd} |")
+        for label, df in (("appeared", c.appeared), ("vanished", c.vanished)):
+            lines += ["", f"Associations {label}: {len(df)}"]
+            if len(df):
+                lines += ["", "| group | word | in group | in the rest | odds ratio (95% CI) | q |", "|---|---|---:|---:|---:|---:|"]
+                for r in df.head(TOP_WORDS).itertuples():
+                    lines.append(f"| {md(r.grp)} | {md(r.word)} | {_pct(r.share_group)} | {_pct(r.share_rest)} | "
+                                 f"{r.odds_ratio:.3g} ({r.odds_ratio_lo:.3g}–{r.odds_ratio_hi:.3g}) | {r.q:.2g} |")
+    return "\n".join(lines) + "\n"
+
+
+def html(d: Diff) -> str:
+    from . import __version__
+    from .report import _env
+
+    return _env().get_template("diff.html.j2").render(
+        d=d, o=d.overall, top=TOP_WORDS, shown_ids=SHOWN_IDS, tool_version=__version__,
+        generated=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
+
+
+def write_diff(d: Diff, out: str | os.PathLike) -> Path:
+    out = Path(out)
+    render = {".md": markdown, ".markdown": markdown, ".html": html, ".htm": html}.get(out.suffix.lower())
+    if render is None:
+        raise AuditError(f"--out {out}: the file name must end in .html or .md")
+    if out.is_dir():
+        raise AuditError(f"--out {out} is a directory; pass a file name such as diff.html")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".tmp-{out.name}")
+    tmp.write_text(render(d), encoding="utf-8")
+    tmp.replace(out)
+    return out

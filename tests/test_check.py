@@ -1,0 +1,275 @@
+"""`audit check` and `audit diff` on hand-built scans: exact numbers, exit codes, every output format."""
+
+import json
+import math
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+import xmlschema
+
+from audit.analysis import associations
+from audit.check import run_check
+from audit.check_output import junit, markdown, text
+from audit.cli import main
+from audit.diff import build_diff
+from audit.diff import markdown as diff_markdown
+from audit.policy import load_policy
+from audit.query import ScanQuery
+from audit.stats import jensen_shannon
+
+from .browser import open_page
+from .scanfactory import write_scan
+from .test_report import HOSTILE_LABEL, planted
+
+JUNIT_XSD = Path(__file__).parent / "data" / "junit.xsd"
+WATCH = '''group_by = "label"
+min_count = 3
+[[watch]]
+name = "backgrounds"
+words = ["grass", "Snow"]
+'''
+
+
+def policy(tmp_path, body: str, name="policy.toml") -> Path:
+    p = tmp_path / name
+    p.write_text(body, encoding="utf-8")
+    return p
+
+
+def flat(tmp_path, name="flat", a_count=10, b_count=10, grass_a=5, grass_b=5, label_b="B"):
+    """Two groups, 'grass' and 'sky' spread evenly (no association)."""
+    images = [{"image_id": f"a{i}", "label": "A"} for i in range(a_count)]
+    images += [{"image_id": f"b{i}", "label": label_b} for i in range(b_count)]
+    words = {im["image_id"]: ["sky"] for im in images}
+    for i in range(grass_a):
+        words[f"a{i}"].append("grass")
+    for i in range(grass_b):
+        words[f"b{i}"].append("grass")
+    return write_scan(tmp_path / name, images, words)
+
+
+def run_cli(capsys, *args) -> tuple[int, str, str]:
+    code = main([str(a) for a in args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_watch_rule_fails_on_a_planted_association_and_passes_without(tmp_path, capsys):
+    pol = policy(tmp_path, WATCH)
+    code, out, _ = run_cli(capsys, "check", planted(tmp_path), "--policy", pol)
+    assert code == 1, out
+    assert "FAIL  watch:backgrounds" in out and "'grass' with label=A: 8 of 10 images (80%)" in out
+    code, out, _ = run_cli(capsys, "check", flat(tmp_path), "--policy", pol)
+    assert code == 0, out
+    assert "PASS  watch:backgrounds" in out and "1 of 2 words seen in at least 3 images" in out  # 'snow': never
+
+
+def test_a_warn_rule_reports_but_never_fails_the_build(tmp_path, capsys):
+    pol = policy(tmp_path, WATCH + 'level = "warn"\n')
+    code, out, _ = run_cli(capsys, "check", planted(tmp_path), "--policy", pol)
+    assert code == 0 and "WARN  watch:backgrounds" in out
+
+
+def test_check_reports_the_numbers_of_the_report(tmp_path, capsys):
+    scan = planted(tmp_path)
+    pol = policy(tmp_path, WATCH + "min_odds_ratio = 2.0\n[max_association]\nmax_odds_ratio = 2.2\n")
+    code, _, _ = run_cli(capsys, "check", scan, "--policy", pol, "--json", tmp_path / "f.json")
+    doc = json.loads((tmp_path / "f.json").read_text())
+    assert code == 1 and doc["exit_code"] == 1 and doc["status"] == "fail"
+    t = associations(ScanQuery.open(scan), "label", min_count=3).table.set_index(["grp", "word"])
+    (ev,) = doc["rules"][0]["evidence"]
+    assert (ev["grp"], ev["word"], ev["a"], ev["n_group"]) == ("A", "grass", 8, 10)
+    assert math.isclose(ev["odds_ratio_lo"], t.loc[("A", "grass")].odds_ratio_lo)
+    assert math.isclose(ev["q"], t.loc[("A", "grass")].q)
+    assert doc["rules"][1]["status"] == "fail"  # lower bound 2.33 > 2.2
+    pol = policy(tmp_path, WATCH + "min_odds_ratio = 2.4\n[max_association]\nmax_odds_ratio = 2.4\n")
+    assert main(["check", str(scan), "--policy", str(pol), "-q"]) == 0  # both bounds now above 2.33
+
+
+def test_error_rate_and_group_size_rules(tmp_path, capsys):
+    scan = planted(tmp_path)  # 20 images and 1 unreadable file
+    pol = policy(tmp_path, 'group_by = "label"\n[max_error_rate]\nlimit = 0.05\n[min_images_per_group]\nlimit = 10\n')
+    code, out, _ = run_cli(capsys, "check", scan, "--policy", pol)
+    assert code == 0 and "1 of 21 images unreadable (4.8%; limit 5.0%)" in out
+    pol = policy(tmp_path, 'group_by = "label"\n[max_error_rate]\nlimit = 0.04\n[min_images_per_group]\nlimit = 11\n')
+    code, out, _ = run_cli(capsys, "check", scan, "--policy", pol)
+    assert code == 1 and out.count("FAIL") == 2 and "label=A (10)" in out and "broken.png" in out
+
+
+def test_heatmap_rule_compares_where_the_model_looks(tmp_path, capsys):
+    images = [{"image_id": f"{g}{i}", "label": g} for g in "AB" for i in range(8)]
+    words = {im["image_id"]: ["dog"] for im in images}
+    scan = write_scan(tmp_path / "s", images, words, box_mass=lambda i, w: (0.7 if i[0] == "A" else 0.2)
+                      + int(i[1:]) * 0.01)
+    body = 'group_by = "label"\nmin_count = 3\n[[heatmap]]\nstat = "box_mass"\nmax_difference = {}\n'
+    code, out, _ = run_cli(capsys, "check", scan, "--policy", policy(tmp_path, body.format(0.3)))
+    assert code == 1 and "'dog' in label=A 0.7" in out and "median_rest=0.235" in out, out
+    code, out, _ = run_cli(capsys, "check", scan, "--policy", policy(tmp_path, body.format(0.6)))
+    assert code == 0, out
+    no_box = write_scan(tmp_path / "nobox", images, words, box_mass=lambda i, w: None)
+    code, out, _ = run_cli(capsys, "check", no_box, "--policy", policy(tmp_path, body.format(0.3)))
+    assert code == 0 and "SKIP  heatmap:box_mass" in out and "no object boxes" in out
+
+
+def test_jensen_shannon():
+    assert jensen_shannon([3, 1], [3, 1]) == 0.0
+    assert jensen_shannon([1, 0], [0, 5]) == 1.0
+    # P = (1/2, 1/2), Q = (1, 0), M = (3/4, 1/4)
+    kl_p = 0.5 * math.log2(0.5 / 0.75) + 0.5 * math.log2(0.5 / 0.25)
+    kl_q = math.log2(1 / 0.75)
+    assert math.isclose(jensen_shannon([1, 1], [2, 0]), (kl_p + kl_q) / 2)
+
+
+DRIFT = '''group_by = "label"
+min_count = 3
+[drift]
+max_jsd = {jsd}
+max_group_jsd = 0.5
+max_share_change = 0.1
+new_associations = true
+'''
+
+
+def test_drift_rules_against_a_baseline(tmp_path, capsys):
+    base = flat(tmp_path, "base")  # A 10, B 10; grass 5 + 5; sky everywhere
+    drifted = planted(tmp_path)  # grass 8 + 1 and now associated with A; 'rare' twice
+    pol = policy(tmp_path, DRIFT.format(jsd=0.01))
+    code, out, _ = run_cli(capsys, "check", base, "--policy", pol, "--baseline", base)
+    assert code == 0 and out.count("PASS") == 4, out  # identical snapshots
+    code, out, _ = run_cli(capsys, "check", drifted, "--policy", pol, "--baseline", base, "--json", tmp_path / "d.json")
+    assert code == 1, out
+    rules = {r["id"]: r for r in json.loads((tmp_path / "d.json").read_text())["rules"]}
+    # old: sky 20, grass 10; new: sky 10, grass 9, rare 2 (images showing each word)
+    assert math.isclose(rules["drift.words"]["measured"]["jsd"], jensen_shannon([20, 10, 0], [10, 9, 2]))
+    assert rules["drift.words"]["status"] == "fail"
+    assert rules["drift.group_shares"]["status"] == "pass"  # still 10 and 10
+    (new,) = rules["drift.new_associations"]["evidence"]
+    assert (new["grp"], new["word"]) == ("A", "grass")
+    assert rules["drift.group_words"]["status"] == "pass"
+    code, out, _ = run_cli(capsys, "check", base, "--policy", pol)
+    assert code == 0 and out.count("SKIP") == 4 and "no --baseline" in out
+
+
+def test_group_shares_and_settings_notes(tmp_path, capsys):
+    base = flat(tmp_path, "base")
+    shifted = flat(tmp_path, "shifted", a_count=15, b_count=5, grass_a=7, grass_b=3)
+    pol = policy(tmp_path, 'group_by = "label"\n[drift]\nmax_share_change = 0.2\n')
+    code, out, _ = run_cli(capsys, "check", shifted, "--policy", pol, "--baseline", base)
+    assert code == 1 and "label=A 50%->75%" in out
+    assert main(["check", str(shifted), "--policy", str(pol).replace("0.2", "0.3"), "-q"]) == 0
+
+
+def test_junit_validates_against_the_schema_and_counts_agree(tmp_path):
+    scan = planted(tmp_path, label_b="B\x00\x1b[31m" + HOSTILE_LABEL)
+    pol = policy(tmp_path, WATCH + 'group_by = "label"\n[min_images_per_group]\nlimit = 11\nlevel = "warn"\n'
+                 '[drift]\nmax_jsd = 0.1\n'.replace('group_by = "label"\n', ""))
+    result = run_check(scan, load_policy(pol))
+    xml = junit(result)
+    schema = xmlschema.XMLSchema(JUNIT_XSD)
+    schema.validate(xml)
+    root = ET.fromstring(xml)
+    suite = root.find("testsuite")
+    cases = suite.findall("testcase")
+    assert int(suite.get("tests")) == len(cases) == 3
+    assert int(suite.get("failures")) == len(suite.findall("testcase/failure")) == 1
+    assert int(suite.get("skipped")) == len(suite.findall("testcase/skipped")) == 1
+    failure = suite.find("testcase/failure")
+    assert "grass" in failure.get("message") and "label=A" in failure.text
+    warn = next(c for c in cases if c.get("name") == "min_images_per_group").find("system-out").text
+    assert warn.startswith("WARNING") and "<script>" in warn  # escaped by XML, read back intact
+    assert "\x00" not in xml and "\x1b" not in xml
+    with pytest.raises(xmlschema.XMLSchemaValidationError):  # the schema is strict enough to fail
+        schema.validate(xml.replace("<testcase ", "<testcas ", 1).replace("</testcase>", "</testcas>", 1))
+
+
+def test_text_and_markdown_escape_hostile_strings(tmp_path):
+    evil = "B|x\x1b[2J<img src=x onerror=alert(1)>\n## owned"
+    scan = planted(tmp_path, label_b=evil)
+    pol = policy(tmp_path, 'group_by = "label"\nmin_count = 3\n[min_images_per_group]\nlimit = 11\n')
+    result = run_check(scan, load_policy(pol))
+    out = text(result)
+    assert "\x1b" not in out and "\\x1b[2J" in out
+    md = markdown(result)
+    assert "<img" not in md and "&lt;img" in md and "\n## owned" not in md
+    table = [line for line in md.splitlines() if line.startswith("| label |")]
+    assert table and all(line.count("|") - line.count("\\|") == 4 for line in table)  # 3 columns, no extra
+
+
+POLICY_ERRORS = [
+    ("", "has no rules"),
+    ("group_by = \"label\"\n[watch\nwords = []", "is not valid TOML"),
+    ("group_by = \"label\"\n[watchh]\nwords = [\"a\"]", "unknown table or key 'watchh'"),
+    ("group_by = \"label\"\n[[watch]]\nword = [\"a\"]", "unknown key watch[0].word"),
+    ("group_by = \"label\"\n[[watch]]\nwords = 3", "watch[0].words must be a list of strings"),
+    ("group_by = \"label\"\n[[watch]]\nwords = [\"fire fighter\"]", "not one word"),
+    ("group_by = \"label\"\n[[watch]]\nwords = [\"a\"]\nlevel = \"error\"", "is 'fail' or 'warn'"),
+    ("group_by = \"label\"\n[[watch]]\nwords = [\"a\"]\nmin_odds_ratio = 0.5", "must be at least 1"),
+    ("[[watch]]\nwords = [\"a\"]", "set group_by"),
+    ("[max_error_rate]\nlimit = 1.5", "is a share between 0 and 1"),
+    ("[max_error_rate]\nlimit = \"5%\"", "must be float"),
+    ("[max_error_rate]", "needs 'limit'"),
+    ("fdr = 0\n[max_error_rate]\nlimit = 0.1", "fdr must be between 0 and 1"),
+    ("[drift]\nlevel = \"warn\"", "sets no bound"),
+    ("group_by = \"label\"\n[[heatmap]]\nstat = \"peak_x\"\nmax_difference = 0.1", "stat is one of"),
+    ("group_by = \"label\"\n[[watch]]\nwords = [\"a\"]\n[[watch]]\nwords = [\"b\"]\nname = \"list1\"", "both named"),
+    ("group_by = \"nope\"\n[[watch]]\nwords = [\"a\"]", "group_by column 'nope' is not in the scan"),
+]
+
+
+@pytest.mark.parametrize("body, message", POLICY_ERRORS)
+def test_policy_errors_exit_2_with_one_line(tmp_path, capsys, body, message):
+    scan = planted(tmp_path)
+    code, out, err = run_cli(capsys, "check", scan, "--policy", policy(tmp_path, body))
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and err.startswith("audit: error: ") and message in err, err
+
+
+def test_usage_errors_exit_2_with_one_line(tmp_path, capsys):
+    scan = planted(tmp_path)
+    pol = policy(tmp_path, WATCH)
+    (tmp_path / "outdir").mkdir()
+    cases = [
+        (["check", tmp_path / "missing", "--policy", pol], "is not an audit scan"),
+        (["check", scan, "--policy", tmp_path / "nope.toml"], "does not exist"),
+        (["check", scan, "--policy", pol, "--baseline", tmp_path / "missing"], "is not an audit scan"),
+        (["check", scan, "--policy", pol, "--junit", tmp_path / "outdir"], "is a directory"),
+        (["diff", scan, tmp_path / "missing"], "is not an audit scan"),
+        (["diff", scan, scan, "--group-by", "nope"], "--group-by column 'nope'"),
+        (["diff", scan, scan, "--out", tmp_path / "d.pdf"], "must end in .html or .md"),
+    ]
+    for args, message in cases:
+        code, _, err = run_cli(capsys, *args)
+        assert code == 2 and err.count("\n") == 1 and message in err, (args, err)
+    code, _, err = run_cli(capsys, "check", scan)  # --policy is required: click's usage error
+    assert code == 2 and "--policy" in err
+
+
+def test_diff_shows_what_changed(tmp_path, capsys):
+    base = flat(tmp_path, "base", a_count=10, b_count=10)
+    new = planted(tmp_path)  # same ids a0..a9, b0..b9
+    extra = flat(tmp_path, "extra", a_count=12, b_count=8)  # a10, a11 added; b8, b9 removed
+    d = build_diff(base, extra, ["label"], min_count=3)
+    assert d.overall.added == ["a10", "a11"] and d.overall.removed == ["b8", "b9"]
+    g = d.by_column[0].groups.set_index("grp")
+    assert (g.loc["A"].n_old, g.loc["A"].n_new) == (10, 12) and math.isclose(g.loc["A"].delta, 0.1)
+    code, out, _ = run_cli(capsys, "diff", base, new, "--group-by", "label", "--out", tmp_path / "diff.md")
+    assert code == 0
+    assert "images: 20 -> 20 (0 added, 0 removed, 20 in both)" in out
+    assert "associations appeared: 1" in out and "'grass' with label=A" in out
+    top = out.split("moved most")[1].splitlines()[1].split()
+    assert top[0] == "sky" and top[1:4] == ["100.0%", "->", "50.0%"]  # the largest move comes first
+    md = (tmp_path / "diff.md").read_text()
+    assert "| grass | 50.0% | 45.0% | -5.0% |" in md and "Associations appeared: 1" in md
+    assert diff_markdown(d).count("| A |") == 1
+
+
+def test_diff_html_is_self_contained_and_escaped(tmp_path, capsys):
+    base = flat(tmp_path, "base", label_b=HOSTILE_LABEL)
+    new = planted(tmp_path, label_b=HOSTILE_LABEL)
+    code, _, _ = run_cli(capsys, "diff", base, new, "-g", "label", "-o", tmp_path / "diff.html")
+    html = (tmp_path / "diff.html").read_text()
+    assert code == 0 and "<script>" not in html and "&lt;script&gt;" in html
+    run = open_page(tmp_path / "diff.html", tmp_path / "chromium")
+    assert run.console == [] and run.requests == [] and "<title>PWNED" not in run.dom
+    assert "Associations that appeared (1)" in run.dom
