@@ -40,7 +40,7 @@ class Associations:
 
 def _name_words(group: str) -> set[str]:
     """The words of a group's own name, as ascent would spell them (lower case, letters and digits)."""
-    from .ascent import clean_words
+    from .words import clean_words
 
     return set(clean_words(str(group)))
 

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from . import rng
 from .encoders import Towers
+from .words import clean_words
 
 # Disjoint ranges of rng stream numbers, so no two uses of an image's seed share numbers.
 _INIT_STREAM = 1  # normal() takes uniform streams 2 and 3
@@ -179,12 +180,6 @@ def decode_sequence(tokenizer, ids: list[int]) -> str:
     text = tokenizer.decode([i for i in ids if i not in special and i >= 0])
     text = text.replace("\ufffd", " ")
     return " ".join(_printable(text).split())
-
-
-def clean_words(text: str) -> list[str]:
-    """Words of a decoded sequence: letters and digits only, lower case, in order."""
-    kept = "".join(ch if unicodedata.category(ch)[0] in "LN" else " " for ch in text.lower())
-    return kept.split()
 
 
 def sequences_to_words(tokenizer, seqs: torch.Tensor, scores: torch.Tensor) -> list[dict]:

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import typer
 
+from .defaults import DEFAULT_MAX_PIXELS, DEFAULT_MODEL, DEFAULT_PRETRAINED
 from .errors import AuditError
-from .loader import DEFAULT_MAX_PIXELS
-from .models import DEFAULT_MODEL, DEFAULT_PRETRAINED
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="What a CLIP vision transformer thinks of every image in a dataset, and where it looks.")

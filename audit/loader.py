@@ -9,9 +9,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .decode import DecodeError, box_in_frame, decode
+from .defaults import DEFAULT_MAX_PIXELS
 from .sources import Record
-
-DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb limit
 
 
 def to_model_input(pixels: np.ndarray, mean: np.ndarray, std: np.ndarray) -> torch.Tensor:

@@ -13,13 +13,12 @@ from pathlib import Path
 import open_clip
 import torch
 
+from .defaults import DEFAULT_MODEL, DEFAULT_PRETRAINED
 from .errors import AuditError
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
 open_clip.add_model_config(CONFIG_DIR)
 
-DEFAULT_MODEL = "ViT-B-32"
-DEFAULT_PRETRAINED = "auto"
 # Weights that ship inside the package, used by --pretrained auto.
 BUNDLED = {"audit-demo": Path(__file__).parent / "demo" / "weights" / "audit-demo.safetensors"}
 NO_WEIGHTS = {"audit-tiny"}  # test-only configs: auto means random weights

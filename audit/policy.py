@@ -115,7 +115,7 @@ def _entries(data: dict, key: str, path: str) -> list[tuple[str, dict]]:
 
 
 def _words(t: _Table, key: str) -> list[str]:
-    from .ascent import clean_words
+    from .words import clean_words
 
     words = t.get(key, list, [])
     out = []

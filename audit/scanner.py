@@ -17,13 +17,12 @@ import torch
 
 from . import rng
 from .ascent import AscentConfig, run_ascent, sequences_to_words
+from .defaults import DEFAULT_MAX_PIXELS, DEFAULT_MODEL, DEFAULT_PRETRAINED
 from .encoders import Towers
 from .errors import AuditError
 from .heatmaps import grid_stats
-from .loader import DEFAULT_MAX_PIXELS, Batch, ImageDataset, make_loader
+from .loader import Batch, ImageDataset, make_loader
 from .models import (
-    DEFAULT_MODEL,
-    DEFAULT_PRETRAINED,
     load_model,
     resolve_device,
     resolve_weights,

@@ -6,13 +6,13 @@ import torch.nn.functional as F
 from audit.ascent import (
     AscentConfig,
     augment,
-    clean_words,
     decode_sequence,
     merge_best,
     run_ascent,
     sequences_to_words,
     view_target,
 )
+from audit.words import clean_words
 
 CFG = AscentConfig(steps=4, candidates=4, views=6)
 

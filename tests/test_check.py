@@ -273,3 +273,13 @@ def test_diff_html_is_self_contained_and_escaped(tmp_path, capsys):
     run = open_page(tmp_path / "diff.html", tmp_path / "chromium")
     assert run.console == [] and run.requests == [] and "<title>PWNED" not in run.dom
     assert "Associations that appeared (1)" in run.dom
+
+
+def test_report_check_and_diff_start_without_loading_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, audit.cli, audit.check, audit.check_output, audit.diff, audit.report, audit.policy;"
+            "print(sorted(m for m in ('torch', 'open_clip', 'kornia') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"  # a CI gate should not spend seconds importing a model it never runs
