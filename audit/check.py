@@ -192,22 +192,26 @@ class _Checker:
         kind = rule.kind
         if kind == "drift.words":
             d, bound = self.drift(None), rule.params["max_jsd"]
+            v = d.divergence
             top = d.words.head(5)
             moved = ", ".join(f"'{w}' {_pct(o)}->{_pct(n)}" for w, o, n in
                               zip(top.word, top.share_old, top.share_new, strict=True))
-            return self.result(rule, d.jsd > bound, f"Jensen-Shannon divergence of the word distribution "
-                               f"{d.jsd:.3f} (limit {bound:g}); moved most: {moved or 'none'}",
+            summary = (f"Jensen-Shannon divergence {v.jsd:.3f} over the {d.vocabulary} words seen in at least "
+                       f"{d.min_count} images (limit {bound:g}; random splits of the pooled images reach "
+                       f"{v.noise:.3f}, p={v.p:.2g}); moved most: {moved or 'none'}")
+            return self.result(rule, v.jsd > bound and v.p < self.policy.fdr, summary,
                                _records(d.words.head(EVIDENCE_ROWS), ["word", "n_old", "n_new", "share_old",
                                                                      "share_new", "delta"]),
-                               {"jsd": d.jsd, "images_added": len(d.added), "images_removed": len(d.removed)})
+                               {"jsd": v.jsd, "p": v.p, "noise": v.noise, "vocabulary": d.vocabulary,
+                                "images_added": len(d.added), "images_removed": len(d.removed)})
         rows: list[dict] = []
         for col in self.policy.group_by:
             d = self.drift(col)
             g = d.groups.assign(column=col)
             if kind == "drift.group_words":
                 bound = rule.params["max_group_jsd"]
-                rows += _records(g[g.jsd > bound].sort_values("jsd", ascending=False),
-                                 ["column", "grp", "n_old", "n_new", "jsd"])
+                moved = g[(g.jsd > bound) & (g.q < self.policy.fdr)].sort_values("jsd", ascending=False)
+                rows += _records(moved, ["column", "grp", "n_old", "n_new", "jsd", "noise", "q"])
             elif kind == "drift.group_shares":
                 bound = rule.params["max_share_change"]
                 rows += _records(g[g.delta.abs() > bound].sort_values("delta", key=lambda x: -x.abs()),
@@ -215,8 +219,10 @@ class _Checker:
             else:
                 rows += _records(d.appeared.assign(column=col), ASSOC_EVIDENCE)
         if kind == "drift.group_words":
-            summary = (f"{len(rows)} group(s) whose word distribution moved by more than {bound:g} (Jensen-Shannon)"
-                       + "".join(f"; {r['column']}={r['grp']} {r['jsd']:.3f}" for r in rows[:3]))
+            summary = (f"{len(rows)} group(s) whose word distribution moved by more than {bound:g} (Jensen-Shannon, "
+                       f"q<{self.policy.fdr} against random splits)"
+                       + "".join(f"; {r['column']}={r['grp']} {r['jsd']:.3f} (noise {r['noise']:.3f})"
+                                 for r in rows[:3]))
         elif kind == "drift.group_shares":
             summary = (f"{len(rows)} group share(s) moved by more than {_pct(bound)}"
                        + "".join(f"; {r['column']}={r['grp']} {_pct(r['share_old'])}->{_pct(r['share_new'])}"

@@ -64,14 +64,17 @@ def text(d: Diff) -> str:
         lines.append(f"  added: {_ids(o.added)}")
     if o.removed:
         lines.append(f"  removed: {_ids(o.removed)}")
-    lines.append(f"word distribution: Jensen-Shannon divergence {o.jsd:.3f} (0 = same, 1 = nothing in common)")
+    v = o.divergence
+    lines.append(f"word distribution: Jensen-Shannon divergence {v.jsd:.3f} over the {o.vocabulary} words seen in at "
+                 f"least {o.min_count} images (0 = same, 1 = nothing in common); random splits of the pooled "
+                 f"images reach {v.noise:.3f} (95th percentile), p={v.p:.2g}")
     lines.append("words that moved most (share of images showing the word):")
     for r in o.words.head(TOP_WORDS).itertuples():
         lines.append(f"  {r.word:<20} {_pct(r.share_old):>6} -> {_pct(r.share_new):>6}  ({r.delta:+.1%})")
     for c in d.by_column:
         lines.append(f"by {c.column}:")
         for r in c.groups.itertuples():
-            jsd = "group new or gone" if r.jsd != r.jsd else f"word JSD {r.jsd:.3f}"
+            jsd = "group new or gone" if r.jsd != r.jsd else f"word JSD {r.jsd:.3f} (noise {r.noise:.3f}, q={r.q:.2g})"
             lines.append(f"  {r.grp}: {r.n_old} -> {r.n_new} images ({_pct(r.share_old)} -> {_pct(r.share_new)}), "
                          f"{jsd}")
         for label, df in (("appeared", c.appeared), ("vanished", c.vanished)):
@@ -91,15 +94,19 @@ def markdown(d: Diff) -> str:
         lines += [f"Added: {md(_ids(o.added))}", ""]
     if o.removed:
         lines += [f"Removed: {md(_ids(o.removed))}", ""]
-    lines += [f"**Word distribution:** Jensen–Shannon divergence {o.jsd:.3f} (0 = same, 1 = nothing in common).", "",
+    v = o.divergence
+    lines += [f"**Word distribution:** Jensen–Shannon divergence {v.jsd:.3f} over the {o.vocabulary} words seen in "
+              f"at least {o.min_count} images (0 = same, 1 = nothing in common); random splits of the pooled images "
+              f"reach {v.noise:.3f} (95th percentile), p = {v.p:.2g}.", "",
               "| word | before | after | change |", "|---|---:|---:|---:|"]
     for r in o.words.head(TOP_WORDS).itertuples():
         lines.append(f"| {md(r.word)} | {_pct(r.share_old)} | {_pct(r.share_new)} | {r.delta:+.1%} |")
     for c in d.by_column:
-        lines += ["", f"### By {md(c.column)}", "", "| group | images before | after | share before | after | word JSD |",
-                  "|---|---:|---:|---:|---:|---:|"]
+        lines += ["", f"### By {md(c.column)}", "",
+                  "| group | images before | after | share before | after | word JSD | noise | q |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
         for r in c.groups.itertuples():
-            jsd = "–" if r.jsd != r.jsd else f"{r.jsd:.3f}"
+            jsd = "– | – | –" if r.jsd != r.jsd else f"{r.jsd:.3f} | {r.noise:.3f} | {r.q:.2g}"
             lines.append(f"| {md(r.grp)} | {r.n_old} | {r.n_new} | {_pct(r.share_old)} | {_pct(r.share_new)} | {jsd} |")
         for label, df in (("appeared", c.appeared), ("vanished", c.vanished)):
             lines += ["", f"Associations {label}: {len(df)}"]

@@ -1,8 +1,14 @@
 """What changed between two scans of a dataset: images, word distribution, group shares, associations.
 
 `audit diff` shows it and `audit check --baseline` gates on it; both call `compare`, so the numbers agree.
-A word's distribution is over (image, word) pairs: how many images show each word. Shares of a word are
-out of all images of the snapshot (or of the group).
+
+The word distribution counts, for each word, the images showing it. Only words seen in at least
+`min_count` images of either snapshot take part (the words the association tests consider too): ascent
+also yields many words seen once, and two samples of one-off words share almost none, so over all words
+two scans of the same kind of data differ by a Jensen-Shannon divergence near 1. Even over the common
+words, small snapshots differ by chance, so each divergence comes with a permutation test: images of both
+snapshots are pooled and split at random many times; `noise` is the 95th percentile of the divergence of
+those splits and `p` the share of splits that differ at least as much as the real snapshots.
 """
 
 from __future__ import annotations
@@ -16,6 +22,20 @@ from . import stats
 from .analysis import Associations, associations
 from .query import ScanQuery
 
+PERMUTATIONS = 200
+# Permutations cost one pass over the (image, word) pairs each; above this many pair visits fewer are run
+# (large snapshots have little sampling noise to measure anyway).
+PERMUTATION_BUDGET = 50_000_000
+MIN_PERMUTATIONS = 20
+
+
+@dataclass
+class Divergence:
+    jsd: float  # bits: 0 = same distribution, 1 = no word in common
+    p: float  # permutation p-value; 1.0 when there is nothing to compare
+    noise: float  # 95th percentile of the divergence between random splits of the pooled images
+    permutations: int
+
 
 @dataclass
 class Drift:
@@ -23,10 +43,12 @@ class Drift:
     images_new: int
     added: list[str]
     removed: list[str]
-    jsd: float  # word distribution, whole snapshot
+    vocabulary: int  # words seen in at least min_count images of either snapshot
+    divergence: Divergence  # whole snapshot
     words: pd.DataFrame  # word, n_old, n_new, share_old, share_new, delta; largest |delta| first
+    min_count: int = 5
     column: str | None = None
-    groups: pd.DataFrame = field(default_factory=pd.DataFrame)  # grp, n_old, n_new, share_*, delta, jsd
+    groups: pd.DataFrame = field(default_factory=pd.DataFrame)  # grp, n_*, share_*, delta, jsd, noise, p, q
     appeared: pd.DataFrame = field(default_factory=pd.DataFrame)  # findings now, not flagged before
     vanished: pd.DataFrame = field(default_factory=pd.DataFrame)  # findings before, not flagged now
 
@@ -34,10 +56,47 @@ class Drift:
     def kept(self) -> int:
         return self.images_new - len(self.added)
 
+    @property
+    def jsd(self) -> float:
+        return self.divergence.jsd
 
-def _jsd(old: pd.DataFrame, new: pd.DataFrame) -> float:
-    both = old.set_index("word").n.to_frame("o").join(new.set_index("word").n.to_frame("n"), how="outer").fillna(0)
-    return stats.jensen_shannon(both.o.to_numpy(), both.n.to_numpy()) if len(both) else 0.0
+
+def _js(a: np.ndarray, b: np.ndarray) -> float:
+    if a.sum() == 0 and b.sum() == 0:
+        return 0.0
+    if a.sum() == 0 or b.sum() == 0:
+        return 1.0
+    return stats.jensen_shannon(a, b)
+
+
+def divergence(ids_old, ids_new, pairs_old: pd.DataFrame, pairs_new: pd.DataFrame, vocab: list[str],
+               seed: int = 0) -> Divergence:
+    """Jensen-Shannon divergence of the vocabulary words over two sets of images, with a permutation test.
+    pairs_*: distinct (image_id, word) rows of each set."""
+    n_old, n_new = len(ids_old), len(ids_new)
+    index = {w: i for i, w in enumerate(vocab)}
+    po = pairs_old[pairs_old.word.isin(index)]
+    pn = pairs_new[pairs_new.word.isin(index)]
+    img = np.concatenate([pd.Index(ids_old).get_indexer(po.image_id),
+                          n_old + pd.Index(ids_new).get_indexer(pn.image_id)])
+    word = np.concatenate([po.word.map(index).to_numpy(), pn.word.map(index).to_numpy()]).astype(np.int64)
+    total = np.bincount(word, minlength=len(vocab))
+    old_counts = np.bincount(word[img < n_old], minlength=len(vocab))
+    observed = _js(old_counts, total - old_counts)
+    if n_old == 0 or n_new == 0 or len(word) == 0:
+        return Divergence(observed, 1.0, float("nan"), 0)
+    rounds = int(min(PERMUTATIONS, max(MIN_PERMUTATIONS, PERMUTATION_BUDGET // len(word))))
+    rng = np.random.default_rng(seed)
+    n = n_old + n_new
+    split = np.zeros(n, dtype=bool)
+    null = np.empty(rounds)
+    for r in range(rounds):
+        split[:] = False
+        split[rng.permutation(n)[:n_old]] = True
+        c = np.bincount(word[split[img]], minlength=len(vocab))
+        null[r] = _js(c, total - c)
+    p = (1 + int(np.sum(null >= observed - 1e-12))) / (rounds + 1)
+    return Divergence(observed, p, float(np.quantile(null, 0.95)), rounds)
 
 
 def _pairs(df: pd.DataFrame) -> list[tuple[str, str]]:
@@ -53,32 +112,47 @@ def compare(old: ScanQuery, new: ScanQuery, column: str | None = None, *, min_co
             assoc_old: Associations | None = None, assoc_new: Associations | None = None) -> Drift:
     """Compare two scans; with a group column also per group. Associations already computed (say, by a
     check) can be passed in so nothing is computed twice."""
-    ids_old, ids_new = set(old.image_ids()), set(new.image_ids())
+    images_old, images_new = old.images_groups(column), new.images_groups(column)
+    ids_old, ids_new = set(images_old.image_id), set(images_new.image_id)
     n_old, n_new = len(ids_old), len(ids_new)
-    w_old, w_new = old.word_images(), new.word_images()
-    words = (w_old.set_index("word").n.rename("n_old").to_frame()
-             .join(w_new.set_index("word").n.rename("n_new"), how="outer").fillna(0).astype(np.int64)
-             .reset_index())
+    pairs_old, pairs_new = old.word_pairs(), new.word_pairs()
+    words = (pairs_old.word.value_counts().rename("n_old").to_frame()
+             .join(pairs_new.word.value_counts().rename("n_new"), how="outer").fillna(0).astype(np.int64))
+    vocab = sorted(words.index[(words.n_old >= min_count) | (words.n_new >= min_count)])
+    words = words.rename_axis("word").reset_index()
     words["share_old"] = words.n_old / max(n_old, 1)
     words["share_new"] = words.n_new / max(n_new, 1)
     words["delta"] = words.share_new - words.share_old
     words = words.sort_values(["delta", "word"], key=lambda c: -c.abs() if c.name == "delta" else c,
                               kind="stable").reset_index(drop=True)
-    drift = Drift(n_old, n_new, sorted(ids_new - ids_old), sorted(ids_old - ids_new), _jsd(w_old, w_new), words)
+    overall = divergence(list(images_old.image_id), list(images_new.image_id), pairs_old, pairs_new, vocab)
+    drift = Drift(n_old, n_new, sorted(ids_new - ids_old), sorted(ids_old - ids_new), len(vocab), overall, words,
+                  min_count)
     if column is None:
         return drift
     drift.column = column
-    g_old = old.group_sizes(column).set_index("grp").n.rename("n_old")
-    g_new = new.group_sizes(column).set_index("grp").n.rename("n_new")
-    groups = g_old.to_frame().join(g_new, how="outer").fillna(0).astype(np.int64).reset_index()
+    groups = (images_old.grp.value_counts().rename("n_old").to_frame()
+              .join(images_new.grp.value_counts().rename("n_new"), how="outer").fillna(0).astype(np.int64)
+              .rename_axis("grp").reset_index().sort_values("grp").reset_index(drop=True))
     groups["share_old"] = groups.n_old / max(n_old, 1)
     groups["share_new"] = groups.n_new / max(n_new, 1)
     groups["delta"] = groups.share_new - groups.share_old
-    gw_old, gw_new = old.word_images(column), new.word_images(column)
-    groups["jsd"] = [
-        _jsd(gw_old[gw_old.grp == g], gw_new[gw_new.grp == g]) if no and nn else float("nan")
-        for g, no, nn in zip(groups.grp, groups.n_old, groups.n_new, strict=True)
-    ]
+    by_old = dict(iter(pairs_old.merge(images_old, on="image_id").groupby("grp")))
+    by_new = dict(iter(pairs_new.merge(images_new, on="image_id").groupby("grp")))
+    img_old, img_new = dict(iter(images_old.groupby("grp"))), dict(iter(images_new.groupby("grp")))
+    empty = pairs_old.iloc[:0]
+    rows = []
+    for g, no, nn in zip(groups.grp, groups.n_old, groups.n_new, strict=True):
+        if not (no and nn):  # a group that appeared or vanished: its share says so, a divergence cannot
+            rows.append((float("nan"), float("nan"), float("nan")))
+            continue
+        d = divergence(list(img_old[g].image_id), list(img_new[g].image_id), by_old.get(g, empty),
+                       by_new.get(g, empty), vocab)
+        rows.append((d.jsd, d.noise, d.p))
+    groups[["jsd", "noise", "p"]] = pd.DataFrame(rows, index=groups.index)
+    tested = groups.p.notna()
+    groups["q"] = np.nan
+    groups.loc[tested, "q"] = stats.bh_qvalues(groups.p[tested].to_numpy())
     drift.groups = groups
     assoc_old = assoc_old or associations(old, column, min_count, fdr)
     assoc_new = assoc_new or associations(new, column, min_count, fdr)

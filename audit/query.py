@@ -98,8 +98,13 @@ class ScanQuery:
         """, [word, MISSING_GROUP, group, limit])
 
     # ---- check / diff ----------------------------------------------------------------------------------
-    def image_ids(self) -> pd.Series:
-        return self.df("SELECT image_id FROM images").image_id
+    def images_groups(self, column: str | None = None) -> pd.DataFrame:
+        """Every image with its group ('' without a column)."""
+        if column is None:
+            return self.df("SELECT image_id, '' AS grp FROM images ORDER BY image_id")
+        g = self.check_group_column(column)
+        return self.df(f"SELECT image_id, coalesce(CAST({g} AS VARCHAR), ?) AS grp FROM images ORDER BY image_id",
+                       [MISSING_GROUP])
 
     def unreadable(self) -> int:
         """Images that could not be scanned (an image that failed in one run and was read in a later one
@@ -107,12 +112,6 @@ class ScanQuery:
         return int(self.scalar("SELECT count(DISTINCT image_id) FROM errors "
                                "WHERE image_id NOT IN (SELECT image_id FROM images)"))
 
-    def word_images(self, column: str | None = None) -> pd.DataFrame:
-        """Images showing each word, per group when a column is given (grp is '' otherwise)."""
-        if column is None:
-            return self.df("SELECT '' AS grp, word, count(DISTINCT image_id) AS n FROM tokens GROUP BY word")
-        g = self.check_group_column(column)
-        return self.df(f"""
-            SELECT coalesce(CAST(i.{g} AS VARCHAR), ?) AS grp, t.word, count(DISTINCT t.image_id) AS n
-            FROM tokens t JOIN images i USING (image_id) GROUP BY 1, 2
-        """, [MISSING_GROUP])
+    def word_pairs(self) -> pd.DataFrame:
+        """Distinct (image_id, word) pairs: which images show which words."""
+        return self.df("SELECT DISTINCT image_id, word FROM tokens ORDER BY image_id, word")

@@ -31,3 +31,32 @@ def small_folder(tmp_path):
         save_noise(root / ("cat" if i % 2 else "dog") / f"{i}.png", seed=i)
     save_noise(root / "top.png", seed=9)
     return root
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory):
+    """One `audit demo` run (60 photos with the planted grass bias): its folder, report and printout.
+    Shared because the scan takes a minute or two on a CPU."""
+    import contextlib
+    import io
+
+    from audit.demo import run_demo
+
+    root = tmp_path_factory.mktemp("demo") / "demo"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        report = run_demo(root, images=60, quiet=True, device="cpu")
+    return root, report, printed.getvalue()
+
+
+@pytest.fixture(scope="session")
+def unbiased_demo_scan(tmp_path_factory):
+    """A demo dataset of the same kind without the planted bias (backgrounds uniform at every site)."""
+    from audit.demo import DEMO_SETTINGS, make_dataset
+    from audit.scanner import run_scan
+
+    root = tmp_path_factory.mktemp("unbiased")
+    manifest = make_dataset(root / "dataset", images=60, seed=1, bias=None)
+    run_scan(str(manifest), str(root / "scan"), model="audit-demo", pretrained="auto", workers=0, device="cpu",
+             quiet=True, **DEMO_SETTINGS)
+    return root / "scan"

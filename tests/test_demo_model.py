@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 import audit
-from audit.demo import make_dataset, run_demo
+from audit.demo import make_dataset
 from audit.demo.evaluate import pointing_game, zero_shot
 from audit.demo.scenes import make_scene
 from audit.demo.train import EVAL_SEED_BASE
@@ -47,11 +47,10 @@ def test_v0_heatmaps_point_better_than_chance(demo_model):
     assert hits >= 0.25 and box_mass >= 0.2, (hits, box_mass)
 
 
-def test_demo_report_makes_the_planted_bias_the_top_finding(tmp_path, capsys):
-    report = run_demo(tmp_path / "demo", images=60, quiet=True, device="cpu")
-    out = capsys.readouterr().out
+def test_demo_report_makes_the_planted_bias_the_top_finding(demo_run, tmp_path):
+    root, report, out = demo_run
     assert "Top finding: CLIP links 'grass' to label=north" in out, out
-    scan = audit.Scan(tmp_path / "demo" / "scan")
+    scan = audit.Scan(root / "scan")
     assert len(scan.images()) == 60 and scan.errors().empty
     run = open_page(report, tmp_path / "chromium")
     assert run.console == [] and run.requests == []

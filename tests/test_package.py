@@ -16,6 +16,8 @@ def test_wheel_carries_model_configs_and_entry_point(tmp_path):
         assert "audit/demo/__init__.py" in names
         assert "audit/model_configs/audit-demo.json" in names
         assert "audit/templates/report.html.j2" in names
+        assert "audit/templates/diff.html.j2" in names and "audit/templates/_style.html.j2" in names
+        assert "audit/demo/audit-policy.toml" in names  # `audit demo` checks with it
         assert "audit/demo/weights/audit-demo.safetensors" in names
         assert "audit/demo/weights/MODEL_CARD.md" in names
         entry = next(n for n in names if n.endswith("entry_points.txt"))

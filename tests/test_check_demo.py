@@ -1,0 +1,38 @@
+"""`audit check` and `audit diff` on demo scans made with the project's own CLIP: the example policy
+catches the planted bias, stays quiet without it, and the drift rules see the change between the two."""
+
+from audit.cli import main
+from audit.demo import POLICY
+
+
+def check(capsys, *args) -> tuple[int, str]:
+    code = main(["check", *map(str, args)])
+    return code, capsys.readouterr().out
+
+
+def test_example_policy_fails_the_planted_bias_and_passes_without_it(demo_run, unbiased_demo_scan, capsys):
+    root, _, printed = demo_run
+    code, out = check(capsys, root / "scan", "--policy", POLICY)
+    assert code == 1, out
+    assert "FAIL  watch:backgrounds" in out and "'grass' with label=north" in out
+    assert "PASS  watch:occupations" in out and "PASS  max_error_rate" in out
+    code, out = check(capsys, unbiased_demo_scan, "--policy", POLICY)
+    assert code == 0, out
+    assert "PASS  watch:backgrounds" in out
+    assert "exit 1, failed: watch:backgrounds" in printed  # `audit demo` runs the same check
+    assert (root / "check.md").is_file() and (root / "check-junit.xml").is_file()
+
+
+def test_drift_rules_see_the_planted_bias_arrive(demo_run, unbiased_demo_scan, capsys):
+    scan = demo_run[0] / "scan"
+    code, out = check(capsys, scan, "--policy", POLICY, "--baseline", unbiased_demo_scan)
+    assert code == 1, out
+    assert "FAIL  drift.new_associations" in out and "'grass' with label=north" in out
+    # Only the north site's words moved beyond sampling noise; the snapshot as a whole did not.
+    assert "FAIL  drift.group_words" in out and "label=north" in out and "PASS  drift.words" in out
+    code, out = check(capsys, scan, "--policy", POLICY, "--baseline", scan)
+    for rule in ("drift.words", "drift.group_words", "drift.group_shares", "drift.new_associations"):
+        assert f"PASS  {rule}" in out, out
+    assert main(["diff", str(unbiased_demo_scan), str(scan), "-g", "label"]) == 0
+    out = capsys.readouterr().out
+    assert "associations appeared: 1" in out and "'grass' with label=north" in out
