@@ -13,6 +13,7 @@ import pandas as pd
 
 from . import stats
 from .query import ScanQuery
+from .schema import ASCENT, PROBE
 
 LOOK_STATS = ("box_mass", "border_mass", "entropy")
 
@@ -92,13 +93,14 @@ def associations(q: ScanQuery, column: str, min_count: int = 5, fdr: float = 0.0
 LOOK_COLUMNS = ["grp", "word", "stat", "median_group", "median_rest", "n_group", "n_rest", "p", "effect", "q"]
 
 
-def compare_looks(q: ScanQuery, column: str, pairs: list[tuple[str, str]], stat_names=LOOK_STATS) -> pd.DataFrame:
+def compare_looks(q: ScanQuery, column: str, pairs: list[tuple[str, str]], stat_names=LOOK_STATS,
+                  kind: str = ASCENT) -> pd.DataFrame:
     """For each (group, word) and heatmap statistic: the word's heatmaps in the group vs in the rest
     (medians, Mann-Whitney p, rank-biserial effect), with BH q-values over all rows."""
     words = sorted({w for _, w in pairs})
     rows = []
     for stat in stat_names if pairs else ():
-        values = q.heatmap_values(column, words, stat)
+        values = q.heatmap_values(column, words, stat, kind)
         by_word = {w: v for w, v in values.groupby("word")}
         for grp, word in pairs:
             w = by_word.get(word)
@@ -118,3 +120,48 @@ def compare_looks(q: ScanQuery, column: str, pairs: list[tuple[str, str]], stat_
 def where_it_looks(q: ScanQuery, assoc: Associations) -> pd.DataFrame:
     """For each flagged (group, word): heatmap statistics of the word in the group vs the rest."""
     return compare_looks(q, assoc.column, list(zip(assoc.flagged.grp, assoc.flagged.word, strict=True)))
+
+
+@dataclass
+class Probes:
+    column: str
+    words: list[str]
+    cosines: pd.DataFrame  # per (word, group): n, mean, ci_lo, ci_hi, mean_rest, difference, p, effect, q, flagged
+    looks: pd.DataFrame  # compare_looks rows for every (group, probe word)
+    fdr: float
+
+    @property
+    def flagged(self) -> pd.DataFrame:
+        return self.cosines[self.cosines.flagged]
+
+
+def probes(q: ScanQuery, column: str, fdr: float = 0.05) -> Probes:
+    """How strongly each probe word matches each group's images compared with the rest.
+
+    Per (word, group): mean cosine with a 95% interval (normal approximation), the difference to the rest,
+    and a Mann-Whitney test of the group's cosines against the rest's; BH q-values over every (word, group).
+    Flagged: q < fdr. Where-it-looks statistics of the probe heatmaps are compared the same way.
+    """
+    words = q.probe_words()
+    values = q.probe_cosines(column)
+    rows = []
+    for (word, grp), _ in values.groupby(["word", "grp"], sort=False):
+        w = values[values.word == word]
+        x = w[w.grp == grp].cosine.dropna().to_numpy(dtype=float)
+        y = w[w.grp != grp].cosine.dropna().to_numpy(dtype=float)
+        mean = float(x.mean()) if len(x) else float("nan")
+        half = stats.Z95 * float(x.std(ddof=1)) / np.sqrt(len(x)) if len(x) > 1 else float("nan")
+        p, effect = stats.mann_whitney(x, y) if len(y) else (float("nan"), float("nan"))
+        rest = float(y.mean()) if len(y) else float("nan")
+        rows.append((word, grp, len(x), mean, mean - half, mean + half, rest, mean - rest, p, effect))
+    table = pd.DataFrame(rows, columns=["word", "grp", "n", "mean", "ci_lo", "ci_hi", "mean_rest", "difference",
+                                        "p", "effect"])
+    tested = table.p.notna()
+    table["q"] = np.nan
+    table.loc[tested, "q"] = stats.bh_qvalues(table.p[tested].to_numpy())
+    table["flagged"] = table.q < fdr
+    order = {w: i for i, w in enumerate(words)}
+    table = table.sort_values(["word", "grp"], key=lambda c: c.map(order) if c.name == "word" else c)
+    pairs = list(zip(table.grp, table.word, strict=True))
+    looks = compare_looks(q, column, pairs, kind=PROBE)
+    return Probes(column, words, table.reset_index(drop=True), looks, fdr)

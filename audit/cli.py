@@ -35,6 +35,9 @@ def scan(
     start_layer_text: int = typer.Option(-1, help="First text layer in the relevancy (-1 = last)."),
     path_column: str = typer.Option("path", help="Manifest column holding image paths."),
     max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, help="Refuse images with more pixels (decompression-bomb guard)."),
+    words: list[str] = typer.Option(None, "--words", "-w", help="Probe words or phrases scored on every image, comma-separated (repeatable)."),
+    words_file: Path = typer.Option(None, "--words-file", help="Probe words, one per line (phrases may contain commas; # starts a comment)."),
+    no_ascent: bool = typer.Option(False, "--no-ascent", help="Skip the ascent: score only the probe words (fast)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Delete an earlier scan in --out and start over."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output; errors still print."),
 ) -> None:
@@ -45,7 +48,7 @@ def scan(
              workers=workers, seed=seed, steps=steps, tokens_per_seq=tokens_per_seq, candidates=candidates, lr=lr,
              views=views, resample_views=resample_views, prompt=prompt, start_layer=start_layer,
              start_layer_text=start_layer_text, path_column=path_column, max_pixels=max_pixels,
-             overwrite=overwrite, quiet=quiet)
+             words=tuple(words or ()), words_file=words_file, no_ascent=no_ascent, overwrite=overwrite, quiet=quiet)
 
 
 @app.command()
@@ -103,6 +106,42 @@ def diff(
     sys.stdout.write(text(d))
     if out is not None:
         print(f"audit diff: wrote {write_diff(d, out)}", file=sys.stderr)
+
+
+@app.command()
+def explain(
+    inputs: list[Path] = typer.Argument(..., help="Image files and/or folders."),
+    out: Path = typer.Option(Path("explain-out"), "--out", "-o", help="Folder for the tiles, mosaics and the scan behind them."),
+    words: list[str] = typer.Option(None, "--words", "-w", help="Probe words or phrases, comma-separated (repeatable)."),
+    words_file: Path = typer.Option(None, "--words-file", help="Probe words, one per line."),
+    no_ascent: bool = typer.Option(False, "--no-ascent", help="Only the probe words, no ascent."),
+    model: str = typer.Option(DEFAULT_MODEL, help="open_clip model name, audit-demo or audit-tiny."),
+    pretrained: str = typer.Option(DEFAULT_PRETRAINED, help="As for `audit scan`."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    seed: int = typer.Option(0, help="Run seed."),
+    steps: int = typer.Option(200, help="Ascent steps."),
+    tokens_per_seq: int = typer.Option(4, help="Free tokens per candidate sequence."),
+    candidates: int = typer.Option(16, help="Candidate sequences per image."),
+    lr: float = typer.Option(5.0, help="Adam learning rate of the ascent."),
+    views: int = typer.Option(64, help="Random affine views of each image in the objective."),
+    prompt: str = typer.Option("", help="Text placed before the learned tokens."),
+    start_layer: int = typer.Option(-1, help="First image layer in the relevancy (-1 = last)."),
+    start_layer_text: int = typer.Option(-1, help="First text layer in the relevancy (-1 = last)."),
+    tile: int = typer.Option(256, help="Width of a tile in pixels."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Start the scan in --out over."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
+) -> None:
+    """The single-image view: each word's heatmap as a labelled overlay, and one mosaic per image."""
+    from .explain import explain as run_explain
+
+    done = run_explain([str(p) for p in inputs], out, tile=tile, words=tuple(words or ()), words_file=words_file,
+                       no_ascent=no_ascent, model=model, pretrained=pretrained, device=device, seed=seed,
+                       steps=steps, tokens_per_seq=tokens_per_seq, candidates=candidates, lr=lr, views=views,
+                       prompt=prompt, start_layer=start_layer, start_layer_text=start_layer_text,
+                       overwrite=overwrite, quiet=quiet)
+    for e in done:
+        words_text = ", ".join(f"{w} ({c:.2f})" for _, w, c in e.words) or "no words"
+        print(f"{e.image_id}\n  {words_text}\n  mosaic: {e.mosaic} ({len(e.tiles)} tiles)")
 
 
 demo_app = typer.Typer(help="The offline demo: a planted-bias dataset scanned with the project's own CLIP.")

@@ -10,9 +10,11 @@ import duckdb
 import pandas as pd
 
 from .errors import AuditError
+from .schema import ASCENT, PROBE
 from .store import Scan
 
 MISSING_GROUP = "(missing)"
+KINDED = ("tokens", "heatmaps")
 
 
 def quote(identifier: str) -> str:
@@ -29,12 +31,17 @@ class ScanQuery:
         scan = Scan(scan_dir)
         con = duckdb.connect()
         for name in ("images", "tokens", "heatmaps", "errors"):
+            view = f"all_{name}" if name in KINDED else name
             files = [str(p) for p in scan.files(name)]
             if files:
                 # A view, so DuckDB reads only the columns and rows a query needs (grids stay on disk).
-                con.read_parquet(files, union_by_name=True).create_view(name)
+                con.read_parquet(files, union_by_name=True).create_view(view)
             else:
-                con.register(name, scan.table(name))
+                con.register(view, scan.table(name))
+        # Ascent words and probe words answer different questions; every query reads one kind only.
+        for name in KINDED:
+            con.execute(f"CREATE VIEW {name} AS SELECT * FROM all_{name} WHERE kind = '{ASCENT}'")
+            con.execute(f"CREATE VIEW probe_{name} AS SELECT * FROM all_{name} WHERE kind = '{PROBE}'")
         return cls(scan, con)
 
     def columns(self, table: str) -> list[str]:
@@ -77,16 +84,29 @@ class ScanQuery:
             GROUP BY s.grp, s.word
         """, [MISSING_GROUP, min_count])
 
-    def heatmap_values(self, column: str, words: list[str], stat: str) -> pd.DataFrame:
-        """One heatmap statistic for the given words, with each row's group."""
+    def heatmap_values(self, column: str, words: list[str], stat: str, kind: str = ASCENT) -> pd.DataFrame:
+        """One heatmap statistic for the given words (of one kind), with each row's group."""
         if stat not in self.columns("heatmaps"):
             raise AuditError(f"unknown heatmap statistic {stat!r}")
         g = self.check_group_column(column)
+        view = "heatmaps" if kind == ASCENT else "probe_heatmaps"
         return self.df(f"""
             SELECT h.word, coalesce(CAST(i.{g} AS VARCHAR), ?) AS grp, h.{quote(stat)} AS value
-            FROM heatmaps h JOIN images i USING (image_id)
+            FROM {view} h JOIN images i USING (image_id)
             WHERE h.word IN (SELECT unnest(?::VARCHAR[]))
         """, [MISSING_GROUP, words])
+
+    def probe_words(self) -> list[str]:
+        """Probe words in the order they were given."""
+        return list(self.df("SELECT word FROM probe_tokens GROUP BY word ORDER BY min(word_rank), word").word)
+
+    def probe_cosines(self, column: str) -> pd.DataFrame:
+        """Every probe word's cosine with every image, with the image's group."""
+        g = self.check_group_column(column)
+        return self.df(f"""
+            SELECT t.word, coalesce(CAST(i.{g} AS VARCHAR), ?) AS grp, t.word_cosine AS cosine
+            FROM probe_tokens t JOIN images i USING (image_id)
+        """, [MISSING_GROUP])
 
     def examples(self, column: str, group: str, word: str, limit: int) -> pd.DataFrame:
         g = self.check_group_column(column)

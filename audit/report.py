@@ -13,7 +13,7 @@ import jinja2
 import numpy as np
 import pandas as pd
 
-from .analysis import Associations, associations
+from .analysis import LOOK_STATS, Associations, associations, probes
 from .decode import DecodeError, fit, open_rgb
 from .errors import AuditError
 from .heatmaps import overlay
@@ -23,7 +23,8 @@ THUMB = 112
 MATRIX_WORDS = 30
 FLAGGED_WITH_EXAMPLES = 8
 EXAMPLES = 4
-SETTINGS_SHOWN = ("model", "pretrained", "steps", "candidates", "tokens_per_seq", "views", "seed", "prompt")
+SETTINGS_SHOWN = ("model", "pretrained", "ascent", "steps", "candidates", "tokens_per_seq", "views", "seed", "prompt",
+                  "probe_words")
 
 
 def _env() -> jinja2.Environment:
@@ -107,6 +108,15 @@ def _column_view(q: ScanQuery, assoc: Associations, top: int, preprocess: dict) 
             "examples_capped": len(flagged) > FLAGGED_WITH_EXAMPLES}
 
 
+def _probe_view(q: ScanQuery, column: str, fdr: float) -> dict:
+    p = probes(q, column, fdr)
+    looks = {(r["grp"], r["word"], r["stat"]): r for r in p.looks.to_dict("records")}
+    rows = [{**r, "looks": {s: looks.get((r["grp"], r["word"], s)) for s in LOOK_STATS}}
+            for r in p.cosines.to_dict("records")]
+    shown = [s for s in LOOK_STATS if any(r["looks"][s] for r in rows)]
+    return {"column": column, "rows": rows, "stats": shown}
+
+
 def build_report(scan_dir: str | os.PathLike, group_by: list[str], out: str | os.PathLike, *, min_count: int = 5,
                  fdr: float = 0.05, top: int = 10, title: str | None = None) -> Path:
     if not group_by:
@@ -125,11 +135,12 @@ def build_report(scan_dir: str | os.PathLike, group_by: list[str], out: str | os
     runs = config.get("runs", [])
     preprocess = next((r["preprocess"] for r in reversed(runs) if r.get("preprocess")), {})
     columns = [_column_view(q, associations(q, c, min_count, fdr), top, preprocess) for c in group_by]
+    probe_columns = [_probe_view(q, c, fdr) for c in group_by] if q.probe_words() else []
     settings = config.get("settings", {})
     html = _env().get_template("report.html.j2").render(
         title=title or f"CLIP audit of {Path(scan_dir).resolve().name}",
         generated=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        counts=counts, settings={k: settings.get(k) for k in SETTINGS_SHOWN}, columns=columns,
+        counts=counts, probe_columns=probe_columns, settings={k: settings.get(k) for k in SETTINGS_SHOWN}, columns=columns,
         min_count=min_count, fdr=fdr, top=top, tool_version=config.get("tool_version"),
         matrix_words=MATRIX_WORDS, examples_per_word=EXAMPLES, flagged_with_examples=FLAGGED_WITH_EXAMPLES,
     )

@@ -28,8 +28,10 @@ from .models import (
     resolve_weights,
     weights_identity,
 )
+from .probes import check_lengths, parse_probe_words
 from .progress import Progress
 from .relevancy import relevancy
+from .schema import ASCENT, PROBE
 from .sources import BOX_COLUMNS, Record, open_source
 from .store import Scan, ScanWriter
 
@@ -53,6 +55,9 @@ class ScanOptions:
     start_layer_text: int = -1
     path_column: str = "path"
     max_pixels: int = DEFAULT_MAX_PIXELS
+    words: tuple[str, ...] | str = ()  # probe words (see probes.py)
+    words_file: str | None = None
+    no_ascent: bool = False
     overwrite: bool = False
     quiet: bool = False
 
@@ -60,6 +65,8 @@ class ScanOptions:
         if self.batch_size == "auto":
             if device.type == "cuda":
                 return 64
+            if self.no_ascent:
+                return 16  # no vocabulary-sized tensors: only relevancy passes, which batch well
             # On CPU, a vocabulary-sized tensor above glibc's 32 MB mmap ceiling is unmapped when freed and
             # page-faulted again by the next op; batches that stay under it are 2-3x faster per image
             # (bench/cpu_batch.py).
@@ -86,12 +93,13 @@ class ScanOptions:
                             lr=self.lr, views=self.views, resample_views=self.resample_views, prompt=self.prompt)
 
 
-def _settings(opts: ScanOptions, weights: str | None, sha: str | None) -> dict:
+def _settings(opts: ScanOptions, weights: str | None, sha: str | None, probes: tuple[str, ...]) -> dict:
     """Everything that changes a stored row; resume refuses to mix two different ones."""
     asc = dataclasses.asdict(opts.ascent())
     return {"model": opts.model, "pretrained": weights_identity(weights, sha), "weights_sha256": sha,
             "seed": opts.seed,
-            "start_layer": opts.start_layer, "start_layer_text": opts.start_layer_text, **asc}
+            "start_layer": opts.start_layer, "start_layer_text": opts.start_layer_text, **asc,
+            "ascent": not opts.no_ascent, "probe_words": list(probes)}
 
 
 def _fingerprint(records: list[Record]) -> str:
@@ -121,12 +129,15 @@ def _autocast(device: torch.device):
 class _BatchScanner:
     """Turns one loader batch into the rows of one unit of work."""
 
-    def __init__(self, opts: ScanOptions, towers: Towers, records: list[Record], meta_columns: list[str]):
+    def __init__(self, opts: ScanOptions, towers: Towers, records: list[Record], meta_columns: list[str],
+                 probes: tuple[str, ...]):
         self.opts = opts
         self.towers = towers
         self.records = records
         self.meta_columns = meta_columns
         self.ascent_cfg = opts.ascent()
+        self.probes = [{"word": p, "kind": PROBE, "word_rank": i, "seq_rank": -1, "seq_text": p,
+                        "seq_cosine": None} for i, p in enumerate(probes)]
 
     def error_rows(self, batch: Batch) -> dict:
         recs = [self.records[i] for i, _ in batch.errors]
@@ -151,23 +162,33 @@ class _BatchScanner:
         images = batch.pixels.to(t.device, non_blocking=True)
         seeds = torch.tensor([rng.image_seed(self.opts.seed, r.image_id) for r in recs], device=t.device)
         with _autocast(t.device):
-            found = run_ascent(t, images, seeds, self.ascent_cfg)
-            words = [sequences_to_words(t.tokenizer, found.seqs[i], found.scores[i]) for i in range(len(recs))]
+            if self.opts.no_ascent:
+                words = [[] for _ in recs]
+            else:
+                found = run_ascent(t, images, seeds, self.ascent_cfg)
+                words = [[{**w, "kind": ASCENT} for w in sequences_to_words(t.tokenizer, found.seqs[i],
+                                                                             found.scores[i])]
+                         for i in range(len(recs))]
+            words = [ws + self.probes for ws in words]
             pair_image = torch.tensor([i for i, ws in enumerate(words) for _ in ws], dtype=torch.long)
             pair_words = [w["word"] for ws in words for w in ws]
             rel = relevancy(t, images, pair_image, pair_words, self.opts.start_layer, self.opts.start_layer_text)
         pairs = [(recs[i], w) for i, ws in enumerate(words) for w in ws]
+        cosine = rel.cosine.numpy()
         tokens = {
-            "image_id": [r.image_id for r, _ in pairs], "word": [w["word"] for _, w in pairs],
+            "image_id": [r.image_id for r, _ in pairs], "kind": [w["kind"] for _, w in pairs],
+            "word": [w["word"] for _, w in pairs],
             "word_rank": [w["word_rank"] for _, w in pairs], "seq_rank": [w["seq_rank"] for _, w in pairs],
-            "seq_text": [w["seq_text"] for _, w in pairs], "seq_cosine": [w["seq_cosine"] for _, w in pairs],
-            "word_cosine": rel.cosine.numpy(),
+            "seq_text": [w["seq_text"] for _, w in pairs],
+            "seq_cosine": [c if w["seq_cosine"] is None else w["seq_cosine"]
+                           for (_, w), c in zip(pairs, cosine, strict=True)],
+            "word_cosine": cosine,
         }
         grids = rel.image.numpy()
         stats = grid_stats(grids, batch.boxes[pair_image.numpy()] if len(pairs) else np.zeros((0, 4)))
         gh, gw = t.grid_size
         heat = {
-            "image_id": tokens["image_id"], "word": tokens["word"],
+            "image_id": tokens["image_id"], "kind": tokens["kind"], "word": tokens["word"],
             "grid_h": [gh] * len(pairs), "grid_w": [gw] * len(pairs),
             "grid": pa.array(list(grids.reshape(len(pairs), -1)), type=pa.list_(pa.float32())),
             **{k: pa.array(list(v), type=pa.bool_()) if k == "peak_in_box" else pa.array(v, from_pandas=True)
@@ -194,8 +215,11 @@ def run_scan(source, out, **options) -> Scan:
     if not src.records:
         raise AuditError(f"no images found in {source} (looked for common image extensions, recursively)"
                          if src.kind == "folder" else f"manifest {source} lists no images")
+    probes = parse_probe_words(opts.words, opts.words_file)
+    if opts.no_ascent and not probes:
+        raise AuditError("--no-ascent scores only probe words: pass --words or --words-file")
     weights, sha = resolve_weights(opts.model, opts.pretrained)
-    settings = _settings(opts, weights, sha)
+    settings = _settings(opts, weights, sha, probes)
     source_info = {"kind": src.kind, "location": src.root, "path_column": opts.path_column,
                    "meta_columns": src.meta_columns}
     writer = ScanWriter.open(out, settings, source_info, overwrite=opts.overwrite)
@@ -212,8 +236,9 @@ def run_scan(source, out, **options) -> Scan:
                 _tune_cpu_allocator()
             loaded = load_model(opts.model, opts.pretrained, device=str(device), seed=opts.seed)
             towers = Towers(loaded)
+            check_lengths(probes, loaded.tokenizer, towers.context_length)
             preprocess = {k: (list(v) if isinstance(v, tuple) else v) for k, v in loaded.preprocess.items()}
-            scanner = _BatchScanner(opts, towers, pending, src.meta_columns)
+            scanner = _BatchScanner(opts, towers, pending, src.meta_columns, probes)
             loader = make_loader(ImageDataset(pending, loaded.preprocess, opts.max_pixels), batch_size,
                                  opts.workers, pin_memory=device.type == "cuda")
             progress = Progress(len(pending), quiet=opts.quiet)

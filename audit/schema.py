@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: tokens and heatmaps gain `kind` (ascent words vs probe words)
+
+ASCENT = "ascent"
+PROBE = "probe"
 
 TABLES = ("images", "tokens", "heatmaps", "errors")
 
@@ -30,6 +33,7 @@ IMAGES = pa.schema(
 TOKENS = pa.schema(
     [
         pa.field("image_id", pa.string(), nullable=False),
+        pa.field("kind", pa.string(), nullable=False),
         pa.field("word", pa.string(), nullable=False),
         pa.field("word_rank", pa.int16(), nullable=False),
         pa.field("seq_rank", pa.int16(), nullable=False),
@@ -42,6 +46,7 @@ TOKENS = pa.schema(
 HEATMAPS = pa.schema(
     [
         pa.field("image_id", pa.string(), nullable=False),
+        pa.field("kind", pa.string(), nullable=False),
         pa.field("word", pa.string(), nullable=False),
         pa.field("grid_h", pa.int16(), nullable=False),
         pa.field("grid_w", pa.int16(), nullable=False),
@@ -83,16 +88,21 @@ COLUMN_DOCS: dict[str, dict[str, str]] = {
     },
     "tokens": {
         "image_id": "The image.",
-        "word": "A word of one of the best ascent sequences, cleaned (no special tokens or punctuation).",
-        "word_rank": "0 = the word of the best sequence that came first; unique per image.",
-        "seq_rank": "Rank (0 = best) of the sequence the word first appears in.",
-        "seq_text": "That sequence, decoded.",
-        "seq_cosine": "Objective of that sequence: mean cosine with the augmented views of the image.",
-        "word_cosine": "Cosine of the word alone (tokenized as text) with the un-augmented image.",
+        "kind": "'ascent': a word the ascent found; 'probe': a word or phrase the user asked about (--words).",
+        "word": "Ascent: a word of one of the best sequences, cleaned (no special tokens or punctuation). "
+                "Probe: the word or phrase as given, lower case, spaces collapsed.",
+        "word_rank": "Ascent: 0 = the word of the best sequence that came first. Probe: its place in --words. "
+                     "Unique per (image, kind).",
+        "seq_rank": "Ascent: rank (0 = best) of the sequence the word first appears in. Probe: -1.",
+        "seq_text": "Ascent: that sequence, decoded. Probe: the phrase.",
+        "seq_cosine": "Ascent: mean cosine of that sequence with the augmented views of the image. Probe: "
+                      "equal to word_cosine.",
+        "word_cosine": "Cosine of the word (or phrase) alone, tokenized as text, with the un-augmented image.",
     },
     "heatmaps": {
         "image_id": "The image.",
-        "word": "The word the heatmap explains (same text as in tokens).",
+        "kind": "As in tokens: 'ascent' or 'probe'.",
+        "word": "The word the heatmap explains (same text and kind as in tokens).",
         "grid_h": "Rows of the relevancy grid (the ViT patch grid).",
         "grid_w": "Columns of the relevancy grid.",
         "grid": "Raw Chefer relevancy of each patch for logit(image, word), row-major, not normalized.",
@@ -104,7 +114,8 @@ COLUMN_DOCS: dict[str, dict[str, str]] = {
         "border_mass": "Share of relevance in the outermost ring of cells.",
         "box_mass": "Share of relevance inside the source's object box (cells weighted by overlap); null without box.",
         "peak_in_box": "Whether the peak cell's centre lies inside the object box; null without box.",
-        "text_relevance": "Chefer relevancy of each of the word's tokens in the text tower (between SOT and EOT).",
+        "text_relevance": "Chefer relevancy of each of the word's (or phrase's) tokens in the text tower "
+                          "(between SOT and EOT).",
     },
     "errors": {
         "image_id": "The image that could not be scanned.",

@@ -37,12 +37,13 @@ def synthetic_scan(out: Path, images: int, per_image: int, vocab: int = 3000, gr
             n = n_img * per_image
             grids = pa.ListArray.from_arrays(np.arange(0, (n + 1) * 49, 49, dtype=np.int32),
                                              pa.array(rs.rand(n * 49).astype(np.float32)))
-            tokens = pa.table({"image_id": image_id, "word": words.ravel(),
+            kind = np.full(n, "ascent", dtype=object)
+            tokens = pa.table({"image_id": image_id, "kind": kind, "word": words.ravel(),
                                "word_rank": np.tile(np.arange(per_image, dtype=np.int16), n_img),
                                "seq_rank": np.zeros(n, np.int16), "seq_text": words.ravel(),
                                "seq_cosine": rs.rand(n).astype(np.float32),
                                "word_cosine": rs.rand(n).astype(np.float32)})
-            heat = pa.table({"image_id": image_id, "word": words.ravel(), "grid_h": np.full(n, 7, np.int16),
+            heat = pa.table({"image_id": image_id, "kind": kind, "word": words.ravel(), "grid_h": np.full(n, 7, np.int16),
                              "grid_w": np.full(n, 7, np.int16), "grid": grids,
                              **{k: rs.rand(n).astype(np.float32) for k in ("peak_x", "peak_y", "entropy",
                                                                            "top10_mass", "centre_mass",

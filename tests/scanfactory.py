@@ -9,9 +9,11 @@ from audit.store import ScanWriter
 SETTINGS = {"model": "hand-made", "pretrained": "none", "steps": 0}
 
 
-def write_scan(out, images: list[dict], words: dict[str, list[str]], image_dir=None, errors=(), box_mass=None):
-    """images: dicts with image_id and label (and other columns); words: image_id -> words; box_mass: an
-    optional function (image_id, word) -> value instead of the default pattern."""
+def write_scan(out, images: list[dict], words: dict[str, list[str]], image_dir=None, errors=(), box_mass=None,
+               probes: dict[str, list[tuple[str, float]]] | None = None):
+    """images: dicts with image_id and label (and other columns); words: image_id -> ascent words; box_mass:
+    an optional function (image_id, word) -> value instead of the default pattern; probes: image_id ->
+    (probe word, cosine) pairs."""
     writer = ScanWriter.open(out, SETTINGS, {"kind": "test"})
     try:
         paths = [""] * len(images)
@@ -28,12 +30,18 @@ def write_scan(out, images: list[dict], words: dict[str, list[str]], image_dir=N
             "y1": [30.0] * len(images), **{k: [im.get(k) for im in images] for k in extra},
         }
         pairs = [(i, w) for i, ws in words.items() for w in ws]
+        n_ascent = len(pairs)
+        probe_rows = [(i, w, c) for i, ps in (probes or {}).items() for w, c in ps]
+        pairs += [(i, w) for i, w, _ in probe_rows]
         grids = [np.eye(7, dtype=np.float32).ravel() * (1 + k % 3) for k in range(len(pairs))]
         n = len(pairs)
-        tokens = {"image_id": [i for i, _ in pairs], "word": [w for _, w in pairs], "word_rank": [0] * n,
-                  "seq_rank": [0] * n, "seq_text": [w for _, w in pairs], "seq_cosine": [0.3] * n,
-                  "word_cosine": [0.25] * n}
-        heat = {"image_id": tokens["image_id"], "word": tokens["word"], "grid_h": [7] * n, "grid_w": [7] * n,
+        tokens = {"image_id": [i for i, _ in pairs], "kind": ["ascent"] * n_ascent + ["probe"] * len(probe_rows),
+                  "word": [w for _, w in pairs], "word_rank": [0] * n,
+                  "seq_rank": [0] * n_ascent + [-1] * len(probe_rows), "seq_text": [w for _, w in pairs],
+                  "seq_cosine": [0.3] * n_ascent + [c for *_, c in probe_rows],
+                  "word_cosine": [0.25] * n_ascent + [c for *_, c in probe_rows]}
+        heat = {"image_id": tokens["image_id"], "kind": tokens["kind"], "word": tokens["word"], "grid_h": [7] * n,
+                "grid_w": [7] * n,
                 "grid": pa.array(grids, type=pa.list_(pa.float32())),
                 "peak_x": [0.5] * n, "peak_y": [0.5] * n, "entropy": [0.1 * (k % 10) for k in range(n)],
                 "top10_mass": [0.5] * n, "centre_mass": [0.5] * n,

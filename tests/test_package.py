@@ -18,6 +18,7 @@ def test_wheel_carries_model_configs_and_entry_point(tmp_path):
         assert "audit/templates/report.html.j2" in names
         assert "audit/templates/diff.html.j2" in names and "audit/templates/_style.html.j2" in names
         assert "audit/demo/audit-policy.toml" in names  # `audit demo` checks with it
+        assert "audit/fonts/DejaVuSans-Bold.ttf" in names and "audit/fonts/DejaVu-LICENSE.txt" in names
         assert "audit/demo/weights/audit-demo.safetensors" in names
         assert "audit/demo/weights/MODEL_CARD.md" in names
         entry = next(n for n in names if n.endswith("entry_points.txt"))

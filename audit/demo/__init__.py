@@ -55,6 +55,7 @@ def run_demo(out: str | Path, images: int = 60, quiet: bool = False, device: str
     """Dataset, scan, report and policy check; prints where to look. Returns the report's path."""
     from ..analysis import associations
     from ..check import run_check, write_outputs
+    from ..explain import render
     from ..policy import load_policy
     from ..query import ScanQuery
     from ..report import build_report
@@ -74,6 +75,11 @@ def run_demo(out: str | Path, images: int = 60, quiet: bool = False, device: str
         top = found.iloc[0]
         print(f"Top finding: CLIP links '{top.word}' to label={top.grp} ({top.share_group:.0%} of its images vs "
               f"{top.share_rest:.0%} of the rest, q={top.q:.2g}); {len(found)} finding(s) in all")
+        # Two of those photos drawn from the stored rows, as `audit explain` draws them.
+        q = ScanQuery.open(out / "scan")
+        ids = set(q.examples("label", top.grp, top.word, 2).image_id)
+        for e in render(out / "scan", out / "explain", only=ids):
+            print(f"Mosaic of every word's heatmap on {e.image_id}: {e.mosaic}")
     else:
         print("No association beyond the labels' own names was flagged.")
     print(f"Report: {report} (open it in a browser)", file=sys.stdout)
