@@ -35,7 +35,10 @@ class ScanQuery:
             files = [str(p) for p in scan.files(name)]
             if files:
                 # A view, so DuckDB reads only the columns and rows a query needs (grids stay on disk).
-                con.read_parquet(files, union_by_name=True).create_view(view)
+                rel = con.read_parquet(files, union_by_name=True)
+                if name in KINDED and "kind" not in rel.columns:  # schema version 1: ascent words only
+                    rel = rel.select(f"*, '{ASCENT}' AS kind")
+                rel.create_view(view)
             else:
                 con.register(view, scan.table(name))
         # Ascent words and probe words answer different questions; every query reads one kind only.

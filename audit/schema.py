@@ -11,6 +11,8 @@ SCHEMA_VERSION = 2  # 2: tokens and heatmaps gain `kind` (ascent words vs probe 
 
 ASCENT = "ascent"
 PROBE = "probe"
+READABLE_VERSIONS = (1, 2)  # version 1 is read as version 2 with every word of kind 'ascent'
+
 
 TABLES = ("images", "tokens", "heatmaps", "errors")
 
@@ -140,3 +142,11 @@ def conform(name: str, table: pa.Table) -> pa.Table:
     if missing:
         raise ValueError(f"table {name!r} lacks columns {missing}")
     return table.select(schema.names).cast(schema)
+
+
+def upgrade(name: str, table: pa.Table, version) -> pa.Table:
+    """Rows of an older schema version in the current layout."""
+    if version == 1 and name in ("tokens", "heatmaps") and "kind" not in table.column_names:
+        table = table.add_column(1, pa.field("kind", pa.string(), nullable=False),
+                                 pa.array([ASCENT] * table.num_rows, pa.string()))
+    return table

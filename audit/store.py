@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from . import __version__
 from .errors import AuditError
-from .schema import SCHEMA_VERSION, SCHEMAS, TABLES, conform, empty_table
+from .schema import READABLE_VERSIONS, SCHEMA_VERSION, SCHEMAS, TABLES, conform, empty_table, upgrade
 
 CONFIG_FILE = "scan.json"
 _PART = re.compile(r"^part-(\d{6,})\.parquet$")
@@ -105,7 +105,7 @@ class ScanWriter:
                 shutil.rmtree(root / t, ignore_errors=True)
             config_path.unlink()
         if config_path.exists():
-            config = read_config(root)
+            config = read_config(root, writing=True)
             if config["settings"] != settings:
                 raise AuditError(f"{root} holds a scan made with other settings ({_diff(config['settings'], settings)}); "
                                  "resume with the same settings, pass another --out, or --overwrite to start over")
@@ -184,7 +184,9 @@ class ScanWriter:
             self._lock_fd = -1
 
 
-def read_config(root: str | os.PathLike) -> dict:
+def read_config(root: str | os.PathLike, writing: bool = False) -> dict:
+    """A scan's scan.json. Readers accept every schema version they can upgrade on the fly; a writer (resume)
+    only its own, so one scan never mixes two layouts."""
     path = Path(root) / CONFIG_FILE
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
@@ -193,8 +195,9 @@ def read_config(root: str | os.PathLike) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise AuditError(f"{path} is damaged ({e}); re-run the scan with --overwrite") from None
     version = config.get("schema_version")
-    if version != SCHEMA_VERSION:
-        raise AuditError(f"{root} was written with schema version {version}, this audit reads version "
+    if version != SCHEMA_VERSION and (writing or version not in READABLE_VERSIONS):
+        what = "resumes" if writing and version in READABLE_VERSIONS else "reads"
+        raise AuditError(f"{root} was written with schema version {version}, this audit {what} version "
                          f"{SCHEMA_VERSION}; re-run the scan with this version (--overwrite)")
     return config
 
@@ -217,7 +220,8 @@ class Scan:
         files = self.files(name)
         if not files:
             return empty_table(name)
-        return pa.concat_tables([pq.read_table(p) for p in files], promote_options="default")
+        table = pa.concat_tables([pq.read_table(p) for p in files], promote_options="default")
+        return upgrade(name, table, self.config.get("schema_version"))
 
     def df(self, name: str) -> pd.DataFrame:
         return self.table(name).to_pandas()

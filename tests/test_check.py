@@ -307,3 +307,22 @@ def test_report_check_and_diff_start_without_loading_torch():
             "print(sorted(m for m in ('torch', 'open_clip', 'kornia') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"  # a CI gate should not spend seconds importing a model it never runs
+
+
+def test_scans_of_schema_version_1_are_read_not_resumed(tmp_path, capsys):
+    import pyarrow.parquet as pq
+
+    from audit.store import Scan, ScanWriter
+
+    scan = planted(tmp_path)
+    for table in ("tokens", "heatmaps"):  # the layout before probe words: no kind column
+        for part in (scan / table).glob("part-*.parquet"):
+            pq.write_table(pq.read_table(part).drop_columns(["kind"]), part)
+    config = json.loads((scan / "scan.json").read_text())
+    config["schema_version"] = 1
+    (scan / "scan.json").write_text(json.dumps(config))
+    assert set(Scan(scan).tokens().kind) == {"ascent"}
+    code, out, _ = run_cli(capsys, "check", scan, "--policy", policy(tmp_path, WATCH))
+    assert code == 1 and "'grass' with label=A: 8 of 10 images" in out  # the same finding as before
+    with pytest.raises(Exception, match="this audit resumes version 2"):
+        ScanWriter.open(scan, config["settings"], {"kind": "test"})
