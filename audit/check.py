@@ -10,13 +10,13 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pandas as pd
 
 from .analysis import Associations, associations, compare_looks
 from .drift import Drift, compare
 from .errors import AuditError
+from .files import write_text
 from .policy import Policy, Rule
 from .query import ScanQuery
 
@@ -275,16 +275,11 @@ def write_outputs(result: CheckResult, *, junit: str | os.PathLike | None = None
                   json_path: str | os.PathLike | None = None, markdown: str | os.PathLike | None = None) -> None:
     from . import check_output as out
 
-    for path, text in ((junit, out.junit), (json_path, out.to_json), (markdown, out.markdown)):
-        if path is None:
-            continue
-        p = Path(path)
-        if p.is_dir():
-            raise AuditError(f"{p} is a directory; pass a file name")
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(f".tmp-{p.name}")
-        tmp.write_text(text(result), encoding="utf-8")
-        tmp.replace(p)
+    outputs = ((junit, out.junit, "junit.xml"), (json_path, out.to_json, "check.json"),
+               (markdown, out.markdown, "summary.md"))
+    for path, render, example in outputs:
+        if path is not None:
+            write_text(path, render(result), example)
 
 
 __all__ = ["CheckResult", "RuleResult", "run_check", "write_outputs"]

@@ -4,11 +4,32 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
 
 from .defaults import DEFAULT_MAX_PIXELS, DEFAULT_MODEL, DEFAULT_PRETRAINED
 from .errors import AuditError
+
+# Options shared by `scan` and `explain`, declared once.
+Model = Annotated[str, typer.Option(help="open_clip model name, audit-demo (trained here, offline) or audit-tiny (tests).")]
+Pretrained = Annotated[str, typer.Option(help="auto (openai for open_clip models, the bundled weights for audit-demo), an open_clip tag, a local checkpoint file, or 'none' (random weights from --seed).")]
+Device = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
+Seed = Annotated[int, typer.Option(help="Run seed; each image's randomness comes from (seed, image_id).")]
+Steps = Annotated[int, typer.Option(help="Ascent steps.")]
+TokensPerSeq = Annotated[int, typer.Option(help="Free tokens per candidate sequence.")]
+Candidates = Annotated[int, typer.Option(help="Candidate sequences per image.")]
+Lr = Annotated[float, typer.Option(help="Adam learning rate of the ascent.")]
+Views = Annotated[int, typer.Option(help="Random affine views of each image in the objective.")]
+Prompt = Annotated[str, typer.Option(help="Text placed before the learned tokens.")]
+StartLayer = Annotated[int, typer.Option(help="First image layer in the relevancy (-1 = last).")]
+StartLayerText = Annotated[int, typer.Option(help="First text layer in the relevancy (-1 = last).")]
+Words = Annotated[Optional[list[str]], typer.Option("--words", "-w", help="Probe words or phrases scored on every image, comma-separated (repeatable).")]  # noqa: UP045 - typer reads it
+WordsFile = Annotated[Optional[Path], typer.Option("--words-file", help="Probe words, one per line (phrases may contain commas; # starts a comment).")]  # noqa: UP045
+NoAscent = Annotated[bool, typer.Option("--no-ascent", help="Skip the ascent: score only the probe words (fast).")]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Delete an earlier scan in --out and start over.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output; errors still print.")]
+
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="What a CLIP vision transformer thinks of every image in a dataset, and where it looks.")
@@ -18,28 +39,28 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 def scan(
     source: Path = typer.Argument(..., help="Image folder (label = first sub-folder) or manifest (.csv, .parquet, .jsonl)."),
     out: Path = typer.Option(Path("audit-scan"), "--out", "-o", help="Scan directory to write (or resume)."),
-    model: str = typer.Option(DEFAULT_MODEL, help="open_clip model name, audit-demo (trained here, offline) or audit-tiny (tests)."),
-    pretrained: str = typer.Option(DEFAULT_PRETRAINED, help="auto (openai for open_clip models, the bundled weights for audit-demo), an open_clip tag, a local checkpoint file, or 'none' (random weights from --seed)."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda."),
-    batch_size: str = typer.Option("auto", help="Images per batch, or auto (4 on CPU, 64 on CUDA)."),
+    model: Model = DEFAULT_MODEL,
+    pretrained: Pretrained = DEFAULT_PRETRAINED,
+    device: Device = "auto",
+    batch_size: str = typer.Option("auto", help="Images per batch, or auto (64 on CUDA; on CPU what keeps the ascent's tensors under 32 MB, 16 with --no-ascent)."),
     workers: int = typer.Option(2, help="DataLoader worker processes for decoding."),
-    seed: int = typer.Option(0, help="Run seed; each image's randomness comes from (seed, image_id)."),
-    steps: int = typer.Option(200, help="Ascent steps."),
-    tokens_per_seq: int = typer.Option(4, help="Free tokens per candidate sequence."),
-    candidates: int = typer.Option(16, help="Candidate sequences per image."),
-    lr: float = typer.Option(5.0, help="Adam learning rate of the ascent."),
-    views: int = typer.Option(64, help="Random affine views of each image in the objective."),
+    seed: Seed = 0,
+    steps: Steps = 200,
+    tokens_per_seq: TokensPerSeq = 4,
+    candidates: Candidates = 16,
+    lr: Lr = 5.0,
+    views: Views = 64,
     resample_views: bool = typer.Option(False, "--resample-views", help="Redraw the views every step (the origin script's way; slower)."),
-    prompt: str = typer.Option("", help="Text placed before the learned tokens."),
-    start_layer: int = typer.Option(-1, help="First image layer in the relevancy (-1 = last)."),
-    start_layer_text: int = typer.Option(-1, help="First text layer in the relevancy (-1 = last)."),
+    prompt: Prompt = "",
+    start_layer: StartLayer = -1,
+    start_layer_text: StartLayerText = -1,
     path_column: str = typer.Option("path", help="Manifest column holding image paths."),
     max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, help="Refuse images with more pixels (decompression-bomb guard)."),
-    words: list[str] = typer.Option(None, "--words", "-w", help="Probe words or phrases scored on every image, comma-separated (repeatable)."),
-    words_file: Path = typer.Option(None, "--words-file", help="Probe words, one per line (phrases may contain commas; # starts a comment)."),
-    no_ascent: bool = typer.Option(False, "--no-ascent", help="Skip the ascent: score only the probe words (fast)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Delete an earlier scan in --out and start over."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output; errors still print."),
+    words: Words = None,
+    words_file: WordsFile = None,
+    no_ascent: NoAscent = False,
+    overwrite: Overwrite = False,
+    quiet: Quiet = False,
 ) -> None:
     """Scan a dataset: words CLIP attaches to each image, and a relevancy heatmap per word, into Parquet."""
     from .scanner import run_scan
@@ -112,24 +133,24 @@ def diff(
 def explain(
     inputs: list[Path] = typer.Argument(..., help="Image files and/or folders."),
     out: Path = typer.Option(Path("explain-out"), "--out", "-o", help="Folder for the tiles, mosaics and the scan behind them."),
-    words: list[str] = typer.Option(None, "--words", "-w", help="Probe words or phrases, comma-separated (repeatable)."),
-    words_file: Path = typer.Option(None, "--words-file", help="Probe words, one per line."),
-    no_ascent: bool = typer.Option(False, "--no-ascent", help="Only the probe words, no ascent."),
-    model: str = typer.Option(DEFAULT_MODEL, help="open_clip model name, audit-demo or audit-tiny."),
-    pretrained: str = typer.Option(DEFAULT_PRETRAINED, help="As for `audit scan`."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda."),
-    seed: int = typer.Option(0, help="Run seed."),
-    steps: int = typer.Option(200, help="Ascent steps."),
-    tokens_per_seq: int = typer.Option(4, help="Free tokens per candidate sequence."),
-    candidates: int = typer.Option(16, help="Candidate sequences per image."),
-    lr: float = typer.Option(5.0, help="Adam learning rate of the ascent."),
-    views: int = typer.Option(64, help="Random affine views of each image in the objective."),
-    prompt: str = typer.Option("", help="Text placed before the learned tokens."),
-    start_layer: int = typer.Option(-1, help="First image layer in the relevancy (-1 = last)."),
-    start_layer_text: int = typer.Option(-1, help="First text layer in the relevancy (-1 = last)."),
+    words: Words = None,
+    words_file: WordsFile = None,
+    no_ascent: NoAscent = False,
+    model: Model = DEFAULT_MODEL,
+    pretrained: Pretrained = DEFAULT_PRETRAINED,
+    device: Device = "auto",
+    seed: Seed = 0,
+    steps: Steps = 200,
+    tokens_per_seq: TokensPerSeq = 4,
+    candidates: Candidates = 16,
+    lr: Lr = 5.0,
+    views: Views = 64,
+    prompt: Prompt = "",
+    start_layer: StartLayer = -1,
+    start_layer_text: StartLayerText = -1,
     tile: int = typer.Option(256, help="Width of a tile in pixels."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Start the scan in --out over."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
+    overwrite: Overwrite = False,
+    quiet: Quiet = False,
 ) -> None:
     """The single-image view: each word's heatmap as a labelled overlay, and one mosaic per image."""
     from .explain import explain as run_explain
@@ -153,7 +174,7 @@ def demo(
     ctx: typer.Context,
     out: Path = typer.Option(Path("demo-out"), "--out", "-o", help="Folder for the generated dataset and its scan."),
     images: int = typer.Option(60, help="Images to generate (a third per site)."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    device: Device = "auto",
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Generate a dataset with a planted bias and scan it offline with audit-demo."""

@@ -13,6 +13,7 @@ from pathlib import Path
 from .check_output import md, plain
 from .drift import Drift, compare
 from .errors import AuditError
+from .files import write_text
 from .query import ScanQuery
 
 TOP_WORDS = 15
@@ -132,10 +133,4 @@ def write_diff(d: Diff, out: str | os.PathLike) -> Path:
     render = {".md": markdown, ".markdown": markdown, ".html": html, ".htm": html}.get(out.suffix.lower())
     if render is None:
         raise AuditError(f"--out {out}: the file name must end in .html or .md")
-    if out.is_dir():
-        raise AuditError(f"--out {out} is a directory; pass a file name such as diff.html")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".tmp-{out.name}")
-    tmp.write_text(render(d), encoding="utf-8")
-    tmp.replace(out)
-    return out
+    return write_text(out, render(d), "diff.html")

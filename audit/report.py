@@ -16,6 +16,7 @@ import pandas as pd
 from .analysis import LOOK_STATS, Associations, associations, probes
 from .decode import DecodeError, fit, open_rgb
 from .errors import AuditError
+from .files import write_text
 from .heatmaps import overlay
 from .query import ScanQuery
 
@@ -140,15 +141,9 @@ def build_report(scan_dir: str | os.PathLike, group_by: list[str], out: str | os
     html = _env().get_template("report.html.j2").render(
         title=title or f"CLIP audit of {Path(scan_dir).resolve().name}",
         generated=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        counts=counts, probe_columns=probe_columns, settings={k: settings.get(k) for k in SETTINGS_SHOWN}, columns=columns,
+        counts=counts, probe_columns=probe_columns, settings={k: settings.get(k) for k in SETTINGS_SHOWN},
+        columns=columns,
         min_count=min_count, fdr=fdr, top=top, tool_version=config.get("tool_version"),
         matrix_words=MATRIX_WORDS, examples_per_word=EXAMPLES, flagged_with_examples=FLAGGED_WITH_EXAMPLES,
     )
-    out = Path(out)
-    if out.is_dir():
-        raise AuditError(f"--out {out} is a directory; pass a file name such as report.html")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".tmp-{out.name}")
-    tmp.write_text(html, encoding="utf-8")
-    tmp.replace(out)
-    return out
+    return write_text(out, html, "report.html")
