@@ -96,6 +96,8 @@ class _Checker:
         return self._assoc[key]
 
     def drift(self, column: str | None) -> Drift:
+        if column is None and self.policy.group_by:  # a per-group comparison carries the overall one too
+            return self.drift(self.policy.group_by[0])
         if column not in self._drift:
             kw = {}
             if column is not None:

@@ -42,8 +42,9 @@ def build_diff(old: str | os.PathLike, new: str | os.PathLike, group_by: list[st
             if col not in q.columns("images"):
                 raise AuditError(f"--group-by column {col!r} is not in the {which} scan {q.scan.root}; its image "
                                  "columns are " + ", ".join(q.columns("images")))
-    overall = compare(qo, qn, None, min_count=min_count, fdr=fdr)
     cols = [compare(qo, qn, c, min_count=min_count, fdr=fdr) for c in group_by or []]
+    # Every per-group comparison also holds the overall one; compute it again only without groups.
+    overall = cols[0] if cols else compare(qo, qn, None, min_count=min_count, fdr=fdr)
     return Diff(str(old), str(new), overall, cols, min_count, fdr)
 
 
