@@ -94,6 +94,13 @@ def label_tile(picture: Image.Image, title: str, subtitle: str) -> Image.Image:
     return tile
 
 
+def caption(kind: str, cosine: float, grid: np.ndarray) -> str:
+    """The line under a tile. A grid without positive relevance draws as a uniformly dark tile; say so, or
+    it reads as a rendering fault."""
+    text = ("" if kind == ASCENT else "probe · ") + f"cosine {cosine:.3f}"
+    return text + (" · no positive relevance" if not (grid > 0).any() else "")
+
+
 def mosaic(tiles: list[Image.Image], gap: int = 6) -> Image.Image:
     """Tiles of equal size in a square-ish grid (columns = ceil(sqrt(n)))."""
     n = len(tiles)
@@ -142,8 +149,7 @@ def render(scan_dir: str | os.PathLike, out: str | os.PathLike, tile: int = TILE
         words = by_image.get(im.image_id, pd.DataFrame(columns=rows.columns))
         for k, r in enumerate(words.itertuples()):
             grid = np.asarray(r.grid, dtype=np.float32).reshape(r.grid_h, r.grid_w)
-            kind = "" if r.kind == ASCENT else "probe · "
-            picture = label_tile(overlay(frame, grid), r.word, f"{kind}cosine {r.word_cosine:.3f}")
+            picture = label_tile(overlay(frame, grid), r.word, caption(r.kind, r.word_cosine, grid))
             path = folder / f"{k + 1:02d}-{'' if r.kind == ASCENT else 'probe-'}{safe_name(r.word)}.png"
             picture.save(path)
             pictures.append(picture)

@@ -14,7 +14,7 @@ from audit.cli import main
 from audit.decode import fit
 from audit.demo.scenes import make_scene
 from audit.demo.train import EVAL_SEED_BASE
-from audit.explain import LABEL_H, explain, safe_name
+from audit.explain import LABEL_H, caption, explain, safe_name
 from audit.models import load_model
 from audit.probes import parse_probe_words
 from audit.query import ScanQuery
@@ -147,6 +147,11 @@ def test_explain_writes_one_tile_per_word_and_a_mosaic(tmp_path, capsys):
     rows = math.ceil(n / cols)
     assert Image.open(e.mosaic).size == (cols * 128 + (cols + 1) * 6, rows * (128 + LABEL_H) + (rows + 1) * 6)
     assert str(e.mosaic) in capsys.readouterr().out
+
+
+def test_tile_captions():
+    assert caption("ascent", 0.5123, np.ones((2, 2))) == "cosine 0.512"
+    assert caption("probe", 0.2, np.zeros((2, 2))) == "probe · cosine 0.200 · no positive relevance"
 
 
 def heat_inside(tile: Image.Image, frame: Image.Image, mask: np.ndarray, alpha=0.55) -> float:
