@@ -145,15 +145,15 @@ def probes(q: ScanQuery, column: str, fdr: float = 0.05) -> Probes:
     words = q.probe_words()
     values = q.probe_cosines(column)
     rows = []
-    for (word, grp), _ in values.groupby(["word", "grp"], sort=False):
-        w = values[values.word == word]
-        x = w[w.grp == grp].cosine.dropna().to_numpy(dtype=float)
-        y = w[w.grp != grp].cosine.dropna().to_numpy(dtype=float)
-        mean = float(x.mean()) if len(x) else float("nan")
-        half = stats.Z95 * float(x.std(ddof=1)) / np.sqrt(len(x)) if len(x) > 1 else float("nan")
-        p, effect = stats.mann_whitney(x, y) if len(y) else (float("nan"), float("nan"))
-        rest = float(y.mean()) if len(y) else float("nan")
-        rows.append((word, grp, len(x), mean, mean - half, mean + half, rest, mean - rest, p, effect))
+    for word, w in values.groupby("word", sort=False):
+        for grp in w.grp.unique():
+            x = w[w.grp == grp].cosine.dropna().to_numpy(dtype=float)
+            y = w[w.grp != grp].cosine.dropna().to_numpy(dtype=float)
+            mean = float(x.mean()) if len(x) else float("nan")
+            half = stats.Z95 * float(x.std(ddof=1)) / np.sqrt(len(x)) if len(x) > 1 else float("nan")
+            p, effect = stats.mann_whitney(x, y) if len(y) else (float("nan"), float("nan"))
+            rest = float(y.mean()) if len(y) else float("nan")
+            rows.append((word, grp, len(x), mean, mean - half, mean + half, rest, mean - rest, p, effect))
     table = pd.DataFrame(rows, columns=["word", "grp", "n", "mean", "ci_lo", "ci_hi", "mean_rest", "difference",
                                         "p", "effect"])
     tested = table.p.notna()

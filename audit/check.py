@@ -256,6 +256,7 @@ def _setting_notes(q: ScanQuery, base: ScanQuery) -> list[str]:
 def run_check(scan_dir: str | os.PathLike, policy: Policy, baseline: str | os.PathLike | None = None) -> CheckResult:
     q = ScanQuery.open(scan_dir)
     base = ScanQuery.open(baseline) if baseline is not None else None
+    images = {}
     for which, sq in (("scan", q), ("baseline", base)):
         if sq is None:
             continue
@@ -264,13 +265,14 @@ def run_check(scan_dir: str | os.PathLike, policy: Policy, baseline: str | os.Pa
             if col not in cols:
                 raise AuditError(f"{policy.path}: group_by column {col!r} is not in the {which} {sq.scan.root}; "
                                  "its image columns are " + ", ".join(cols))
-        if sq.counts()["images"] == 0:
+        images[which] = int(sq.scalar("SELECT count(*) FROM images"))
+        if images[which] == 0:
             raise AuditError(f"the {which} {sq.scan.root} holds no scanned images; run `audit scan` first")
     checker = _Checker(q, policy, base)
     results = [checker.run(rule) for rule in policy.rules]
     notes = _setting_notes(q, base) if base is not None else []
     return CheckResult(str(scan_dir), None if baseline is None else str(baseline), policy,
-                       q.counts()["images"], q.unreadable(), results, notes)
+                       images["scan"], q.unreadable(), results, notes)
 
 
 def write_outputs(result: CheckResult, *, junit: str | os.PathLike | None = None,

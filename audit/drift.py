@@ -56,10 +56,6 @@ class Drift:
     def kept(self) -> int:
         return self.images_new - len(self.added)
 
-    @property
-    def jsd(self) -> float:
-        return self.divergence.jsd
-
 
 def _js(a: np.ndarray, b: np.ndarray) -> float:
     if a.sum() == 0 and b.sum() == 0:
