@@ -93,6 +93,14 @@ class Towers:
         self.grid_size = tuple(self.visual.grid_size)
         self.logit_scale = float(loaded.model.logit_scale.exp())
 
+    def shape(self) -> dict:
+        """The sizes that memory estimates need (audit.memory)."""
+        blk = self.vision_blocks[0]
+        gh, gw = self.grid_size
+        return {"vision_layers": len(self.vision_blocks), "vision_heads": blk.attn.num_heads,
+                "vision_width": self.visual.transformer.width, "grid_tokens": gh * gw + 1,
+                "text_layers": len(self.text_blocks), "text_width": self.token_embedding.embedding_dim}
+
     # ---- text ---------------------------------------------------------------------------------------
     def tokenize(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """[SOT, tokens, EOT] per text, right-padded to the longest; returns (ids [N, L], eot index [N])."""

@@ -56,6 +56,15 @@ class Batch:
     boxes: np.ndarray  # [n, 4] fractions of the model input, NaN without box
     errors: list[tuple[int, str]]  # (dataset index, reason)
 
+    def split(self, size: int) -> list[Batch]:
+        """Consecutive pieces of at most `size` decoded images; decode errors go with the first piece."""
+        n = len(self.indices)
+        if n <= size:
+            return [self]
+        return [Batch(self.indices[lo:lo + size], self.pixels[lo:lo + size], self.sizes[lo:lo + size],
+                      self.boxes[lo:lo + size], self.errors if lo == 0 else [])
+                for lo in range(0, n, size)]
+
     def pin_memory(self) -> Batch:  # called by DataLoader(pin_memory=True) on a custom batch type
         if self.pixels.numel():
             self.pixels = self.pixels.pin_memory()

@@ -22,6 +22,14 @@ from .encoders import Towers
 from .errors import AuditError
 from .heatmaps import grid_stats
 from .loader import Batch, ImageDataset, make_loader
+from .memory import (
+    ascent_bytes_per_image,
+    fit_count,
+    free_bytes,
+    is_out_of_memory,
+    release,
+    relevancy_bytes_per_pair,
+)
 from .models import (
     load_model,
     resolve_device,
@@ -31,7 +39,7 @@ from .models import (
 from .probes import check_lengths, parse_probe_words
 from .progress import Progress
 from .relevancy import relevancy
-from .schema import ASCENT, PROBE
+from .schema import ASCENT, PROBE, conform
 from .sources import BOX_COLUMNS, Record, open_source
 from .store import Scan, ScanWriter
 
@@ -62,6 +70,7 @@ class ScanOptions:
     quiet: bool = False
 
     def resolved_batch_size(self, device: torch.device) -> int:
+        """The batch size before the model is loaded; on a GPU, run_scan sizes "auto" from free memory."""
         if self.batch_size == "auto":
             if device.type == "cuda":
                 return 64
@@ -91,6 +100,36 @@ class ScanOptions:
     def ascent(self) -> AscentConfig:
         return AscentConfig(tokens_per_seq=self.tokens_per_seq, candidates=self.candidates, steps=self.steps,
                             lr=self.lr, views=self.views, resample_views=self.resample_views, prompt=self.prompt)
+
+
+def _words_per_image(opts: ScanOptions, n_probes: int) -> int:
+    return (0 if opts.no_ascent else 5 * opts.tokens_per_seq) + n_probes  # the ascent keeps 5 sequences
+
+
+def _cuda_batch(opts: ScanOptions, towers: Towers, device: torch.device, n_probes: int = 0) -> int:
+    """The largest batch whose ascent fits the free GPU memory, next to one relevancy chunk."""
+    shape = towers.shape()
+    free = free_bytes(device) or 0
+    reserved = _relevancy_chunk(towers, device, free) * relevancy_bytes_per_pair(
+        shape["vision_layers"], shape["vision_heads"], shape["grid_tokens"], shape["vision_width"])
+    if opts.no_ascent:
+        per_image = max(1, _words_per_image(opts, n_probes)) * relevancy_bytes_per_pair(
+            shape["vision_layers"], shape["vision_heads"], shape["grid_tokens"], shape["vision_width"]) // 4
+    else:
+        per_image = ascent_bytes_per_image(opts.candidates, opts.tokens_per_seq, towers.vocab_size,
+                                           shape["text_width"], shape["text_layers"], opts.tokens_per_seq + 2)
+    return fit_count(free, per_image, reserved)
+
+
+def _relevancy_chunk(towers: Towers, device: torch.device, free: int | None = None) -> int:
+    """(image, word) pairs per relevancy pass: 256 on a CPU; on a GPU, what a quarter of free memory holds."""
+    if device.type != "cuda":
+        return 256
+    shape = towers.shape()
+    free = free_bytes(device) if free is None else free
+    per_pair = relevancy_bytes_per_pair(shape["vision_layers"], shape["vision_heads"], shape["grid_tokens"],
+                                        shape["vision_width"])
+    return fit_count(free // 4, per_pair, cap=256)
 
 
 def _settings(opts: ScanOptions, weights: str | None, sha: str | None, probes: tuple[str, ...]) -> dict:
@@ -138,6 +177,7 @@ class _BatchScanner:
         self.ascent_cfg = opts.ascent()
         self.probes = [{"word": p, "kind": PROBE, "word_rank": i, "seq_rank": -1, "seq_text": p,
                         "seq_cosine": None} for i, p in enumerate(probes)]
+        self.relevancy_chunk = _relevancy_chunk(towers, towers.device)
 
     def error_rows(self, batch: Batch) -> dict:
         recs = [self.records[i] for i, _ in batch.errors]
@@ -172,7 +212,8 @@ class _BatchScanner:
             words = [ws + self.probes for ws in words]
             pair_image = torch.tensor([i for i, ws in enumerate(words) for _ in ws], dtype=torch.long)
             pair_words = [w["word"] for ws in words for w in ws]
-            rel = relevancy(t, images, pair_image, pair_words, self.opts.start_layer, self.opts.start_layer_text)
+            rel = relevancy(t, images, pair_image, pair_words, self.opts.start_layer, self.opts.start_layer_text,
+                            chunk=self.relevancy_chunk)
         pairs = [(recs[i], w) for i, ws in enumerate(words) for w in ws]
         cosine = rel.cosine.numpy()
         tokens = {
@@ -200,6 +241,45 @@ class _BatchScanner:
         return tables
 
 
+class _Fitting:
+    """Runs loader batches in pieces that fit the device. An out-of-memory error halves the piece and
+    retries it, and later batches start from the smaller size. The rows are the same whatever the pieces:
+    every image's randomness comes from its own seed."""
+
+    def __init__(self, scanner: _BatchScanner, limit: int, device: torch.device, log):
+        self.scanner = scanner
+        self.limit = limit
+        self.device = device
+        self.log = log
+
+    def run(self, batch: Batch) -> dict[str, pa.Table]:
+        parts: list[dict[str, pa.Table]] = []
+        queue = batch.split(self.limit)
+        while queue:
+            piece = queue.pop(0)
+            if len(piece.indices) > self.limit:  # cut before the limit came down
+                queue[0:0] = piece.split(self.limit)
+                continue
+            try:
+                parts.append(self.scanner.run(piece))
+                continue
+            except Exception as e:  # noqa: BLE001 - only out-of-memory is handled; the rest is re-raised
+                if not is_out_of_memory(e):
+                    raise
+            n = len(piece.indices)
+            release(self.device)  # outside the except block, so the traceback's tensors are already freed
+            if n <= 1:
+                raise AuditError("a single image does not fit in device memory with these settings: lower "
+                                 "--candidates or --views, or use a smaller model")
+            self.limit = min(self.limit, (n + 1) // 2)
+            self.log(f"audit scan: out of memory with {n} images at once; going on with batches of {self.limit}")
+            queue[0:0] = piece.split(self.limit)
+        if len(parts) == 1:
+            return parts[0]
+        return {name: pa.concat_tables([conform(name, p[name]) for p in parts if name in p])
+                for name in parts[0]}
+
+
 def run_scan(source, out, **options) -> Scan:
     unknown = set(options) - {f.name for f in dataclasses.fields(ScanOptions)}
     if unknown:
@@ -211,6 +291,7 @@ def run_scan(source, out, **options) -> Scan:
     batch_size = opts.resolved_batch_size(device)
     if batch_size < 1:
         raise AuditError(f"--batch-size must be at least 1, not {batch_size}")
+    used = None
     src = open_source(source, opts.path_column)
     if not src.records:
         raise AuditError(f"no images found in {source} (looked for common image extensions, recursively)"
@@ -230,21 +311,24 @@ def run_scan(source, out, **options) -> Scan:
         counts = {"images": 0, "errors": 0, "tokens": 0}
         preprocess = None
         if pending:
-            log(f"audit scan: {len(pending)} images to scan ({len(src.records) - len(pending)} already done) "
-                f"with {opts.model} on {device}, batch size {batch_size}")
             if device.type == "cpu":
                 _tune_cpu_allocator()
             loaded = load_model(opts.model, opts.pretrained, device=str(device), seed=opts.seed)
             towers = Towers(loaded)
             check_lengths(probes, loaded.tokenizer, towers.context_length)
+            if opts.batch_size == "auto" and device.type == "cuda":
+                batch_size = _cuda_batch(opts, towers, device, len(probes))
+            log(f"audit scan: {len(pending)} images to scan ({len(src.records) - len(pending)} already done) "
+                f"with {opts.model} on {device}, batch size {batch_size}")
             preprocess = {k: (list(v) if isinstance(v, tuple) else v) for k, v in loaded.preprocess.items()}
             scanner = _BatchScanner(opts, towers, pending, src.meta_columns, probes)
             loader = make_loader(ImageDataset(pending, loaded.preprocess, opts.max_pixels), batch_size,
                                  opts.workers, pin_memory=device.type == "cuda")
+            fitting = _Fitting(scanner, batch_size, device, log)
             progress = Progress(len(pending), quiet=opts.quiet)
             try:
                 for batch in loader:
-                    tables = scanner.run(batch)
+                    tables = fitting.run(batch)
                     writer.write_unit(tables)
                     counts["images"] += len(batch.indices)
                     counts["errors"] += len(batch.errors)
@@ -252,10 +336,11 @@ def run_scan(source, out, **options) -> Scan:
                     progress.update(len(batch.indices) + len(batch.errors))
             finally:
                 progress.close()
+                used = fitting.limit
         seconds = time.perf_counter() - started
         writer.record_run({
             "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "device": str(device), "batch_size": batch_size, "workers": opts.workers,
+            "device": str(device), "batch_size": batch_size, "batch_size_used": used, "workers": opts.workers,
             "dataset_images": len(src.records), "dataset_fingerprint": _fingerprint(src.records),
             "skipped": len(src.records) - len(pending), **counts, "seconds": round(seconds, 3),
             "preprocess": preprocess,
@@ -263,8 +348,9 @@ def run_scan(source, out, **options) -> Scan:
         scanned = counts["images"] + counts["errors"]
         rate = scanned / seconds if seconds > 0 else 0.0
         if pending:
+            smaller = f", batch size lowered to {used} to fit memory" if used != batch_size else ""
             log(f"audit scan: {counts['images']} images scanned, {counts['errors']} errors, {counts['tokens']} "
-                f"words in {seconds:.1f} s ({rate:.2f} images/s) -> {out}")
+                f"words in {seconds:.1f} s ({rate:.2f} images/s{smaller}) -> {out}")
         else:
             log(f"audit scan: nothing to do, all {len(src.records)} images are already in {out}")
     except BaseException:

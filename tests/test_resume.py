@@ -119,3 +119,73 @@ def test_second_writer_is_refused(dataset, tmp_path):
     finally:
         first.close()
     ScanWriter.open(out, settings, {}).close()
+
+
+def _oom_above(monkeypatch, size):
+    """Make every batch of more than `size` decoded images fail the way a full GPU does."""
+    import torch
+
+    from audit import scanner
+
+    real = scanner._BatchScanner.run
+    seen = []
+
+    def run(self, batch):
+        seen.append(len(batch.indices))
+        if len(batch.indices) > size:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return real(self, batch)
+
+    monkeypatch.setattr(scanner._BatchScanner, "run", run)
+    return seen
+
+
+def test_out_of_memory_halves_the_batch_and_keeps_every_row(dataset, reference, tmp_path, monkeypatch, capsys):
+    seen = _oom_above(monkeypatch, 2)
+    got = audit.scan(dataset, tmp_path / "scan", **{**FAST, "batch_size": 8, "quiet": False})
+    assert_same_rows(got, reference)
+    first = seen[0]
+    assert first >= 7 and seen[1:3] == [(first + 1) // 2, 2]
+    assert max(seen[3:]) <= 2  # later batches start at the size that fit
+    run = got.config["runs"][-1]
+    assert run["batch_size"] == 8 and run["batch_size_used"] == 2
+    err = capsys.readouterr().err
+    assert f"out of memory with {first} images at once; going on with batches of {(first + 1) // 2}" in err
+    assert err.count("out of memory") == 2
+    assert "batch size lowered to 2 to fit memory" in err
+
+
+def test_an_image_that_never_fits_stops_with_one_line_and_keeps_committed_rows(dataset, tmp_path, monkeypatch,
+                                                                                capsys):
+    import torch
+
+    from audit import scanner
+    from audit.cli import main
+
+    real = scanner._BatchScanner.run
+
+    def run(self, batch):
+        if batch.indices and max(batch.indices) >= 6:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return real(self, batch)
+
+    monkeypatch.setattr(scanner._BatchScanner, "run", run)
+    out = tmp_path / "scan"
+    assert main(["scan", str(dataset), "--out", str(out), "--model", "audit-tiny", "--pretrained", "none",
+                 "--steps", "1", "--candidates", "2", "--views", "2", "--workers", "0", "--batch-size", "2",
+                 "--quiet"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("audit: error: a single image does not fit in device memory"), line
+    kept = audit.Scan(out)
+    assert len(kept.images()) + len(kept.errors()) == 6  # the batches before it stay committed; a rerun resumes
+
+
+def test_other_errors_are_not_mistaken_for_out_of_memory(dataset, tmp_path, monkeypatch):
+    from audit import scanner
+
+    def run(self, batch):
+        raise RuntimeError("CUDA error: device-side assert triggered")
+
+    monkeypatch.setattr(scanner._BatchScanner, "run", run)
+    with pytest.raises(RuntimeError, match="device-side assert"):
+        audit.scan(dataset, tmp_path / "scan", **FAST)

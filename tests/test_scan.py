@@ -206,3 +206,33 @@ def test_cli_scan_prints_progress_and_summary(small_folder, tmp_path, capsys):
     assert "6 images scanned, 0 errors" in err
     assert main([*argv, "--quiet"]) == 0
     assert capsys.readouterr().err == ""
+
+
+def test_memory_estimates_match_what_was_measured():
+    """The ascent estimate for ViT-B/32 (16 candidates, 4 tokens, the 49,408-token vocabulary) against the
+    8.4 GB that a batched prototype measured at 64 images on an H100 (issue 7): within a factor of 1.5."""
+    from audit.memory import ascent_bytes_per_image, fit_count
+
+    per_image = ascent_bytes_per_image(16, 4, 49408, text_width=512, text_layers=12, seq_len=6)
+    assert 8.4e9 / 64 / 1.5 < per_image < 8.4e9 / 64 * 1.5
+    assert fit_count(80e9, per_image) > fit_count(40e9, per_image) > fit_count(8e9, per_image) >= 1
+    assert fit_count(10, per_image) == 1 and fit_count(1e15, 1) == 1024
+
+
+def test_auto_batch_on_a_gpu_follows_free_memory(tiny, monkeypatch):
+    import torch
+
+    from audit import scanner
+    from audit.encoders import Towers
+
+    towers = Towers(tiny)
+    cuda = torch.device("cuda")
+    sizes = []
+    for free in (2e9, 8e9, 32e9):
+        monkeypatch.setattr(scanner, "free_bytes", lambda device, free=free: int(free))
+        sizes.append(scanner._cuda_batch(scanner.ScanOptions(), towers, cuda))
+    assert 1 <= sizes[0] < sizes[1] < sizes[2] <= 1024, sizes
+    fewer = scanner._cuda_batch(scanner.ScanOptions(candidates=64), towers, cuda)
+    assert fewer < sizes[2]
+    assert scanner._relevancy_chunk(towers, torch.device("cpu")) == 256
+    assert 1 <= scanner._relevancy_chunk(towers, cuda, free=int(1e9)) <= 256

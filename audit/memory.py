@@ -1,0 +1,54 @@
+"""How much work fits on the device: batch sizes from free GPU memory, and what to do when it does not fit.
+
+The estimates are deliberately rough (within a factor of about 1.5); an out-of-memory error during a scan halves
+the batch and retries, so an optimistic estimate costs one retry, never the scan.
+"""
+
+from __future__ import annotations
+
+import torch
+
+# Bytes per element of the [candidates, tokens, vocabulary] logits that live at once during an ascent step:
+# the fp32 parameter, its gradient, Adam's two moments, the Gumbel noise, the noisy logits, the softmax, its
+# gradient, the logits' gradient and the bf16 copy that meets the embedding matrix.
+_BYTES_PER_LOGIT = 40
+_MAX_BATCH = 1024
+_HEADROOM = 0.8  # of the free memory; the rest absorbs allocator fragmentation and cuBLAS workspaces
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    return isinstance(e, torch.OutOfMemoryError) or (isinstance(e, RuntimeError) and "out of memory" in str(e))
+
+
+def free_bytes(device: torch.device) -> int | None:
+    if device.type != "cuda":
+        return None
+    free, _ = torch.cuda.mem_get_info(device)
+    return int(free)
+
+
+def release(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def ascent_bytes_per_image(candidates: int, tokens: int, vocab: int, text_width: int, text_layers: int,
+                           seq_len: int) -> int:
+    """Memory one image adds to an ascent step: the vocabulary-sized tensors plus the text tower's
+    activations kept for the backward pass (about 24 values per width per position per layer)."""
+    logits = candidates * tokens * vocab * _BYTES_PER_LOGIT
+    text = candidates * seq_len * text_width * text_layers * 24 * 4
+    return logits + text
+
+
+def relevancy_bytes_per_pair(layers: int, heads: int, grid_tokens: int, width: int) -> int:
+    """Memory one (image, word) pair takes in a relevancy pass: each layer's attention probabilities, their
+    gradient and the running relevance (heads x T x T), plus activations (about 16 values per width per token)."""
+    t = grid_tokens
+    return layers * (heads * t * t * 4 * 3 + t * width * 16 * 4)
+
+
+def fit_count(free: int, per_item: int, reserved: int = 0, cap: int = _MAX_BATCH) -> int:
+    """How many items of `per_item` bytes fit into `free` bytes after `reserved`, with headroom; at least 1."""
+    usable = free * _HEADROOM - reserved
+    return int(max(1, min(cap, usable // max(per_item, 1))))
