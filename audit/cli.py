@@ -210,11 +210,18 @@ def demo_train(
     lr: float = typer.Option(2e-3),
     seed: int = typer.Option(0),
     scenes: int = typer.Option(60_000, help="Training scenes generated up front."),
+    twins: bool = typer.Option(False, help="Pair each scene with a copy whose one object has another shape "
+                                           "(experiment, see the model card)."),
+    junk: int = typer.Option(0, help="Random-token captions per step that are negatives for every image "
+                                     "(experiment)."),
+    word_templates: bool = typer.Option(False, help="Single-attribute captions also as 'a circle', 'a photo of "
+                                                    "a circle' (experiment)."),
 ) -> None:
-    """Retrain the demo CLIP (about 40 minutes on a 2-core CPU with the defaults)."""
+    """Retrain the demo CLIP (under an hour on a 2-core CPU with the defaults)."""
     from .demo.train import train
 
-    train(out, steps=steps, batch=batch, lr=lr, seed=seed, scenes=scenes)
+    train(out, steps=steps, batch=batch, lr=lr, seed=seed, scenes=scenes, twins=twins, junk=junk,
+          word_templates=word_templates)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -63,3 +63,23 @@ def test_shapes_vary_in_position_scale_and_rotation():
     centres = {((b[0] + b[2]) // 8, (b[1] + b[3]) // 8) for b in boxes}
     widths = {b[2] - b[0] for b in boxes}
     assert len(centres) > 10 and len(widths) > 5
+
+
+def test_forced_shapes_make_a_minimal_pair():
+    for seed in range(20):
+        s = make_scene(seed, size=64)
+        others = [x for x in SHAPES if x not in {o.shape for o in s.objects}]
+        new = [others[0]] + [o.shape for o in s.objects[1:]]
+        t = make_scene(seed, size=64, shapes=new)
+        assert [o.shape for o in t.objects] == new
+        assert t.background == s.background and [o.colour for o in t.objects] == [o.colour for o in s.objects]
+        # the unchanged object is pixel-identical; the changed one sits in the same place
+        for a, b in zip(s.objects[1:], t.objects[1:], strict=True):
+            assert a.box == b.box and np.array_equal(a.mask, b.mask)
+        (ax0, ay0, ax1, ay1), (bx0, by0, bx1, by1) = s.objects[0].box, t.objects[0].box
+        assert abs((ax0 + ax1) - (bx0 + bx1)) <= 16 and abs((ay0 + ay1) - (by0 + by1)) <= 16
+        assert not np.array_equal(s.objects[0].mask, t.objects[0].mask)
+    with pytest.raises(ValueError, match="distinct known shapes"):
+        make_scene(1, size=64, n_objects=2, shapes=["circle", "circle"])
+    with pytest.raises(ValueError, match="distinct known shapes"):
+        make_scene(1, size=64, n_objects=1, shapes=["blob"])

@@ -134,18 +134,28 @@ def _place(rs, size, radii, tries=50):
 
 
 def make_scene(seed: int, size: int = 64, n_objects: int | None = None, *, shape: str | None = None,
-               colour: str | None = None, background: str | None = None) -> Scene:
+               colour: str | None = None, background: str | None = None,
+               shapes: list[str] | None = None) -> Scene:
     """One scene from a seed. Attributes left None are drawn at random; two objects never share a shape or
-    a colour (so a shape word names one object) and never overlap."""
+    a colour (so a shape word names one object) and never overlap.
+
+    `shapes` replaces every object's shape and changes nothing else: the same seed with other shapes gives a
+    minimal pair (same background, colours, places, sizes, angles), which training uses as hard negatives.
+    """
     rs = np.random.RandomState(seed)
     n = n_objects if n_objects is not None else (1 if rs.rand() < 0.5 else 2)
     bg = background or BACKGROUNDS[rs.randint(len(BACKGROUNDS))]
+    forced = shapes
     shapes = list(rs.choice(SHAPES, n, replace=False))
     colours = list(rs.choice(list(COLOURS), n, replace=False))
     if shape:
         shapes = [shape] + [s for s in shapes if s != shape][: n - 1]
     if colour:
         colours = [colour] + [c for c in colours if c != colour][: n - 1]
+    if forced is not None:
+        if len(forced) != n or len(set(forced)) != n or not set(forced) <= set(SHAPES):
+            raise ValueError(f"shapes must name {n} distinct known shapes, got {forced!r}")
+        shapes = list(forced)
     radii = [rs.uniform(0.2, 0.3) * size if n == 1 else rs.uniform(0.15, 0.21) * size for _ in range(n)]
     centres = _place(rs, size, radii)
     if centres is None:  # astronomically rare; a smaller pair always fits

@@ -50,19 +50,42 @@ def _bg(b):
     return len(_C) + len(_S) + len(_C) * len(_S) + _B.index(b)
 
 
-def build_scenes(n: int, seed: int, size: int = 64):
-    """Pixels [n, 3, size, size] uint8 and per-scene metadata (for captions)."""
-    pixels = np.empty((n, size, size, 3), dtype=np.uint8)
-    meta = []
+def build_scenes(n: int, seed: int, size: int = 64, twins: bool = False):
+    """Pixels [n, 3, size, size] uint8 and per-scene metadata (for captions).
+
+    With `twins`, also a second set: each scene again with one object's shape changed to a shape not in the
+    scene, everything else identical. A batch holding both can only be sorted out by shape, which the
+    model otherwise learns last (colour and background already separate most captions of a batch).
+    """
+    def one(scene):
+        return np.asarray(scene.image), (scene.background, [(o.colour, o.shape) for o in scene.objects],
+                                         captions(scene))
+
+    sets = 2 if twins else 1
+    pixels = np.empty((sets, n, size, size, 3), dtype=np.uint8)
+    meta: list[list] = [[] for _ in range(sets)]
     for i in range(n):
-        s = make_scene(TRAIN_SEED_BASE + seed * 10_000_000 + i, size=size)
-        pixels[i] = np.asarray(s.image)
-        meta.append((s.background, [(o.colour, o.shape) for o in s.objects], captions(s)))
-    return torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous(), meta
+        scene_seed = TRAIN_SEED_BASE + seed * 10_000_000 + i
+        s = make_scene(scene_seed, size=size)
+        pixels[0, i], m = one(s)
+        meta[0].append(m)
+        if twins:
+            rs = np.random.RandomState(scene_seed % 2**32)
+            shapes = [o.shape for o in s.objects]
+            j = rs.randint(len(shapes))
+            shapes[j] = str(rs.choice([x for x in SHAPES if x not in shapes]))
+            pixels[1, i], m = one(make_scene(scene_seed, size=size, shapes=shapes))
+            meta[1].append(m)
+    return torch.from_numpy(pixels).permute(0, 1, 4, 2, 3).contiguous(), meta
+
+
+_COLOUR_ALONE = ("{}", "{}", "a {} thing", "something {}")
+_SHAPE_ALONE = ("{}", "{}", "a {}", "a photo of a {}")
 
 
 class CaptionSampler:
-    def __init__(self, tokenizer, context_length: int, rs: np.random.RandomState):
+    def __init__(self, tokenizer, context_length: int, rs: np.random.RandomState, templates: bool = False):
+        self.templates = templates  # single attributes also as "a circle", "a photo of a circle", ...
         self.tok = tokenizer
         self.ctx = context_length
         self.rs = rs
@@ -85,9 +108,11 @@ class CaptionSampler:
             c, s = objs[rs.randint(len(objs))]
             part = rs.randint(6)
             if part == 0:
-                text, req[_colour(c)] = c, 1
+                text = _COLOUR_ALONE[rs.randint(len(_COLOUR_ALONE))].format(c) if self.templates else c
+                req[_colour(c)] = 1
             elif part == 1:
-                text, req[_shape(s)] = s, 1
+                text = _SHAPE_ALONE[rs.randint(len(_SHAPE_ALONE))].format(s) if self.templates else s
+                req[_shape(s)] = 1
             elif part == 2:
                 text, req[_bg(bg)] = bg, 1
             elif part == 3:
@@ -105,6 +130,19 @@ class CaptionSampler:
                 ids.insert(rs.randint(len(ids) + 1), int(rs.randint(1, 49406)))
         return ids[: self.ctx - 2], req
 
+    def junk(self, n: int, banned: set[int]) -> list[list[int]]:
+        """Captions of 1-4 random vocabulary tokens that name nothing in any scene: negatives for every
+        image, so that an arbitrary token cannot sit close to all images and win the ascent."""
+        out = []
+        for _ in range(n):
+            ids = []
+            while len(ids) < self.rs.randint(1, 5):
+                t = int(self.rs.randint(1, 49406))
+                if t not in banned:
+                    ids.append(t)
+            out.append(ids)
+        return out
+
 
 def batch_tokens(rows: list[list[int]], sot: int, eot: int, ctx: int) -> torch.Tensor:
     out = torch.zeros(len(rows), ctx, dtype=torch.long)
@@ -115,16 +153,20 @@ def batch_tokens(rows: list[list[int]], sot: int, eot: int, ctx: int) -> torch.T
 
 
 def multi_positive_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor, match: torch.Tensor):
+    """Contrastive loss where caption j is a positive for every image it fits (match[i, j] = 1). Texts
+    beyond match's columns are negatives for every image and take no part in the text-to-image direction."""
     logits = scale * img @ txt.T
-    t_i2t = match / match.sum(1, keepdim=True)
+    n = match.shape[1]
+    full = torch.cat([match, match.new_zeros(match.shape[0], logits.shape[1] - n)], 1)
+    t_i2t = full / full.sum(1, keepdim=True)
     t_t2i = match.T / match.T.sum(1, keepdim=True)
     loss_i = -(t_i2t * F.log_softmax(logits, 1)).sum(1).mean()
-    loss_t = -(t_t2i * F.log_softmax(logits.T, 1)).sum(1).mean()
+    loss_t = -(t_t2i * F.log_softmax(logits[:, :n].T, 1)).sum(1).mean()
     return (loss_i + loss_t) / 2
 
 
 def train(out: Path, steps: int = 3000, batch: int = 128, lr: float = 2e-3, seed: int = 0, scenes: int = 60_000,
-          log_every: int = 50) -> dict:
+          twins: bool = False, junk: int = 0, word_templates: bool = False, log_every: int = 50) -> dict:
     torch.manual_seed(seed)
     rs = np.random.RandomState(seed)
     model = open_clip.create_model("audit-demo", pretrained=None)
@@ -134,9 +176,11 @@ def train(out: Path, steps: int = 3000, batch: int = 128, lr: float = 2e-3, seed
     std = torch.tensor(pre["std"]).view(1, 3, 1, 1)
     ctx = model.context_length
     t0 = time.perf_counter()
-    pixels, meta = build_scenes(scenes, seed)
-    print(f"built {scenes} training scenes in {time.perf_counter() - t0:.0f} s", flush=True)
-    sampler = CaptionSampler(tok, ctx, rs)
+    pixels, meta = build_scenes(scenes, seed, twins=twins)
+    print(f"built {scenes} training scenes{' and their twins' if twins else ''} in "
+          f"{time.perf_counter() - t0:.0f} s", flush=True)
+    sampler = CaptionSampler(tok, ctx, rs, word_templates)
+    banned = {t for w in (*_C, *_S, *_B) for t in tok.encode(w)}
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         (no_decay if p.ndim < 2 or "embedding" in name or "logit_scale" in name else decay).append(p)
@@ -157,14 +201,20 @@ def train(out: Path, steps: int = 3000, batch: int = 128, lr: float = 2e-3, seed
     for step in range(steps):
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
-        idx = rs.randint(0, scenes, batch)
-        x = (pixels[idx].float() / 255.0 - mean) / std
-        keep = torch.from_numpy(rs.rand(batch) < 0.5)
-        warped = augment(x, torch.from_numpy(rs.randint(0, 2**31 - 1, batch)), step, aug)
+        if twins:  # half the batch, then the same scenes' twins
+            base = rs.randint(0, scenes, batch // 2)
+            sel = [(0, int(i)) for i in base] + [(1, int(i)) for i in base]
+        else:
+            sel = [(0, int(i)) for i in rs.randint(0, scenes, batch)]
+        sets, idx = (torch.tensor(v) for v in zip(*sel, strict=True))
+        metas = [meta[k][i] for k, i in sel]
+        x = (pixels[sets, idx].float() / 255.0 - mean) / std
+        keep = torch.from_numpy(rs.rand(len(sel)) < 0.5)
+        warped = augment(x, torch.from_numpy(rs.randint(0, 2**31 - 1, len(sel))), step, aug)
         x = torch.where(keep[:, None, None, None], x, warped)
-        rows, reqs = zip(*(sampler.sample(meta[i]) for i in idx), strict=True)
-        text = batch_tokens(list(rows), tok.sot_token_id, tok.eot_token_id, ctx)
-        img_attr = torch.from_numpy(np.stack([_attrs(meta[i]) for i in idx]))
+        rows, reqs = zip(*(sampler.sample(m) for m in metas), strict=True)
+        text = batch_tokens(list(rows) + sampler.junk(junk, banned), tok.sot_token_id, tok.eot_token_id, ctx)
+        img_attr = torch.from_numpy(np.stack([_attrs(m) for m in metas]))
         req = torch.from_numpy(np.stack(reqs))
         match = ((1 - img_attr) @ req.T == 0).float()  # caption j fits image i
         img = F.normalize(model.encode_image(x), dim=-1)
@@ -181,7 +231,8 @@ def train(out: Path, steps: int = 3000, batch: int = 128, lr: float = 2e-3, seed
     model.eval()
     minutes = (time.perf_counter() - t0) / 60
     save_weights(model, out)
-    info = {"steps": steps, "batch": batch, "lr": lr, "seed": seed, "scenes": scenes,
+    info = {"steps": steps, "batch": batch, "lr": lr, "seed": seed, "scenes": scenes, "twins": twins, "junk": junk,
+            "word_templates": word_templates,
             "minutes": round(minutes, 1), "threads": torch.get_num_threads()}
     out.with_suffix(".json").write_text(json.dumps(info, indent=2) + "\n")
     return info
@@ -214,8 +265,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--scenes", type=int, default=60_000)
+    ap.add_argument("--twins", action="store_true",
+                    help="pair each scene with a copy whose one object has another shape (experiment; see card)")
+    ap.add_argument("--junk", type=int, default=0, help="random-token negative captions per step (experiment)")
+    ap.add_argument("--word-templates", action="store_true",
+                    help="single-attribute captions also as 'a circle', 'a photo of a circle' (experiment)")
     args = ap.parse_args(argv)
-    info = train(args.out, args.steps, args.batch, args.lr, args.seed, args.scenes)
+    info = train(args.out, args.steps, args.batch, args.lr, args.seed, args.scenes, args.twins, args.junk,
+                 args.word_templates)
     print(json.dumps(info), file=sys.stderr)
     return 0
 

@@ -1,0 +1,86 @@
+"""Pieces of the demo CLIP's training: minimal-pair twins, negative-only captions, the loss, a short run."""
+
+import math
+
+import numpy as np
+import open_clip
+import torch
+import torch.nn.functional as F
+
+from audit.demo import train as T
+from audit.demo.scenes import BACKGROUNDS, COLOURS, SHAPES
+from audit.models import load_model
+
+
+def test_twins_differ_from_their_scene_in_one_shape_only():
+    pixels, meta = T.build_scenes(12, seed=3, size=32, twins=True)
+    assert pixels.shape == (2, 12, 3, 32, 32)
+    for (bg, objs, _), (tbg, tobjs, tcaps) in zip(meta[0], meta[1], strict=True):
+        assert tbg == bg and [c for c, _ in tobjs] == [c for c, _ in objs]
+        changed = [(a, b) for (_, a), (_, b) in zip(objs, tobjs, strict=True) if a != b]
+        assert len(changed) == 1 and changed[0][1] not in {s for _, s in objs}
+        assert any(changed[0][1] in c for c in tcaps)
+    assert not torch.equal(pixels[0], pixels[1])
+
+
+def test_junk_captions_never_name_a_scene_attribute():
+    tok = open_clip.get_tokenizer("audit-demo")
+    banned = {t for w in (*COLOURS, *SHAPES, *BACKGROUNDS) for t in tok.encode(w)}
+    sampler = T.CaptionSampler(tok, 32, np.random.RandomState(0))
+    sampler.rs = _Rigged(sampler.rs, sorted(banned))
+    rows = sampler.junk(200, banned)
+    assert all(1 <= len(r) <= 4 and not banned & set(r) for r in rows)
+    assert sampler.rs.offered  # the rigged stream did offer banned tokens, and they were refused
+
+
+def test_single_word_templates_only_when_asked():
+    tok = open_clip.get_tokenizer("audit-demo")
+    meta = ("grass", [("red", "circle")], ["a red circle on grass"])
+    texts = {}
+    for templates in (False, True):
+        sampler = T.CaptionSampler(tok, 32, np.random.RandomState(0), templates)
+        texts[templates] = {tok.decode(sampler.sample(meta)[0]).strip() for _ in range(400)}
+    assert "a photo of a circle" in texts[True] and "a photo of a circle" not in texts[False]
+    assert {"red", "circle"} <= texts[False]
+
+
+class _Rigged:
+    """Offers a banned token at every third draw of a token id."""
+
+    def __init__(self, rs, banned):
+        self.rs, self.banned, self.n, self.offered = rs, banned, 0, 0
+
+    def randint(self, lo, hi=None, size=None):
+        if hi == 49406:
+            self.n += 1
+            if self.n % 3 == 0:
+                self.offered += 1
+                return self.banned[self.n % len(self.banned)]
+        return self.rs.randint(lo, hi, size)
+
+
+def test_loss_treats_extra_captions_as_negatives_only():
+    torch.manual_seed(0)
+    img = F.normalize(torch.randn(3, 8), dim=-1)
+    txt = F.normalize(torch.randn(5, 8), dim=-1)  # 3 real captions, then 2 negative-only ones
+    match = torch.tensor([[1.0, 0, 1], [0, 1, 0], [0, 0, 1]])
+    scale = torch.tensor(10.0)
+    logits = scale * img @ txt.T
+    want_i = -sum(match[i, j] / match[i].sum() * torch.log_softmax(logits[i], 0)[j]
+                  for i in range(3) for j in range(3)) / 3
+    want_t = -sum(match[i, j] / match[:, j].sum() * torch.log_softmax(logits[:, j], 0)[i]
+                  for i in range(3) for j in range(3)) / 3
+    got = T.multi_positive_loss(img, txt, scale, match)
+    assert math.isclose(got.item(), ((want_i + want_t) / 2).item(), rel_tol=1e-5)
+    # pulling a negative-only caption towards the images raises the loss
+    closer = txt.clone()
+    closer[3] = F.normalize(img.mean(0), dim=-1)
+    assert T.multi_positive_loss(img, closer, scale, match) > got
+
+
+def test_a_short_training_run_writes_loadable_weights(tmp_path):
+    out = tmp_path / "w.safetensors"
+    info = T.train(out, steps=2, batch=8, scenes=16, twins=True, junk=4, word_templates=True, log_every=1)
+    assert info["twins"] and info["junk"] == 4 and info["word_templates"] and out.is_file()
+    loaded = load_model("audit-demo", str(out), device="cpu")
+    assert loaded.model.visual.image_size in (64, (64, 64))
