@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The GPU checks of issue 7 as one command for a machine with a GPU and PyTorch but no network
+# (run from the repository root; finishes in about 6-8 minutes on an H100, by estimate: not yet measured).
+#
+# Packages that such a machine usually lacks travel as wheels in .whl/ (git-ignored). Fetch them here,
+# for the machine's Python (3.12 on this project's device machines):
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+#     -d .whl open_clip_torch==3.3.0 ftfy wcwidth kornia kornia_rs duckdb typer
+set -euo pipefail
+out=${OUT:-bench-out}
+mkdir -p "$out"
+if compgen -G ".whl/*.whl" > /dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  export PYTHONPATH=/tmp/site:$PWD
+else
+  export PYTHONPATH=$PWD
+fi
+export PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
+# CUDA paths of the test suite first (bf16 autocast, OOM halving), then the benchmark.
+python3 -m pytest -q -x -p no:cacheprovider tests/test_ascent.py tests/test_relevancy.py 2>&1 | tail -n 5 | tee "$out/tests.txt"
+timeout 540 python3 bench/scan_throughput.py "$@" 2>&1 | tee "$out/bench.txt"

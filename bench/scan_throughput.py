@@ -1,0 +1,256 @@
+"""Issue 7's yardstick: images/s of the ascent, the relevancy pass and the full scan, over models and batch
+sizes, next to a faithful naive baseline measured in the same run, plus the objective of both.
+
+    python bench/scan_throughput.py                  # GPU: ViT-B-32, ViT-B-16, ViT-L-14, random weights
+    python bench/scan_throughput.py --device cpu --models audit-tiny --batch-sizes 2 --steps 2 \\
+        --scan-images 4 --naive-images 1 --loader-images 8   # smoke run (tests/test_bench.py)
+
+Speed does not depend on the weights, so every model is random-weight (`--pretrained none`); no download.
+The naive baseline is the origin script's loop: one image at a time, the full 77-position text context, 64
+freshly augmented views encoded at every step, a vocabulary-sized one-hot straight-through Gumbel-softmax,
+fp32. The objective check scores the best sequence of each method with one shared scorer (mean cosine over
+64 fixed views, fp32), so neither method is judged by its own shortcut.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import kornia.augmentation as KA
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+import audit
+from audit.ascent import AscentConfig, run_ascent, sequences_to_words
+from audit.encoders import Towers
+from audit.loader import ImageDataset, make_loader
+from audit.models import load_model
+from audit.relevancy import relevancy
+from audit.scanner import _autocast, _relevancy_chunk
+from audit.sources import open_source
+
+GPU_MODELS = ("ViT-B-32", "ViT-B-16", "ViT-L-14")
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_gb(device: torch.device) -> float:
+    return torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else float("nan")
+
+
+def autocast(device: torch.device):
+    return _autocast(device)
+
+
+def random_images(n: int, size: int, device: torch.device, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, size, size, generator=g).to(device)
+
+
+def write_jpegs(folder: Path, n: int, size=(640, 480)) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    rs = np.random.RandomState(0)
+    base = rs.randint(0, 255, (size[1] // 8, size[0] // 8, 3), dtype=np.uint8)
+    for i in range(n):
+        arr = np.roll(base, i, axis=1)
+        Image.fromarray(arr).resize(size, Image.Resampling.BILINEAR).save(folder / f"{i:05d}.jpg", quality=90)
+    return folder
+
+
+def loader_rate(folder: Path, preprocess: dict, workers: int, batch: int) -> float:
+    records = open_source(folder, "path").records
+    loader = make_loader(ImageDataset(records, preprocess), batch, workers)
+    t0 = time.perf_counter()
+    n = sum(len(b.indices) for b in loader)
+    return n / (time.perf_counter() - t0)
+
+
+def fast_ascent(towers: Towers, images: torch.Tensor, cfg: AscentConfig, device: torch.device):
+    seeds = torch.arange(images.shape[0], device=device) + 1000
+    with autocast(device):
+        return run_ascent(towers, images, seeds, cfg)
+
+
+# ---- the naive baseline: the origin script's loop, one image at a time ----------------------------------
+
+def naive_ascent(towers: Towers, image: torch.Tensor, cfg: AscentConfig, seed: int) -> tuple[list[int], float]:
+    """Returns the best sequence seen (by its own view cosine) and that cosine."""
+    model = towers.model
+    emb = towers.token_embedding.weight
+    vocab, ctx, k = towers.vocab_size, towers.context_length, cfg.tokens_per_seq
+    gen = torch.Generator(device=image.device).manual_seed(seed)
+    torch.manual_seed(seed)
+    aug = KA.RandomAffine(degrees=cfg.degrees, translate=(cfg.translate, cfg.translate), p=cfg.p_affine)
+    logits = torch.randn(cfg.candidates, k, vocab, device=image.device, generator=gen).requires_grad_(True)
+    opt = torch.optim.Adam([logits], lr=cfg.lr)
+    pad = torch.zeros(ctx - k - 2, dtype=torch.long, device=image.device)
+    sot = emb[torch.tensor([towers.sot_id], device=image.device)]
+    eot_e = emb[torch.tensor([towers.eot_id], device=image.device)]
+    pad_e = emb[pad]
+    eot = torch.full((cfg.candidates,), k + 1, device=image.device, dtype=torch.long)
+    best, best_cos = None, -2.0
+    for _ in range(cfg.steps):
+        with torch.no_grad():
+            views = aug(image[None].expand(cfg.views, -1, -1, -1))
+            img = F.normalize(model.encode_image(views), dim=-1)  # [V, D], re-encoded every step
+        one_hot = F.gumbel_softmax(logits, tau=cfg.tau, hard=True)  # [C, K, V]
+        learned = one_hot @ emb
+        x = torch.cat([sot.expand(cfg.candidates, 1, -1), learned, eot_e.expand(cfg.candidates, 1, -1),
+                       pad_e.expand(cfg.candidates, -1, -1)], 1)  # the full 77-position context
+        txt = F.normalize(towers.text_from_embeddings(x, eot)[0], dim=-1)
+        cos = (txt @ img.T).mean(1)  # [C]
+        loss = -100.0 * cos.mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        cos = cos.detach()
+        top = int(cos.argmax())
+        if float(cos[top]) > best_cos:
+            best_cos, best = float(cos[top]), one_hot[top].detach().argmax(-1).tolist()
+    return best, best_cos
+
+
+@torch.no_grad()
+def shared_score(towers: Towers, image: torch.Tensor, seq: list[int], cfg: AscentConfig) -> float:
+    """Mean fp32 cosine of one token sequence with 64 fixed views of the image: the common yardstick."""
+    from audit.ascent import augment
+
+    seeds = torch.tensor([987654321], device=image.device)
+    views = augment(image[None], seeds, 7, AscentConfig(views=64, degrees=cfg.degrees, translate=cfg.translate))
+    img = F.normalize(towers.model.encode_image(views).float(), dim=-1)
+    ids = torch.tensor([[towers.sot_id, *seq, towers.eot_id]], device=image.device)
+    eot = torch.tensor([len(seq) + 1], device=image.device)
+    txt = F.normalize(towers.encode_ids(ids, eot)[0].float(), dim=-1)
+    return float((txt @ img.T).mean())
+
+
+# ---- the measurements ---------------------------------------------------------------------------------
+
+def measure_model(name: str, device: torch.device, batch_sizes: list[int], cfg: AscentConfig,
+                  rows: list[dict]) -> None:
+    """One batch of each size: the ascent (after a one-step warm-up), then relevancy of every found word."""
+    loaded = load_model(name, "none", device=str(device))
+    towers = Towers(loaded)
+    size = loaded.preprocess["size"]
+    size = size[0] if isinstance(size, (tuple, list)) else size
+    for b in batch_sizes:
+        x = random_images(b, size, device)
+        reset_peak(device)
+        fast_ascent(towers, x, AscentConfig(**{**cfg.__dict__, "steps": 1}), device)  # warm-up
+        sync(device)
+        t0 = time.perf_counter()
+        found = fast_ascent(towers, x, cfg, device)
+        sync(device)
+        done = b
+        ascent_rate = done / (time.perf_counter() - t0)
+        words = [[w["word"] for w in sequences_to_words(towers.tokenizer, found.seqs[i], found.scores[i])]
+                 for i in range(b)]
+        pair_image = torch.tensor([i for i, ws in enumerate(words) for _ in ws], dtype=torch.long)
+        flat = [w for ws in words for w in ws]
+        sync(device)
+        t0 = time.perf_counter()
+        with autocast(device):
+            if flat:
+                relevancy(towers, x, pair_image, flat, chunk=_relevancy_chunk(towers, device))
+        sync(device)
+        rel_rate = done / (time.perf_counter() - t0)
+        rows.append({"model": name, "batch": b, "ascent": ascent_rate, "relevancy": rel_rate,
+                     "words/image": len(flat) / max(done, 1), "peak_gb": peak_gb(device)})
+        print(f"{name:10s} batch {b:4d}  ascent {ascent_rate:8.2f} img/s  relevancy {rel_rate:8.2f} img/s  "
+              f"{len(flat) / max(done, 1):5.1f} words/image  peak {peak_gb(device):6.2f} GB", flush=True)
+    del towers, loaded
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def full_scan(name: str, device: torch.device, folder: Path, out: Path, cfg: AscentConfig, batch: str,
+              workers: int) -> tuple[float, int]:
+    reset_peak(device)
+    t0 = time.perf_counter()
+    scan = audit.scan(folder, out, model=name, pretrained="none", device=str(device), batch_size=batch,
+                      steps=cfg.steps, candidates=cfg.candidates, views=cfg.views, workers=workers, quiet=True,
+                      overwrite=True)
+    seconds = time.perf_counter() - t0
+    run = scan.config["runs"][-1]
+    return run["images"] / seconds, run["batch_size_used"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--models", default=",".join(GPU_MODELS))
+    ap.add_argument("--batch-sizes", default="32,64,128,256")
+    ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--candidates", type=int, default=16)
+    ap.add_argument("--views", type=int, default=64)
+    ap.add_argument("--scan-images", type=int, default=512, help="images in each full-scan measurement")
+    ap.add_argument("--naive-images", type=int, default=2)
+    ap.add_argument("--loader-images", type=int, default=512)
+    ap.add_argument("--workers", type=int, default=8)
+    args = ap.parse_args(argv)
+    device = torch.device(args.device)
+    models = [m for m in args.models.split(",") if m]
+    sizes = [int(b) for b in args.batch_sizes.split(",")]
+    cfg = AscentConfig(steps=args.steps, candidates=args.candidates, views=args.views)
+    print(f"device: {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}; torch "
+          f"{torch.__version__}; steps {cfg.steps}, candidates {cfg.candidates}, tokens {cfg.tokens_per_seq}, "
+          f"views {cfg.views}; random weights", flush=True)
+    first = load_model(models[0], "none", device="cpu")
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = write_jpegs(Path(tmp) / "jpegs", args.loader_images)
+        rate = loader_rate(folder, first.preprocess, args.workers, max(sizes))
+        print(f"loader: decode + resize of 640x480 JPEGs, {args.workers} workers: {rate:8.1f} img/s", flush=True)
+        rows: list[dict] = []
+        scans: dict[str, tuple[float, int]] = {}
+        scan_folder = write_jpegs(Path(tmp) / "scan-images", args.scan_images)
+        for name in models:
+            measure_model(name, device, sizes, cfg, rows)
+            scans[name] = full_scan(name, device, scan_folder, Path(tmp) / f"scan-{name}", cfg, "auto",
+                                    args.workers if device.type == "cuda" else 0)
+            print(f"{name:10s} full scan (auto batch, used {scans[name][1]}): {scans[name][0]:8.2f} img/s "
+                  f"peak {peak_gb(device):6.2f} GB", flush=True)
+        # The naive baseline and the objective, on the first model with shared random weights.
+        loaded = load_model(models[0], "none", device=str(device))
+        towers = Towers(loaded)
+        for p in towers.model.parameters():
+            p.requires_grad_(False)
+        size = loaded.preprocess["size"]
+        size = size[0] if isinstance(size, (tuple, list)) else size
+        x = random_images(args.naive_images, size, device, seed=1)
+        sync(device)
+        t0 = time.perf_counter()
+        naive = [naive_ascent(towers, x[i], cfg, seed=i) for i in range(args.naive_images)]
+        sync(device)
+        naive_rate = args.naive_images / (time.perf_counter() - t0)
+        print(f"naive baseline ({models[0]}, one image at a time, fp32, 77 positions, views re-encoded): "
+              f"{naive_rate:8.4f} img/s ({1 / naive_rate:.1f} s/image; ascent only)", flush=True)
+        fast = fast_ascent(towers, x, cfg, device)
+        naive_score = float(np.mean([shared_score(towers, x[i], seq, cfg) for i, (seq, _) in enumerate(naive)]))
+        fast_score = float(np.mean([shared_score(towers, x[i], [int(t) for t in fast.seqs[i, 0]], cfg)
+                                    for i in range(args.naive_images)]))
+    verdict = "fast >= naive" if fast_score >= naive_score - 1e-6 else "FAST BELOW NAIVE"
+    print(f"objective (mean best-sequence cosine, shared scorer): fast {fast_score:.4f}  naive {naive_score:.4f}  "
+          f"{verdict}")
+    best = max(r["ascent"] for r in rows if r["model"] == models[0])
+    full = scans[models[0]][0]
+    print(f"ratio: {models[0]} full scan {full:.2f} img/s vs naive ascent-only {naive_rate:.4f} img/s = "
+          f"{full / naive_rate:.0f}x (ascent alone, best batch: {best / naive_rate:.0f}x)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

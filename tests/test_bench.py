@@ -1,0 +1,23 @@
+"""The GPU throughput benchmark (bench/scan_throughput.py) must keep running: a smoke run on the CPU with the
+tiny model, so that the day a GPU is at hand the script works first time."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_scan_throughput_smoke_run_prints_every_measurement():
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "scan_throughput.py"), "--device", "cpu", "--models", "audit-tiny",
+         "--batch-sizes", "2", "--steps", "2", "--candidates", "4", "--views", "4", "--scan-images", "3",
+         "--naive-images", "1", "--loader-images", "4", "--workers", "0"],
+        capture_output=True, text=True, timeout=600, check=True).stdout
+    assert re.search(r"loader: .* [\d.]+ img/s", out), out
+    assert re.search(r"audit-tiny +batch +2 +ascent +[\d.]+ img/s +relevancy +[\d.]+ img/s", out), out
+    assert re.search(r"full scan \(auto batch, used \d+\): +[\d.]+ img/s", out), out
+    assert re.search(r"naive baseline .* [\d.]+ img/s", out), out
+    assert re.search(r"objective .* fast [\d.]+ +naive [\d.]+ +(fast >= naive|FAST BELOW NAIVE)", out), out
+    assert re.search(r"^ratio: .* = \d+x", out, re.M), out
