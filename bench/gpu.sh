@@ -6,7 +6,8 @@
 # for the machine's Python (3.12 on this project's device machines):
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-#     -d .whl open_clip_torch==3.3.0 ftfy wcwidth kornia kornia_rs duckdb typer
+#     -d .whl open_clip_torch==3.3.0 ftfy==6.3.1 wcwidth==0.9.4 kornia==0.9.0 kornia_rs==0.2.0 duckdb==2.0.1
+# (typer, jinja2, pandas, pyarrow and pytest are already in the device image)
 set -euo pipefail
 out=${OUT:-bench-out}
 mkdir -p "$out"
