@@ -106,16 +106,21 @@ def _words_per_image(opts: ScanOptions, n_probes: int) -> int:
     return (0 if opts.no_ascent else 5 * opts.tokens_per_seq) + n_probes  # the ascent keeps 5 sequences
 
 
+def _pair_bytes(towers: Towers) -> int:
+    shape = towers.shape()
+    return relevancy_bytes_per_pair(shape["vision_layers"], shape["vision_heads"], shape["grid_tokens"],
+                                    shape["vision_width"])
+
+
 def _cuda_batch(opts: ScanOptions, towers: Towers, device: torch.device, n_probes: int = 0) -> int:
     """The largest batch whose ascent fits the free GPU memory, next to one relevancy chunk."""
-    shape = towers.shape()
     free = free_bytes(device) or 0
-    reserved = _relevancy_chunk(towers, device, free) * relevancy_bytes_per_pair(
-        shape["vision_layers"], shape["vision_heads"], shape["grid_tokens"], shape["vision_width"])
+    per_pair = _pair_bytes(towers)
+    reserved = _relevancy_chunk(towers, device, free) * per_pair
     if opts.no_ascent:
-        per_image = max(1, _words_per_image(opts, n_probes)) * relevancy_bytes_per_pair(
-            shape["vision_layers"], shape["vision_heads"], shape["grid_tokens"], shape["vision_width"]) // 4
+        per_image = max(1, _words_per_image(opts, n_probes)) * per_pair // 4
     else:
+        shape = towers.shape()
         per_image = ascent_bytes_per_image(opts.candidates, opts.tokens_per_seq, towers.vocab_size,
                                            shape["text_width"], shape["text_layers"], opts.tokens_per_seq + 2)
     return fit_count(free, per_image, reserved)
@@ -125,11 +130,8 @@ def _relevancy_chunk(towers: Towers, device: torch.device, free: int | None = No
     """(image, word) pairs per relevancy pass: 256 on a CPU; on a GPU, what a quarter of free memory holds."""
     if device.type != "cuda":
         return 256
-    shape = towers.shape()
     free = free_bytes(device) if free is None else free
-    per_pair = relevancy_bytes_per_pair(shape["vision_layers"], shape["vision_heads"], shape["grid_tokens"],
-                                        shape["vision_width"])
-    return fit_count(free // 4, per_pair, cap=256)
+    return fit_count(free // 4, _pair_bytes(towers), cap=256)
 
 
 def _settings(opts: ScanOptions, weights: str | None, sha: str | None, probes: tuple[str, ...]) -> dict:
@@ -254,10 +256,10 @@ class _Fitting:
 
     def run(self, batch: Batch) -> dict[str, pa.Table]:
         parts: list[dict[str, pa.Table]] = []
-        queue = batch.split(self.limit)
+        queue = [batch]
         while queue:
             piece = queue.pop(0)
-            if len(piece.indices) > self.limit:  # cut before the limit came down
+            if len(piece.indices) > self.limit:  # larger than what fits so far: cut first
                 queue[0:0] = piece.split(self.limit)
                 continue
             try:

@@ -15,6 +15,7 @@ fp32. The objective check scores the best sequence of each method with one share
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import tempfile
 import time
@@ -52,8 +53,9 @@ def peak_gb(device: torch.device) -> float:
     return torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else float("nan")
 
 
-def autocast(device: torch.device):
-    return _autocast(device)
+def input_size(loaded) -> int:
+    size = loaded.preprocess["size"]
+    return size[0] if isinstance(size, (tuple, list)) else size
 
 
 def random_images(n: int, size: int, device: torch.device, seed: int = 0) -> torch.Tensor:
@@ -81,7 +83,7 @@ def loader_rate(folder: Path, preprocess: dict, workers: int, batch: int) -> flo
 
 def fast_ascent(towers: Towers, images: torch.Tensor, cfg: AscentConfig, device: torch.device):
     seeds = torch.arange(images.shape[0], device=device) + 1000
-    with autocast(device):
+    with _autocast(device):
         return run_ascent(towers, images, seeds, cfg)
 
 
@@ -145,33 +147,30 @@ def measure_model(name: str, device: torch.device, batch_sizes: list[int], cfg: 
     """One batch of each size: the ascent (after a one-step warm-up), then relevancy of every found word."""
     loaded = load_model(name, "none", device=str(device))
     towers = Towers(loaded)
-    size = loaded.preprocess["size"]
-    size = size[0] if isinstance(size, (tuple, list)) else size
     for b in batch_sizes:
-        x = random_images(b, size, device)
+        x = random_images(b, input_size(loaded), device)
         reset_peak(device)
-        fast_ascent(towers, x, AscentConfig(**{**cfg.__dict__, "steps": 1}), device)  # warm-up
+        fast_ascent(towers, x, dataclasses.replace(cfg, steps=1), device)  # warm-up
         sync(device)
         t0 = time.perf_counter()
         found = fast_ascent(towers, x, cfg, device)
         sync(device)
-        done = b
-        ascent_rate = done / (time.perf_counter() - t0)
+        ascent_rate = b / (time.perf_counter() - t0)
         words = [[w["word"] for w in sequences_to_words(towers.tokenizer, found.seqs[i], found.scores[i])]
                  for i in range(b)]
         pair_image = torch.tensor([i for i, ws in enumerate(words) for _ in ws], dtype=torch.long)
         flat = [w for ws in words for w in ws]
         sync(device)
         t0 = time.perf_counter()
-        with autocast(device):
+        with _autocast(device):
             if flat:
                 relevancy(towers, x, pair_image, flat, chunk=_relevancy_chunk(towers, device))
         sync(device)
-        rel_rate = done / (time.perf_counter() - t0)
+        rel_rate = b / (time.perf_counter() - t0)
         rows.append({"model": name, "batch": b, "ascent": ascent_rate, "relevancy": rel_rate,
-                     "words/image": len(flat) / max(done, 1), "peak_gb": peak_gb(device)})
+                     "words/image": len(flat) / b, "peak_gb": peak_gb(device)})
         print(f"{name:10s} batch {b:4d}  ascent {ascent_rate:8.2f} img/s  relevancy {rel_rate:8.2f} img/s  "
-              f"{len(flat) / max(done, 1):5.1f} words/image  peak {peak_gb(device):6.2f} GB", flush=True)
+              f"{len(flat) / b:5.1f} words/image  peak {peak_gb(device):6.2f} GB", flush=True)
     del towers, loaded
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -225,12 +224,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"peak {peak_gb(device):6.2f} GB", flush=True)
         # The naive baseline and the objective, on the first model with shared random weights.
         loaded = load_model(models[0], "none", device=str(device))
-        towers = Towers(loaded)
-        for p in towers.model.parameters():
-            p.requires_grad_(False)
-        size = loaded.preprocess["size"]
-        size = size[0] if isinstance(size, (tuple, list)) else size
-        x = random_images(args.naive_images, size, device, seed=1)
+        towers = Towers(loaded)  # load_model already froze the weights
+        x = random_images(args.naive_images, input_size(loaded), device, seed=1)
         sync(device)
         t0 = time.perf_counter()
         naive = [naive_ascent(towers, x[i], cfg, seed=i) for i in range(args.naive_images)]
@@ -242,8 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         scores = {}
         # The default folds one draw of 64 views into a fixed target; the naive loop draws new views every
         # step, which can generalize better to unseen views. Both fast variants are scored.
-        for label, c in (("fast", cfg), ("fast --resample-views", AscentConfig(**{**cfg.__dict__,
-                                                                                 "resample_views": True}))):
+        for label, c in (("fast", cfg), ("fast --resample-views", dataclasses.replace(cfg, resample_views=True))):
             found = fast_ascent(towers, x, c, device)
             scores[label] = float(np.mean([shared_score(towers, x[i], [int(t) for t in found.seqs[i, 0]], cfg)
                                            for i in range(args.naive_images)]))
