@@ -22,6 +22,10 @@ open_clip.add_model_config(CONFIG_DIR)
 # Weights that ship inside the package, used by --pretrained auto.
 BUNDLED = {"audit-demo": Path(__file__).parent / "demo" / "weights" / "audit-demo.safetensors"}
 NO_WEIGHTS = {"audit-tiny"}  # test-only configs: auto means random weights
+# The project's models that can put a convolutional stem before the ViT (channels per stride-2 stage). open_clip
+# configs cannot say this, so build_model adds it before weights are loaded: when asked (training) or when the
+# weights file holds one. The bundled audit-demo weights have none.
+CONV_STEMS = {"audit-demo": (32, 64, 128)}
 
 
 @dataclass
@@ -104,6 +108,34 @@ def weights_identity(weights: str | None, sha: str | None) -> str:
     return f"file:{os.path.basename(weights)}" if sha else weights
 
 
+def build_model(name: str, weights: str | None = None, conv_stem: bool = False) -> torch.nn.Module:
+    """The open_clip model `name` on the CPU, then `weights` (a tag, a file or None for random weights). A conv
+    stem is added when asked for or when a weights file of a model in CONV_STEMS holds one."""
+    stem = name in CONV_STEMS and (_has_conv_stem(weights) if weights is not None else conv_stem)
+    if conv_stem and name not in CONV_STEMS:
+        raise ValueError(f"{name} has no conv stem configuration")
+    if not stem:
+        return open_clip.create_model(name, pretrained=weights, device="cpu")
+    from open_clip.factory import load_checkpoint
+
+    from .conv_stem import add_conv_stem
+
+    model = add_conv_stem(open_clip.create_model(name, pretrained=None, device="cpu"), CONV_STEMS[name])
+    if weights is not None:
+        load_checkpoint(model, weights)
+    return model
+
+
+def _has_conv_stem(weights: str) -> bool:
+    """Whether a weights file was saved from a model with a conv stem (earlier audit-demo weights were not)."""
+    if not weights.endswith(".safetensors") or not os.path.isfile(weights):
+        return False
+    from safetensors import safe_open
+
+    with safe_open(weights, framework="pt") as f:
+        return "visual.conv1.0.weight" in f.keys()
+
+
 def load_model(name: str = DEFAULT_MODEL, pretrained: str = DEFAULT_PRETRAINED, *, device: str = "auto",
                seed: int = 0) -> LoadedModel:
     """Build the model in eval mode on the chosen device; every failure a user can fix is an AuditError."""
@@ -118,7 +150,7 @@ def load_model(name: str = DEFAULT_MODEL, pretrained: str = DEFAULT_PRETRAINED, 
             # failed download; the AuditError below says it better, once.
             logging.disable(logging.CRITICAL)
             try:
-                model = open_clip.create_model(name, pretrained=weights, device="cpu")
+                model = build_model(name, weights)
             finally:
                 logging.disable(logging.NOTSET)
     except AuditError:
