@@ -216,12 +216,15 @@ def demo_train(
                                      "(experiment)."),
     word_templates: bool = typer.Option(False, help="Single-attribute captions also as 'a circle', 'a photo of "
                                                     "a circle' (experiment)."),
+    shape_negatives: int = typer.Option(0, help="Captions per step right about colour and background but wrong "
+                                                "about one shape, one for each of the first N images (experiment)."),
+    conv_stem: bool = typer.Option(False, help="Convolutional stem before the ViT (experiment)."),
 ) -> None:
     """Retrain the demo CLIP (under an hour on a 2-core CPU with the defaults)."""
     from .demo.train import train
 
     train(out, steps=steps, batch=batch, lr=lr, seed=seed, scenes=scenes, twins=twins, junk=junk,
-          word_templates=word_templates)
+          word_templates=word_templates, shape_negatives=shape_negatives, conv_stem=conv_stem)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -44,6 +44,35 @@ def test_single_word_templates_only_when_asked():
     assert {"red", "circle"} <= texts[False]
 
 
+def test_shape_swaps_keep_colour_and_background_and_change_the_shape():
+    tok = open_clip.get_tokenizer("audit-demo")
+    sampler = T.CaptionSampler(tok, 32, np.random.RandomState(0))
+    meta = ("sand", [("red", "circle"), ("blue", "star")], ["a red circle and a blue star on sand"])
+    seen = set()
+    for _ in range(200):
+        ids, req = sampler.shape_swap(meta)
+        text = tok.decode(ids).strip()
+        _, colour, shape, _, bg = text.split()
+        assert bg == "sand" and colour in ("red", "blue") and shape not in ("circle", "star"), text
+        assert req[T._shape(shape)] and req[T._colour(colour)] and req[T._bg("sand")]
+        seen.add(shape)
+    assert seen == set(SHAPES) - {"circle", "star"}
+    # the swapped caption fits neither this scene nor any scene without that colour-shape pair
+    assert (T._attrs(meta) @ req) < req.sum()
+
+
+def test_a_caption_that_fits_no_image_is_only_a_negative():
+    torch.manual_seed(1)
+    img = F.normalize(torch.randn(3, 8), dim=-1)
+    txt = F.normalize(torch.randn(4, 8), dim=-1)
+    match = torch.tensor([[1.0, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0]])  # caption 3 fits nobody
+    scale = torch.tensor(10.0)
+    got = T.multi_positive_loss(img, txt, scale, match)
+    assert torch.isfinite(got)
+    # same as handing caption 3 over as a negative-only extra column
+    assert math.isclose(got.item(), T.multi_positive_loss(img, txt, scale, match[:, :3]).item(), rel_tol=1e-6)
+
+
 class _Rigged:
     """Offers a banned token at every third draw of a token id."""
 
@@ -80,7 +109,10 @@ def test_loss_treats_extra_captions_as_negatives_only():
 
 def test_a_short_training_run_writes_loadable_weights(tmp_path):
     out = tmp_path / "w.safetensors"
-    info = T.train(out, steps=2, batch=8, scenes=16, twins=True, junk=4, word_templates=True, log_every=1)
+    info = T.train(out, steps=2, batch=8, scenes=16, twins=True, junk=4, word_templates=True, shape_negatives=3,
+                   conv_stem=True, log_every=1)
     assert info["twins"] and info["junk"] == 4 and info["word_templates"] and out.is_file()
+    assert info["shape_negatives"] == 3 and info["conv_stem"]
     loaded = load_model("audit-demo", str(out), device="cpu")
     assert loaded.model.visual.image_size in (64, (64, 64))
+    assert type(loaded.model.visual.conv1).__name__ == "ConvStem"

@@ -23,7 +23,7 @@ import open_clip
 import torch
 import torch.nn.functional as F
 
-from ..models import CONFIG_DIR  # noqa: F401 - registers the audit-demo config
+from ..models import build_model
 from .scenes import BACKGROUNDS, COLOURS, SHAPES, captions, make_scene
 
 TRAIN_SEED_BASE = 1_000_000  # training scenes use seeds from here; evaluation uses EVAL_SEED_BASE
@@ -130,6 +130,18 @@ class CaptionSampler:
                 ids.insert(rs.randint(len(ids) + 1), int(rs.randint(1, 49406)))
         return ids[: self.ctx - 2], req
 
+    def shape_swap(self, meta) -> tuple[list[int], np.ndarray]:
+        """A caption right about the scene's colour and background but wrong about one shape. Colour and
+        background alone tell most captions of a batch apart, so without such captions the loss barely
+        rewards an image tower for seeing shapes."""
+        bg, objs, _ = meta
+        c, s = objs[self.rs.randint(len(objs))]
+        other = [x for x in _S if x not in {o for _, o in objs}]
+        s2 = other[self.rs.randint(len(other))]
+        req = np.zeros(N_ATTR, dtype=np.float32)
+        req[[_colour(c), _shape(s2), _pair(c, s2), _bg(bg)]] = 1
+        return list(self.ids(f"a {c} {s2} on {bg}"))[: self.ctx - 2], req
+
     def junk(self, n: int, banned: set[int]) -> list[list[int]]:
         """Captions of 1-4 random vocabulary tokens that name nothing in any scene: negatives for every
         image, so that an arbitrary token cannot sit close to all images and win the ascent."""
@@ -159,17 +171,19 @@ def multi_positive_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tenso
     n = match.shape[1]
     full = torch.cat([match, match.new_zeros(match.shape[0], logits.shape[1] - n)], 1)
     t_i2t = full / full.sum(1, keepdim=True)
-    t_t2i = match.T / match.T.sum(1, keepdim=True)
+    fits = match.sum(0) > 0  # a caption that fits no image of the batch is only a negative
+    t_t2i = match.T[fits] / match.T[fits].sum(1, keepdim=True)
     loss_i = -(t_i2t * F.log_softmax(logits, 1)).sum(1).mean()
-    loss_t = -(t_t2i * F.log_softmax(logits[:, :n].T, 1)).sum(1).mean()
+    loss_t = -(t_t2i * F.log_softmax(logits[:, :n].T[fits], 1)).sum(1).mean()
     return (loss_i + loss_t) / 2
 
 
 def train(out: Path, steps: int = 3000, batch: int = 128, lr: float = 2e-3, seed: int = 0, scenes: int = 60_000,
-          twins: bool = False, junk: int = 0, word_templates: bool = False, log_every: int = 50) -> dict:
+          twins: bool = False, junk: int = 0, word_templates: bool = False, shape_negatives: int = 0,
+          conv_stem: bool = False, log_every: int = 50) -> dict:
     torch.manual_seed(seed)
     rs = np.random.RandomState(seed)
-    model = open_clip.create_model("audit-demo", pretrained=None)
+    model = build_model("audit-demo", conv_stem=conv_stem)
     tok = open_clip.get_tokenizer("audit-demo")
     pre = open_clip.get_model_preprocess_cfg(model)
     mean = torch.tensor(pre["mean"]).view(1, 3, 1, 1)
@@ -213,6 +227,9 @@ def train(out: Path, steps: int = 3000, batch: int = 128, lr: float = 2e-3, seed
         warped = augment(x, torch.from_numpy(rs.randint(0, 2**31 - 1, len(sel))), step, aug)
         x = torch.where(keep[:, None, None, None], x, warped)
         rows, reqs = zip(*(sampler.sample(m) for m in metas), strict=True)
+        if shape_negatives:
+            swaps = [sampler.shape_swap(m) for m in metas[:shape_negatives]]
+            rows, reqs = rows + tuple(r for r, _ in swaps), reqs + tuple(q for _, q in swaps)
         text = batch_tokens(list(rows) + sampler.junk(junk, banned), tok.sot_token_id, tok.eot_token_id, ctx)
         img_attr = torch.from_numpy(np.stack([_attrs(m) for m in metas]))
         req = torch.from_numpy(np.stack(reqs))
@@ -232,7 +249,8 @@ def train(out: Path, steps: int = 3000, batch: int = 128, lr: float = 2e-3, seed
     minutes = (time.perf_counter() - t0) / 60
     save_weights(model, out)
     info = {"steps": steps, "batch": batch, "lr": lr, "seed": seed, "scenes": scenes, "twins": twins, "junk": junk,
-            "word_templates": word_templates,
+            "word_templates": word_templates, "shape_negatives": shape_negatives,
+            "conv_stem": conv_stem,
             "minutes": round(minutes, 1), "threads": torch.get_num_threads()}
     out.with_suffix(".json").write_text(json.dumps(info, indent=2) + "\n")
     return info
@@ -251,7 +269,9 @@ def save_weights(model: torch.nn.Module, out: Path) -> None:
     from safetensors.torch import save_file
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
+    # Integer buffers (batch norm's step counter) keep their type.
+    state = {k: (v.detach().to(torch.float16) if v.is_floating_point() else v.detach()).contiguous()
+             for k, v in model.state_dict().items()}
     tmp = out.with_name(f".tmp-{out.name}")
     save_file(state, str(tmp))
     tmp.replace(out)
@@ -270,9 +290,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--junk", type=int, default=0, help="random-token negative captions per step (experiment)")
     ap.add_argument("--word-templates", action="store_true",
                     help="single-attribute captions also as 'a circle', 'a photo of a circle' (experiment)")
+    ap.add_argument("--shape-negatives", type=int, default=0,
+                    help="captions per step (one for each of the first N images) with one shape swapped for "
+                         "a shape not in the scene (experiment)")
+    ap.add_argument("--conv-stem", action="store_true",
+                    help="convolutional stem before the ViT (experiment; see audit/conv_stem.py)")
     args = ap.parse_args(argv)
     info = train(args.out, args.steps, args.batch, args.lr, args.seed, args.scenes, args.twins, args.junk,
-                 args.word_templates)
+                 args.word_templates, args.shape_negatives, args.conv_stem)
     print(json.dumps(info), file=sys.stderr)
     return 0
 
