@@ -127,7 +127,7 @@ def build_model(name: str, weights: str | None = None, conv_stem: bool = False) 
 
 
 def _has_conv_stem(weights: str) -> bool:
-    """Whether a weights file was saved from a model with a conv stem (earlier audit-demo weights were not)."""
+    """Whether a weights file was saved from a model with a conv stem (the bundled audit-demo weights were not)."""
     if not weights.endswith(".safetensors") or not os.path.isfile(weights):
         return False
     from safetensors import safe_open

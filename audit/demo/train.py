@@ -172,7 +172,8 @@ def multi_positive_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tenso
     full = torch.cat([match, match.new_zeros(match.shape[0], logits.shape[1] - n)], 1)
     t_i2t = full / full.sum(1, keepdim=True)
     fits = match.sum(0) > 0  # a caption that fits no image of the batch is only a negative
-    t_t2i = match.T[fits] / match.T[fits].sum(1, keepdim=True)
+    pos = match.T[fits]
+    t_t2i = pos / pos.sum(1, keepdim=True)
     loss_i = -(t_i2t * F.log_softmax(logits, 1)).sum(1).mean()
     loss_t = -(t_t2i * F.log_softmax(logits[:, :n].T[fits], 1)).sum(1).mean()
     return (loss_i + loss_t) / 2
