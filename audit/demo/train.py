@@ -73,10 +73,16 @@ def build_scenes(n: int, seed: int, size: int = 64, twins: bool = False):
             rs = np.random.RandomState(scene_seed % 2**32)
             shapes = [o.shape for o in s.objects]
             j = rs.randint(len(shapes))
-            shapes[j] = str(rs.choice([x for x in SHAPES if x not in shapes]))
+            shapes[j] = _other_shape(shapes, rs)
             pixels[1, i], m = one(make_scene(scene_seed, size=size, shapes=shapes))
             meta[1].append(m)
     return torch.from_numpy(pixels).permute(0, 1, 4, 2, 3).contiguous(), meta
+
+
+def _other_shape(present: list[str], rs: np.random.RandomState) -> str:
+    """A shape not in the scene, for a minimal-pair image or a caption wrong about one shape."""
+    other = [x for x in _S if x not in present]
+    return other[rs.randint(len(other))]
 
 
 _COLOUR_ALONE = ("{}", "{}", "a {} thing", "something {}")
@@ -135,9 +141,8 @@ class CaptionSampler:
         background alone tell most captions of a batch apart, so without such captions the loss barely
         rewards an image tower for seeing shapes."""
         bg, objs, _ = meta
-        c, s = objs[self.rs.randint(len(objs))]
-        other = [x for x in _S if x not in {o for _, o in objs}]
-        s2 = other[self.rs.randint(len(other))]
+        c, _ = objs[self.rs.randint(len(objs))]
+        s2 = _other_shape([o for _, o in objs], self.rs)
         req = np.zeros(N_ATTR, dtype=np.float32)
         req[[_colour(c), _shape(s2), _pair(c, s2), _bg(bg)]] = 1
         return list(self.ids(f"a {c} {s2} on {bg}"))[: self.ctx - 2], req
