@@ -22,7 +22,7 @@ Candidates = Annotated[int, typer.Option(help="Candidate sequences per image.")]
 Lr = Annotated[float, typer.Option(help="Adam learning rate of the ascent.")]
 Views = Annotated[int, typer.Option(help="Random affine views of each image in the objective.")]
 Prompt = Annotated[str, typer.Option(help="Text placed before the learned tokens.")]
-StartLayer = Annotated[int, typer.Option(help="First image layer in the relevancy (-1 = last).")]
+StartLayer = Annotated[Optional[int], typer.Option(help="First image layer in the relevancy (-1 = last; default: last, or 0 for audit-demo).")]  # noqa: UP045
 StartLayerText = Annotated[int, typer.Option(help="First text layer in the relevancy (-1 = last).")]
 Words = Annotated[Optional[list[str]], typer.Option("--words", "-w", help="Probe words or phrases scored on every image, comma-separated (repeatable).")]  # noqa: UP045 - typer reads it
 WordsFile = Annotated[Optional[Path], typer.Option("--words-file", help="Probe words, one per line (phrases may contain commas; # starts a comment).")]  # noqa: UP045
@@ -52,7 +52,7 @@ def scan(
     views: Views = 64,
     resample_views: bool = typer.Option(False, "--resample-views", help="Redraw the views every step (the origin script's way; slower)."),
     prompt: Prompt = "",
-    start_layer: StartLayer = -1,
+    start_layer: StartLayer = None,
     start_layer_text: StartLayerText = -1,
     path_column: str = typer.Option("path", help="Manifest column holding image paths."),
     max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, help="Refuse images with more pixels (decompression-bomb guard)."),
@@ -146,7 +146,7 @@ def explain(
     lr: Lr = 5.0,
     views: Views = 64,
     prompt: Prompt = "",
-    start_layer: StartLayer = -1,
+    start_layer: StartLayer = None,
     start_layer_text: StartLayerText = -1,
     tile: int = typer.Option(256, help="Width of a tile in pixels."),
     overwrite: Overwrite = False,
@@ -218,13 +218,16 @@ def demo_train(
                                                     "a circle' (experiment)."),
     shape_negatives: int = typer.Option(0, help="Captions per step right about colour and background but wrong "
                                                 "about one shape, one for each of the first N images (experiment)."),
+    shape_pairs: bool = typer.Option(False, help="With --shape-negatives, also the caption with the true shape "
+                                                 "beside each swapped one (experiment)."),
     conv_stem: bool = typer.Option(False, help="Convolutional stem before the ViT (experiment)."),
 ) -> None:
     """Retrain the demo CLIP (under an hour on a 2-core CPU with the defaults)."""
     from .demo.train import train
 
     train(out, steps=steps, batch=batch, lr=lr, seed=seed, scenes=scenes, twins=twins, junk=junk,
-          word_templates=word_templates, shape_negatives=shape_negatives, conv_stem=conv_stem)
+          word_templates=word_templates, shape_negatives=shape_negatives, conv_stem=conv_stem,
+          shape_pairs=shape_pairs)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -50,7 +50,7 @@ def test_shape_swaps_keep_colour_and_background_and_change_the_shape():
     meta = ("sand", [("red", "circle"), ("blue", "star")], ["a red circle and a blue star on sand"])
     seen = set()
     for _ in range(200):
-        ids, req = sampler.shape_swap(meta)
+        [(ids, req)] = sampler.shape_swap(meta)
         text = tok.decode(ids).strip()
         _, colour, shape, _, bg = text.split()
         assert bg == "sand" and colour in ("red", "blue") and shape not in ("circle", "star"), text
@@ -59,6 +59,21 @@ def test_shape_swaps_keep_colour_and_background_and_change_the_shape():
     assert seen == set(SHAPES) - {"circle", "star"}
     # the swapped caption fits neither this scene nor any scene without that colour-shape pair
     assert (T._attrs(meta) @ req) < req.sum()
+
+
+def test_shape_pairs_put_the_true_shape_beside_the_swapped_one():
+    tok = open_clip.get_tokenizer("audit-demo")
+    meta = ("sand", [("red", "circle"), ("blue", "star")], ["a red circle and a blue star on sand"])
+    plain = T.CaptionSampler(tok, 32, np.random.RandomState(3))
+    paired = T.CaptionSampler(tok, 32, np.random.RandomState(3))
+    truth = dict(meta[1])
+    for _ in range(50):
+        [swap] = plain.shape_swap(meta)
+        wrong, right = paired.shape_swap(meta, with_truth=True)
+        assert wrong[0] == swap[0]  # the same draws: pairs only add a caption
+        w, r = tok.decode(wrong[0]).split(), tok.decode(right[0]).split()
+        assert w[1] == r[1] and r[2] == truth[r[1]] and w[2] != r[2] and r[4] == "sand"
+        assert (T._attrs(meta) @ right[1]) == right[1].sum()  # the true caption fits the scene
 
 
 def test_a_caption_that_fits_no_image_is_only_a_negative():
@@ -110,9 +125,9 @@ def test_loss_treats_extra_captions_as_negatives_only():
 def test_a_short_training_run_writes_loadable_weights(tmp_path):
     out = tmp_path / "w.safetensors"
     info = T.train(out, steps=2, batch=8, scenes=16, twins=True, junk=4, word_templates=True, shape_negatives=3,
-                   conv_stem=True, log_every=1)
+                   conv_stem=True, shape_pairs=True, log_every=1)
     assert info["twins"] and info["junk"] == 4 and info["word_templates"] and out.is_file()
-    assert info["shape_negatives"] == 3 and info["conv_stem"]
+    assert info["shape_negatives"] == 3 and info["conv_stem"] and info["shape_pairs"]
     loaded = load_model("audit-demo", str(out), device="cpu")
     assert loaded.model.visual.image_size in (64, (64, 64))
     assert type(loaded.model.visual.conv1).__name__ == "ConvStem"

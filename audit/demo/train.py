@@ -136,16 +136,23 @@ class CaptionSampler:
                 ids.insert(rs.randint(len(ids) + 1), int(rs.randint(1, 49406)))
         return ids[: self.ctx - 2], req
 
-    def shape_swap(self, meta) -> tuple[list[int], np.ndarray]:
+    def shape_swap(self, meta, with_truth: bool = False) -> list[tuple[list[int], np.ndarray]]:
         """A caption right about the scene's colour and background but wrong about one shape. Colour and
         background alone tell most captions of a batch apart, so without such captions the loss barely
-        rewards an image tower for seeing shapes."""
+        rewards an image tower for seeing shapes.
+
+        `with_truth` adds the same caption with the object's true shape ("a red circle on sand" beside "a red
+        star on sand"): in a two-object scene only this pair asks which shape the red object has, rather than
+        which shapes the scene holds."""
         bg, objs, _ = meta
-        c, _ = objs[self.rs.randint(len(objs))]
+        c, s = objs[self.rs.randint(len(objs))]
         s2 = _other_shape([o for _, o in objs], self.rs)
+        return [self._object_caption(c, x, bg) for x in ((s2, s) if with_truth else (s2,))]
+
+    def _object_caption(self, c: str, s: str, bg: str) -> tuple[list[int], np.ndarray]:
         req = np.zeros(N_ATTR, dtype=np.float32)
-        req[[_colour(c), _shape(s2), _pair(c, s2), _bg(bg)]] = 1
-        return list(self.ids(f"a {c} {s2} on {bg}"))[: self.ctx - 2], req
+        req[[_colour(c), _shape(s), _pair(c, s), _bg(bg)]] = 1
+        return list(self.ids(f"a {c} {s} on {bg}"))[: self.ctx - 2], req
 
     def junk(self, n: int, banned: set[int]) -> list[list[int]]:
         """Captions of 1-4 random vocabulary tokens that name nothing in any scene: negatives for every
@@ -186,7 +193,7 @@ def multi_positive_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tenso
 
 def train(out: Path, steps: int = 3000, batch: int = 128, lr: float = 2e-3, seed: int = 0, scenes: int = 60_000,
           twins: bool = False, junk: int = 0, word_templates: bool = False, shape_negatives: int = 0,
-          conv_stem: bool = False, log_every: int = 50) -> dict:
+          conv_stem: bool = False, shape_pairs: bool = False, log_every: int = 50) -> dict:
     torch.manual_seed(seed)
     rs = np.random.RandomState(seed)
     model = build_model("audit-demo", conv_stem=conv_stem)
@@ -234,7 +241,7 @@ def train(out: Path, steps: int = 3000, batch: int = 128, lr: float = 2e-3, seed
         x = torch.where(keep[:, None, None, None], x, warped)
         rows, reqs = zip(*(sampler.sample(m) for m in metas), strict=True)
         if shape_negatives:
-            swaps = [sampler.shape_swap(m) for m in metas[:shape_negatives]]
+            swaps = [c for m in metas[:shape_negatives] for c in sampler.shape_swap(m, shape_pairs)]
             rows, reqs = rows + tuple(r for r, _ in swaps), reqs + tuple(q for _, q in swaps)
         text = batch_tokens(list(rows) + sampler.junk(junk, banned), tok.sot_token_id, tok.eot_token_id, ctx)
         img_attr = torch.from_numpy(np.stack([_attrs(m) for m in metas]))
@@ -255,7 +262,7 @@ def train(out: Path, steps: int = 3000, batch: int = 128, lr: float = 2e-3, seed
     minutes = (time.perf_counter() - t0) / 60
     save_weights(model, out)
     info = {"steps": steps, "batch": batch, "lr": lr, "seed": seed, "scenes": scenes, "twins": twins, "junk": junk,
-            "word_templates": word_templates, "shape_negatives": shape_negatives,
+            "word_templates": word_templates, "shape_negatives": shape_negatives, "shape_pairs": shape_pairs,
             "conv_stem": conv_stem,
             "minutes": round(minutes, 1), "threads": torch.get_num_threads()}
     out.with_suffix(".json").write_text(json.dumps(info, indent=2) + "\n")
@@ -299,11 +306,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shape-negatives", type=int, default=0,
                     help="captions per step (one for each of the first N images) with one shape swapped for "
                          "a shape not in the scene (experiment)")
+    ap.add_argument("--shape-pairs", action="store_true",
+                    help="with --shape-negatives, also the caption with the true shape beside each swapped one "
+                         "(experiment)")
     ap.add_argument("--conv-stem", action="store_true",
                     help="convolutional stem before the ViT (experiment; see audit/conv_stem.py)")
     args = ap.parse_args(argv)
     info = train(args.out, args.steps, args.batch, args.lr, args.seed, args.scenes, args.twins, args.junk,
-                 args.word_templates, args.shape_negatives, args.conv_stem)
+                 args.word_templates, args.shape_negatives, args.conv_stem, args.shape_pairs)
     print(json.dumps(info), file=sys.stderr)
     return 0
 
