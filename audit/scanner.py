@@ -31,6 +31,7 @@ from .memory import (
     relevancy_bytes_per_pair,
 )
 from .models import (
+    default_start_layer,
     load_model,
     resolve_device,
     resolve_weights,
@@ -59,7 +60,7 @@ class ScanOptions:
     views: int = 64
     resample_views: bool = False
     prompt: str = ""
-    start_layer: int = -1
+    start_layer: int | None = None  # None: the model's default (models.default_start_layer)
     start_layer_text: int = -1
     path_column: str = "path"
     max_pixels: int = DEFAULT_MAX_PIXELS
@@ -288,6 +289,8 @@ def run_scan(source, out, **options) -> Scan:
         raise TypeError(f"unknown scan options: {', '.join(sorted(unknown))}")
     opts = ScanOptions(**options)
     opts.check()
+    if opts.start_layer is None:
+        opts = dataclasses.replace(opts, start_layer=default_start_layer(opts.model))
     log = (lambda *_: None) if opts.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     device = resolve_device(opts.device)
     batch_size = opts.resolved_batch_size(device)

@@ -13,7 +13,7 @@ from audit.demo.evaluate import pointing_game, zero_shot
 from audit.demo.scenes import make_scene
 from audit.demo.train import EVAL_SEED_BASE
 from audit.encoders import Towers
-from audit.models import BUNDLED, load_model, resolve_weights
+from audit.models import BUNDLED, default_start_layer, load_model, resolve_weights
 
 from .browser import open_page
 
@@ -42,7 +42,7 @@ def test_v0_knows_colours_and_backgrounds(demo_model):
 def test_v0_heatmaps_point_better_than_chance(demo_model):
     loaded, towers = demo_model
     scenes = [make_scene(EVAL_SEED_BASE + 500_000 + i, size=64, n_objects=2) for i in range(60)]
-    hits, box_mass = pointing_game(towers, loaded.preprocess, scenes)
+    hits, box_mass = pointing_game(towers, loaded.preprocess, scenes, default_start_layer("audit-demo"))
     # A box covers about 7% of a 64 px scene; v0 puts 39% of relevance inside it and 43% of peaks.
     assert hits >= 0.25 and box_mass >= 0.2, (hits, box_mass)
 
@@ -52,6 +52,7 @@ def test_demo_report_makes_the_planted_bias_the_top_finding(demo_run, tmp_path):
     assert "Top finding: CLIP links 'grass' to label=north" in out, out
     scan = audit.Scan(root / "scan")
     assert len(scan.images()) == 60 and scan.errors().empty
+    assert scan.config["settings"]["start_layer"] == 0  # audit-demo's own relevancy start (models.START_LAYERS)
     run = open_page(report, tmp_path / "chromium")
     assert run.console == [] and run.requests == []
     assert "grass" in run.dom and run.dom.count("data:image/png;base64,") >= 1

@@ -43,6 +43,7 @@ def test_scan_writes_all_tables_with_their_schemas(small_folder, tmp_path):
     assert heat.entropy.between(0, 1).all() and heat.peak_x.between(0, 1).all()
     assert scan.errors().empty
     assert scan.config["settings"]["model"] == "audit-tiny"
+    assert scan.config["settings"]["start_layer"] == -1  # Chefer's last-layer start for models without one of their own
     assert scan.table("tokens").num_rows == len(tokens)
 
 

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from ..encoders import Towers
 from ..heatmaps import grid_stats
-from ..models import load_model
+from ..models import default_start_layer, load_model
 from ..relevancy import relevancy
 from .scenes import BACKGROUNDS, COLOURS, SHAPES, make_scene
 from .train import EVAL_SEED_BASE
@@ -103,16 +103,16 @@ def word_recall(scenes, model: str, pretrained: str, steps: int, candidates: int
     return {"colour": float(np.mean(found_c)), "shape": float(np.mean(found_s))}
 
 
-def pointing_game(towers: Towers, preprocess, scenes) -> tuple[float, float]:
+def pointing_game(towers: Towers, preprocess, scenes, start_layer: int = -1) -> tuple[float, float]:
     """For each two-object scene and each of its shapes: is the shape word's heatmap peak inside that
-    object's box, and how much of the relevance lies inside it."""
+    object's box, and how much of the relevance lies inside it. `start_layer` as in a scan."""
     x = _pixels([s.image for s in scenes], preprocess, towers.device)
     pair_image = torch.tensor([i for i, s in enumerate(scenes) for _ in s.objects])
     words = [o.shape for s in scenes for o in s.objects]
     size = scenes[0].image.width
     boxes = np.array([[o.box[0] / size, o.box[1] / size, o.box[2] / size, o.box[3] / size]
                       for s in scenes for o in s.objects])
-    rel = relevancy(towers, x, pair_image, words)
+    rel = relevancy(towers, x, pair_image, words, start_layer=start_layer)
     stats = grid_stats(rel.image.numpy(), boxes)
     hits = np.array([bool(v) for v in stats["peak_in_box"]])
     return float(hits.mean()), float(np.nanmean(stats["box_mass"]))
@@ -128,5 +128,5 @@ def evaluate(scenes: int = 200, recall_scenes: int | None = None, model: str = "
     zs = zero_shot(towers, loaded.preprocess, singles)
     n_recall = scenes if recall_scenes is None else recall_scenes
     rec = word_recall(singles[:n_recall], model, pretrained, steps, candidates, device, seed)
-    point, mass = pointing_game(towers, loaded.preprocess, doubles)
+    point, mass = pointing_game(towers, loaded.preprocess, doubles, default_start_layer(model))
     return Evaluation(scenes, zs, rec, point, mass, n_recall, len(doubles))
