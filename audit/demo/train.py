@@ -17,12 +17,14 @@ import math
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import open_clip
 import torch
 import torch.nn.functional as F
 
+from ..encoders import Towers
 from ..models import build_model
 from .scenes import BACKGROUNDS, COLOURS, SHAPES, captions, make_scene
 
@@ -168,12 +170,16 @@ class CaptionSampler:
         return out
 
 
-def batch_tokens(rows: list[list[int]], sot: int, eot: int, ctx: int) -> torch.Tensor:
-    out = torch.zeros(len(rows), ctx, dtype=torch.long)
+def batch_tokens(rows: list[list[int]], sot: int, eot: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """[SOT, tokens, EOT] per row, padded to the longest row only; returns (ids, EOT positions). The text
+    tower is causal, so nothing after EOT reaches it: padding to the full context would only cost time
+    (captions are about 8 tokens of 32)."""
+    length = max(len(r) for r in rows) + 2
+    out = torch.zeros(len(rows), length, dtype=torch.long)
     for i, r in enumerate(rows):
         seq = [sot, *r, eot]
         out[i, : len(seq)] = torch.tensor(seq)
-    return out
+    return out, torch.tensor([len(r) + 1 for r in rows])
 
 
 def multi_positive_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor, match: torch.Tensor):
@@ -202,6 +208,7 @@ def train(out: Path, steps: int = 3000, batch: int = 128, lr: float = 2e-3, seed
     mean = torch.tensor(pre["mean"]).view(1, 3, 1, 1)
     std = torch.tensor(pre["std"]).view(1, 3, 1, 1)
     ctx = model.context_length
+    towers = Towers(SimpleNamespace(model=model, tokenizer=tok, device=torch.device("cpu")))
     t0 = time.perf_counter()
     pixels, meta = build_scenes(scenes, seed, twins=twins)
     print(f"built {scenes} training scenes{' and their twins' if twins else ''} in "
@@ -243,12 +250,12 @@ def train(out: Path, steps: int = 3000, batch: int = 128, lr: float = 2e-3, seed
         if shape_negatives:
             swaps = [c for m in metas[:shape_negatives] for c in sampler.shape_swap(m, shape_pairs)]
             rows, reqs = rows + tuple(r for r, _ in swaps), reqs + tuple(q for _, q in swaps)
-        text = batch_tokens(list(rows) + sampler.junk(junk, banned), tok.sot_token_id, tok.eot_token_id, ctx)
+        text, eot = batch_tokens(list(rows) + sampler.junk(junk, banned), tok.sot_token_id, tok.eot_token_id)
         img_attr = torch.from_numpy(np.stack([_attrs(m) for m in metas]))
         req = torch.from_numpy(np.stack(reqs))
         match = ((1 - img_attr) @ req.T == 0).float()  # caption j fits image i
         img = F.normalize(model.encode_image(x), dim=-1)
-        txt = F.normalize(model.encode_text(text), dim=-1)
+        txt = F.normalize(towers.encode_ids(text, eot)[0], dim=-1)
         loss = multi_positive_loss(img, txt, model.logit_scale.exp().clamp(max=100), match)
         opt.zero_grad(set_to_none=True)
         loss.backward()
