@@ -43,7 +43,7 @@ def test_v0_heatmaps_point_better_than_chance(demo_model):
     loaded, towers = demo_model
     scenes = [make_scene(EVAL_SEED_BASE + 500_000 + i, size=64, n_objects=2) for i in range(60)]
     hits, box_mass = pointing_game(towers, loaded.preprocess, scenes, default_start_layer("audit-demo"))
-    # A box covers about 7% of a 64 px scene; v0 puts 39% of relevance inside it and 43% of peaks.
+    # A box covers about 7% of a 64 px scene; v0 puts 34.5% of relevance inside it and 53.5% of peaks.
     assert hits >= 0.25 and box_mass >= 0.2, (hits, box_mass)
 
 
