@@ -225,9 +225,10 @@ def demo_train(
     """Retrain the demo CLIP (under an hour on a 2-core CPU with the defaults)."""
     from .demo.train import train
 
-    train(out, steps=steps, batch=batch, lr=lr, seed=seed, scenes=scenes, twins=twins, junk=junk,
-          word_templates=word_templates, shape_negatives=shape_negatives, conv_stem=conv_stem,
-          shape_pairs=shape_pairs)
+    info = train(out, steps=steps, batch=batch, lr=lr, seed=seed, scenes=scenes, twins=twins, junk=junk,
+                 word_templates=word_templates, shape_negatives=shape_negatives, conv_stem=conv_stem,
+                 shape_pairs=shape_pairs)
+    print(f"wrote {out} ({info['steps']} steps, {info['minutes']} min; settings in {out.with_suffix('.json')})")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,5 +1,6 @@
 """Pieces of the demo CLIP's training: minimal-pair twins, negative-only captions, the loss, a short run."""
 
+import json
 import math
 
 import numpy as np
@@ -131,3 +132,10 @@ def test_a_short_training_run_writes_loadable_weights(tmp_path):
     loaded = load_model("audit-demo", str(out), device="cpu")
     assert loaded.model.visual.image_size in (64, (64, 64))
     assert type(loaded.model.visual.conv1).__name__ == "ConvStem"
+
+
+def test_the_module_entry_point_is_the_cli_command(tmp_path, capsys):
+    out = tmp_path / "m.safetensors"
+    assert T.main(["--out", str(out), "--steps", "1", "--batch", "4", "--scenes", "8", "--junk", "2"]) == 0
+    assert out.is_file() and json.loads(out.with_suffix(".json").read_text())["junk"] == 2
+    assert f"wrote {out} (1 steps" in capsys.readouterr().out

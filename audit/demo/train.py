@@ -11,7 +11,6 @@ describes (multi-positive contrastive loss), so "red" is not pushed away from a 
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -298,31 +297,10 @@ def save_weights(model: torch.nn.Module, out: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--steps", type=int, default=3000)
-    ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--lr", type=float, default=2e-3)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--scenes", type=int, default=60_000)
-    ap.add_argument("--twins", action="store_true",
-                    help="pair each scene with a copy whose one object has another shape (experiment; see card)")
-    ap.add_argument("--junk", type=int, default=0, help="random-token negative captions per step (experiment)")
-    ap.add_argument("--word-templates", action="store_true",
-                    help="single-attribute captions also as 'a circle', 'a photo of a circle' (experiment)")
-    ap.add_argument("--shape-negatives", type=int, default=0,
-                    help="captions per step (one for each of the first N images) with one shape swapped for "
-                         "a shape not in the scene (experiment)")
-    ap.add_argument("--shape-pairs", action="store_true",
-                    help="with --shape-negatives, also the caption with the true shape beside each swapped one "
-                         "(experiment)")
-    ap.add_argument("--conv-stem", action="store_true",
-                    help="convolutional stem before the ViT (experiment; see audit/conv_stem.py)")
-    args = ap.parse_args(argv)
-    info = train(args.out, args.steps, args.batch, args.lr, args.seed, args.scenes, args.twins, args.junk,
-                 args.word_templates, args.shape_negatives, args.conv_stem, args.shape_pairs)
-    print(json.dumps(info), file=sys.stderr)
-    return 0
+    """`python -m audit.demo.train ...` is `audit demo train ...`: one set of options, one place for them."""
+    from ..cli import main as cli_main
+
+    return cli_main(["demo", "train", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
