@@ -212,15 +212,14 @@ def demo_train(
     scenes: int = typer.Option(60_000, help="Training scenes generated up front."),
     twins: bool = typer.Option(False, help="Pair each scene with a copy whose one object has another shape "
                                            "(experiment, see the model card)."),
-    junk: int = typer.Option(0, help="Random-token captions per step that are negatives for every image "
-                                     "(experiment)."),
-    word_templates: bool = typer.Option(False, help="Single-attribute captions also as 'a circle', 'a photo of "
-                                                    "a circle' (experiment)."),
-    shape_negatives: int = typer.Option(0, help="Captions per step right about colour and background but wrong "
-                                                "about one shape, one for each of the first N images (experiment)."),
-    shape_pairs: bool = typer.Option(False, help="With --shape-negatives, also the caption with the true shape "
-                                                 "beside each swapped one (experiment)."),
-    conv_stem: bool = typer.Option(False, help="Convolutional stem before the ViT (experiment)."),
+    junk: int = typer.Option(32, help="Random-token captions per step that are negatives for every image."),
+    word_templates: bool = typer.Option(True, help="Single-attribute captions also as 'a circle', 'a photo of "
+                                                   "a circle'."),
+    shape_negatives: int = typer.Option(128, help="Captions per step right about colour and background but "
+                                                  "wrong about one shape, one for each of the first N images."),
+    shape_pairs: bool = typer.Option(True, help="Beside each shape-swapped caption, the same caption with the "
+                                                "true shape."),
+    conv_stem: bool = typer.Option(True, help="Convolutional stem before the ViT instead of patchify."),
 ) -> None:
     """Retrain the demo CLIP (under an hour on a 2-core CPU with the defaults)."""
     from .demo.train import train

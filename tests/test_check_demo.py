@@ -28,8 +28,10 @@ def test_drift_rules_see_the_planted_bias_arrive(demo_run, unbiased_demo_scan, c
     code, out = check(capsys, scan, "--policy", POLICY, "--baseline", unbiased_demo_scan)
     assert code == 1, out
     assert "FAIL  drift.new_associations" in out and "'grass' with label=north" in out
-    # Only the north site's words moved beyond sampling noise; the snapshot as a whole did not.
-    assert "FAIL  drift.group_words" in out and "label=north" in out and "PASS  drift.words" in out
+    # The snapshot as a whole did not move beyond sampling noise. (Within the north site the word distribution
+    # moves too, JSD 0.098 with audit-demo v1, but that is within the noise of 20 images; the association
+    # rule, which looks at each word, is what sees one word arrive.)
+    assert "PASS  drift.words" in out
     code, out = check(capsys, scan, "--policy", POLICY, "--baseline", scan)
     for rule in ("drift.words", "drift.group_words", "drift.group_shares", "drift.new_associations"):
         assert f"PASS  {rule}" in out, out

@@ -1,7 +1,9 @@
 """Probe words (scan --words, --no-ascent, the report's section) and `audit explain` (tiles and mosaics)."""
 
+import itertools
 import math
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +14,7 @@ import audit
 from audit.analysis import probes
 from audit.cli import main
 from audit.decode import fit
-from audit.demo.scenes import make_scene
+from audit.demo.scenes import SHAPES, make_scene
 from audit.demo.train import EVAL_SEED_BASE
 from audit.explain import LABEL_H, caption, explain, safe_name
 from audit.models import load_model
@@ -23,6 +25,7 @@ from audit.report import build_report
 from .helpers import FAST
 from .scanfactory import write_scan
 
+SHAPE_TILE_FLOOR = 0.6  # v1: 71.7% of these 60 tiles (v0: 65%); chance is half
 HOSTILE = ["a/b", "../../etc/passwd", 'quo"te\'s', "emoji 🐱 cat", "<script>alert(1)</script>", "CON", ".",
            "back\\slash", "tab\tand  spaces", "x" * 200]
 
@@ -163,21 +166,45 @@ def heat_inside(tile: Image.Image, frame: Image.Image, mask: np.ndarray, alpha=0
     return float(heat.mean(-1)[m].mean())
 
 
+def brighter_over(tile_path, scene, obj, other, size, tile: int) -> bool:
+    """Is the tile's heat brighter inside obj's mask than inside other's?"""
+    arr, _ = fit(scene.image, size, "shortest", "bicubic")
+    frame = Image.fromarray(arr).resize((tile, tile), Image.Resampling.BICUBIC)
+    heat = Image.open(tile_path)
+    return heat_inside(heat, frame, obj.mask) > heat_inside(heat, frame, other.mask)
+
+
 def test_a_word_tile_is_brighter_over_its_own_object(tmp_path):
     """Two-object scenes, each with one object of the probed colour: the tile must be brighter over that
-    object than over the other. (Colour words, because v0 of audit-demo localizes shapes no better than
-    chance; see the model card.)"""
+    object than over the other."""
     wins = []
-    loaded = load_model("audit-demo", "auto", device="cpu")
+    size = load_model("audit-demo", "auto", device="cpu").preprocess["size"]
     for k, colour in enumerate(["green", "blue", "purple", "black"] * 2):
         scene, path = scene_file(tmp_path, EVAL_SEED_BASE + 900_000 + k, n_objects=2, colour=colour)
         (e,) = explain([path], tmp_path / f"ex{k}", model="audit-demo", words=colour, no_ascent=True, quiet=True)
-        arr, _ = fit(scene.image, loaded.preprocess["size"], "shortest", "bicubic")
-        frame = Image.fromarray(arr).resize((256, 256), Image.Resampling.BICUBIC)
-        tile = Image.open(e.tiles[0])
-        right, wrong = (heat_inside(tile, frame, o.mask) for o in scene.objects)
-        wins.append(right > wrong)
+        wins.append(brighter_over(e.tiles[0], scene, *scene.objects, size, 256))
     assert sum(wins) >= 7, wins
+
+
+def test_a_shape_word_tile_is_brighter_over_its_own_object(tmp_path):
+    """Two-object scenes probed with every shape word: the tile of each shape in the scene must be brighter
+    over the object of that shape than over the other object, in most tiles (chance: half)."""
+    folder = tmp_path / "scenes"
+    folder.mkdir()
+    scenes = {}
+    for k in range(30):
+        scene, path = scene_file(folder, EVAL_SEED_BASE + 910_000 + k, n_objects=2)
+        scenes[path.name] = scene
+    results = explain([folder], tmp_path / "ex", model="audit-demo", words=",".join(SHAPES), no_ascent=True,
+                      quiet=True, tile=128)
+    size = load_model("audit-demo", "auto", device="cpu").preprocess["size"]
+    wins = []
+    for e in results:
+        scene = scenes[Path(e.image_id).name]
+        tiles = {word: path for (_, word, _), path in zip(e.words, e.tiles, strict=True)}
+        for obj, other in itertools.permutations(scene.objects):
+            wins.append(brighter_over(tiles[obj.shape], scene, obj, other, size, 128))
+    assert len(wins) == 60 and np.mean(wins) >= SHAPE_TILE_FLOOR, np.mean(wins)
 
 
 def test_hostile_words_give_safe_file_names(tmp_path):
