@@ -104,15 +104,16 @@ class Towers:
     # ---- text ---------------------------------------------------------------------------------------
     def tokenize(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """[SOT, tokens, EOT] per text, right-padded to the longest; returns (ids [N, L], eot index [N])."""
-        rows = []
-        for t in texts:
-            ids = self.tokenizer.encode(t)[: self.context_length - 2]
-            rows.append([self.sot_id, *ids, self.eot_id])
-        length = max(len(r) for r in rows)
+        return self.pack([self.tokenizer.encode(t)[: self.context_length - 2] for t in texts])
+
+    def pack(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token-id rows as [SOT, ids, EOT], right-padded to the longest only (the text tower is causal, so
+        nothing after EOT reaches it); returns (ids [N, L], eot index [N])."""
+        length = max(len(r) for r in rows) + 2
         ids = torch.zeros(len(rows), length, dtype=torch.long)
         for i, r in enumerate(rows):
-            ids[i, : len(r)] = torch.tensor(r)
-        eot = torch.tensor([len(r) - 1 for r in rows])
+            ids[i, : len(r) + 2] = torch.tensor([self.sot_id, *r, self.eot_id])
+        eot = torch.tensor([len(r) + 1 for r in rows])
         return ids.to(self.device), eot.to(self.device)
 
     def text_from_embeddings(self, x: torch.Tensor, eot: torch.Tensor, explicit_from: int | None = None):

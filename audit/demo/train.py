@@ -169,18 +169,6 @@ class CaptionSampler:
         return out
 
 
-def batch_tokens(rows: list[list[int]], sot: int, eot: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """[SOT, tokens, EOT] per row, padded to the longest row only; returns (ids, EOT positions). The text
-    tower is causal, so nothing after EOT reaches it: padding to the full context would only cost time
-    (captions are about 8 tokens of 32)."""
-    length = max(len(r) for r in rows) + 2
-    out = torch.zeros(len(rows), length, dtype=torch.long)
-    for i, r in enumerate(rows):
-        seq = [sot, *r, eot]
-        out[i, : len(seq)] = torch.tensor(seq)
-    return out, torch.tensor([len(r) + 1 for r in rows])
-
-
 def multi_positive_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor, match: torch.Tensor):
     """Contrastive loss where caption j is a positive for every image it fits (match[i, j] = 1). Texts
     beyond match's columns are negatives for every image and take no part in the text-to-image direction."""
@@ -249,7 +237,7 @@ def train(out: Path, steps: int = 3000, batch: int = 128, lr: float = 2e-3, seed
         if shape_negatives:
             swaps = [c for m in metas[:shape_negatives] for c in sampler.shape_swap(m, shape_pairs)]
             rows, reqs = rows + tuple(r for r, _ in swaps), reqs + tuple(q for _, q in swaps)
-        text, eot = batch_tokens(list(rows) + sampler.junk(junk, banned), tok.sot_token_id, tok.eot_token_id)
+        text, eot = towers.pack(list(rows) + sampler.junk(junk, banned))  # captions at their own length
         img_attr = torch.from_numpy(np.stack([_attrs(m) for m in metas]))
         req = torch.from_numpy(np.stack(reqs))
         match = ((1 - img_attr) @ req.T == 0).float()  # caption j fits image i
