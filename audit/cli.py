@@ -24,6 +24,8 @@ Views = Annotated[int, typer.Option(help="Random affine views of each image in t
 Prompt = Annotated[str, typer.Option(help="Text placed before the learned tokens.")]
 StartLayer = Annotated[Optional[int], typer.Option(help="First image layer in the relevancy (-1 = last; default: last, or 0 for audit-demo).")]  # noqa: UP045
 StartLayerText = Annotated[int, typer.Option(help="First text layer in the relevancy (-1 = last).")]
+Heatmap = Annotated[Optional[str], typer.Option(help="Relevancy method: chefer (gradient-weighted attention) or occlusion (blank windows, measure the fall); default: chefer, or occlusion for audit-demo.")]  # noqa: UP045
+OcclusionWindow = Annotated[int, typer.Option(help="Side of the blanked window in patches, for --heatmap occlusion.")]
 Words = Annotated[Optional[list[str]], typer.Option("--words", "-w", help="Probe words or phrases scored on every image, comma-separated (repeatable).")]  # noqa: UP045 - typer reads it
 WordsFile = Annotated[Optional[Path], typer.Option("--words-file", help="Probe words, one per line (phrases may contain commas; # starts a comment).")]  # noqa: UP045
 NoAscent = Annotated[bool, typer.Option("--no-ascent", help="Skip the ascent: score only the probe words (fast).")]
@@ -54,6 +56,8 @@ def scan(
     prompt: Prompt = "",
     start_layer: StartLayer = None,
     start_layer_text: StartLayerText = -1,
+    heatmap: Heatmap = None,
+    occlusion_window: OcclusionWindow = 3,
     path_column: str = typer.Option("path", help="Manifest column holding image paths."),
     max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, help="Refuse images with more pixels (decompression-bomb guard)."),
     words: Words = None,
@@ -68,7 +72,8 @@ def scan(
     run_scan(str(source), str(out), model=model, pretrained=pretrained, device=device, batch_size=batch_size,
              workers=workers, seed=seed, steps=steps, tokens_per_seq=tokens_per_seq, candidates=candidates, lr=lr,
              views=views, resample_views=resample_views, prompt=prompt, start_layer=start_layer,
-             start_layer_text=start_layer_text, path_column=path_column, max_pixels=max_pixels,
+             start_layer_text=start_layer_text, heatmap=heatmap, occlusion_window=occlusion_window,
+             path_column=path_column, max_pixels=max_pixels,
              words=tuple(words or ()), words_file=words_file, no_ascent=no_ascent, overwrite=overwrite, quiet=quiet)
 
 
@@ -148,6 +153,8 @@ def explain(
     prompt: Prompt = "",
     start_layer: StartLayer = None,
     start_layer_text: StartLayerText = -1,
+    heatmap: Heatmap = None,
+    occlusion_window: OcclusionWindow = 3,
     tile: int = typer.Option(256, help="Width of a tile in pixels."),
     overwrite: Overwrite = False,
     quiet: Quiet = False,
@@ -158,7 +165,8 @@ def explain(
     done = run_explain([str(p) for p in inputs], out, tile=tile, words=tuple(words or ()), words_file=words_file,
                        no_ascent=no_ascent, model=model, pretrained=pretrained, device=device, seed=seed,
                        steps=steps, tokens_per_seq=tokens_per_seq, candidates=candidates, lr=lr, views=views,
-                       prompt=prompt, start_layer=start_layer, start_layer_text=start_layer_text,
+                       prompt=prompt, start_layer=start_layer, start_layer_text=start_layer_text, heatmap=heatmap,
+                       occlusion_window=occlusion_window,
                        overwrite=overwrite, quiet=quiet)
     for e in done:
         words_text = ", ".join(f"{w} ({c:.2f})" for _, w, c in e.words) or "no words"

@@ -91,7 +91,7 @@ class Towers:
         self.vision_blocks = list(self.visual.transformer.resblocks)
         self.text_blocks = list(text.transformer.resblocks)
         self.grid_size = tuple(self.visual.grid_size)
-        self.logit_scale = float(loaded.model.logit_scale.exp())
+        self.logit_scale = float(loaded.model.logit_scale.detach().exp())  # detached: training builds Towers too
 
     def shape(self) -> dict:
         """The sizes that memory estimates need (audit.memory)."""

@@ -25,7 +25,7 @@ MATRIX_WORDS = 30
 FLAGGED_WITH_EXAMPLES = 8
 EXAMPLES = 4
 SETTINGS_SHOWN = ("model", "pretrained", "ascent", "steps", "candidates", "tokens_per_seq", "views", "seed", "prompt",
-                  "probe_words")
+                  "heatmap", "probe_words")
 
 
 def _env() -> jinja2.Environment:

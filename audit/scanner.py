@@ -31,6 +31,7 @@ from .memory import (
     relevancy_bytes_per_pair,
 )
 from .models import (
+    default_heatmap,
     default_start_layer,
     load_model,
     resolve_device,
@@ -39,7 +40,7 @@ from .models import (
 )
 from .probes import check_lengths, parse_probe_words
 from .progress import Progress
-from .relevancy import relevancy
+from .relevancy import METHODS, relevancy
 from .schema import ASCENT, PROBE, conform
 from .sources import BOX_COLUMNS, Record, open_source
 from .store import Scan, ScanWriter
@@ -62,6 +63,8 @@ class ScanOptions:
     prompt: str = ""
     start_layer: int | None = None  # None: the model's default (models.default_start_layer)
     start_layer_text: int = -1
+    heatmap: str | None = None  # relevancy method; None: the model's default (models.default_heatmap)
+    occlusion_window: int = 3  # patches per side of the blanked window, for heatmap "occlusion"
     path_column: str = "path"
     max_pixels: int = DEFAULT_MAX_PIXELS
     words: tuple[str, ...] | str = ()  # probe words (see probes.py)
@@ -97,6 +100,10 @@ class ScanOptions:
             raise AuditError("--steps and --workers cannot be negative")
         if not self.lr > 0:
             raise AuditError(f"--lr must be positive, not {self.lr}")
+        if self.heatmap is not None and self.heatmap not in METHODS:
+            raise AuditError(f"--heatmap must be one of {', '.join(METHODS)}, not {self.heatmap!r}")
+        if self.occlusion_window < 1:
+            raise AuditError(f"--occlusion-window must be at least 1 patch, not {self.occlusion_window}")
 
     def ascent(self) -> AscentConfig:
         return AscentConfig(tokens_per_seq=self.tokens_per_seq, candidates=self.candidates, steps=self.steps,
@@ -140,7 +147,8 @@ def _settings(opts: ScanOptions, weights: str | None, sha: str | None, probes: t
     asc = dataclasses.asdict(opts.ascent())
     return {"model": opts.model, "pretrained": weights_identity(weights, sha), "weights_sha256": sha,
             "seed": opts.seed,
-            "start_layer": opts.start_layer, "start_layer_text": opts.start_layer_text, **asc,
+            "start_layer": opts.start_layer, "start_layer_text": opts.start_layer_text, "heatmap": opts.heatmap,
+            "occlusion_window": opts.occlusion_window, **asc,
             "ascent": not opts.no_ascent, "probe_words": list(probes)}
 
 
@@ -216,7 +224,7 @@ class _BatchScanner:
             pair_image = torch.tensor([i for i, ws in enumerate(words) for _ in ws], dtype=torch.long)
             pair_words = [w["word"] for ws in words for w in ws]
             rel = relevancy(t, images, pair_image, pair_words, self.opts.start_layer, self.opts.start_layer_text,
-                            chunk=self.relevancy_chunk)
+                            chunk=self.relevancy_chunk, method=self.opts.heatmap, window=self.opts.occlusion_window)
         pairs = [(recs[i], w) for i, ws in enumerate(words) for w in ws]
         cosine = rel.cosine.numpy()
         tokens = {
@@ -291,6 +299,8 @@ def run_scan(source, out, **options) -> Scan:
     opts.check()
     if opts.start_layer is None:
         opts = dataclasses.replace(opts, start_layer=default_start_layer(opts.model))
+    if opts.heatmap is None:
+        opts = dataclasses.replace(opts, heatmap=default_heatmap(opts.model))
     log = (lambda *_: None) if opts.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     device = resolve_device(opts.device)
     batch_size = opts.resolved_batch_size(device)

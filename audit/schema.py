@@ -107,7 +107,9 @@ COLUMN_DOCS: dict[str, dict[str, str]] = {
         "word": "The word the heatmap explains (same text and kind as in tokens).",
         "grid_h": "Rows of the relevancy grid (the ViT patch grid).",
         "grid_w": "Columns of the relevancy grid.",
-        "grid": "Raw Chefer relevancy of each patch for logit(image, word), row-major, not normalized.",
+        "grid": "Raw relevancy of each patch for logit(image, word), row-major, not normalized; the method "
+                "(scan.json settings.heatmap) is 'chefer' (gradient-weighted attention) or 'occlusion' (mean fall "
+                "of the logit when windows covering the patch are blanked).",
         "peak_x": "Centre of the most relevant cell, 0 = left edge, 1 = right edge of the model's input.",
         "peak_y": "Centre of the most relevant cell, 0 = top, 1 = bottom.",
         "entropy": "Entropy of the normalized grid divided by log(cells): 1 = spread evenly, 0 = one cell.",
@@ -116,8 +118,8 @@ COLUMN_DOCS: dict[str, dict[str, str]] = {
         "border_mass": "Share of relevance in the outermost ring of cells.",
         "box_mass": "Share of relevance inside the source's object box (cells weighted by overlap); null without box.",
         "peak_in_box": "Whether the peak cell's centre lies inside the object box; null without box.",
-        "text_relevance": "Chefer relevancy of each of the word's (or phrase's) tokens in the text tower "
-                          "(between SOT and EOT).",
+        "text_relevance": "Relevancy of each of the word's (or phrase's) tokens in the text tower (between SOT "
+                          "and EOT): Chefer's, or with heatmap 'occlusion' the logit's fall without the token.",
     },
     "errors": {
         "image_id": "The image that could not be scanned.",

@@ -1,4 +1,4 @@
-"""Batched relevancy equals a slow, obvious per-(image, word) implementation of Chefer et al."""
+"""Batched relevancy equals slow, obvious per-(image, word) implementations: Chefer et al., and occlusion."""
 
 import math
 
@@ -104,3 +104,79 @@ def test_relevancy_of_a_pair_does_not_depend_on_its_batch(towers):
 def test_no_pairs(towers):
     out = relevancy(towers, torch.randn(1, 3, 64, 64), torch.zeros(0, dtype=torch.long), [])
     assert out.image.shape == (0, 4, 4) and out.text == []
+
+
+def occlusion_reference(model, tokenizer, image, word, window):
+    """One pair, the obvious way: blank each window, re-encode, spread the logit's fall over its patches."""
+    gh, gw = model.visual.grid_size
+    ph, pw = image.shape[1] // gh, image.shape[2] // gw
+    scale = model.logit_scale.exp()
+    with torch.no_grad():
+        txt = F.normalize(model.encode_text(tokenizer([word])), dim=-1)[0]
+
+        def logit(x):
+            return scale * (F.normalize(model.encode_image(x[None]), dim=-1)[0] @ txt)
+
+        base = logit(image)
+        total = torch.zeros(gh, gw)
+        for y in range(1 - window, gh):
+            for x in range(1 - window, gw):
+                y0, y1, x0, x1 = max(y, 0), min(y + window, gh), max(x, 0), min(x + window, gw)
+                blank = image.clone()
+                blank[:, y0 * ph:y1 * ph, x0 * pw:x1 * pw] = 0
+                total[y0:y1, x0:x1] += base - logit(blank)
+        ids = tokenizer.encode(word)
+        text = [base - logit_text for logit_text in
+                (scale * (F.normalize(model.encode_image(image[None]), dim=-1)[0]
+                          @ F.normalize(model.encode_text(_ids_text(tokenizer, ids[:k] + ids[k + 1:])), dim=-1)[0])
+                 for k in range(len(ids)))]
+    return (total / window**2).clamp(min=0), torch.stack(text) if text else torch.zeros(0), base / scale
+
+
+def _ids_text(tokenizer, ids):
+    row = torch.zeros(1, tokenizer.context_length, dtype=torch.long)
+    row[0, : len(ids) + 2] = torch.tensor([tokenizer.sot_token_id, *ids, tokenizer.eot_token_id])
+    return row
+
+
+@pytest.mark.parametrize("window", [1, 2, 3])
+def test_occlusion_matches_per_pair_reference(tiny, towers, window):
+    torch.manual_seed(2)
+    imgs = torch.randn(3, 3, 64, 64)
+    pair_image = torch.tensor([0, 0, 1, 2, 2])
+    words = ["red", "a blue sky", "dog", "cat", "green grass"]
+    got = relevancy(towers, imgs, pair_image, words, method="occlusion", window=window, chunk=20)
+    for p, w in enumerate(words):
+        img_map, text_map, cos = occlusion_reference(tiny.model, tiny.tokenizer, imgs[pair_image[p]], w, window)
+        assert torch.allclose(got.image[p], img_map, atol=1e-4), (w, window)
+        assert torch.allclose(got.text[p], text_map, atol=1e-4), w
+        assert abs(float(got.cosine[p]) - float(cos)) < 1e-5
+
+
+def test_occlusion_does_not_depend_on_batch_or_chunk(towers):
+    torch.manual_seed(3)
+    imgs = torch.randn(3, 3, 64, 64)
+    both = relevancy(towers, imgs, torch.tensor([0, 1, 2, 2]), ["red", "blue", "sky", "dog"], method="occlusion",
+                     chunk=7)
+    alone = relevancy(towers, imgs[2:], torch.tensor([0, 0]), ["sky", "dog"], method="occlusion", chunk=1000)
+    assert torch.allclose(both.image[2:], alone.image, atol=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(both.text[2:], alone.text, strict=True))
+
+
+def test_occlusion_windows_cover_every_patch_equally():
+    from audit.relevancy import _windows
+
+    for window in (1, 2, 3, 5):
+        count = torch.zeros(4, 6)
+        for y0, y1, x0, x1 in _windows(4, 6, window):
+            assert 0 <= y0 < y1 <= 4 and 0 <= x0 < x1 <= 6
+            count[y0:y1, x0:x1] += 1
+        assert (count == window**2).all()
+
+
+def test_unknown_method_and_bad_window_are_refused(towers):
+    imgs = torch.randn(1, 3, 64, 64)
+    with pytest.raises(ValueError, match="unknown relevancy method"):
+        relevancy(towers, imgs, torch.tensor([0]), ["red"], method="lime")
+    with pytest.raises(ValueError, match="at least 1 patch"):
+        relevancy(towers, imgs, torch.tensor([0]), ["red"], method="occlusion", window=0)

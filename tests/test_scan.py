@@ -44,6 +44,7 @@ def test_scan_writes_all_tables_with_their_schemas(small_folder, tmp_path):
     assert scan.errors().empty
     assert scan.config["settings"]["model"] == "audit-tiny"
     assert scan.config["settings"]["start_layer"] == -1  # Chefer's last-layer start for models without one of their own
+    assert scan.config["settings"]["heatmap"] == "chefer"  # occlusion is audit-demo's own default only
     assert scan.table("tokens").num_rows == len(tokens)
 
 
@@ -189,6 +190,9 @@ def test_cli_user_errors_are_one_line_and_exit_2(tmp_path, capsys, small_folder)
           "openai", "-q"], "could not load weights for ViT-B-32"),
         (["scan", str(small_folder), "--out", str(tmp_path / "o5"), *base, "--batch-size", "many"], "--batch-size"),
         (["scan", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o6"), *base], "does not exist"),
+        (["scan", str(small_folder), "--out", str(tmp_path / "o7"), *base, "--heatmap", "lime"], "--heatmap must be"),
+        (["scan", str(small_folder), "--out", str(tmp_path / "o8"), *base, "--occlusion-window", "0"],
+         "--occlusion-window must be at least 1"),
     ]
     for argv, needle in cases:
         assert main(argv) == 2, argv
@@ -237,3 +241,17 @@ def test_auto_batch_on_a_gpu_follows_free_memory(tiny, monkeypatch):
     assert fewer < sizes[2]
     assert scanner._relevancy_chunk(towers, torch.device("cpu")) == 256
     assert 1 <= scanner._relevancy_chunk(towers, cuda, free=int(1e9)) <= 256
+
+
+def test_occlusion_heatmaps_are_stored_like_chefer_ones(small_folder, tmp_path):
+    """--heatmap occlusion changes the grids, not the tables: same rows, same statistics, settings say which."""
+    chefer = audit.scan(small_folder, tmp_path / "c", **FAST)
+    occl = audit.scan(small_folder, tmp_path / "o", **FAST, heatmap="occlusion", occlusion_window=2)
+    assert occl.config["settings"]["heatmap"] == "occlusion" and occl.config["settings"]["occlusion_window"] == 2
+    a, b = chefer.heatmaps(), occl.heatmaps()
+    assert list(a.columns) == list(b.columns)
+    assert a[["image_id", "word"]].equals(b[["image_id", "word"]])
+    assert (b.grid.map(len) == 16).all() and b.grid.map(min).min() >= 0
+    assert not all(x == pytest.approx(y) for x, y in zip(a.grid, b.grid, strict=True))
+    assert (b.text_relevance.map(len) == a.text_relevance.map(len)).all()
+    assert chefer.tokens().word_cosine.tolist() == pytest.approx(occl.tokens().word_cosine.tolist(), abs=1e-5)

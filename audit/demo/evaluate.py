@@ -14,8 +14,8 @@ import torch.nn.functional as F
 
 from ..encoders import Towers
 from ..heatmaps import grid_stats
-from ..models import default_start_layer, load_model
-from ..relevancy import relevancy
+from ..models import default_heatmap, default_start_layer, load_model
+from ..relevancy import METHODS, relevancy
 from .scenes import BACKGROUNDS, COLOURS, SHAPES, make_scene
 from .train import EVAL_SEED_BASE
 
@@ -31,20 +31,26 @@ class Evaluation:
     scenes: int
     zero_shot: dict[str, float]
     recall: dict[str, float]
-    pointing: float
-    box_mass: float
+    pointing: dict[str, dict[str, tuple[float, float]]]  # method -> word kind -> (peak in box, box mass)
+    heatmap: str  # the method a scan of this model uses by default
     recall_scenes: int
     pointing_scenes: int
 
     def lines(self) -> list[str]:
         z, r = self.zero_shot, self.recall
+        point = []
+        for method in sorted(self.pointing, key=lambda m: m != self.heatmap):
+            (hits, mass), (c_hits, c_mass) = self.pointing[method]["shape"], self.pointing[method]["colour"]
+            which = "the scan's default" if method == self.heatmap else "not the default"
+            point.append(f"pointing game on {self.pointing_scenes} two-object scenes, {method} heatmaps ({which}): "
+                         f"{hits:.1%} of shape-word peaks inside the right object's box, mean relevance inside "
+                         f"it {mass:.1%} (colour words: {c_hits:.1%}, {c_mass:.1%})")
         return [
             f"zero-shot accuracy on {self.scenes} held-out single-object scenes: colour {z['colour']:.1%}, "
             f"shape {z['shape']:.1%}, background {z['background']:.1%}",
             f"ascent word recall on {self.recall_scenes} single-object scenes: colour {r['colour']:.1%}, "
             f"shape {r['shape']:.1%}",
-            f"pointing game on {self.pointing_scenes} two-object scenes: {self.pointing:.1%} of shape-word peaks "
-            f"inside the right object's box; mean relevance inside that box {self.box_mass:.1%}",
+            *point,
         ]
 
 
@@ -103,16 +109,18 @@ def word_recall(scenes, model: str, pretrained: str, steps: int, candidates: int
     return {"colour": float(np.mean(found_c)), "shape": float(np.mean(found_s))}
 
 
-def pointing_game(towers: Towers, preprocess, scenes, start_layer: int = -1) -> tuple[float, float]:
-    """For each two-object scene and each of its shapes: is the shape word's heatmap peak inside that
-    object's box, and how much of the relevance lies inside it. `start_layer` as in a scan."""
+def pointing_game(towers: Towers, preprocess, scenes, method: str, start_layer: int = -1, window: int = 3,
+                  kind: str = "shape") -> tuple[float, float]:
+    """For each two-object scene and each of its objects: is the heatmap peak of the object's shape word (or
+    colour word, kind="colour") inside that object's box, and how much of the relevance lies inside it. The
+    method and its settings as in a scan."""
     x = _pixels([s.image for s in scenes], preprocess, towers.device)
     pair_image = torch.tensor([i for i, s in enumerate(scenes) for _ in s.objects])
-    words = [o.shape for s in scenes for o in s.objects]
+    words = [getattr(o, kind) for s in scenes for o in s.objects]
     size = scenes[0].image.width
     boxes = np.array([[o.box[0] / size, o.box[1] / size, o.box[2] / size, o.box[3] / size]
                       for s in scenes for o in s.objects])
-    rel = relevancy(towers, x, pair_image, words, start_layer=start_layer)
+    rel = relevancy(towers, x, pair_image, words, start_layer=start_layer, method=method, window=window)
     stats = grid_stats(rel.image.numpy(), boxes)
     hits = np.array([bool(v) for v in stats["peak_in_box"]])
     return float(hits.mean()), float(np.nanmean(stats["box_mass"]))
@@ -128,5 +136,8 @@ def evaluate(scenes: int = 200, recall_scenes: int | None = None, model: str = "
     zs = zero_shot(towers, loaded.preprocess, singles)
     n_recall = scenes if recall_scenes is None else recall_scenes
     rec = word_recall(singles[:n_recall], model, pretrained, steps, candidates, device, seed)
-    point, mass = pointing_game(towers, loaded.preprocess, doubles, default_start_layer(model))
-    return Evaluation(scenes, zs, rec, point, mass, n_recall, len(doubles))
+    point = {method: {kind: pointing_game(towers, loaded.preprocess, doubles, method, default_start_layer(model),
+                                          kind=kind)
+                      for kind in ("shape", "colour")}
+             for method in METHODS}
+    return Evaluation(scenes, zs, rec, point, default_heatmap(model), n_recall, len(doubles))
