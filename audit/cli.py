@@ -228,13 +228,16 @@ def demo_train(
     shape_pairs: bool = typer.Option(True, help="Beside each shape-swapped caption, the same caption with the "
                                                 "true shape."),
     conv_stem: bool = typer.Option(True, help="Convolutional stem before the ViT instead of patchify."),
+    specific: float = typer.Option(0.0, help="Weigh each fitting caption's image-to-text target by "
+                                             "exp(SPECIFIC x attributes it states), so full descriptions "
+                                             "outscore partial ones (0 = equal weights)."),
 ) -> None:
     """Retrain the demo CLIP (under an hour on a 2-core CPU with the defaults)."""
     from .demo.train import train
 
     info = train(out, steps=steps, batch=batch, lr=lr, seed=seed, scenes=scenes, twins=twins, junk=junk,
                  word_templates=word_templates, shape_negatives=shape_negatives, conv_stem=conv_stem,
-                 shape_pairs=shape_pairs)
+                 shape_pairs=shape_pairs, specific=specific)
     print(f"wrote {out} ({info['steps']} steps, {info['minutes']} min; settings in {out.with_suffix('.json')})")
 
 

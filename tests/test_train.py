@@ -139,3 +139,24 @@ def test_the_module_entry_point_is_the_cli_command(tmp_path, capsys):
     assert T.main(["--out", str(out), "--steps", "1", "--batch", "4", "--scenes", "8", "--junk", "2"]) == 0
     assert out.is_file() and json.loads(out.with_suffix(".json").read_text())["junk"] == 2
     assert f"wrote {out} (1 steps" in capsys.readouterr().out
+
+
+def test_preferred_captions_get_a_larger_share_of_the_image_to_text_target():
+    torch.manual_seed(2)
+    img = F.normalize(torch.randn(3, 8), dim=-1)
+    txt = F.normalize(torch.randn(4, 8), dim=-1)
+    match = torch.tensor([[1.0, 0, 1], [0, 1, 1], [0, 0, 1]])  # caption 2 ("grass") fits all three images
+    prefer = torch.tensor([math.e**3, math.e**2, math.e])  # by the attributes each caption states
+    scale = torch.tensor(10.0)
+    logits = scale * img @ txt.T
+    share = match * prefer
+    share = share / share.sum(1, keepdim=True)
+    want_i = -sum(share[i, j] * torch.log_softmax(logits[i], 0)[j] for i in range(3) for j in range(3)) / 3
+    want_t = -sum(match[i, j] / match[:, j].sum() * torch.log_softmax(logits[:, j], 0)[i]
+                  for i in range(3) for j in range(3)) / 3
+    got = T.multi_positive_loss(img, txt, scale, match, prefer)
+    assert math.isclose(got.item(), ((want_i + want_t) / 2).item(), rel_tol=1e-5)
+    assert not math.isclose(got.item(), T.multi_positive_loss(img, txt, scale, match).item(), rel_tol=1e-3)
+    # equal preferences are the plain loss
+    same = T.multi_positive_loss(img, txt, scale, match, torch.full((3,), 7.0))
+    assert math.isclose(same.item(), T.multi_positive_loss(img, txt, scale, match).item(), rel_tol=1e-6)

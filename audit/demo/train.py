@@ -169,12 +169,18 @@ class CaptionSampler:
         return out
 
 
-def multi_positive_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor, match: torch.Tensor):
+def multi_positive_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor, match: torch.Tensor,
+                        prefer: torch.Tensor | None = None):
     """Contrastive loss where caption j is a positive for every image it fits (match[i, j] = 1). Texts
-    beyond match's columns are negatives for every image and take no part in the text-to-image direction."""
+    beyond match's columns are negatives for every image and take no part in the text-to-image direction.
+
+    `prefer` [n] weighs caption j's share of an image's image-to-text target. Equal shares let "triangle
+    snow" score as high as "yellow triangle snow" and the ascent then stops at two of three attributes;
+    weights rising with the attributes a caption states make the whole description score highest."""
     logits = scale * img @ txt.T
     n = match.shape[1]
-    full = torch.cat([match, match.new_zeros(match.shape[0], logits.shape[1] - n)], 1)
+    weighted = match if prefer is None else match * prefer[None, :]
+    full = torch.cat([weighted, match.new_zeros(match.shape[0], logits.shape[1] - n)], 1)
     t_i2t = full / full.sum(1, keepdim=True)
     fits = match.sum(0) > 0  # a caption that fits no image of the batch is only a negative
     pos = match.T[fits]
@@ -186,7 +192,7 @@ def multi_positive_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tenso
 
 def train(out: Path, steps: int = 3000, batch: int = 128, lr: float = 2e-3, seed: int = 0, scenes: int = 60_000,
           twins: bool = False, junk: int = 32, word_templates: bool = True, shape_negatives: int = 128,
-          conv_stem: bool = True, shape_pairs: bool = True, log_every: int = 50) -> dict:
+          conv_stem: bool = True, shape_pairs: bool = True, specific: float = 0.0, log_every: int = 50) -> dict:
     torch.manual_seed(seed)
     rs = np.random.RandomState(seed)
     model = build_model("audit-demo", conv_stem=conv_stem)
@@ -243,7 +249,8 @@ def train(out: Path, steps: int = 3000, batch: int = 128, lr: float = 2e-3, seed
         match = ((1 - img_attr) @ req.T == 0).float()  # caption j fits image i
         img = F.normalize(model.encode_image(x), dim=-1)
         txt = F.normalize(towers.encode_ids(text, eot)[0], dim=-1)
-        loss = multi_positive_loss(img, txt, model.logit_scale.exp().clamp(max=100), match)
+        prefer = torch.exp(specific * req.sum(1)) if specific else None
+        loss = multi_positive_loss(img, txt, model.logit_scale.exp().clamp(max=100), match, prefer)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -257,7 +264,7 @@ def train(out: Path, steps: int = 3000, batch: int = 128, lr: float = 2e-3, seed
     save_weights(model, out)
     info = {"steps": steps, "batch": batch, "lr": lr, "seed": seed, "scenes": scenes, "twins": twins, "junk": junk,
             "word_templates": word_templates, "shape_negatives": shape_negatives, "shape_pairs": shape_pairs,
-            "conv_stem": conv_stem,
+            "conv_stem": conv_stem, "specific": specific,
             "minutes": round(minutes, 1), "threads": torch.get_num_threads()}
     out.with_suffix(".json").write_text(json.dumps(info, indent=2) + "\n")
     return info
