@@ -25,7 +25,7 @@ Prompt = Annotated[str, typer.Option(help="Text placed before the learned tokens
 StartLayer = Annotated[Optional[int], typer.Option(help="First image layer in the relevancy (-1 = last; default: last, or 0 for audit-demo).")]  # noqa: UP045
 StartLayerText = Annotated[int, typer.Option(help="First text layer in the relevancy (-1 = last).")]
 Heatmap = Annotated[Optional[str], typer.Option(help="Relevancy method: chefer (gradient-weighted attention) or occlusion (blank windows, measure the fall); default: chefer, or occlusion for audit-demo.")]  # noqa: UP045
-OcclusionWindow = Annotated[int, typer.Option(help="Side of the blanked window in patches, for --heatmap occlusion.")]
+OcclusionWindow = Annotated[Optional[int], typer.Option(help="Side of the blanked window in patches, for --heatmap occlusion (default: 3, or 4 for audit-demo).")]  # noqa: UP045
 Words = Annotated[Optional[list[str]], typer.Option("--words", "-w", help="Probe words or phrases scored on every image, comma-separated (repeatable).")]  # noqa: UP045 - typer reads it
 WordsFile = Annotated[Optional[Path], typer.Option("--words-file", help="Probe words, one per line (phrases may contain commas; # starts a comment).")]  # noqa: UP045
 NoAscent = Annotated[bool, typer.Option("--no-ascent", help="Skip the ascent: score only the probe words (fast).")]
@@ -57,7 +57,7 @@ def scan(
     start_layer: StartLayer = None,
     start_layer_text: StartLayerText = -1,
     heatmap: Heatmap = None,
-    occlusion_window: OcclusionWindow = 3,
+    occlusion_window: OcclusionWindow = None,
     path_column: str = typer.Option("path", help="Manifest column holding image paths."),
     max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, help="Refuse images with more pixels (decompression-bomb guard)."),
     words: Words = None,
@@ -154,7 +154,7 @@ def explain(
     start_layer: StartLayer = None,
     start_layer_text: StartLayerText = -1,
     heatmap: Heatmap = None,
-    occlusion_window: OcclusionWindow = 3,
+    occlusion_window: OcclusionWindow = None,
     tile: int = typer.Option(256, help="Width of a tile in pixels."),
     overwrite: Overwrite = False,
     quiet: Quiet = False,
@@ -195,9 +195,10 @@ def demo(
 @demo_app.command("evaluate")
 def demo_evaluate(
     scenes: int = typer.Option(200, help="Held-out scenes per measurement."),
-    recall_scenes: int = typer.Option(None, help="Scenes for the (slow) word-recall part; default --scenes."),
-    steps: int = typer.Option(40, help="Ascent steps for word recall."),
-    candidates: int = typer.Option(8, help="Ascent candidates for word recall."),
+    recall_scenes: int = typer.Option(None, help="Scenes for the (slow: about 14 s a scene on 2 CPU cores) "
+                                                 "word-recall part; default --scenes."),
+    steps: int = typer.Option(200, help="Ascent steps for word recall (the scan's default)."),
+    candidates: int = typer.Option(16, help="Ascent candidates for word recall (the scan's default)."),
     pretrained: str = typer.Option("auto", help="Weights of audit-demo to evaluate."),
     device: str = typer.Option("cpu", help="auto, cpu or cuda."),
 ) -> None:
@@ -205,7 +206,7 @@ def demo_evaluate(
     from .demo.evaluate import evaluate
 
     result = evaluate(scenes=scenes, recall_scenes=recall_scenes, pretrained=pretrained, steps=steps,
-                      candidates=candidates, device=device)
+                      candidates=candidates, device=device, quiet=False)
     for line in result.lines():
         print(line)
 

@@ -13,8 +13,8 @@ each window of `window` x `window` patches set to the preprocessing mean, and a 
 fall of logit(image, word) over the windows that cover it (clamped at 0). Gradients are local: on the demo
 CLIP, a shape word's gradient-weighted attention credits both objects of a scene about equally (peak on the
 right object in 59% of maps), yet blanking the named object lowers the word's score more than blanking the
-other in 98.5% of them, and occlusion maps peak on it in 96%. It costs (grid + window - 1)^2 image forwards
-per image and no backward; every word of an image shares them. Text relevance is then the logit's fall when
+other in 98.5% of them, and occlusion maps (4 x 4 windows) peak on it in 97%. It costs
+(grid + window - 1)^2 image forwards per image and no backward; every word of an image shares them. Text relevance is then the logit's fall when
 each of the word's tokens is left out (not clamped: a token can hurt).
 """
 

@@ -32,6 +32,7 @@ from .memory import (
 )
 from .models import (
     default_heatmap,
+    default_occlusion_window,
     default_start_layer,
     load_model,
     resolve_device,
@@ -64,7 +65,7 @@ class ScanOptions:
     start_layer: int | None = None  # None: the model's default (models.default_start_layer)
     start_layer_text: int = -1
     heatmap: str | None = None  # relevancy method; None: the model's default (models.default_heatmap)
-    occlusion_window: int = 3  # patches per side of the blanked window, for heatmap "occlusion"
+    occlusion_window: int | None = None  # patches per side of the blanked window; None: the model's default
     path_column: str = "path"
     max_pixels: int = DEFAULT_MAX_PIXELS
     words: tuple[str, ...] | str = ()  # probe words (see probes.py)
@@ -102,7 +103,7 @@ class ScanOptions:
             raise AuditError(f"--lr must be positive, not {self.lr}")
         if self.heatmap is not None and self.heatmap not in METHODS:
             raise AuditError(f"--heatmap must be one of {', '.join(METHODS)}, not {self.heatmap!r}")
-        if self.occlusion_window < 1:
+        if self.occlusion_window is not None and self.occlusion_window < 1:
             raise AuditError(f"--occlusion-window must be at least 1 patch, not {self.occlusion_window}")
 
     def ascent(self) -> AscentConfig:
@@ -301,6 +302,8 @@ def run_scan(source, out, **options) -> Scan:
         opts = dataclasses.replace(opts, start_layer=default_start_layer(opts.model))
     if opts.heatmap is None:
         opts = dataclasses.replace(opts, heatmap=default_heatmap(opts.model))
+    if opts.occlusion_window is None:
+        opts = dataclasses.replace(opts, occlusion_window=default_occlusion_window(opts.model))
     log = (lambda *_: None) if opts.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     device = resolve_device(opts.device)
     batch_size = opts.resolved_batch_size(device)

@@ -25,7 +25,7 @@ from audit.report import build_report
 from .helpers import FAST
 from .scanfactory import write_scan
 
-SHAPE_TILE_FLOOR = 0.6  # v1: 71.7% of these 60 tiles (v0: 65%); chance is half
+SHAPE_TILE_FLOOR = 0.8  # v1's occlusion tiles: all 60 (with Chefer's method: 71.7%; v0 65%); chance is half
 HOSTILE = ["a/b", "../../etc/passwd", 'quo"te\'s', "emoji 🐱 cat", "<script>alert(1)</script>", "CON", ".",
            "back\\slash", "tab\tand  spaces", "x" * 200]
 

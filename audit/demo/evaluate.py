@@ -14,10 +14,15 @@ import torch.nn.functional as F
 
 from ..encoders import Towers
 from ..heatmaps import grid_stats
-from ..models import default_heatmap, default_start_layer, load_model
+from ..models import default_heatmap, default_occlusion_window, default_start_layer, load_model
 from ..relevancy import METHODS, relevancy
+from ..scanner import ScanOptions
 from .scenes import BACKGROUNDS, COLOURS, SHAPES, make_scene
 from .train import EVAL_SEED_BASE
+
+# Word recall counts the words a scan finds, so it runs the scan's own ascent settings by default.
+RECALL_STEPS = ScanOptions.steps
+RECALL_CANDIDATES = ScanOptions.candidates
 
 TEMPLATES = {
     "colour": ("{}", "a {} thing", "a {} shape"),
@@ -35,6 +40,8 @@ class Evaluation:
     heatmap: str  # the method a scan of this model uses by default
     recall_scenes: int
     pointing_scenes: int
+    recall_steps: int
+    recall_candidates: int
 
     def lines(self) -> list[str]:
         z, r = self.zero_shot, self.recall
@@ -48,7 +55,8 @@ class Evaluation:
         return [
             f"zero-shot accuracy on {self.scenes} held-out single-object scenes: colour {z['colour']:.1%}, "
             f"shape {z['shape']:.1%}, background {z['background']:.1%}",
-            f"ascent word recall on {self.recall_scenes} single-object scenes: colour {r['colour']:.1%}, "
+            f"ascent word recall on {self.recall_scenes} single-object scenes ({self.recall_steps} steps, "
+            f"{self.recall_candidates} candidates): colour {r['colour']:.1%}, "
             f"shape {r['shape']:.1%}",
             *point,
         ]
@@ -91,7 +99,8 @@ def zero_shot(towers: Towers, preprocess, scenes) -> dict[str, float]:
     return result
 
 
-def word_recall(scenes, model: str, pretrained: str, steps: int, candidates: int, device: str, seed: int):
+def word_recall(scenes, model: str, pretrained: str, steps: int, candidates: int, device: str, seed: int,
+                quiet: bool = True):
     """Scan the scenes with the real pipeline and count colour and shape words among the found words."""
     import audit
 
@@ -101,7 +110,7 @@ def word_recall(scenes, model: str, pretrained: str, steps: int, candidates: int
         for i, s in enumerate(scenes):
             s.image.save(root / f"{i:05d}.png")
         scan = audit.scan(root, Path(tmp) / "scan", model=model, pretrained=pretrained, steps=steps,
-                          candidates=candidates, device=device, seed=seed, workers=0, quiet=True)
+                          candidates=candidates, device=device, seed=seed, workers=0, quiet=quiet)
         tokens = scan.tokens()
     words = tokens.groupby("image_id").word.apply(set).to_dict()
     found_c = [s.objects[0].colour in words.get(f"{i:05d}.png", set()) for i, s in enumerate(scenes)]
@@ -109,17 +118,18 @@ def word_recall(scenes, model: str, pretrained: str, steps: int, candidates: int
     return {"colour": float(np.mean(found_c)), "shape": float(np.mean(found_s))}
 
 
-def pointing_game(towers: Towers, preprocess, scenes, method: str, start_layer: int = -1, window: int = 3,
-                  kind: str = "shape") -> tuple[float, float]:
+def pointing_game(towers: Towers, preprocess, scenes, method: str, start_layer: int = -1,
+                  window: int | None = None, kind: str = "shape") -> tuple[float, float]:
     """For each two-object scene and each of its objects: is the heatmap peak of the object's shape word (or
     colour word, kind="colour") inside that object's box, and how much of the relevance lies inside it. The
-    method and its settings as in a scan."""
+    method and its settings as in a scan (window: audit-demo's unless given)."""
     x = _pixels([s.image for s in scenes], preprocess, towers.device)
     pair_image = torch.tensor([i for i, s in enumerate(scenes) for _ in s.objects])
     words = [getattr(o, kind) for s in scenes for o in s.objects]
     size = scenes[0].image.width
     boxes = np.array([[o.box[0] / size, o.box[1] / size, o.box[2] / size, o.box[3] / size]
                       for s in scenes for o in s.objects])
+    window = default_occlusion_window("audit-demo") if window is None else window
     rel = relevancy(towers, x, pair_image, words, start_layer=start_layer, method=method, window=window)
     stats = grid_stats(rel.image.numpy(), boxes)
     hits = np.array([bool(v) for v in stats["peak_in_box"]])
@@ -127,17 +137,17 @@ def pointing_game(towers: Towers, preprocess, scenes, method: str, start_layer: 
 
 
 def evaluate(scenes: int = 200, recall_scenes: int | None = None, model: str = "audit-demo",
-             pretrained: str = "auto", steps: int = 40, candidates: int = 8, device: str = "cpu",
-             seed: int = 0) -> Evaluation:
+             pretrained: str = "auto", steps: int = RECALL_STEPS, candidates: int = RECALL_CANDIDATES,
+             device: str = "cpu", seed: int = 0, quiet: bool = True) -> Evaluation:
     loaded = load_model(model, pretrained, device=device)
     towers = Towers(loaded)
     singles = [make_scene(EVAL_SEED_BASE + i, size=64, n_objects=1) for i in range(scenes)]
     doubles = [make_scene(EVAL_SEED_BASE + 500_000 + i, size=64, n_objects=2) for i in range(scenes)]
     zs = zero_shot(towers, loaded.preprocess, singles)
     n_recall = scenes if recall_scenes is None else recall_scenes
-    rec = word_recall(singles[:n_recall], model, pretrained, steps, candidates, device, seed)
+    rec = word_recall(singles[:n_recall], model, pretrained, steps, candidates, device, seed, quiet)
     point = {method: {kind: pointing_game(towers, loaded.preprocess, doubles, method, default_start_layer(model),
-                                          kind=kind)
+                                          default_occlusion_window(model), kind)
                       for kind in ("shape", "colour")}
              for method in METHODS}
-    return Evaluation(scenes, zs, rec, point, default_heatmap(model), n_recall, len(doubles))
+    return Evaluation(scenes, zs, rec, point, default_heatmap(model), n_recall, len(doubles), steps, candidates)
