@@ -1,7 +1,8 @@
 """The committed audit-demo weights (v1) and the demo built on them.
 
-The floors below guard what v1 measures (see audit/demo/weights/MODEL_CARD.md). Its zero-shot accuracy meets
-the demo-model issue's targets; its shape-word pointing does not yet.
+A smaller run of `audit demo evaluate`: zero-shot and pointing at the demo-model issue's floors (>= 90%, >= 80%);
+word recall at v1's own floors, below the issue's 80%. The comments give what v1 measures on the same scenes
+(see audit/demo/weights/MODEL_CARD.md).
 """
 
 import pandas as pd
@@ -9,7 +10,7 @@ import pytest
 
 import audit
 from audit.demo import make_dataset
-from audit.demo.evaluate import pointing_game, zero_shot
+from audit.demo.evaluate import RECALL_CANDIDATES, RECALL_STEPS, pointing_game, word_recall, zero_shot
 from audit.demo.scenes import make_scene
 from audit.demo.train import EVAL_SEED_BASE
 from audit.encoders import Towers
@@ -31,12 +32,21 @@ def demo_model():
     return loaded, Towers(loaded)
 
 
-def test_v1_knows_colours_shapes_and_backgrounds(demo_model):
+def test_it_knows_colours_shapes_and_backgrounds(demo_model):
     loaded, towers = demo_model
     scenes = [make_scene(EVAL_SEED_BASE + i, size=64, n_objects=1) for i in range(100)]
     acc = zero_shot(towers, loaded.preprocess, scenes)
     assert acc["colour"] >= 0.95 and acc["background"] >= 0.95, acc  # v1: 100% and 100% on these scenes
     assert acc["shape"] >= 0.9, acc  # v1: 98% on these 100 scenes (v0: 48.5% on 200); chance is 12.5%
+
+
+def test_the_scan_finds_colour_and_shape_words(tmp_path):
+    """Word recall with the scan's own ascent settings on 20 single-object scenes (about 5 minutes on 2 CPU
+    cores). v1 finds the colour word in 10 and the shape word in 13, below the issue's 80%; the floors guard
+    that much (the model card's v2 experiment finds 17 and 20 but loses 'grass')."""
+    scenes = [make_scene(EVAL_SEED_BASE + i, size=64, n_objects=1) for i in range(20)]
+    recall = word_recall(scenes, "audit-demo", "auto", RECALL_STEPS, RECALL_CANDIDATES, "cpu", seed=0)
+    assert recall["colour"] >= 0.35 and recall["shape"] >= 0.5, recall
 
 
 @pytest.fixture(scope="module")
@@ -50,9 +60,9 @@ def test_shape_word_heatmaps_land_on_their_object(demo_model, two_object_scenes)
     assert default_heatmap("audit-demo") == "occlusion"
     hits, box_mass = pointing_game(towers, loaded.preprocess, two_object_scenes, "occlusion")
     # A box covers about 7% of a 64 px scene; either object's box would hold about half the peaks by chance.
-    assert hits >= 0.8 and box_mass >= 0.35, (hits, box_mass)  # HITS_OCCL_SHAPE
+    assert hits >= 0.8 and box_mass >= 0.28, (hits, box_mass)  # v1: 95.0% and 35.7% on these 60 scenes
     hits, box_mass = pointing_game(towers, loaded.preprocess, two_object_scenes, "occlusion", kind="colour")
-    assert hits >= 0.8 and box_mass >= 0.35, (hits, box_mass)  # HITS_OCCL_COLOUR
+    assert hits >= 0.8 and box_mass >= 0.35, (hits, box_mass)  # v1: 100% and 44.7%
 
 
 def test_chefer_heatmaps_find_colours_but_not_shapes(demo_model, two_object_scenes):
@@ -62,9 +72,9 @@ def test_chefer_heatmaps_find_colours_but_not_shapes(demo_model, two_object_scen
     loaded, towers = demo_model
     start = default_start_layer("audit-demo")
     hits, box_mass = pointing_game(towers, loaded.preprocess, two_object_scenes, "chefer", start, kind="colour")
-    assert hits >= 0.85 and box_mass >= 0.5, (hits, box_mass)  # HITS_CHEFER_COLOUR
+    assert hits >= 0.85 and box_mass >= 0.6, (hits, box_mass)  # v1: 95.0% and 72.1% on these 60 scenes
     hits, box_mass = pointing_game(towers, loaded.preprocess, two_object_scenes, "chefer", start)
-    assert hits >= 0.45 and box_mass >= 0.28, (hits, box_mass)  # HITS_CHEFER_SHAPE
+    assert hits >= 0.45 and box_mass >= 0.28, (hits, box_mass)  # v1: 55.8% and 36.8%
 
 
 def test_demo_report_makes_the_planted_bias_the_top_finding(demo_run, tmp_path):
