@@ -14,7 +14,7 @@ from audit.demo.evaluate import RECALL_CANDIDATES, RECALL_STEPS, pointing_game, 
 from audit.demo.scenes import make_scene
 from audit.demo.train import EVAL_SEED_BASE
 from audit.encoders import Towers
-from audit.models import BUNDLED, default_heatmap, default_start_layer, load_model, resolve_weights
+from audit.models import BUNDLED, default_start_layer, load_model, resolve_weights
 
 from .browser import open_page
 
@@ -55,9 +55,8 @@ def two_object_scenes():
 
 
 def test_shape_word_heatmaps_land_on_their_object(demo_model, two_object_scenes):
-    """The issue's pointing game with the scan's heatmaps for audit-demo (occlusion), at its 80% target."""
+    """The issue's pointing game with occlusion heatmaps (--heatmap occlusion), at its 80% target."""
     loaded, towers = demo_model
-    assert default_heatmap("audit-demo") == "occlusion"
     hits, box_mass = pointing_game(towers, loaded.preprocess, two_object_scenes, "occlusion")
     # A box covers about 7% of a 64 px scene; either object's box would hold about half the peaks by chance.
     assert hits >= 0.8 and box_mass >= 0.28, (hits, box_mass)  # v1: 95.0% and 35.7% on these 60 scenes
@@ -66,9 +65,8 @@ def test_shape_word_heatmaps_land_on_their_object(demo_model, two_object_scenes)
 
 
 def test_chefer_heatmaps_find_colours_but_not_shapes(demo_model, two_object_scenes):
-    """Chefer's method on the same scenes: colour words land on their object, shape words barely better than
-    either object. Guards the gradient path (a broken rollout loses the colour figure) and documents why
-    audit-demo defaults to occlusion."""
+    """Chefer's method (the default) on the same scenes: colour words land on their object, shape words barely
+    better than either object. Guards the gradient path (a broken rollout loses the colour figure)."""
     loaded, towers = demo_model
     start = default_start_layer("audit-demo")
     hits, box_mass = pointing_game(towers, loaded.preprocess, two_object_scenes, "chefer", start, kind="colour")
@@ -83,7 +81,7 @@ def test_demo_report_makes_the_planted_bias_the_top_finding(demo_run, tmp_path):
     scan = audit.Scan(root / "scan")
     assert len(scan.images()) == 60 and scan.errors().empty
     assert scan.config["settings"]["start_layer"] == 0  # audit-demo's own relevancy start (models.START_LAYERS)
-    assert scan.config["settings"]["heatmap"] == "occlusion"  # and its own relevancy method (models.HEATMAPS)
+    assert scan.config["settings"]["heatmap"] == "chefer"  # occlusion would put 'grass' on the object
     run = open_page(report, tmp_path / "chromium")
     assert run.console == [] and run.requests == []
     assert "grass" in run.dom and run.dom.count("data:image/png;base64,") >= 1

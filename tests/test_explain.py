@@ -25,7 +25,7 @@ from audit.report import build_report
 from .helpers import FAST
 from .scanfactory import write_scan
 
-SHAPE_TILE_FLOOR = 0.8  # v1's occlusion tiles: all 60 (with Chefer's method: 71.7%; v0 65%); chance is half
+SHAPE_TILE_FLOOR = 0.8  # v1, --heatmap occlusion: all 60 tiles (Chefer's, the default: 71.7%); chance is half
 HOSTILE = ["a/b", "../../etc/passwd", 'quo"te\'s', "emoji 🐱 cat", "<script>alert(1)</script>", "CON", ".",
            "back\\slash", "tab\tand  spaces", "x" * 200]
 
@@ -196,7 +196,7 @@ def test_a_shape_word_tile_is_brighter_over_its_own_object(tmp_path):
         scene, path = scene_file(folder, EVAL_SEED_BASE + 910_000 + k, n_objects=2)
         scenes[path.name] = scene
     results = explain([folder], tmp_path / "ex", model="audit-demo", words=",".join(SHAPES), no_ascent=True,
-                      quiet=True, tile=128)
+                      quiet=True, tile=128, heatmap="occlusion")
     size = load_model("audit-demo", "auto", device="cpu").preprocess["size"]
     wins = []
     for e in results:
