@@ -24,7 +24,7 @@ Views = Annotated[int, typer.Option(help="Random affine views of each image in t
 Prompt = Annotated[str, typer.Option(help="Text placed before the learned tokens.")]
 StartLayer = Annotated[Optional[int], typer.Option(help="First image layer in the relevancy (-1 = last; default: last, or 0 for audit-demo).")]  # noqa: UP045
 StartLayerText = Annotated[int, typer.Option(help="First text layer in the relevancy (-1 = last).")]
-Heatmap = Annotated[Optional[str], typer.Option(help="Relevancy method: chefer (gradient-weighted attention) or occlusion (blank windows, measure the fall); default: chefer).")]  # noqa: UP045
+Heatmap = Annotated[Optional[str], typer.Option(help="Relevancy method: chefer (gradient-weighted attention) or occlusion (blank windows, measure the fall); default: chefer.")]  # noqa: UP045
 OcclusionWindow = Annotated[Optional[int], typer.Option(help="Side of the blanked window in patches, for --heatmap occlusion (default: 3, or 4 for audit-demo).")]  # noqa: UP045
 Words = Annotated[Optional[list[str]], typer.Option("--words", "-w", help="Probe words or phrases scored on every image, comma-separated (repeatable).")]  # noqa: UP045 - typer reads it
 WordsFile = Annotated[Optional[Path], typer.Option("--words-file", help="Probe words, one per line (phrases may contain commas; # starts a comment).")]  # noqa: UP045
