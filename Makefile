@@ -9,10 +9,11 @@ TORCH_PIN := torch==2.14.1 torchvision==0.29.1
 
 install: $(VENV)/.installed
 
+# torch's CUDA build needs about 5.6 GB in the venv; no pip cache keeps a second copy of anything.
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q $(TORCH_PIN)
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q --no-cache-dir $(TORCH_PIN)
+	$(PY) -m pip install -q --no-cache-dir -e '.[dev]'
 	touch $@
 
 demo: install
