@@ -1,9 +1,9 @@
 """`audit demo`: a generated dataset with a planted bias, scanned offline with the project's own CLIP.
 
-Photos of one object each (random shape and colour) from three camera sites; `label` is the site. The
-planted, spurious correlation: the north site shot most of its photos on grass, the other sites rarely did.
-Nothing else differs between sites, so a classifier of sites could learn "grass", and an audit that links
-"grass" to label=north has found the bias. (Labels are not shapes on purpose: a model's shape confusions
+Photos of one object each from three camera sites; `label` is the site, and every site photographs the same
+objects (shapes and colours). The planted, spurious correlation: the north site shot most of its photos on
+grass, the other sites rarely did. Nothing else differs between sites, so a classifier of sites could learn
+"grass", and an audit that links "grass" to label=north has found the bias. (Labels are not shapes on purpose: a model's shape confusions
 would then be real findings of their own and hide the planted one.)
 """
 
@@ -23,22 +23,32 @@ POLICY = Path(__file__).with_name("audit-policy.toml")
 DEMO_SETTINGS = dict(steps=40, candidates=8, views=16)
 
 
-def make_dataset(root: Path, images: int = 48, seed: int = 0, bias: float = 0.85, size: int = 128) -> Path:
+def make_dataset(root: Path, images: int = 48, seed: int = 0, bias: float = 0.9, size: int = 128) -> Path:
     """Images in label folders plus manifest.csv (path, label, shape, colour, background, box). With a bias,
-    north photos lie on grass with probability `bias` and the others with probability 1 - bias; with bias
-    None backgrounds are uniform for every site."""
+    a share `bias` of the north site's photos lie on grass and a share 1 - bias of each other site's; with
+    bias None every site has each background equally often."""
     rs = np.random.RandomState(seed)
     rows = ["path,label,shape,colour,background,x0,y0,x1,y1"]
     others = [b for b in BACKGROUNDS if b != "grass"]
+    # Shares are exact and every site photographs the same objects: drawn at random per image, 20 photos a
+    # site can give one site twice the circles of another, and the words a model attaches to circles then
+    # look like a site bias (and an unbiased dataset can show a grass bias of its own).
+    colours = list(COLOURS)
+    per_site = -(-images // len(LABELS))
+    objects = [(SHAPES[j % len(SHAPES)], colours[(j + j // len(SHAPES)) % len(colours)]) for j in range(per_site)]
+    objects = [objects[k] for k in rs.permutation(per_site)]
+    backgrounds = {}
+    for label in LABELS:
+        if bias is None:
+            site = [BACKGROUNDS[j % len(BACKGROUNDS)] for j in range(per_site)]
+        else:
+            grass = round((bias if label == LABELS[0] else 1 - bias) * per_site)
+            site = ["grass"] * grass + [others[j % len(others)] for j in range(per_site - grass)]
+        backgrounds[label] = [site[k] for k in rs.permutation(per_site)]
     for i in range(images):
         label = LABELS[i % len(LABELS)]
-        if bias is None:
-            background = BACKGROUNDS[rs.randint(len(BACKGROUNDS))]
-        else:
-            p_grass = bias if label == LABELS[0] else 1 - bias
-            background = "grass" if rs.rand() < p_grass else others[rs.randint(len(others))]
-        colour = list(COLOURS)[rs.randint(len(COLOURS))]
-        shape = SHAPES[rs.randint(len(SHAPES))]
+        background = backgrounds[label][i // len(LABELS)]
+        shape, colour = objects[i // len(LABELS)]
         scene = make_scene(seed * 100_000 + i, size=size, n_objects=1, shape=shape, colour=colour,
                            background=background)
         rel = f"{label}/{i:04d}.png"
