@@ -229,7 +229,7 @@ def demo_train(
     shape_pairs: bool = typer.Option(True, help="Beside each shape-swapped caption, the same caption with the "
                                                 "true shape."),
     conv_stem: bool = typer.Option(True, help="Convolutional stem before the ViT instead of patchify."),
-    specific: float = typer.Option(0.0, help="Weigh each fitting caption's image-to-text target by "
+    specific: float = typer.Option(1.0, help="Weigh each fitting caption's image-to-text target by "
                                              "exp(SPECIFIC x attributes it states), so full descriptions "
                                              "outscore partial ones (0 = equal weights)."),
 ) -> None:

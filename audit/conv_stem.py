@@ -5,7 +5,7 @@ an object spans a handful of 8-pixel patches and the patchify layer sees each pa
 convolutions first (Xiao et al., 2021, "Early convolutions help transformers see better") give every token a
 view of edges across patch borders. Measured on the demo scenes, supervised 8-way shape classification after
 300 steps: 25% with the patchify layer, 74% with this stem, for 25% more time per step. In contrastive training
-with shape-pair captions it lifts shape zero-shot from 64.5% to 97.5% in 3,000 steps, so audit-demo v1 has it
+with shape-pair captions it lifts shape zero-shot from 64.5% to 97.5% in 3,000 steps, so audit-demo has it (v1 on)
 (`audit demo train` uses it by default; `--no-conv-stem` leaves it out).
 
 The stem produces the same token grid as the layer it replaces, so the transformer, its attention maps and

@@ -24,7 +24,7 @@ BUNDLED = {"audit-demo": Path(__file__).parent / "demo" / "weights" / "audit-dem
 NO_WEIGHTS = {"audit-tiny"}  # test-only configs: auto means random weights
 # The project's models that can put a convolutional stem before the ViT (channels per stride-2 stage). open_clip
 # configs cannot say this, so build_model adds it before weights are loaded: when asked (training) or when the
-# weights file holds one. The bundled audit-demo v1 weights hold one; v0's did not.
+# weights file holds one. The bundled audit-demo weights (v1 on) hold one; v0's did not.
 CONV_STEMS = {"audit-demo": (32, 64, 128)}
 # First image layer of the relevancy when --start-layer is not given. Chefer's CLIP code starts at the last
 # layer, which suits 12-layer models whose last attention already points at objects. audit-demo has 4 layers:
@@ -35,7 +35,7 @@ START_LAYERS = {"audit-demo": 0}
 
 
 # Relevancy method when --heatmap is not given (relevancy.METHODS): Chefer's for every model, audit-demo included.
-# On audit-demo occlusion is far better for shape words (peak on the named object in 97% of two-object scenes
+# On audit-demo v1 occlusion is far better for shape words (peak on the named object in 97% of two-object scenes
 # against 59%) but worse for background words (peak inside the object's box in 78% of maps against 5%): blanking
 # a patch of grass leaves the rest of the grass, blanking the object changes the scene. Users pick per question.
 HEATMAPS: dict[str, str] = {}

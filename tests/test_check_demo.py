@@ -29,7 +29,7 @@ def test_drift_rules_see_the_planted_bias_arrive(demo_run, unbiased_demo_scan, c
     assert code == 1, out
     assert "FAIL  drift.new_associations" in out and "'grass' with label=north" in out
     # The snapshot as a whole did not move beyond sampling noise. (Within the north site the word distribution
-    # moves too, JSD 0.098 with audit-demo v1, but that is within the noise of 20 images; the association
+    # moves too, but within the noise of 20 images (JSD 0.098 with audit-demo v1); the association
     # rule, which looks at each word, is what sees one word arrive.)
     assert "PASS  drift.words" in out
     code, out = check(capsys, scan, "--policy", POLICY, "--baseline", scan)

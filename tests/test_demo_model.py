@@ -1,8 +1,8 @@
-"""The committed audit-demo weights (v1) and the demo built on them.
+"""The committed audit-demo weights (v2) and the demo built on them.
 
 A smaller run of `audit demo evaluate`: zero-shot and pointing at the demo-model issue's floors (>= 90%, >= 80%);
-word recall at v1's own floors, below the issue's 80%. The comments give what v1 measures on the same scenes
-(see audit/demo/weights/MODEL_CARD.md).
+word recall for shapes near the issue's 80% and for colours at v2's own floor, below it. The comments give what
+v2 measures on the same scenes (see audit/demo/weights/MODEL_CARD.md).
 """
 
 import pandas as pd
@@ -36,17 +36,17 @@ def test_it_knows_colours_shapes_and_backgrounds(demo_model):
     loaded, towers = demo_model
     scenes = [make_scene(EVAL_SEED_BASE + i, size=64, n_objects=1) for i in range(100)]
     acc = zero_shot(towers, loaded.preprocess, scenes)
-    assert acc["colour"] >= 0.95 and acc["background"] >= 0.95, acc  # v1: 100% and 100% on these scenes
-    assert acc["shape"] >= 0.9, acc  # v1: 98% on these 100 scenes (v0: 48.5% on 200); chance is 12.5%
+    assert acc["colour"] >= 0.95 and acc["background"] >= 0.95, acc  # v2: 100% and 100% on these scenes
+    assert acc["shape"] >= 0.9, acc  # v2: 100% on these 100 scenes (v1 98%, v0 48.5% on 200); chance is 12.5%
 
 
 def test_the_scan_finds_colour_and_shape_words(tmp_path):
-    """Word recall with the scan's own ascent settings on 20 single-object scenes (about 5 minutes on 2 CPU
-    cores). v1 finds the colour word in 10 and the shape word in 13, below the issue's 80%; the floors guard
-    that much (the model card's v2 experiment finds 17 and 20 but loses 'grass')."""
+    """Word recall with the scan's own ascent settings on 20 single-object scenes (about 3-5 minutes on 2 CPU
+    cores). v2 finds the colour word in 15 and the shape word in 20 (v1: 10 and 13). Colours stay below the
+    issue's 80% (72.5% on 200 scenes): where one is missed, the best sequences say "thing" in its place."""
     scenes = [make_scene(EVAL_SEED_BASE + i, size=64, n_objects=1) for i in range(20)]
     recall = word_recall(scenes, "audit-demo", "auto", RECALL_STEPS, RECALL_CANDIDATES, "cpu", seed=0)
-    assert recall["colour"] >= 0.35 and recall["shape"] >= 0.5, recall
+    assert recall["colour"] >= 0.65 and recall["shape"] >= 0.9, recall
 
 
 @pytest.fixture(scope="module")
@@ -59,9 +59,9 @@ def test_shape_word_heatmaps_land_on_their_object(demo_model, two_object_scenes)
     loaded, towers = demo_model
     hits, box_mass = pointing_game(towers, loaded.preprocess, two_object_scenes, "occlusion")
     # A box covers about 7% of a 64 px scene; either object's box would hold about half the peaks by chance.
-    assert hits >= 0.8 and box_mass >= 0.28, (hits, box_mass)  # v1: 95.0% and 35.7% on these 60 scenes
+    assert hits >= 0.8 and box_mass >= 0.28, (hits, box_mass)  # v2: 93.3% and 35.6% on these 60 scenes
     hits, box_mass = pointing_game(towers, loaded.preprocess, two_object_scenes, "occlusion", kind="colour")
-    assert hits >= 0.8 and box_mass >= 0.35, (hits, box_mass)  # v1: 100% and 44.7%
+    assert hits >= 0.8 and box_mass >= 0.35, (hits, box_mass)  # v2: 98.3% and 44.2%
 
 
 def test_chefer_heatmaps_find_colours_but_not_shapes(demo_model, two_object_scenes):
@@ -70,9 +70,9 @@ def test_chefer_heatmaps_find_colours_but_not_shapes(demo_model, two_object_scen
     loaded, towers = demo_model
     start = default_start_layer("audit-demo")
     hits, box_mass = pointing_game(towers, loaded.preprocess, two_object_scenes, "chefer", start, kind="colour")
-    assert hits >= 0.85 and box_mass >= 0.6, (hits, box_mass)  # v1: 95.0% and 72.1% on these 60 scenes
+    assert hits >= 0.85 and box_mass >= 0.6, (hits, box_mass)  # v2: 95.8% and 75.7% on these 60 scenes
     hits, box_mass = pointing_game(towers, loaded.preprocess, two_object_scenes, "chefer", start)
-    assert hits >= 0.45 and box_mass >= 0.28, (hits, box_mass)  # v1: 55.8% and 36.8%
+    assert hits >= 0.45 and box_mass >= 0.28, (hits, box_mass)  # v2: 59.2% and 38.1%
 
 
 def test_demo_report_makes_the_planted_bias_the_top_finding(demo_run, tmp_path):

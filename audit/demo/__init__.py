@@ -79,7 +79,7 @@ def run_demo(out: str | Path, images: int = 60, quiet: bool = False, device: str
                           title="audit demo: a planted bias")
     found = associations(ScanQuery.open(out / "scan"), "label", min_count=3).findings
     print(f"\nDemo dataset: {manifest} ({images} photos from three sites, label = site; planted bias: the north "
-          "site shot most of its photos on grass, the others rarely)")
+          "site shot 90% of its photos on grass, the others 10%; the same objects everywhere)")
     print(f"Scan: {out / 'scan'} (Parquet tables images, tokens, heatmaps, errors)")
     if len(found):
         top = found.iloc[0]

@@ -1,7 +1,7 @@
 """Train audit-demo: a small CLIP (open_clip config audit-demo) on procedural scenes, on a CPU.
 
     audit demo train --out audit/demo/weights/audit-demo.safetensors --seed 0
-    (or python -m audit.demo.train ...; defaults: the bundled v1's recipe, see its model card)
+    (or python -m audit.demo.train ...; defaults: the bundled v2's recipe, see its model card)
 
 Captions are built from each scene's attributes: full captions from several templates, partial ones (one
 colour, one shape, a background, a colour-shape pair), some with random vocabulary tokens inserted so that
@@ -192,7 +192,7 @@ def multi_positive_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tenso
 
 def train(out: Path, steps: int = 3000, batch: int = 128, lr: float = 2e-3, seed: int = 0, scenes: int = 60_000,
           twins: bool = False, junk: int = 32, word_templates: bool = True, shape_negatives: int = 128,
-          conv_stem: bool = True, shape_pairs: bool = True, specific: float = 0.0, log_every: int = 50) -> dict:
+          conv_stem: bool = True, shape_pairs: bool = True, specific: float = 1.0, log_every: int = 50) -> dict:
     torch.manual_seed(seed)
     rs = np.random.RandomState(seed)
     model = build_model("audit-demo", conv_stem=conv_stem)
