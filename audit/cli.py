@@ -232,13 +232,15 @@ def demo_train(
     specific: float = typer.Option(1.0, help="Weigh each fitting caption's image-to-text target by "
                                              "exp(SPECIFIC x attributes it states), so full descriptions "
                                              "outscore partial ones (0 = equal weights)."),
+    filler: int = typer.Option(0, help="Captions of filler words only ('a thing on') per step, negatives for "
+                                       "every image."),
 ) -> None:
     """Retrain the demo CLIP (under an hour on a 2-core CPU with the defaults)."""
     from .demo.train import train
 
     info = train(out, steps=steps, batch=batch, lr=lr, seed=seed, scenes=scenes, twins=twins, junk=junk,
                  word_templates=word_templates, shape_negatives=shape_negatives, conv_stem=conv_stem,
-                 shape_pairs=shape_pairs, specific=specific)
+                 shape_pairs=shape_pairs, specific=specific, filler=filler)
     print(f"wrote {out} ({info['steps']} steps, {info['minutes']} min; settings in {out.with_suffix('.json')})")
 
 

@@ -34,6 +34,15 @@ def test_junk_captions_never_name_a_scene_attribute():
     assert sampler.rs.offered  # the rigged stream did offer banned tokens, and they were refused
 
 
+def test_filler_captions_hold_only_words_that_name_nothing():
+    tok = open_clip.get_tokenizer("audit-demo")
+    filler = {t for w in T.FILLER for t in tok.encode(w)}
+    attributes = {t for w in (*COLOURS, *SHAPES, *BACKGROUNDS) for t in tok.encode(w)}
+    rows = T.CaptionSampler(tok, 32, np.random.RandomState(0)).filler(100)
+    assert all(1 <= len(r) <= 4 and set(r) <= filler for r in rows) and not filler & attributes
+    assert tok.encode("thing")[0] in {t for r in rows for t in r}
+
+
 def test_single_word_templates_only_when_asked():
     tok = open_clip.get_tokenizer("audit-demo")
     meta = ("grass", [("red", "circle")], ["a red circle on grass"])
@@ -126,8 +135,8 @@ def test_loss_treats_extra_captions_as_negatives_only():
 def test_a_short_training_run_writes_loadable_weights(tmp_path):
     out = tmp_path / "w.safetensors"
     info = T.train(out, steps=2, batch=8, scenes=16, twins=True, junk=4, word_templates=True, shape_negatives=3,
-                   conv_stem=True, shape_pairs=True, log_every=1)
-    assert info["twins"] and info["junk"] == 4 and info["word_templates"] and out.is_file()
+                   conv_stem=True, shape_pairs=True, filler=3, log_every=1)
+    assert info["twins"] and info["junk"] == 4 and info["word_templates"] and out.is_file() and info["filler"] == 3
     assert info["shape_negatives"] == 3 and info["conv_stem"] and info["shape_pairs"]
     loaded = load_model("audit-demo", str(out), device="cpu")
     assert loaded.model.visual.image_size in (64, (64, 64))

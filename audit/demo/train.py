@@ -87,6 +87,8 @@ def _other_shape(present: list[str], rs: np.random.RandomState) -> str:
 
 
 _COLOUR_ALONE = ("{}", "{}", "a {} thing", "something {}")
+# The captions' words that name nothing ("a red thing", "a photo of a circle", "grass with a red circle").
+FILLER = ("a", "thing", "something", "on", "with", "photo", "of", "and", "in", "the")
 _SHAPE_ALONE = ("{}", "{}", "a {}", "a photo of a {}")
 
 
@@ -155,6 +157,12 @@ class CaptionSampler:
         req[[_colour(c), _shape(s), _pair(c, s), _bg(bg)]] = 1
         return list(self.ids(f"a {c} {s} on {bg}"))[: self.ctx - 2], req
 
+    def filler(self, n: int) -> list[list[int]]:
+        """Captions of 1-4 filler words ("thing on a"), negatives for every image: positives say "a red thing",
+        so without them "thing" sits close to every object and the ascent writes it where the colour belongs."""
+        return [[t for _ in range(self.rs.randint(1, 5)) for t in self.ids(FILLER[self.rs.randint(len(FILLER))])]
+                for _ in range(n)]
+
     def junk(self, n: int, banned: set[int]) -> list[list[int]]:
         """Captions of 1-4 random vocabulary tokens that name nothing in any scene: negatives for every
         image, so that an arbitrary token cannot sit close to all images and win the ascent."""
@@ -192,7 +200,8 @@ def multi_positive_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tenso
 
 def train(out: Path, steps: int = 3000, batch: int = 128, lr: float = 2e-3, seed: int = 0, scenes: int = 60_000,
           twins: bool = False, junk: int = 32, word_templates: bool = True, shape_negatives: int = 128,
-          conv_stem: bool = True, shape_pairs: bool = True, specific: float = 1.0, log_every: int = 50) -> dict:
+          conv_stem: bool = True, shape_pairs: bool = True, specific: float = 1.0, filler: int = 0,
+          log_every: int = 50) -> dict:
     torch.manual_seed(seed)
     rs = np.random.RandomState(seed)
     model = build_model("audit-demo", conv_stem=conv_stem)
@@ -243,7 +252,8 @@ def train(out: Path, steps: int = 3000, batch: int = 128, lr: float = 2e-3, seed
         if shape_negatives:
             swaps = [c for m in metas[:shape_negatives] for c in sampler.shape_swap(m, shape_pairs)]
             rows, reqs = rows + tuple(r for r, _ in swaps), reqs + tuple(q for _, q in swaps)
-        text, eot = towers.pack(list(rows) + sampler.junk(junk, banned))  # captions at their own length
+        negatives = sampler.junk(junk, banned) + sampler.filler(filler)
+        text, eot = towers.pack(list(rows) + negatives)  # captions at their own length
         img_attr = torch.from_numpy(np.stack([_attrs(m) for m in metas]))
         req = torch.from_numpy(np.stack(reqs))
         match = ((1 - img_attr) @ req.T == 0).float()  # caption j fits image i
@@ -264,7 +274,7 @@ def train(out: Path, steps: int = 3000, batch: int = 128, lr: float = 2e-3, seed
     save_weights(model, out)
     info = {"steps": steps, "batch": batch, "lr": lr, "seed": seed, "scenes": scenes, "twins": twins, "junk": junk,
             "word_templates": word_templates, "shape_negatives": shape_negatives, "shape_pairs": shape_pairs,
-            "conv_stem": conv_stem, "specific": specific,
+            "conv_stem": conv_stem, "specific": specific, "filler": filler,
             "minutes": round(minutes, 1), "threads": torch.get_num_threads()}
     out.with_suffix(".json").write_text(json.dumps(info, indent=2) + "\n")
     return info
