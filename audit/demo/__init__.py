@@ -3,8 +3,8 @@
 Photos of one object each from three camera sites; `label` is the site, and every site photographs the same
 objects (shapes and colours). The planted, spurious correlation: the north site shot most of its photos on
 grass, the other sites rarely did. Nothing else differs between sites, so a classifier of sites could learn
-"grass", and an audit that links "grass" to label=north has found the bias. (Labels are not shapes on purpose: a model's shape confusions
-would then be real findings of their own and hide the planted one.)
+"grass", and an audit that links "grass" to label=north has found the bias. (Labels are not shapes on
+purpose: a model's shape confusions would then be real findings of their own and hide the planted one.)
 """
 
 from __future__ import annotations
