@@ -9,7 +9,9 @@ words do not depend on the rest of the batch.
 
 from __future__ import annotations
 
+import os
 import unicodedata
+import warnings
 from dataclasses import dataclass
 
 import kornia.geometry.transform as KT
@@ -127,6 +129,47 @@ class _Sequences:
         return (feats * target[:, None, :]).sum(-1)
 
 
+def relax(logits: torch.Tensor, keys: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """One Gumbel-softmax draw: soft token weights [B, C, K, V] and the hard tokens [B, C, K].
+
+    The step's only passes over vocabulary-sized tensors besides Adam: on CUDA they are compiled into one
+    fused kernel (`_relax_for`), which reads the logits once instead of some twenty times.
+    """
+    z = (logits + rng.gumbel_from_keys(keys, tuple(logits.shape[1:]))) / tau
+    return z.softmax(-1), z.detach().argmax(-1)
+
+
+_compiled_relax = None
+
+
+def _relax_for(device: torch.device):
+    """`relax`, compiled on CUDA unless AUDIT_COMPILE=0; eager where compiling is off or fails."""
+    global _compiled_relax
+    if device.type != "cuda" or os.environ.get("AUDIT_COMPILE", "1") == "0":
+        return relax
+    if _compiled_relax is None:
+        _compiled_relax = torch.compile(relax, dynamic=None)
+
+    def run(logits, keys, tau):
+        global _compiled_relax
+        try:
+            return _compiled_relax(logits, keys, tau)
+        except Exception as exc:  # no Triton, unsupported GPU, compiler bug: the eager path is exact
+            if _compiled_relax is relax:
+                raise
+            warnings.warn(f"torch.compile of the ascent step failed ({type(exc).__name__}: {exc}); "
+                          "running uncompiled (set AUDIT_COMPILE=0 to skip the attempt)", stacklevel=2)
+            _compiled_relax = relax
+            return relax(logits, keys, tau)
+
+    return run
+
+
+def _optimizer(logits: torch.Tensor, lr: float) -> torch.optim.Optimizer:
+    # The fused CUDA Adam updates parameter and both moments in one pass over the vocabulary-sized tensors.
+    return torch.optim.Adam([logits], lr=lr, fused=logits.device.type == "cuda")
+
+
 def run_ascent(towers: Towers, images: torch.Tensor, seeds: torch.Tensor, cfg: AscentConfig) -> AscentResult:
     """Optimise token sequences for a batch of preprocessed images [B, 3, H, W]; seeds [B] per image."""
     b = images.shape[0]
@@ -136,15 +179,14 @@ def run_ascent(towers: Towers, images: torch.Tensor, seeds: torch.Tensor, cfg: A
     seqs = _Sequences(towers, cfg)
     target = view_target(towers, images, seeds, _VIEW_STREAM, cfg)
     logits = rng.normal(seeds, _INIT_STREAM, (c, k, vocab), device=dev).requires_grad_(True)
-    opt = torch.optim.Adam([logits], lr=cfg.lr)
+    opt = _optimizer(logits, cfg.lr)
+    step_relax = _relax_for(dev)
     best_scores = torch.full((b, 0), float("-inf"), device=dev)
     best_seqs = torch.zeros((b, 0, k), dtype=torch.long, device=dev)
     for step in range(cfg.steps):
         if cfg.resample_views and step > 0:
             target = view_target(towers, images, seeds, _VIEW_STREAM + step, cfg)
-        z = (logits + rng.gumbel(seeds, _NOISE_STREAM + step, (c, k, vocab), device=dev)) / cfg.tau
-        soft = z.softmax(-1)
-        idx = z.detach().argmax(-1)
+        soft, idx = step_relax(logits, rng.keys(seeds, _NOISE_STREAM + step, dev), cfg.tau)
         # Straight-through estimator: the forward value is exactly the hard token's embedding, the gradient
         # is the soft one's. Written on the embeddings to avoid a vocabulary-sized one-hot tensor.
         soft_emb = soft.reshape(-1, vocab) @ emb

@@ -23,40 +23,50 @@ def image_seed(run_seed: int, image_id: str) -> int:
 
 
 def _mix(x: torch.Tensor) -> torch.Tensor:
-    """In-place 32-bit integer mixer (Wellons' lowbias32) on an int32 tensor.
+    """32-bit integer mixer (Wellons' lowbias32) on an int32 tensor.
 
     int32 products wrap, which is exactly the modular arithmetic the mixer wants; shifts are arithmetic, so
-    the shifted-in sign bits are masked off to make them logical.
+    the shifted-in sign bits are masked off to make them logical. Out-of-place, so that torch.compile can
+    fuse a whole draw into the kernel that consumes it.
     """
-    x ^= (x >> 16) & 0xFFFF
-    x *= 0x7FEB352D
-    x ^= (x >> 15) & 0x1FFFF
-    x *= -0x7B935975  # 0x846CA68B
-    x ^= (x >> 16) & 0xFFFF
-    return x
+    x = x ^ ((x >> 16) & 0xFFFF)
+    x = x * 0x7FEB352D
+    x = x ^ ((x >> 15) & 0x1FFFF)
+    x = x * -0x7B935975  # 0x846CA68B
+    return x ^ ((x >> 16) & 0xFFFF)
 
 
-def _keys(seeds: torch.Tensor, stream: int, device) -> torch.Tensor:
+def keys(seeds: torch.Tensor, stream: int, device=None) -> torch.Tensor:
+    """One int32 key per image for (its seed, stream): all an image's draws in that stream follow from it."""
+    device = device if device is not None else seeds.device
     s = seeds.to(device=device, dtype=torch.int64).remainder(1 << 31).to(torch.int32)
     # Chained, not symmetric: (seed a, stream b) and (seed b, stream a) must not share a key.
-    return _mix(_mix(_mix(s.clone()) ^ (stream % (1 << 31))))
+    return _mix(_mix(_mix(s) ^ (stream % (1 << 31))))
+
+
+def uniform_from_keys(keys: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """Uniform float32 in (0, 1), shape [len(keys), *shape]."""
+    n = math.prod(shape)
+    if n >= 1 << 31:
+        raise ValueError("too many random numbers for one stream")
+    idx = torch.arange(n, device=keys.device, dtype=torch.int32) * _GOLDEN
+    h = _mix(keys[:, None] ^ idx[None, :])
+    # 23 bits keep (k + 0.5) / 2**23 strictly inside (0, 1) in float32.
+    u = (((h >> 9) & 0x7FFFFF).to(torch.float32) + 0.5) * (1.0 / (1 << 23))
+    return u.reshape(len(keys), *shape)
 
 
 def uniform(seeds: torch.Tensor, stream: int, shape: tuple[int, ...], device=None) -> torch.Tensor:
     """Uniform float32 in (0, 1), shape [len(seeds), *shape]; row i depends only on seeds[i], stream, index."""
-    device = device if device is not None else seeds.device
-    n = math.prod(shape)
-    if n >= 1 << 31:
-        raise ValueError("too many random numbers for one stream")
-    idx = torch.arange(n, device=device, dtype=torch.int32) * _GOLDEN
-    h = _mix(_keys(seeds, stream, device)[:, None] ^ idx[None, :])
-    # 23 bits keep (k + 0.5) / 2**23 strictly inside (0, 1) in float32.
-    u = ((h >> 9) & 0x7FFFFF).to(torch.float32).add_(0.5).mul_(1.0 / (1 << 23))
-    return u.reshape(len(seeds), *shape)
+    return uniform_from_keys(keys(seeds, stream, device), shape)
+
+
+def gumbel_from_keys(keys: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    return -torch.log(-torch.log(uniform_from_keys(keys, shape)))
 
 
 def gumbel(seeds: torch.Tensor, stream: int, shape: tuple[int, ...], device=None) -> torch.Tensor:
-    return uniform(seeds, stream, shape, device).log_().neg_().log_().neg_()
+    return gumbel_from_keys(keys(seeds, stream, device), shape)
 
 
 def normal(seeds: torch.Tensor, stream: int, shape: tuple[int, ...], device=None) -> torch.Tensor:
