@@ -19,6 +19,6 @@ else
 fi
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
-# CUDA paths of the test suite first (bf16 autocast, OOM halving), then the benchmark.
-python3 -m pytest -q -x -p no:cacheprovider tests/test_ascent.py tests/test_relevancy.py 2>&1 | tail -n 5 | tee "$out/tests.txt"
+# The CPU test suite runs in CI; the compiled and fused CUDA paths are checked against the eager ones inside
+# the benchmark ("paths:" lines), on the GPU where they run.
 timeout 540 python3 bench/scan_throughput.py "$@" 2>&1 | tee "$out/bench.txt"

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import tempfile
 import time
@@ -28,6 +29,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 import audit
+import audit.ascent
 from audit.ascent import AscentConfig, run_ascent, sequences_to_words
 from audit.encoders import Towers
 from audit.loader import ImageDataset, make_loader
@@ -176,6 +178,49 @@ def measure_model(name: str, device: torch.device, batch_sizes: list[int], cfg: 
         torch.cuda.empty_cache()
 
 
+def compare_paths(name: str, device: torch.device, b: int, cfg: AscentConfig) -> None:
+    """The ascent before the kernel work (eager Gumbel-softmax, plain Adam), with the fused Adam, and with
+    the compiled Gumbel-softmax too (the default), on the same batch; and whether they find the same words."""
+    if device.type != "cuda":
+        print("paths: compiled and fused kernels are CUDA-only; not compared on cpu", flush=True)
+        return
+    loaded = load_model(name, "none", device=str(device))
+    towers = Towers(loaded)
+    x = random_images(b, input_size(loaded), device, seed=2)
+    default_optimizer = audit.ascent._optimizer
+
+    def plain(logits, lr):
+        return torch.optim.Adam([logits], lr=lr)
+
+    results = {}
+    for label, compile_env, optimizer in (("eager + plain Adam (before)", "0", plain),
+                                          ("eager + fused Adam", "0", default_optimizer),
+                                          ("compiled + fused Adam (default)", "1", default_optimizer)):
+        os.environ["AUDIT_COMPILE"] = compile_env
+        audit.ascent._optimizer = optimizer
+        try:
+            reset_peak(device)
+            fast_ascent(towers, x, dataclasses.replace(cfg, steps=2), device)  # warm-up (and compile)
+            sync(device)
+            t0 = time.perf_counter()
+            found = fast_ascent(towers, x, cfg, device)
+            sync(device)
+        finally:
+            audit.ascent._optimizer = default_optimizer
+            os.environ.pop("AUDIT_COMPILE", None)
+        results[label] = (b / (time.perf_counter() - t0), found)
+        print(f"paths: {name} batch {b}  {label:32s} ascent {results[label][0]:8.2f} img/s  "
+              f"peak {peak_gb(device):6.2f} GB  mean best cosine {float(found.scores[:, 0].mean()):.4f}",
+              flush=True)
+    before = results["eager + plain Adam (before)"]
+    after = results["compiled + fused Adam (default)"]
+    same = float((before[1].seqs[:, 0] == after[1].seqs[:, 0]).all(-1).float().mean())
+    print(f"paths: default vs before: {after[0] / before[0]:.2f}x faster; same best sequence for {same:.0%} of "
+          f"images (bf16 rounding can move a near-tie)", flush=True)
+    del towers, loaded
+    torch.cuda.empty_cache()
+
+
 def full_scan(name: str, device: torch.device, folder: Path, out: Path, cfg: AscentConfig, batch: str,
               workers: int) -> tuple[float, int]:
     reset_peak(device)
@@ -187,6 +232,37 @@ def full_scan(name: str, device: torch.device, folder: Path, out: Path, cfg: Asc
     run = scan.config["runs"][-1]
     return run["images"] / seconds, run["batch_size_used"]
 
+
+def baseline(name: str, device: torch.device, n: int, cfg: AscentConfig, rows: list[dict], full: float) -> None:
+    """The naive loop and the objective of both methods on shared random weights; prints the ratio."""
+    loaded = load_model(name, "none", device=str(device))
+    towers = Towers(loaded)  # load_model already froze the weights
+    x = random_images(n, input_size(loaded), device, seed=1)
+    sync(device)
+    t0 = time.perf_counter()
+    naive = [naive_ascent(towers, x[i], cfg, seed=i) for i in range(n)]
+    sync(device)
+    naive_rate = n / (time.perf_counter() - t0)
+    print(f"naive baseline ({name}, one image at a time, fp32, 77 positions, views re-encoded): "
+          f"{naive_rate:8.4f} img/s ({1 / naive_rate:.1f} s/image; ascent only)", flush=True)
+    naive_score = float(np.mean([shared_score(towers, x[i], seq, cfg) for i, (seq, _) in enumerate(naive)]))
+    scores = {}
+    # The default folds one draw of 64 views into a fixed target; the naive loop draws new views every
+    # step, which can generalize better to unseen views. Both fast variants are scored.
+    for label, c in (("fast", cfg), ("fast --resample-views", dataclasses.replace(cfg, resample_views=True))):
+        found = fast_ascent(towers, x, c, device)
+        scores[label] = float(np.mean([shared_score(towers, x[i], [int(t) for t in found.seqs[i, 0]], cfg)
+                                       for i in range(n)]))
+    for label, score in scores.items():
+        verdict = "fast >= naive" if score >= naive_score - 1e-6 else "FAST BELOW NAIVE"
+        print(f"objective (mean best-sequence cosine over {n} images, shared scorer): "
+              f"{label} {score:.4f}  naive {naive_score:.4f}  {verdict}", flush=True)
+    best = max(r["ascent"] for r in rows if r["model"] == name)
+    print(f"ratio: {name} full scan {full:.2f} img/s vs naive ascent-only {naive_rate:.4f} img/s = "
+          f"{full / naive_rate:.0f}x (ascent alone, best batch: {best / naive_rate:.0f}x)", flush=True)
+    del towers, loaded
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -216,39 +292,16 @@ def main(argv: list[str] | None = None) -> int:
         rows: list[dict] = []
         scans: dict[str, tuple[float, int]] = {}
         scan_folder = write_jpegs(Path(tmp) / "scan-images", args.scan_images)
-        for name in models:
+        for i, name in enumerate(models):
             measure_model(name, device, sizes, cfg, rows)
+            if i == 0:
+                compare_paths(name, device, max(sizes), cfg)
             scans[name] = full_scan(name, device, scan_folder, Path(tmp) / f"scan-{name}", cfg, "auto",
                                     args.workers if device.type == "cuda" else 0)
             print(f"{name:10s} full scan (auto batch, used {scans[name][1]}): {scans[name][0]:8.2f} img/s "
                   f"peak {peak_gb(device):6.2f} GB", flush=True)
-        # The naive baseline and the objective, on the first model with shared random weights.
-        loaded = load_model(models[0], "none", device=str(device))
-        towers = Towers(loaded)  # load_model already froze the weights
-        x = random_images(args.naive_images, input_size(loaded), device, seed=1)
-        sync(device)
-        t0 = time.perf_counter()
-        naive = [naive_ascent(towers, x[i], cfg, seed=i) for i in range(args.naive_images)]
-        sync(device)
-        naive_rate = args.naive_images / (time.perf_counter() - t0)
-        print(f"naive baseline ({models[0]}, one image at a time, fp32, 77 positions, views re-encoded): "
-              f"{naive_rate:8.4f} img/s ({1 / naive_rate:.1f} s/image; ascent only)", flush=True)
-        naive_score = float(np.mean([shared_score(towers, x[i], seq, cfg) for i, (seq, _) in enumerate(naive)]))
-        scores = {}
-        # The default folds one draw of 64 views into a fixed target; the naive loop draws new views every
-        # step, which can generalize better to unseen views. Both fast variants are scored.
-        for label, c in (("fast", cfg), ("fast --resample-views", dataclasses.replace(cfg, resample_views=True))):
-            found = fast_ascent(towers, x, c, device)
-            scores[label] = float(np.mean([shared_score(towers, x[i], [int(t) for t in found.seqs[i, 0]], cfg)
-                                           for i in range(args.naive_images)]))
-    for label, score in scores.items():
-        verdict = "fast >= naive" if score >= naive_score - 1e-6 else "FAST BELOW NAIVE"
-        print(f"objective (mean best-sequence cosine over {args.naive_images} images, shared scorer): "
-              f"{label} {score:.4f}  naive {naive_score:.4f}  {verdict}")
-    best = max(r["ascent"] for r in rows if r["model"] == models[0])
-    full = scans[models[0]][0]
-    print(f"ratio: {models[0]} full scan {full:.2f} img/s vs naive ascent-only {naive_rate:.4f} img/s = "
-          f"{full / naive_rate:.0f}x (ascent alone, best batch: {best / naive_rate:.0f}x)")
+            if i == 0:  # the baseline right after the first model, so a run cut short still has its ratio
+                baseline(name, device, args.naive_images, cfg, rows, scans[name][0])
     return 0
 
 
