@@ -129,13 +129,14 @@ class _Sequences:
         return (feats * target[:, None, :]).sum(-1)
 
 
-def relax(logits: torch.Tensor, keys: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
+def relax(logits: torch.Tensor, keys: torch.Tensor, offs: torch.Tensor, tau: float
+          ) -> tuple[torch.Tensor, torch.Tensor]:
     """One Gumbel-softmax draw: soft token weights [B, C, K, V] and the hard tokens [B, C, K].
 
     The step's only passes over vocabulary-sized tensors besides Adam: on CUDA they are compiled into one
     fused kernel (`_relax_for`), which reads the logits once instead of some twenty times.
     """
-    z = (logits + rng.gumbel_from_keys(keys, tuple(logits.shape[1:]))) / tau
+    z = (logits + rng.gumbel_from_keys(keys, offs, tuple(logits.shape[1:]))) / tau
     return z.softmax(-1), z.detach().argmax(-1)
 
 
@@ -150,17 +151,17 @@ def _relax_for(device: torch.device):
     if _compiled_relax is None:
         _compiled_relax = torch.compile(relax, dynamic=None)
 
-    def run(logits, keys, tau):
+    def run(logits, keys, offs, tau):
         global _compiled_relax
         try:
-            return _compiled_relax(logits, keys, tau)
+            return _compiled_relax(logits, keys, offs, tau)
         except Exception as exc:  # no Triton, unsupported GPU, compiler bug: the eager path is exact
             if _compiled_relax is relax:
                 raise
             warnings.warn(f"torch.compile of the ascent step failed ({type(exc).__name__}: {exc}); "
                           "running uncompiled (set AUDIT_COMPILE=0 to skip the attempt)", stacklevel=2)
             _compiled_relax = relax
-            return relax(logits, keys, tau)
+            return relax(logits, keys, offs, tau)
 
     return run
 
@@ -181,12 +182,13 @@ def run_ascent(towers: Towers, images: torch.Tensor, seeds: torch.Tensor, cfg: A
     logits = rng.normal(seeds, _INIT_STREAM, (c, k, vocab), device=dev).requires_grad_(True)
     opt = _optimizer(logits, cfg.lr)
     step_relax = _relax_for(dev)
+    offs = rng.offsets((c, k, vocab), dev)
     best_scores = torch.full((b, 0), float("-inf"), device=dev)
     best_seqs = torch.zeros((b, 0, k), dtype=torch.long, device=dev)
     for step in range(cfg.steps):
         if cfg.resample_views and step > 0:
             target = view_target(towers, images, seeds, _VIEW_STREAM + step, cfg)
-        soft, idx = step_relax(logits, rng.keys(seeds, _NOISE_STREAM + step, dev), cfg.tau)
+        soft, idx = step_relax(logits, rng.keys(seeds, _NOISE_STREAM + step, dev), offs, cfg.tau)
         # Straight-through estimator: the forward value is exactly the hard token's embedding, the gradient
         # is the soft one's. Written on the embeddings to avoid a vocabulary-sized one-hot tensor.
         soft_emb = soft.reshape(-1, vocab) @ emb

@@ -44,13 +44,21 @@ def keys(seeds: torch.Tensor, stream: int, device=None) -> torch.Tensor:
     return _mix(_mix(_mix(s) ^ (stream % (1 << 31))))
 
 
-def uniform_from_keys(keys: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
-    """Uniform float32 in (0, 1), shape [len(keys), *shape]."""
+def offsets(shape: tuple[int, ...], device=None) -> torch.Tensor:
+    """The per-element half of every draw of this shape, [prod(shape)] int32, shared by all images.
+
+    A tensor rather than index arithmetic, so that torch.compile cannot fold the wrapping int32 product
+    into an index expression (inductor then emits a 64-bit constant that Triton rejects).
+    """
     n = math.prod(shape)
     if n >= 1 << 31:
         raise ValueError("too many random numbers for one stream")
-    idx = torch.arange(n, device=keys.device, dtype=torch.int32) * _GOLDEN
-    h = _mix(keys[:, None] ^ idx[None, :])
+    return torch.arange(n, device=device, dtype=torch.int32) * _GOLDEN
+
+
+def uniform_from_keys(keys: torch.Tensor, offs: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """Uniform float32 in (0, 1), shape [len(keys), *shape], from `keys` and `offsets(shape)`."""
+    h = _mix(keys[:, None] ^ offs[None, :])
     # 23 bits keep (k + 0.5) / 2**23 strictly inside (0, 1) in float32.
     u = (((h >> 9) & 0x7FFFFF).to(torch.float32) + 0.5) * (1.0 / (1 << 23))
     return u.reshape(len(keys), *shape)
@@ -58,15 +66,17 @@ def uniform_from_keys(keys: torch.Tensor, shape: tuple[int, ...]) -> torch.Tenso
 
 def uniform(seeds: torch.Tensor, stream: int, shape: tuple[int, ...], device=None) -> torch.Tensor:
     """Uniform float32 in (0, 1), shape [len(seeds), *shape]; row i depends only on seeds[i], stream, index."""
-    return uniform_from_keys(keys(seeds, stream, device), shape)
+    k = keys(seeds, stream, device)
+    return uniform_from_keys(k, offsets(shape, k.device), shape)
 
 
-def gumbel_from_keys(keys: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
-    return -torch.log(-torch.log(uniform_from_keys(keys, shape)))
+def gumbel_from_keys(keys: torch.Tensor, offs: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    return -torch.log(-torch.log(uniform_from_keys(keys, offs, shape)))
 
 
 def gumbel(seeds: torch.Tensor, stream: int, shape: tuple[int, ...], device=None) -> torch.Tensor:
-    return gumbel_from_keys(keys(seeds, stream, device), shape)
+    k = keys(seeds, stream, device)
+    return gumbel_from_keys(k, offsets(shape, k.device), shape)
 
 
 def normal(seeds: torch.Tensor, stream: int, shape: tuple[int, ...], device=None) -> torch.Tensor:

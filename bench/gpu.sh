@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU checks of issue 7 as one command for a machine with a GPU and PyTorch but no network
-# (run from the repository root; finishes in about 6-8 minutes on an H100, by estimate: not yet measured).
+# (run from the repository root; three models took 542 s on an H200, before the ascent step was compiled).
 #
 # Packages that such a machine usually lacks travel as wheels in .whl/ (git-ignored). Fetch them here,
 # for the machine's Python (3.12 on this project's device machines):
