@@ -4,7 +4,8 @@ For every image, `candidates` sequences of `tokens_per_seq` free tokens are opti
 straight-through Gumbel-softmax over the whole vocabulary, to maximise the mean cosine between the text and
 randomly affine-augmented views of the image. All images of a batch are optimised at once; each image's
 randomness comes from its own seed (audit.rng), and its loss term touches only its own parameters, so its
-words do not depend on the rest of the batch.
+words do not depend on the rest of the batch. After the last step, a few rounds of exact token swaps (`refine`)
+lift the kept sequences out of the spots where the relaxed search stalls.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ class AscentConfig:
     resample_views: bool = False
     prompt: str = ""
     keep: int = 5
+    refine_rounds: int = 3
+    refine_top: int = 64
     degrees: float = 10.0
     translate: float = 0.1
     p_affine: float = 0.8
@@ -171,6 +174,45 @@ def _optimizer(logits: torch.Tensor, lr: float) -> torch.optim.Optimizer:
     return torch.optim.Adam([logits], lr=lr, fused=logits.device.type == "cuda")
 
 
+def refine(seqs: _Sequences, emb: torch.Tensor, target: torch.Tensor, scores: torch.Tensor,
+           tokens: torch.Tensor, cfg: AscentConfig, max_sequences: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token swaps on the kept sequences [B, S, K], each kept where it raises that sequence's cosine.
+
+    The relaxed ascent settles in places where one token swap would score higher: on the demo model its best
+    sequences hold "thing" where the colour would add 0.02-0.05 cosine. Each round ranks every token for every
+    position by the first-order gain (e_v - e_current) . d cos / d e_current, scores the `refine_top` best
+    swaps of every position exactly, and moves each sequence to its best swap if that is better. Sequences
+    stay in their slots, so the kept ones stay as diverse as the ascent left them. Deterministic and per
+    image, like the rest of the ascent.
+    """
+    b, n, k = tokens.shape
+    top = cfg.refine_top
+    pos = torch.arange(k, device=tokens.device).repeat_interleave(top)  # [K*T]: the position each swap changes
+    per_chunk = max(1, max_sequences // (n * k * top))
+    for _ in range(cfg.refine_rounds):
+        live = torch.isfinite(scores)
+        ids = tokens.clamp(min=0)
+        x = emb[ids].detach().requires_grad_(True)
+        grad, = torch.autograd.grad(seqs.cosine(x, target).sum(), x)  # [B, S, K, D]
+        with torch.no_grad():
+            # The gain's other term, -e_current . grad, is the same for every token of a position: ranking
+            # by e_v . grad alone picks the same swaps.
+            swaps = (grad @ emb.T.to(grad.dtype)).float().topk(top, dim=-1).indices.reshape(b, n, k * top)
+            cand = ids[:, :, None, :].repeat(1, 1, k * top, 1)  # [B, S, K*T, K]
+            cand.scatter_(3, pos[None, None, :, None].expand(b, n, -1, 1), swaps[..., None])
+            cos = torch.cat([seqs.cosine(emb[cand[i:i + per_chunk].reshape(-1, n * k * top, k)],
+                                         target[i:i + per_chunk]).reshape(-1, n, k * top)
+                             for i in range(0, b, per_chunk)])
+            best, which = cos.max(-1)  # [B, S]
+            better = live & (best > scores)
+            if not bool(better.any()):
+                break
+            scores = torch.where(better, best, scores)
+            picked = cand.gather(2, which[:, :, None, None].expand(b, n, 1, k))[:, :, 0]
+            tokens = torch.where(better[..., None], picked, tokens)
+    return scores, tokens
+
+
 def run_ascent(towers: Towers, images: torch.Tensor, seeds: torch.Tensor, cfg: AscentConfig) -> AscentResult:
     """Optimise token sequences for a batch of preprocessed images [B, 3, H, W]; seeds [B] per image."""
     b = images.shape[0]
@@ -204,6 +246,10 @@ def run_ascent(towers: Towers, images: torch.Tensor, seeds: torch.Tensor, cfg: A
         idx = logits.argmax(-1)
         cos = seqs.cosine(emb[idx], target)
         best_scores, best_seqs = merge_best(best_scores, best_seqs, cos, idx, cfg.keep)
+    if cfg.refine_rounds > 0 and best_scores.shape[1] > 0:
+        best_scores, best_seqs = refine(seqs, emb, target, best_scores, best_seqs, cfg)
+        # Two slots may have moved to the same sequence: merging with nothing sorts and drops the repeat.
+        best_scores, best_seqs = merge_best(best_scores[:, :0], best_seqs[:, :0], best_scores, best_seqs, cfg.keep)
     if best_scores.shape[1] < cfg.keep:  # fewer candidates than keep and no steps: pad
         pad = cfg.keep - best_scores.shape[1]
         best_scores = F.pad(best_scores, (0, pad), value=float("-inf"))

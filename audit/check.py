@@ -23,7 +23,7 @@ from .query import ScanQuery
 EVIDENCE_ROWS = 20  # per rule in the outputs; the count of all rows is always given
 COMPARED_SETTINGS = ("model", "pretrained", "weights_sha256", "steps", "candidates", "tokens_per_seq", "views",
                      "lr", "prompt", "seed", "start_layer", "start_layer_text", "heatmap",
-                     "occlusion_window")
+                     "occlusion_window", "refine_rounds", "refine_top")
 
 
 @dataclass

@@ -21,6 +21,8 @@ TokensPerSeq = Annotated[int, typer.Option(help="Free tokens per candidate seque
 Candidates = Annotated[int, typer.Option(help="Candidate sequences per image.")]
 Lr = Annotated[float, typer.Option(help="Adam learning rate of the ascent.")]
 Views = Annotated[int, typer.Option(help="Random affine views of each image in the objective.")]
+RefineRounds = Annotated[int, typer.Option(help="Rounds of token swaps on the kept sequences after the ascent "
+                                                "(each swap kept only where it raises the cosine); 0: none.")]
 Prompt = Annotated[str, typer.Option(help="Text placed before the learned tokens.")]
 StartLayer = Annotated[Optional[int], typer.Option(help="First image layer in the relevancy (-1 = last; default: last, or 0 for audit-demo).")]  # noqa: UP045
 StartLayerText = Annotated[int, typer.Option(help="First text layer in the relevancy (-1 = last).")]
@@ -53,6 +55,7 @@ def scan(
     lr: Lr = 5.0,
     views: Views = 64,
     resample_views: bool = typer.Option(False, "--resample-views", help="Redraw the views every step (the origin script's way; slower)."),
+    refine_rounds: RefineRounds = 3,
     prompt: Prompt = "",
     start_layer: StartLayer = None,
     start_layer_text: StartLayerText = -1,
@@ -71,7 +74,8 @@ def scan(
 
     run_scan(str(source), str(out), model=model, pretrained=pretrained, device=device, batch_size=batch_size,
              workers=workers, seed=seed, steps=steps, tokens_per_seq=tokens_per_seq, candidates=candidates, lr=lr,
-             views=views, resample_views=resample_views, prompt=prompt, start_layer=start_layer,
+             views=views, resample_views=resample_views, refine_rounds=refine_rounds, prompt=prompt,
+             start_layer=start_layer,
              start_layer_text=start_layer_text, heatmap=heatmap, occlusion_window=occlusion_window,
              path_column=path_column, max_pixels=max_pixels,
              words=tuple(words or ()), words_file=words_file, no_ascent=no_ascent, overwrite=overwrite, quiet=quiet)
@@ -150,6 +154,7 @@ def explain(
     candidates: Candidates = 16,
     lr: Lr = 5.0,
     views: Views = 64,
+    refine_rounds: RefineRounds = 3,
     prompt: Prompt = "",
     start_layer: StartLayer = None,
     start_layer_text: StartLayerText = -1,
@@ -165,7 +170,7 @@ def explain(
     done = run_explain([str(p) for p in inputs], out, tile=tile, words=tuple(words or ()), words_file=words_file,
                        no_ascent=no_ascent, model=model, pretrained=pretrained, device=device, seed=seed,
                        steps=steps, tokens_per_seq=tokens_per_seq, candidates=candidates, lr=lr, views=views,
-                       prompt=prompt, start_layer=start_layer, start_layer_text=start_layer_text, heatmap=heatmap,
+                       refine_rounds=refine_rounds, prompt=prompt, start_layer=start_layer, start_layer_text=start_layer_text, heatmap=heatmap,
                        occlusion_window=occlusion_window,
                        overwrite=overwrite, quiet=quiet)
     for e in done:

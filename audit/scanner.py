@@ -61,6 +61,8 @@ class ScanOptions:
     lr: float = 5.0
     views: int = 64
     resample_views: bool = False
+    refine_rounds: int = 3
+    refine_top: int = 64
     prompt: str = ""
     start_layer: int | None = None  # None: the model's default (models.default_start_layer)
     start_layer_text: int = -1
@@ -97,8 +99,10 @@ class ScanOptions:
         for name, value in positive.items():
             if value < 1:
                 raise AuditError(f"--{name.replace('_', '-')} must be at least 1, not {value}")
-        if self.steps < 0 or self.workers < 0:
-            raise AuditError("--steps and --workers cannot be negative")
+        if self.steps < 0 or self.workers < 0 or self.refine_rounds < 0:
+            raise AuditError("--steps, --workers and --refine-rounds cannot be negative")
+        if self.refine_top < 1:
+            raise AuditError(f"refine_top must be at least 1, not {self.refine_top}")
         if not self.lr > 0:
             raise AuditError(f"--lr must be positive, not {self.lr}")
         if self.heatmap is not None and self.heatmap not in METHODS:
@@ -108,7 +112,8 @@ class ScanOptions:
 
     def ascent(self) -> AscentConfig:
         return AscentConfig(tokens_per_seq=self.tokens_per_seq, candidates=self.candidates, steps=self.steps,
-                            lr=self.lr, views=self.views, resample_views=self.resample_views, prompt=self.prompt)
+                            lr=self.lr, views=self.views, resample_views=self.resample_views, prompt=self.prompt,
+                            refine_rounds=self.refine_rounds, refine_top=self.refine_top)
 
 
 def _words_per_image(opts: ScanOptions, n_probes: int) -> int:

@@ -1,5 +1,7 @@
 """Ascent: exact reformulations, best-sequence tracking, words, and independence from the batch."""
 
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -7,9 +9,11 @@ import torch.nn.functional as F
 from audit import rng
 from audit.ascent import (
     AscentConfig,
+    _Sequences,
     augment,
     decode_sequence,
     merge_best,
+    refine,
     relax,
     run_ascent,
     sequences_to_words,
@@ -74,8 +78,8 @@ def test_recorded_score_is_the_cosine_of_the_decoded_token_sequence(towers):
 def test_best_sequences_come_from_all_steps_not_just_the_last(towers):
     """With more steps the kept set can only get better: tracking spans the whole run."""
     imgs, seeds = images(2), torch.tensor([3, 4])
-    short = run_ascent(towers, imgs, seeds, AscentConfig(steps=2, candidates=4, views=4))
-    long = run_ascent(towers, imgs, seeds, AscentConfig(steps=6, candidates=4, views=4))
+    short = run_ascent(towers, imgs, seeds, AscentConfig(steps=2, candidates=4, views=4, refine_rounds=0))
+    long = run_ascent(towers, imgs, seeds, AscentConfig(steps=6, candidates=4, views=4, refine_rounds=0))
     assert (long.scores[:, 0] >= short.scores[:, 0] - 1e-6).all()
 
 
@@ -165,3 +169,42 @@ def test_fused_adam_matches_the_plain_update():
             opt.step()
         params.append(p.detach())
     torch.testing.assert_close(params[1], params[0], rtol=1e-5, atol=1e-5)
+
+
+def test_refinement_only_raises_scores_and_finds_better_sequences(towers):
+    imgs, seeds = images(3, seed=5), torch.tensor([21, 22, 23])
+    plain = run_ascent(towers, imgs, seeds, dataclasses.replace(CFG, refine_rounds=0))
+    refined = run_ascent(towers, imgs, seeds, CFG)
+    assert (refined.scores[:, 0] >= plain.scores[:, 0]).all()
+    assert (refined.scores[:, 0] > plain.scores[:, 0] + 1e-3).any()
+
+
+def test_refinement_recovers_a_sequence_from_one_wrong_token(towers):
+    """The target is the text of a known sequence, one token off at the start. With every token short-listed
+    the swaps are exhaustive, so they must find it again: this checks the swap bookkeeping, not the ranking."""
+    cfg = AscentConfig(refine_rounds=1, refine_top=towers.vocab_size)
+    emb = towers.token_embedding.weight
+    seqs = _Sequences(towers, cfg)
+    truth = torch.tensor([[[320, 736, 7117, 525]]])  # a red circle on (the standard vocabulary's ids)
+    with torch.no_grad():
+        target = F.normalize(towers.text_from_embeddings(
+            torch.cat([seqs.head[None], emb[truth[0]], seqs.tail[None]], 1),
+            torch.tensor([seqs.length - 1]))[0].float(), dim=-1)
+    start = truth.clone()
+    start[0, 0, 2] = 4000
+    with torch.no_grad():
+        before = seqs.cosine(emb[start], target)
+    scores, tokens = refine(seqs, emb, target, before, start, cfg)
+    assert torch.equal(tokens, truth) and float(scores[0, 0]) > 0.999 > float(before[0, 0])
+
+
+def test_refinement_does_not_depend_on_chunking(towers):
+    imgs, seeds = images(3, seed=8), torch.tensor([31, 32, 33])
+    cfg = dataclasses.replace(CFG, refine_rounds=0)
+    res = run_ascent(towers, imgs, seeds, cfg)
+    seqs, emb = _Sequences(towers, cfg), towers.token_embedding.weight
+    target = view_target(towers, imgs, seeds, 2_000_000, cfg)
+    cfg = dataclasses.replace(cfg, refine_rounds=2, refine_top=8)
+    whole = refine(seqs, emb, target, res.scores, res.seqs, cfg)
+    chunked = refine(seqs, emb, target, res.scores, res.seqs, cfg, max_sequences=1)
+    assert torch.equal(whole[1], chunked[1]) and torch.allclose(whole[0], chunked[0], atol=1e-6)
