@@ -1,8 +1,7 @@
 """The committed audit-demo weights (v2) and the demo built on them.
 
-A smaller run of `audit demo evaluate`: zero-shot and pointing at the demo-model issue's floors (>= 90%, >= 80%);
-word recall for shapes near the issue's 80% and for colours at v2's own floor, below it. The comments give what
-v2 measures on the same scenes (see audit/demo/weights/MODEL_CARD.md).
+A smaller run of `audit demo evaluate` at the demo-model issue's floors: zero-shot >= 90%, word recall and
+pointing >= 80%. The comments give what v2 measures on the same scenes (see audit/demo/weights/MODEL_CARD.md).
 """
 
 import pandas as pd
@@ -42,11 +41,12 @@ def test_it_knows_colours_shapes_and_backgrounds(demo_model):
 
 def test_the_scan_finds_colour_and_shape_words(tmp_path):
     """Word recall with the scan's own ascent settings on 20 single-object scenes (about 3-5 minutes on 2 CPU
-    cores). v2 finds the colour word in 15 and the shape word in 20 (v1: 10 and 13). Colours stay below the
-    issue's 80% (72.5% on 200 scenes): where one is missed, the best sequences say "thing" in its place."""
+    cores). With the token swaps after the ascent (ascent.refine), v2 finds the colour word in 18 and the shape
+    word in 20; without them 15 and 20, the best sequences saying "thing" where the colour belongs (v1: 10 and
+    13)."""
     scenes = [make_scene(EVAL_SEED_BASE + i, size=64, n_objects=1) for i in range(20)]
     recall = word_recall(scenes, "audit-demo", "auto", RECALL_STEPS, RECALL_CANDIDATES, "cpu", seed=0)
-    assert recall["colour"] >= 0.65 and recall["shape"] >= 0.9, recall
+    assert recall["colour"] >= 0.8 and recall["shape"] >= 0.8, recall
 
 
 @pytest.fixture(scope="module")
