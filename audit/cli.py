@@ -75,8 +75,8 @@ def scan(
     run_scan(str(source), str(out), model=model, pretrained=pretrained, device=device, batch_size=batch_size,
              workers=workers, seed=seed, steps=steps, tokens_per_seq=tokens_per_seq, candidates=candidates, lr=lr,
              views=views, resample_views=resample_views, refine_rounds=refine_rounds, prompt=prompt,
-             start_layer=start_layer,
-             start_layer_text=start_layer_text, heatmap=heatmap, occlusion_window=occlusion_window,
+             start_layer=start_layer, start_layer_text=start_layer_text, heatmap=heatmap,
+             occlusion_window=occlusion_window,
              path_column=path_column, max_pixels=max_pixels,
              words=tuple(words or ()), words_file=words_file, no_ascent=no_ascent, overwrite=overwrite, quiet=quiet)
 
@@ -170,8 +170,8 @@ def explain(
     done = run_explain([str(p) for p in inputs], out, tile=tile, words=tuple(words or ()), words_file=words_file,
                        no_ascent=no_ascent, model=model, pretrained=pretrained, device=device, seed=seed,
                        steps=steps, tokens_per_seq=tokens_per_seq, candidates=candidates, lr=lr, views=views,
-                       refine_rounds=refine_rounds, prompt=prompt, start_layer=start_layer, start_layer_text=start_layer_text, heatmap=heatmap,
-                       occlusion_window=occlusion_window,
+                       refine_rounds=refine_rounds, prompt=prompt, start_layer=start_layer,
+                       start_layer_text=start_layer_text, heatmap=heatmap, occlusion_window=occlusion_window,
                        overwrite=overwrite, quiet=quiet)
     for e in done:
         words_text = ", ".join(f"{w} ({c:.2f})" for _, w, c in e.words) or "no words"
