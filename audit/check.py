@@ -15,10 +15,11 @@ import pandas as pd
 
 from .analysis import Associations, associations, compare_looks
 from .drift import Drift, compare
-from .errors import AuditError
+from .errors import AuditError, internal_errors_note
 from .files import write_text
 from .policy import Policy, Rule
 from .query import ScanQuery
+from .schema import INTERNAL
 
 EVIDENCE_ROWS = 20  # per rule in the outputs; the count of all rows is always given
 COMPARED_SETTINGS = ("model", "pretrained", "weights_sha256", "steps", "candidates", "tokens_per_seq", "views",
@@ -117,17 +118,21 @@ class _Checker:
 
     # ---- rules -------------------------------------------------------------------------------------
     def max_error_rate(self, rule: Rule) -> RuleResult:
-        bad = self.q.unreadable()
+        bad, internal = self.q.unreadable(), self.q.internal_errors()
         total = bad + int(self.q.scalar("SELECT count(*) FROM images"))
         rate = bad / total if total else 0.0
         limit = rule.params["limit"]
         ev = []
-        if rate > limit:
-            ev = _records(self.q.df("SELECT image_id, path, stage, reason FROM errors ORDER BY image_id LIMIT ?",
-                                    [EVIDENCE_ROWS]), ["image_id", "path", "stage", "reason"])
-        return self.result(rule, rate > limit, f"{bad} of {total} images unreadable ({_pct(rate)}; limit "
-                                               f"{_pct(limit)})", ev,
-                           {"unreadable": bad, "images_seen": total, "error_rate": rate})
+        if rate > limit or internal:
+            # audit's own failures first: they are the ones a user should report, whatever the rate.
+            ev = _records(self.q.df("SELECT image_id, path, stage, reason FROM errors "
+                                    "ORDER BY stage <> ?, image_id LIMIT ?", [INTERNAL, EVIDENCE_ROWS]),
+                          ["image_id", "path", "stage", "reason"])
+        summary = f"{bad} of {total} images unreadable ({_pct(rate)}; limit {_pct(limit)})"
+        if internal:
+            summary += f"; {internal_errors_note(internal)}"
+        return self.result(rule, rate > limit, summary, ev,
+                           {"unreadable": bad, "internal_errors": internal, "images_seen": total, "error_rate": rate})
 
     def min_images_per_group(self, rule: Rule) -> RuleResult:
         limit = rule.params["limit"]
@@ -272,6 +277,8 @@ def run_check(scan_dir: str | os.PathLike, policy: Policy, baseline: str | os.Pa
     checker = _Checker(q, policy, base)
     results = [checker.run(rule) for rule in policy.rules]
     notes = _setting_notes(q, base) if base is not None else []
+    if q.internal_errors():
+        notes.insert(0, internal_errors_note(q.internal_errors()))
     return CheckResult(str(scan_dir), None if baseline is None else str(baseline), policy,
                        images["scan"], q.unreadable(), results, notes)
 

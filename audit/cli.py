@@ -67,6 +67,7 @@ def scan(
     words_file: WordsFile = None,
     no_ascent: NoAscent = False,
     overwrite: Overwrite = False,
+    retry_errors: bool = typer.Option(False, "--retry-errors", help="Re-attempt the images whose last attempt failed (stored in errors); by default a resume skips them."),
     quiet: Quiet = False,
 ) -> None:
     """Scan a dataset: words CLIP attaches to each image, and a relevancy heatmap per word, into Parquet."""
@@ -78,7 +79,8 @@ def scan(
              start_layer=start_layer, start_layer_text=start_layer_text, heatmap=heatmap,
              occlusion_window=occlusion_window,
              path_column=path_column, max_pixels=max_pixels,
-             words=tuple(words or ()), words_file=words_file, no_ascent=no_ascent, overwrite=overwrite, quiet=quiet)
+             words=tuple(words or ()), words_file=words_file, no_ascent=no_ascent, overwrite=overwrite,
+             retry_errors=retry_errors, quiet=quiet)
 
 
 @app.command()

@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .decode import DecodeError, box_in_frame, decode
 from .defaults import DEFAULT_MAX_PIXELS
+from .schema import DECODE, INTERNAL, INTERNAL_REASON
 from .sources import Record
 
 
@@ -35,9 +36,9 @@ class ImageDataset(Dataset):
         try:
             d = decode(rec.path, self.preprocess, self.max_pixels)
         except DecodeError as e:
-            return {"index": i, "error": str(e)}
+            return {"index": i, "error": str(e), "stage": DECODE}
         except Exception as e:  # noqa: BLE001 - a decoder bug on one file must not end the scan
-            return {"index": i, "error": f"unexpected decoder failure: {type(e).__name__}: {str(e)[:160]}"}
+            return {"index": i, "error": f"{INTERNAL_REASON}: {type(e).__name__}: {str(e)[:160]}", "stage": INTERNAL}
         return {
             "index": i,
             "error": None,
@@ -54,7 +55,7 @@ class Batch:
     pixels: torch.Tensor  # [n, 3, H, W] normalized
     sizes: list[tuple[int, int]]
     boxes: np.ndarray  # [n, 4] fractions of the model input, NaN without box
-    errors: list[tuple[int, str]]  # (dataset index, reason)
+    errors: list[tuple[int, str, str]]  # (dataset index, reason, stage: schema.DECODE or schema.INTERNAL)
 
     def split(self, size: int) -> list[Batch]:
         """Consecutive pieces of at most `size` decoded images; decode errors go with the first piece."""
@@ -73,7 +74,7 @@ class Batch:
 
 def collate(items: list[dict]) -> Batch:
     ok = [it for it in items if it["error"] is None]
-    errors = [(it["index"], it["error"]) for it in items if it["error"] is not None]
+    errors = [(it["index"], it["error"], it["stage"]) for it in items if it["error"] is not None]
     pixels = torch.stack([it["pixels"] for it in ok]) if ok else torch.zeros(0)
     boxes = np.array([it["box"] for it in ok], dtype=np.float64).reshape(len(ok), 4)
     return Batch([it["index"] for it in ok], pixels, [(it["width"], it["height"]) for it in ok], boxes, errors)

@@ -10,7 +10,7 @@ import duckdb
 import pandas as pd
 
 from .errors import AuditError
-from .schema import ASCENT, PROBE
+from .schema import ASCENT, INTERNAL, PROBE
 from .store import Scan
 
 MISSING_GROUP = "(missing)"
@@ -30,7 +30,10 @@ class ScanQuery:
     def open(cls, scan_dir: str | os.PathLike) -> ScanQuery:
         scan = Scan(scan_dir)
         con = duckdb.connect()
-        for name in ("images", "tokens", "heatmaps", "errors"):
+        # Errors are few and need the store's rule (an image's latest attempt, none once scanned): registered
+        # from the store, so queries, report, check and diff count them the same way.
+        con.register("errors", scan.table("errors"))
+        for name in ("images", "tokens", "heatmaps"):
             view = f"all_{name}" if name in KINDED else name
             files = [str(p) for p in scan.files(name)]
             if files:
@@ -130,10 +133,13 @@ class ScanQuery:
                        [MISSING_GROUP])
 
     def unreadable(self) -> int:
-        """Images that could not be scanned (an image that failed in one run and was read in a later one
-        is not counted)."""
-        return int(self.scalar("SELECT count(DISTINCT image_id) FROM errors "
-                               "WHERE image_id NOT IN (SELECT image_id FROM images)"))
+        """Images that could not be scanned, whatever the cause (the errors view holds one row per image that
+        is not scanned)."""
+        return int(self.scalar("SELECT count(*) FROM errors"))
+
+    def internal_errors(self) -> int:
+        """Of those, the images audit failed on through a fault of its own (schema.INTERNAL): a bug."""
+        return int(self.scalar("SELECT count(*) FROM errors WHERE stage = ?", [INTERNAL]))
 
     def word_pairs(self) -> pd.DataFrame:
         """Distinct (image_id, word) pairs: which images show which words."""

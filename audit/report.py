@@ -15,7 +15,7 @@ import pandas as pd
 
 from .analysis import LOOK_STATS, Associations, associations, probes
 from .decode import DecodeError, fit, open_rgb
-from .errors import AuditError
+from .errors import AuditError, internal_errors_note
 from .files import write_text
 from .heatmaps import overlay
 from .query import ScanQuery
@@ -130,6 +130,7 @@ def build_report(scan_dir: str | os.PathLike, group_by: list[str], out: str | os
     for column in group_by:
         q.check_group_column(column)
     counts = q.counts()
+    counts["internal"] = q.internal_errors()
     if counts["images"] == 0:
         raise AuditError(f"{scan_dir} holds no scanned images; nothing to report (run `audit scan` first)")
     config = q.scan.config
@@ -141,7 +142,8 @@ def build_report(scan_dir: str | os.PathLike, group_by: list[str], out: str | os
     html = _env().get_template("report.html.j2").render(
         title=title or f"CLIP audit of {Path(scan_dir).resolve().name}",
         generated=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        counts=counts, probe_columns=probe_columns, settings={k: settings.get(k) for k in SETTINGS_SHOWN},
+        counts=counts, internal_note=internal_errors_note(counts["internal"]) if counts["internal"] else None,
+        probe_columns=probe_columns, settings={k: settings.get(k) for k in SETTINGS_SHOWN},
         columns=columns,
         min_count=min_count, fdr=fdr, top=top, tool_version=config.get("tool_version"),
         matrix_words=MATRIX_WORDS, examples_per_word=EXAMPLES, flagged_with_examples=FLAGGED_WITH_EXAMPLES,

@@ -19,7 +19,7 @@ from . import rng
 from .ascent import AscentConfig, run_ascent, sequences_to_words
 from .defaults import DEFAULT_MAX_PIXELS, DEFAULT_MODEL, DEFAULT_PRETRAINED
 from .encoders import Towers
-from .errors import AuditError
+from .errors import AuditError, internal_errors_note
 from .heatmaps import grid_stats
 from .loader import Batch, ImageDataset, make_loader
 from .memory import (
@@ -42,7 +42,7 @@ from .models import (
 from .probes import check_lengths, parse_probe_words
 from .progress import Progress
 from .relevancy import METHODS, relevancy
-from .schema import ASCENT, PROBE, conform
+from .schema import ASCENT, INTERNAL, PROBE, conform
 from .sources import BOX_COLUMNS, Record, open_source
 from .store import Scan, ScanWriter
 
@@ -74,6 +74,7 @@ class ScanOptions:
     words_file: str | None = None
     no_ascent: bool = False
     overwrite: bool = False
+    retry_errors: bool = False  # re-attempt images whose last attempt failed (a run-time choice, not a setting)
     quiet: bool = False
 
     def resolved_batch_size(self, device: torch.device) -> int:
@@ -197,9 +198,9 @@ class _BatchScanner:
         self.relevancy_chunk = _relevancy_chunk(towers, towers.device)
 
     def error_rows(self, batch: Batch) -> dict:
-        recs = [self.records[i] for i, _ in batch.errors]
+        recs = [self.records[i] for i, _, _ in batch.errors]
         return {"image_id": [r.image_id for r in recs], "path": [r.display_path for r in recs],
-                "stage": ["decode"] * len(recs), "reason": [reason for _, reason in batch.errors]}
+                "stage": [stage for *_, stage in batch.errors], "reason": [reason for _, reason, _ in batch.errors]}
 
     def image_rows(self, recs: list[Record], sizes) -> dict:
         rows = {"image_id": [r.image_id for r in recs], "path": [r.display_path for r in recs],
@@ -329,9 +330,12 @@ def run_scan(source, out, **options) -> Scan:
     writer = ScanWriter.open(out, settings, source_info, overwrite=opts.overwrite)
     started = time.perf_counter()
     try:
-        done = writer.done_ids()
+        # An image in errors counts as done unless --retry-errors asks for another attempt.
+        scanned, failed = writer.scanned_ids(), writer.failed_ids()
+        done = scanned if opts.retry_errors else scanned | failed
         pending = [r for r in src.records if r.image_id not in done]
-        counts = {"images": 0, "errors": 0, "tokens": 0}
+        retried = sum(r.image_id in failed for r in pending)
+        counts = {"images": 0, "errors": 0, "internal_errors": 0, "tokens": 0, "retried": retried}
         preprocess = None
         if pending:
             if device.type == "cpu":
@@ -341,7 +345,8 @@ def run_scan(source, out, **options) -> Scan:
             check_lengths(probes, loaded.tokenizer, towers.context_length)
             if opts.batch_size == "auto" and device.type == "cuda":
                 batch_size = _cuda_batch(opts, towers, device, len(probes))
-            log(f"audit scan: {len(pending)} images to scan ({len(src.records) - len(pending)} already done) "
+            again = f", {retried} of them failed before and are tried again" if retried else ""
+            log(f"audit scan: {len(pending)} images to scan ({len(src.records) - len(pending)} already done{again}) "
                 f"with {opts.model} on {device}, batch size {batch_size}")
             preprocess = {k: (list(v) if isinstance(v, tuple) else v) for k, v in loaded.preprocess.items()}
             scanner = _BatchScanner(opts, towers, pending, src.meta_columns, probes)
@@ -355,6 +360,7 @@ def run_scan(source, out, **options) -> Scan:
                     writer.write_unit(tables)
                     counts["images"] += len(batch.indices)
                     counts["errors"] += len(batch.errors)
+                    counts["internal_errors"] += sum(stage == INTERNAL for *_, stage in batch.errors)
                     counts["tokens"] += tables["tokens"].num_rows if "tokens" in tables else 0
                     progress.update(len(batch.indices) + len(batch.errors))
             finally:
@@ -374,6 +380,8 @@ def run_scan(source, out, **options) -> Scan:
             smaller = f", batch size lowered to {used} to fit memory" if used != batch_size else ""
             log(f"audit scan: {counts['images']} images scanned, {counts['errors']} errors, {counts['tokens']} "
                 f"words in {seconds:.1f} s ({rate:.2f} images/s{smaller}) -> {out}")
+            if counts["internal_errors"]:
+                log(f"audit scan: {internal_errors_note(counts['internal_errors'])}")
         else:
             log(f"audit scan: nothing to do, all {len(src.records)} images are already in {out}")
     except BaseException:

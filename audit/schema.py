@@ -6,12 +6,20 @@ Every writer and reader imports this module; nothing else spells a column name o
 from __future__ import annotations
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 SCHEMA_VERSION = 2  # 2: tokens and heatmaps gain `kind` (ascent words vs probe words)
 
 ASCENT = "ascent"
 PROBE = "probe"
 READABLE_VERSIONS = (1, 2)  # version 1 is read as version 2 with every word of kind 'ascent'
+
+# errors.stage: whose fault an error row is. 'decode': the file cannot be read as an image (the data's).
+# 'internal': an exception audit did not expect while reading a file it should have read (audit's: a bug).
+DECODE = "decode"
+INTERNAL = "internal"
+# Scans written before 'internal' existed stored audit's own failures as 'decode' rows with this reason.
+INTERNAL_REASON = "unexpected decoder failure"
 
 
 TABLES = ("images", "tokens", "heatmaps", "errors")
@@ -124,8 +132,11 @@ COLUMN_DOCS: dict[str, dict[str, str]] = {
     "errors": {
         "image_id": "The image that could not be scanned.",
         "path": "Where it was read from.",
-        "stage": "Where it failed: 'decode' (the file could not be read as an image).",
-        "reason": "What went wrong, in one line.",
+        "stage": "Whose fault: 'decode' (the file could not be read as an image) or 'internal' (audit failed "
+                 "on a file it should have read: a bug of audit, not of the data; older scans stored these as "
+                 "'decode' with a reason starting 'unexpected decoder failure' and are read as 'internal').",
+        "reason": "What went wrong, in one line. Only an image's latest failed attempt is read back, and none "
+                  "for an image that a later run (--retry-errors) scanned.",
     },
 }
 
@@ -147,7 +158,11 @@ def conform(name: str, table: pa.Table) -> pa.Table:
 
 
 def upgrade(name: str, table: pa.Table, version) -> pa.Table:
-    """Rows of an older schema version in the current layout."""
+    """Rows of an older schema version (or an older audit of this version) in the current layout."""
+    if name == "errors" and table.num_rows:
+        legacy = pc.and_(pc.equal(table["stage"], DECODE), pc.starts_with(table["reason"], INTERNAL_REASON))
+        stage = pc.if_else(legacy, INTERNAL, table["stage"]).cast(pa.string())
+        table = table.set_column(table.schema.get_field_index("stage"), table.schema.field("stage"), stage)
     if version == 1 and name in ("tokens", "heatmaps") and "kind" not in table.column_names:
         table = table.add_column(1, pa.field("kind", pa.string(), nullable=False),
                                  pa.array([ASCENT] * table.num_rows, pa.string()))

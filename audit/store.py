@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from . import __version__
@@ -134,12 +135,19 @@ class ScanWriter:
                     removed.append(f"{t}/{p.name}")
         return removed
 
-    def done_ids(self) -> set[str]:
-        done: set[str] = set()
-        for t in ("images", "errors"):
-            for p in _parts(self.root / t):
-                done.update(pq.read_table(p, columns=["image_id"]).column(0).to_pylist())
-        return done
+    def scanned_ids(self) -> set[str]:
+        """Images with a committed `images` row."""
+        return self._ids("images")
+
+    def failed_ids(self) -> set[str]:
+        """Images with a committed error row (some may have been scanned by a later attempt)."""
+        return self._ids("errors")
+
+    def _ids(self, table: str) -> set[str]:
+        ids: set[str] = set()
+        for p in _parts(self.root / table):  # open() has already removed uncommitted parts
+            ids.update(pq.read_table(p, columns=["image_id"]).column(0).to_pylist())
+        return ids
 
     def write_unit(self, tables: dict[str, pa.Table]) -> str:
         """Write one unit of work (every table, possibly empty) and commit it; returns the part name."""
@@ -184,6 +192,17 @@ class ScanWriter:
             self._lock_fd = -1
 
 
+def _latest_errors(attempts: pa.Table, scanned: pa.Array) -> pa.Table:
+    """One row per image that is not scanned: its latest attempt (part files are in commit order)."""
+    if attempts.num_rows == 0:
+        return attempts
+    ids = attempts.column("image_id").to_pylist()
+    latest = {image_id: row for row, image_id in enumerate(ids)}  # the last occurrence wins
+    keep = sorted(latest.values())
+    table = attempts.take(pa.array(keep, pa.int64()))
+    return table.filter(pc.invert(pc.is_in(table["image_id"], value_set=scanned)))
+
+
 def read_config(root: str | os.PathLike, writing: bool = False) -> dict:
     """A scan's scan.json. Readers accept every schema version they can upgrade on the fly; a writer (resume)
     only its own, so one scan never mixes two layouts."""
@@ -217,11 +236,28 @@ class Scan:
         return [p for p in _parts(self.root / name) if p.name in committed]
 
     def table(self, name: str) -> pa.Table:
+        """A table's committed rows. For `errors`, each image's latest failed attempt, and none for an image
+        that a later attempt scanned (see `error_attempts` for every attempt)."""
+        if name == "errors":
+            return _latest_errors(self.error_attempts(), self._image_ids())
+        return self._read(name)
+
+    def error_attempts(self) -> pa.Table:
+        """Every failed attempt ever committed, oldest first (a retried image can have several)."""
+        return self._read("errors")
+
+    def _read(self, name: str) -> pa.Table:
         files = self.files(name)
         if not files:
             return empty_table(name)
         table = pa.concat_tables([pq.read_table(p) for p in files], promote_options="default")
         return upgrade(name, table, self.config.get("schema_version"))
+
+    def _image_ids(self) -> pa.Array:
+        files = self.files("images")
+        if not files:
+            return pa.array([], pa.string())
+        return pa.concat_arrays([pq.read_table(p, columns=["image_id"]).column(0).combine_chunks() for p in files])
 
     def df(self, name: str) -> pd.DataFrame:
         return self.table(name).to_pandas()

@@ -1,5 +1,9 @@
 import numpy as np
+import pandas as pd
 from PIL import Image
+
+import audit
+from audit.schema import TABLES
 
 # Small ascent settings: enough steps to exercise tracking of the best sequences, seconds on a CPU.
 FAST = dict(model="audit-tiny", pretrained="none", steps=3, candidates=4, views=4, workers=0, quiet=True)
@@ -14,3 +18,28 @@ def save_noise(path, size=(48, 40), seed=0, mode="RGB"):
     path.parent.mkdir(parents=True, exist_ok=True)
     img.save(path)
     return path
+
+
+KEYS = {"images": ["image_id"], "tokens": ["image_id", "word"], "heatmaps": ["image_id", "word"],
+        "errors": ["image_id"]}
+
+
+def assert_same_rows(got: audit.Scan, want: audit.Scan):
+    for t in TABLES:
+        a, b = got.df(t), want.df(t)
+        assert not a.duplicated(KEYS[t]).any(), f"{t}: rows stored twice"
+        a = a.sort_values(KEYS[t]).reset_index(drop=True)
+        b = b.sort_values(KEYS[t]).reset_index(drop=True)
+        assert len(a) == len(b), t
+        for col in a.columns:
+            if col in ("grid", "text_relevance"):
+                assert np.allclose(np.concatenate(a[col].to_list()), np.concatenate(b[col].to_list()), atol=1e-5)
+            elif a[col].dtype.kind == "f":
+                assert np.allclose(a[col], b[col], atol=1e-5, equal_nan=True), (t, col)
+            else:
+                pd.testing.assert_series_equal(a[col], b[col], check_names=False, obj=f"{t}.{col}")
+
+
+def count_parts(out):
+    folder = out / "images"
+    return len(list(folder.glob("part-*.parquet"))) if folder.is_dir() else 0

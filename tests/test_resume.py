@@ -6,18 +6,13 @@ import subprocess
 import sys
 import time
 
-import numpy as np
-import pandas as pd
 import pytest
 
 import audit
 from audit.schema import TABLES
 from audit.store import ScanWriter
 
-from .helpers import FAST, save_noise
-
-KEYS = {"images": ["image_id"], "tokens": ["image_id", "word"], "heatmaps": ["image_id", "word"],
-        "errors": ["image_id"]}
+from .helpers import FAST, assert_same_rows, count_parts, save_noise
 
 
 @pytest.fixture(scope="module")
@@ -32,27 +27,6 @@ def dataset(tmp_path_factory):
 @pytest.fixture(scope="module")
 def reference(dataset, tmp_path_factory):
     return audit.scan(dataset, tmp_path_factory.mktemp("ref") / "scan", **{**FAST, "batch_size": 2})
-
-
-def assert_same_rows(got: audit.Scan, want: audit.Scan):
-    for t in TABLES:
-        a, b = got.df(t), want.df(t)
-        assert not a.duplicated(KEYS[t]).any(), f"{t}: rows stored twice"
-        a = a.sort_values(KEYS[t]).reset_index(drop=True)
-        b = b.sort_values(KEYS[t]).reset_index(drop=True)
-        assert len(a) == len(b), t
-        for col in a.columns:
-            if col in ("grid", "text_relevance"):
-                assert np.allclose(np.concatenate(a[col].to_list()), np.concatenate(b[col].to_list()), atol=1e-5)
-            elif a[col].dtype.kind == "f":
-                assert np.allclose(a[col], b[col], atol=1e-5, equal_nan=True), (t, col)
-            else:
-                pd.testing.assert_series_equal(a[col], b[col], check_names=False, obj=f"{t}.{col}")
-
-
-def count_parts(out):
-    folder = out / "images"
-    return len(list(folder.glob("part-*.parquet"))) if folder.is_dir() else 0
 
 
 @pytest.mark.parametrize("kill_after_parts", [0, 1, 4])
