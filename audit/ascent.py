@@ -51,6 +51,7 @@ class AscentConfig:
 class AscentResult:
     seqs: torch.Tensor  # [B, keep, K] token ids, -1 where fewer than `keep` distinct sequences were seen
     scores: torch.Tensor  # [B, keep] mean view cosine, -inf where empty
+    trace: torch.Tensor  # [steps, B, candidates] each step's hard-token cosines: the search's progress
 
 
 def augment(images: torch.Tensor, seeds: torch.Tensor, stream: int, cfg: AscentConfig) -> torch.Tensor:
@@ -227,6 +228,7 @@ def run_ascent(towers: Towers, images: torch.Tensor, seeds: torch.Tensor, cfg: A
     offs = rng.offsets((c, k, vocab), dev)
     best_scores = torch.full((b, 0), float("-inf"), device=dev)
     best_seqs = torch.zeros((b, 0, k), dtype=torch.long, device=dev)
+    trace = []
     for step in range(cfg.steps):
         if cfg.resample_views and step > 0:
             target = view_target(towers, images, seeds, _VIEW_STREAM + step, cfg)
@@ -242,6 +244,7 @@ def run_ascent(towers: Towers, images: torch.Tensor, seeds: torch.Tensor, cfg: A
         loss.backward()
         opt.step()
         best_scores, best_seqs = merge_best(best_scores, best_seqs, cos.detach(), idx, cfg.keep)
+        trace.append(cos.detach().float())
     with torch.no_grad():
         idx = logits.argmax(-1)
         cos = seqs.cosine(emb[idx], target)
@@ -255,7 +258,8 @@ def run_ascent(towers: Towers, images: torch.Tensor, seeds: torch.Tensor, cfg: A
         best_scores = F.pad(best_scores, (0, pad), value=float("-inf"))
         best_seqs = F.pad(best_seqs, (0, 0, 0, pad), value=-1)
     best_seqs = best_seqs.masked_fill(torch.isinf(best_scores)[:, :, None], -1)
-    return AscentResult(best_seqs.cpu(), best_scores.cpu())
+    trace = torch.stack(trace).cpu() if trace else torch.zeros((0, b, c))
+    return AscentResult(best_seqs.cpu(), best_scores.cpu(), trace)
 
 
 # ---- from token ids to words -------------------------------------------------------------------------
