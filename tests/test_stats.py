@@ -70,3 +70,27 @@ def test_mann_whitney():
     p2, e2 = mann_whitney([1, 1, 2], [1, 1, 2])
     assert e2 == 0.0 and p2 == pytest.approx(1.0)
     assert math.isnan(mann_whitney([], [1.0])[0])
+
+
+def test_fisher_ties_with_asymmetric_margins():
+    """Tables as likely as the observed one count toward the two-sided p, also when the margins are not
+    symmetric and the two log-probabilities differ in the last bits."""
+    # (0, 2, 4, 2): rows 2/6, column 4 of 8. P(x) = C(2,x) C(6,4-x) / C(8,4): 15, 40, 15 of 70 for x = 0, 1, 2;
+    # x = 0 and x = 2 tie, so p = 30/70.
+    assert math.isclose(fisher_exact(0, 2, 4, 2), 30 / 70, rel_tol=1e-9)
+    assert math.isclose(fisher_exact(2, 0, 2, 4), 30 / 70, rel_tol=1e-9)
+    assert math.isclose(fisher_exact(1, 1, 3, 3), 1.0, rel_tol=1e-9)
+
+
+def test_fisher_matches_scipy_on_every_small_table():
+    from scipy.stats import fisher_exact as scipy_fisher
+
+    cells = range(8)
+    for a in cells:
+        for b in cells:
+            for c in cells:
+                for d in cells:
+                    if a + b == 0 or c + d == 0 or a + c == 0 or b + d == 0:
+                        continue
+                    want = scipy_fisher([[a, b], [c, d]]).pvalue
+                    assert math.isclose(fisher_exact(a, b, c, d), want, rel_tol=1e-6), (a, b, c, d)
