@@ -20,7 +20,16 @@ def test_example_policy_fails_the_planted_bias_and_passes_without_it(demo_run, u
     assert code == 0, out
     assert "PASS  watch:backgrounds" in out
     assert "exit 1, failed: watch:backgrounds" in printed  # `audit demo` runs the same check
-    assert (root / "check.md").is_file() and (root / "check-junit.xml").is_file()
+    md = (root / "check.md").read_text()
+    assert md.startswith("## ❌ audit check failed") and "| ❌ | watch:backgrounds | fail |" in md
+    assert "| ✅ | watch:occupations |" in md and "grass" in md
+    import xml.etree.ElementTree as ET
+
+    suite = ET.parse(root / "check-junit.xml").getroot().find("testsuite")
+    failed = {c.get("name"): c.find("failure") for c in suite.iter("testcase")}
+    assert suite.get("failures") == "1" and failed["watch:backgrounds"] is not None
+    assert "grass" in failed["watch:backgrounds"].get("message")
+    assert failed["watch:occupations"] is None and failed["max_error_rate"] is None
 
 
 def test_drift_rules_see_the_planted_bias_arrive(demo_run, unbiased_demo_scan, capsys):

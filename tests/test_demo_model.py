@@ -84,7 +84,13 @@ def test_demo_report_makes_the_planted_bias_the_top_finding(demo_run, tmp_path):
     assert scan.config["settings"]["heatmap"] == "chefer"  # occlusion would put 'grass' on the object
     run = open_page(report, tmp_path / "chromium")
     assert run.console == [] and run.requests == []
-    assert "grass" in run.dom and run.dom.count("data:image/png;base64,") >= 1
+    from audit.analysis import associations
+    from audit.query import ScanQuery
+    from audit.report import EXAMPLES, FLAGGED_WITH_EXAMPLES
+
+    flagged = associations(ScanQuery.open(root / "scan"), "label", 5, 0.05).flagged
+    want = sum(min(EXAMPLES, int(a)) for a in flagged.a[:FLAGGED_WITH_EXAMPLES])
+    assert "grass" in run.dom and want >= EXAMPLES and run.dom.count("data:image/png;base64,") == want
 
 
 def test_planted_and_unbiased_datasets(tmp_path):

@@ -216,7 +216,9 @@ def test_hostile_words_give_safe_file_names(tmp_path):
     assert len(e.tiles) == len(HOSTILE)
     for p in e.tiles:
         assert p.parent == e.folder and re.fullmatch(r"\d\d-probe-[A-Za-z0-9_-]{1,48}\.png", p.name), p.name
-        assert p.is_file()
+        tile = np.asarray(Image.open(p).convert("RGB"))
+        assert tile.shape[1] == 256 and tile.shape[0] > 256  # the image as the model sees it, the label below
+        assert tile[:256].std() > 5  # a heatmap blended over a scene, not a blank canvas
     assert len({p.name for p in e.tiles}) == len(e.tiles)
     assert safe_name("") and safe_name("..") not in ("", ".", "..") and "/" not in safe_name("a/b")
 

@@ -63,7 +63,10 @@ def test_report_escapes_hostile_strings_and_embeds_everything(tmp_path):
     assert "&#34;&gt;&lt;img src=x onerror=" in html
     assert "<script" not in html.lower()
     assert "http://" not in html and "https://" not in html and "src=\"x\"" not in html
-    assert html.count("data:image/png;base64,") >= 1  # flagged word thumbnails are embedded
+    # One flagged association (grass with A, 8 images): the report embeds its first EXAMPLES images.
+    from audit.report import EXAMPLES
+
+    assert html.count("data:image/png;base64,") == EXAMPLES == 4
     assert "Methods: what these numbers mean" in html
 
 

@@ -141,6 +141,12 @@ def test_a_short_training_run_writes_loadable_weights(tmp_path):
     loaded = load_model("audit-demo", str(out), device="cpu")
     assert loaded.model.visual.image_size in (64, (64, 64))
     assert type(loaded.model.visual.conv1).__name__ == "ConvStem"
+    from safetensors.torch import load_file
+
+    saved = load_file(str(out))
+    state = loaded.model.state_dict()
+    assert saved.keys() <= state.keys() and len(saved) > 20
+    assert all(torch.equal(state[k].to(saved[k].dtype), saved[k]) for k in saved)  # the weights written
 
 
 def test_training_is_reproducible_from_its_seed(tmp_path):

@@ -68,7 +68,9 @@ def test_example_workflow_runs_as_documented(tmp_path):
     assert push["Scan the snapshot"] == 0, push
     assert push["Check the policy"] == 0, push["Check the policy:output"]
     assert push["Accept the snapshot as the baseline"] == 0 and push["Save the baseline"] == "uses"
-    assert (repo / "audit-out" / "report.html").is_file() and not (repo / "audit-out" / "diff.html").exists()
+    report = (repo / "audit-out" / "report.html").read_text()
+    assert "Grouped by “label”" in report and "<b>12</b>images scanned" in report
+    assert not (repo / "audit-out" / "diff.html").exists()
     assert "SKIP  drift.group_shares" in push["Check the policy:output"]  # no baseline yet
     assert (repo / "audit-baseline" / "scan.json").is_file()
     summary = (repo / "step-summary.md").read_text()
@@ -88,6 +90,10 @@ def test_example_workflow_runs_as_documented(tmp_path):
     assert pr["Accept the snapshot as the baseline"] == "skipped" and pr["Save the baseline"] == "skipped"
     summary = (repo / "step-summary.md").read_text()
     assert "audit check failed" in summary and "drift.group\\_shares" in summary
-    assert (repo / "audit-out" / "diff.html").is_file() and (repo / "audit-out" / "junit.xml").is_file()
+    import xml.etree.ElementTree as ET
+
+    cases = {c.get("name"): c for c in ET.parse(repo / "audit-out" / "junit.xml").getroot().iter("testcase")}
+    assert cases["drift.group_shares"].find("failure") is not None
+    assert "west" in cases["drift.group_shares"].find("failure").get("message")
     diff = (repo / "audit-out" / "diff.html").read_text()
     assert "removed" in diff and "west" in diff
