@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # torch is a range in pyproject for users; here it is pinned to the wheels this machine carries.
 TORCH_PIN := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install browser demo test lint clean
+.PHONY: install browser demo test lint mutation clean
 
 install: $(VENV)/.installed
 
@@ -27,6 +27,10 @@ browser:
 test: install browser
 	$(PY) -m ruff check audit tests bench
 	$(PY) -m pytest -q
+
+# Not part of `make test`: applies small bugs to the critical modules and checks the suite notices each.
+mutation: install
+	$(PY) bench/mutation.py
 
 lint: install
 	$(PY) -m ruff check audit tests bench

@@ -5,6 +5,7 @@ import math
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import xmlschema
 
@@ -326,3 +327,28 @@ def test_scans_of_schema_version_1_are_read_not_resumed(tmp_path, capsys):
     assert code == 1 and "'grass' with label=A: 8 of 10 images" in out  # the same finding as before
     with pytest.raises(Exception, match="this audit resumes version 2"):
         ScanWriter.open(scan, config["settings"], {"kind": "test"})
+
+
+def test_the_permutation_p_value_counts_the_observed_split():
+    """p = (1 + splits at least as divergent) / (rounds + 1): exactly 1 for identical snapshots, and never
+    below 1 / (rounds + 1), however far apart they are (the observed split is one of the possible splits)."""
+    from audit.drift import divergence
+
+    ids = [f"i{k}" for k in range(10)]
+    pairs = pd.DataFrame({"image_id": ids, "word": ["red"] * 5 + ["blue"] * 5})
+    same = divergence(ids, ids, pairs, pairs, ["red", "blue"])
+    assert same.jsd == 0.0 and same.p == 1.0
+    old = pd.DataFrame({"image_id": ids, "word": ["red"] * 10})
+    new_ids = [f"j{k}" for k in range(10)]
+    new = pd.DataFrame({"image_id": new_ids, "word": ["blue"] * 10})
+    apart = divergence(ids, new_ids, old, new, ["red", "blue"])
+    k = apart.p * (apart.permutations + 1)
+    assert apart.jsd == 1.0 and k >= 1 and math.isclose(k, round(k)) and apart.p < 0.05
+
+
+def test_a_watch_rule_without_a_bound_flags_any_association(tmp_path):
+    """min_odds_ratio defaults to 1 (as examples/audit-policy.toml says): any over-representation counts."""
+    pol = policy(tmp_path, 'group_by = "label"\n[[watch]]\nname = "w"\nwords = ["grass"]\n')
+    (rule,) = load_policy(pol).rules
+    assert rule.kind == "watch" and rule.params["min_odds_ratio"] == 1.0
+    assert "1 when not given" in (Path(__file__).parents[1] / "examples" / "audit-policy.toml").read_text()

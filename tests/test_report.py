@@ -106,3 +106,21 @@ def test_a_groups_own_name_is_flagged_but_not_a_finding(tmp_path):
     flagged = set(zip(result.flagged.grp, result.flagged.word, strict=True))
     assert {("Dog", "dog"), ("Dog", "leash")} <= flagged
     assert list(result.findings.word) == ["leash"]
+
+
+def test_a_significant_word_is_flagged_only_when_its_interval_excludes_no_association(tmp_path):
+    """A word in all 4 images of A and none of the 3 of B: Fisher p = 1/35 < 0.05, yet the 95% interval of its
+    odds ratio still reaches 1 (lower log-odds bound -0.02), so nothing is flagged, in A or in B."""
+
+    images = [{"image_id": f"a{i}", "label": "A"} for i in range(4)] + [{"image_id": f"b{i}", "label": "B"}
+                                                                         for i in range(3)]
+    words = {im["image_id"]: ["snow"] if im["label"] == "A" else ["sky"] for im in images}
+    result = associations(ScanQuery.open(write_scan(tmp_path / "scan", images, words)), "label", min_count=3,
+                          fdr=0.05)
+    t = result.table.set_index(["grp", "word"])
+    a_snow = t.loc[("A", "snow")]
+    assert math.isclose(a_snow.p, 1 / 35, rel_tol=1e-9) and a_snow.q < 0.05
+    lo = log_odds_ci(4, 0, 0, 3)[1]
+    assert -0.05 < lo < 0 and math.isclose(a_snow.log_odds_lo, lo)
+    assert t.loc[("B", "snow")].log_odds_hi > 0  # the mirror image: significant, interval reaches 1 from below
+    assert not result.table.flagged.any()

@@ -1,0 +1,181 @@
+"""Mutation testing of the modules that decide what a user is told: does the suite notice a realistic bug?
+
+Each mutation is one small edit (a flipped sign, an off-by-one, a dropped tolerance) of a critical module. It
+is applied to a copy of the working tree (never to the tree itself, so an interrupted run leaves nothing
+behind), then only the test files that exercise that module run. A mutation that some test fails on is
+killed; one the tests pass on survives: a gap in the suite, unless it is listed as equivalent (the
+behaviour a user sees does not change) with the reason.
+
+    .venv/bin/python bench/mutation.py            # every mutation (about 10 minutes on 2 cores)
+    .venv/bin/python bench/mutation.py -k ascent  # those whose id contains 'ascent'
+
+Prints one line per mutation, the kill rate and the survivors; exits 1 when a mutation that the suite
+should catch survives, or when one no longer applies (the code it edits has changed: update the list).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Mutation:
+    id: str
+    path: str
+    old: str
+    new: str
+    tests: tuple[str, ...]
+    equivalent: str = ""  # why surviving is right: the behaviour a user sees does not change
+
+
+STATS = ("tests/test_stats.py", "tests/test_report.py")
+ASSOC = ("tests/test_report.py", "tests/test_check.py")
+ASCENT = ("tests/test_ascent.py",)
+DECODE = ("tests/test_decode.py", "tests/test_decode_geometry.py")
+STORE = ("tests/test_retry_errors.py", "tests/test_resume.py::test_crash_inside_a_commit_then_resume")
+
+MUTATIONS = [
+    Mutation("stats.fisher-tie-tolerance", "audit/stats.py", "if logp(x) <= observed + 1e-7)",
+             "if logp(x) <= observed)", STATS),
+    Mutation("stats.chi-square-df", "audit/stats.py", "math.erfc(math.sqrt(stat / 2))",
+             "math.erfc(math.sqrt(stat))", STATS),
+    Mutation("stats.bh-rank", "audit/stats.py", "ranked = p[order] * m / np.arange(1, m + 1)",
+             "ranked = p[order] / np.arange(1, m + 1)", STATS),
+    Mutation("stats.haldane-correction", "audit/stats.py", "a2, b2, c2, d2 = a + 0.5, b + 0.5, c + 0.5, d + 0.5",
+             "a2, b2, c2, d2 = a + 1.0, b + 0.5, c + 0.5, d + 0.5", STATS),
+    Mutation("stats.mann-whitney-continuity", "audit/stats.py", "z = (abs(u1 - mu) - 0.5)",
+             "z = (abs(u1 - mu) + 0.5)", STATS),
+    Mutation("stats.jensen-shannon-bits", "audit/stats.py", "np.log2(x[nz] / m[nz])", "np.log(x[nz] / m[nz])",
+             ("tests/test_stats.py", "tests/test_check.py")),
+    Mutation("analysis.flag-direction", "audit/analysis.py", "(table.q < fdr) & (table.log_odds_lo > 0)",
+             "(table.q < fdr) & (table.log_odds_hi > 0)", ASSOC),
+    Mutation("ascent.gradient-sign", "audit/ascent.py", "(soft_emb - soft_emb.detach())",
+             "(soft_emb.detach() - soft_emb)", ASCENT),
+    Mutation("ascent.dedupe-self", "audit/ascent.py", "dup = (same & earlier).any(-1)",
+             "dup = (same & ~earlier).any(-1)", ASCENT),
+    Mutation("ascent.refine-keeps-worse", "audit/ascent.py", "better = live & (best > scores)",
+             "better = live & (best < scores)", ASCENT),
+    Mutation("ascent.loss-mean-over-images", "audit/ascent.py", "loss = -100.0 * cos.mean(1).sum()",
+             "loss = -100.0 * cos.mean(1).mean()", ASCENT),  # Adam's eps makes the batch size matter
+    Mutation("relevancy.no-clamp", "audit/relevancy.py",
+             "cam = (g.float() * a.detach().float()).clamp(min=0).mean(dim=1)",
+             "cam = (g.float() * a.detach().float()).mean(dim=1)", ("tests/test_relevancy.py",)),
+    Mutation("heatmaps.entropy-norm", "audit/heatmaps.py", "entropy = -plogp.sum(1) / math.log(n)",
+             "entropy = -plogp.sum(1) / math.log(n + 1)", ("tests/test_heatmaps.py",)),
+    Mutation("heatmaps.border-ring", "audit/heatmaps.py", "border[0, :] = border[-1, :] = border[:, 0] = border[:, -1] = True",
+             "border[0, :] = border[-1, :] = True", ("tests/test_heatmaps.py",)),
+    Mutation("decode.unclamped-crop-frame", "audit/decode.py",  # the frame of the bug that dropped 5.4% of photos
+             "    if w * th == h * tw:\n        return 0.0, 0.0, float(w), float(h)\n",
+             "    scale = max(tw / w, th / h)\n    x0, y0 = (w - tw / scale) / 2, (h - th / scale) / 2\n"
+             "    return x0, y0, x0 + tw / scale, y0 + th / scale\n", DECODE),
+    Mutation("decode.letterbox-unrounded-scale", "audit/decode.py", "sx, sy = nw / w, nh / h",
+             "sx = sy = scale", DECODE),
+    Mutation("decode.alpha-on-black", "audit/decode.py", "BACKGROUND = (255, 255, 255)",
+             "BACKGROUND = (0, 0, 0)", DECODE),
+    Mutation("store.commit-marker-first", "audit/store.py",
+             'sorted(staged, key=lambda s: s[1].parent.name == "images")',
+             'sorted(staged, key=lambda s: s[1].parent.name != "images")', STORE),
+    Mutation("store.oldest-error-wins", "audit/store.py",
+             "latest = {image_id: row for row, image_id in enumerate(ids)}",
+             "latest = {image_id: row for row, image_id in reversed(list(enumerate(ids)))}", STORE),
+    Mutation("scan.retry-ignored", "audit/scanner.py", "done = scanned if opts.retry_errors else scanned | failed",
+             "done = scanned | failed", STORE),
+    Mutation("query.tokens-view-kind", "audit/query.py", "WHERE kind = '{ASCENT}'\")",
+             "WHERE kind = '{PROBE}'\")", ASSOC),
+    Mutation("query.internal-stage", "audit/query.py", 'WHERE stage = ?", [INTERNAL]',
+             'WHERE stage <> ?", [INTERNAL]', ("tests/test_retry_errors.py",)),
+    Mutation("drift.permutation-p", "audit/drift.py", "p = (1 + int(np.sum(null >= observed - 1e-12))) / (rounds + 1)",
+             "p = int(np.sum(null >= observed - 1e-12)) / (rounds + 1)", ("tests/test_check.py",)),
+    Mutation("policy.watch-bound", "audit/policy.py", 'bound = t.get("min_odds_ratio", float, 1.0)',
+             'bound = t.get("min_odds_ratio", float, 2.0)', ("tests/test_check.py",)),
+    Mutation("check.warn-is-fail", "audit/check.py",
+             'status = ("fail" if rule.level == "fail" else "warn") if broken else "pass"',
+             'status = "fail" if broken else "pass"', ("tests/test_check.py",)),
+]
+
+
+def _copy_tree(dest: Path) -> None:
+    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                           capture_output=True, check=True).stdout.decode().split("\0")
+    for name in filter(None, files):
+        src = ROOT / name
+        if src.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / name)
+
+
+def _pytest(tree: Path, tests: tuple[str, ...], timeout: float) -> tuple[bool, float]:
+    env = {**os.environ, "PYTHONPATH": str(tree), "HF_HUB_OFFLINE": "1"}
+    start = time.perf_counter()
+    try:
+        rc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests],
+                            cwd=tree, env=env, capture_output=True, timeout=timeout).returncode
+    except subprocess.TimeoutExpired:
+        rc = -1  # a mutation that hangs the tests is caught too
+    return rc == 0, time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("-k", default="", help="only mutations whose id contains this")
+    ap.add_argument("--timeout", type=float, default=600, help="seconds per test run")
+    args = ap.parse_args(argv)
+    chosen = [m for m in MUTATIONS if args.k in m.id]
+    with tempfile.TemporaryDirectory(prefix="audit-mutation-") as tmp:
+        tree = Path(tmp)
+        _copy_tree(tree)
+        where = subprocess.run([sys.executable, "-c", "import audit; print(audit.__file__)"], cwd=tree,
+                               env={**os.environ, "PYTHONPATH": str(tree)}, capture_output=True, text=True).stdout
+        if not where.startswith(str(tree)):  # mutants must be what the tests import
+            print(f"the tests would import audit from {where.strip()}, not from the mutated copy", file=sys.stderr)
+            return 2
+        for tests in dict.fromkeys(m.tests for m in chosen):  # the unmutated suite must pass first
+            ok, seconds = _pytest(tree, tests, args.timeout)
+            if not ok:
+                print(f"the tests fail without any mutation: {' '.join(tests)}", file=sys.stderr)
+                return 2
+        killed, survivors, stale, equivalent = 0, [], [], []
+        for m in chosen:
+            path = tree / m.path
+            original = path.read_text(encoding="utf-8")
+            if original.count(m.old) != 1:
+                stale.append(m)
+                print(f"STALE     {m.id:34s} the code it edits is not in {m.path} exactly once", flush=True)
+                continue
+            path.write_text(original.replace(m.old, m.new), encoding="utf-8")
+            try:
+                passed, seconds = _pytest(tree, m.tests, args.timeout)
+            finally:
+                path.write_text(original, encoding="utf-8")
+            if not passed:
+                killed += 1
+                verdict = "killed"
+            elif m.equivalent:
+                equivalent.append(m)
+                verdict = "survived (equivalent)"
+            else:
+                survivors.append(m)
+                verdict = "SURVIVED"
+            print(f"{verdict:22s} {m.id:34s} {seconds:6.1f} s  {' '.join(m.tests)}", flush=True)
+    counted = len(chosen) - len(stale) - len(equivalent)
+    print(f"\nmutations: {len(chosen)}; killed {killed} of the {counted} the suite should catch "
+          f"({killed / counted:.0%} kill rate)" if counted else "\nno mutation ran")
+    for m in equivalent:
+        print(f"equivalent (not counted): {m.id}: {m.equivalent}")
+    for m in survivors:
+        print(f"SURVIVOR: {m.id} ({m.path}: {m.old!r} -> {m.new!r})")
+    return 1 if survivors or stale else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
