@@ -277,8 +277,9 @@ def run_check(scan_dir: str | os.PathLike, policy: Policy, baseline: str | os.Pa
     checker = _Checker(q, policy, base)
     results = [checker.run(rule) for rule in policy.rules]
     notes = _setting_notes(q, base) if base is not None else []
-    if q.internal_errors():
-        notes.insert(0, internal_errors_note(q.internal_errors()))
+    internal = q.internal_errors()
+    if internal:
+        notes.insert(0, internal_errors_note(internal))
     return CheckResult(str(scan_dir), None if baseline is None else str(baseline), policy,
                        images["scan"], q.unreadable(), results, notes)
 
