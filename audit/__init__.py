@@ -1,8 +1,7 @@
 """audit: what a CLIP vision transformer thinks of every image in a dataset, and where it looks."""
 
-__version__ = "0.1.0"
-
-from .store import Scan  # noqa: E402
+from audit.store.reader import Scan
+from audit.version import __version__
 
 
 def scan(source, out, **options) -> Scan:
@@ -10,7 +9,7 @@ def scan(source, out, **options) -> Scan:
 
     Options are those of `audit scan` with underscores (model, pretrained, steps, batch_size, ...).
     """
-    from .scanner import run_scan
+    from audit.scanner.pipeline import run_scan
 
     return run_scan(source, out, **options)
 

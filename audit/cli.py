@@ -8,8 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from .defaults import DEFAULT_MAX_PIXELS, DEFAULT_MODEL, DEFAULT_PRETRAINED
-from .errors import AuditError
+from audit.errors import AuditError
+from audit.scanner.options import DEFAULT_MAX_PIXELS, DEFAULT_MODEL, DEFAULT_PRETRAINED
 
 # Options shared by `scan` and `explain`, declared once.
 Model = Annotated[str, typer.Option(help="open_clip model name, audit-demo (trained here, offline) or audit-tiny (tests).")]
@@ -71,7 +71,7 @@ def scan(
     quiet: Quiet = False,
 ) -> None:
     """Scan a dataset: words CLIP attaches to each image, and a relevancy heatmap per word, into Parquet."""
-    from .scanner import run_scan
+    from audit.scanner.pipeline import run_scan
 
     run_scan(str(source), str(out), model=model, pretrained=pretrained, device=device, batch_size=batch_size,
              workers=workers, seed=seed, steps=steps, tokens_per_seq=tokens_per_seq, candidates=candidates, lr=lr,
@@ -94,7 +94,7 @@ def report(
     title: str = typer.Option(None, help="Report title."),
 ) -> None:
     """Write a self-contained HTML bias report: distinctive words per group, how sure, where CLIP looks."""
-    from .report import build_report
+    from audit.outputs.report import build_report
 
     path = build_report(scan_dir, group_by, out, min_count=min_count, fdr=fdr, top=top, title=title)
     print(f"audit report: wrote {path}", file=sys.stderr)
@@ -111,9 +111,9 @@ def check(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing; the exit code and files say it all."),
 ) -> None:
     """Gate a dataset snapshot on a policy: exit 0 when every rule passes, 1 when one fails, 2 on usage errors."""
-    from .check import run_check, write_outputs
-    from .check_output import text
-    from .policy import load_policy
+    from audit.outputs.check_output import text
+    from audit.policy.parse import load_policy
+    from audit.policy.rules import run_check, write_outputs
 
     result = run_check(scan_dir, load_policy(policy), baseline)
     write_outputs(result, junit=junit, json_path=json_out, markdown=markdown)
@@ -132,7 +132,7 @@ def diff(
     fdr: float = typer.Option(0.05, help="Benjamini-Hochberg false discovery rate for associations."),
 ) -> None:
     """What changed between two scans: images added and removed, word shift, associations gained and lost."""
-    from .diff import build_diff, text, write_diff
+    from audit.outputs.diff import build_diff, text, write_diff
 
     d = build_diff(old, new, group_by or [], min_count=min_count, fdr=fdr)
     sys.stdout.write(text(d))
@@ -167,7 +167,7 @@ def explain(
     quiet: Quiet = False,
 ) -> None:
     """The single-image view: each word's heatmap as a labelled overlay, and one mosaic per image."""
-    from .explain import explain as run_explain
+    from audit.outputs.explain import explain as run_explain
 
     done = run_explain([str(p) for p in inputs], out, tile=tile, words=tuple(words or ()), words_file=words_file,
                        no_ascent=no_ascent, model=model, pretrained=pretrained, device=device, seed=seed,
@@ -194,7 +194,7 @@ def demo(
 ) -> None:
     """Generate a dataset with a planted bias and scan it offline with audit-demo."""
     if ctx.invoked_subcommand is None:
-        from .demo import run_demo
+        from audit.demo import run_demo
 
         run_demo(out, images=images, quiet=quiet, device=device)
 
@@ -210,7 +210,7 @@ def demo_evaluate(
     device: str = typer.Option("cpu", help="auto, cpu or cuda."),
 ) -> None:
     """Zero-shot accuracy, ascent word recall and pointing game of audit-demo on unseen scenes."""
-    from .demo.evaluate import evaluate
+    from audit.demo.evaluate import evaluate
 
     result = evaluate(scenes=scenes, recall_scenes=recall_scenes, pretrained=pretrained, steps=steps,
                       candidates=candidates, device=device, quiet=False)
@@ -243,7 +243,7 @@ def demo_train(
                                        "every image."),
 ) -> None:
     """Retrain the demo CLIP (under an hour on a 2-core CPU with the defaults)."""
-    from .demo.train import train
+    from audit.demo.train import train
 
     info = train(out, steps=steps, batch=batch, lr=lr, seed=seed, scenes=scenes, twins=twins, junk=junk,
                  word_templates=word_templates, shape_negatives=shape_negatives, conv_stem=conv_stem,

@@ -10,10 +10,10 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from audit.check import run_check
 from audit.demo import DEMO_SETTINGS, POLICY, make_dataset
-from audit.policy import load_policy
-from audit.scanner import run_scan
+from audit.policy.parse import load_policy
+from audit.policy.rules import run_check
+from audit.scanner.pipeline import run_scan
 
 
 def scan(tmp: Path, name: str, seed: int, bias, images: int) -> Path:

@@ -15,10 +15,10 @@ import time
 
 import torch
 
-from audit.ascent import AscentConfig, run_ascent
-from audit.encoders import Towers
-from audit.models import load_model
-from audit.scanner import _tune_cpu_allocator
+from audit.scanner.ascent import AscentConfig, run_ascent
+from audit.scanner.encoders import Towers
+from audit.scanner.models import load_model
+from audit.scanner.pipeline import _tune_cpu_allocator
 
 
 def main() -> None:

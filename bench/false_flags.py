@@ -12,10 +12,10 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from audit.analysis import associations
+from audit.analysis.associations import associations
 from audit.demo import DEMO_SETTINGS, make_dataset
-from audit.query import ScanQuery
-from audit.scanner import run_scan
+from audit.scanner.pipeline import run_scan
+from audit.store.query import ScanQuery
 
 
 def run(bias, seed: int, images: int, tmp: Path):

@@ -10,7 +10,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from scan_throughput import compare_paths  # noqa: E402
 
-from audit.ascent import AscentConfig  # noqa: E402
+from audit.scanner.ascent import AscentConfig  # noqa: E402
 
 if __name__ == "__main__":
     model = sys.argv[1] if len(sys.argv) > 1 else "ViT-B-32"

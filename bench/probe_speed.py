@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from audit.demo import make_dataset
-from audit.scanner import run_scan
+from audit.scanner.pipeline import run_scan
 
 WORDS = "grass,water,red,circle,fire fighter"
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from audit.report import build_report
-from audit.store import ScanWriter
+from audit.outputs.report import build_report
+from audit.store.writer import ScanWriter
 
 
 def synthetic_scan(out: Path, images: int, per_image: int, vocab: int = 3000, groups: int = 5, seed: int = 0):

@@ -29,14 +29,14 @@ import torch.nn.functional as F
 from PIL import Image
 
 import audit
-import audit.ascent
-from audit.ascent import AscentConfig, run_ascent, sequences_to_words
-from audit.encoders import Towers
-from audit.loader import ImageDataset, make_loader
-from audit.models import load_model
-from audit.relevancy import relevancy
-from audit.scanner import _autocast, _relevancy_chunk
-from audit.sources import open_source
+import audit.scanner.ascent
+from audit.scanner.ascent import AscentConfig, run_ascent, sequences_to_words
+from audit.scanner.encoders import Towers
+from audit.scanner.loader import ImageDataset, make_loader
+from audit.scanner.models import load_model
+from audit.scanner.pipeline import _autocast, _relevancy_chunk
+from audit.scanner.relevancy import relevancy
+from audit.scanner.sources import open_source
 
 GPU_MODELS = ("ViT-B-32", "ViT-B-16", "ViT-L-14")
 
@@ -131,7 +131,7 @@ def naive_ascent(towers: Towers, image: torch.Tensor, cfg: AscentConfig, seed: i
 @torch.no_grad()
 def shared_score(towers: Towers, image: torch.Tensor, seq: list[int], cfg: AscentConfig) -> float:
     """Mean fp32 cosine of one token sequence with 64 fixed views of the image: the common yardstick."""
-    from audit.ascent import augment
+    from audit.scanner.ascent import augment
 
     seeds = torch.tensor([987654321], device=image.device)
     views = augment(image[None], seeds, 7, AscentConfig(views=64, degrees=cfg.degrees, translate=cfg.translate))
@@ -187,7 +187,7 @@ def compare_paths(name: str, device: torch.device, b: int, cfg: AscentConfig) ->
     loaded = load_model(name, "none", device=str(device))
     towers = Towers(loaded)
     x = random_images(b, input_size(loaded), device, seed=2)
-    default_optimizer = audit.ascent._optimizer
+    default_optimizer = audit.scanner.ascent._optimizer
 
     def plain(logits, lr):
         return torch.optim.Adam([logits], lr=lr)
@@ -197,7 +197,7 @@ def compare_paths(name: str, device: torch.device, b: int, cfg: AscentConfig) ->
                                           ("eager + fused Adam", "0", default_optimizer),
                                           ("compiled + fused Adam (default)", "1", default_optimizer)):
         os.environ["AUDIT_COMPILE"] = compile_env
-        audit.ascent._optimizer = optimizer
+        audit.scanner.ascent._optimizer = optimizer
         try:
             reset_peak(device)
             fast_ascent(towers, x, dataclasses.replace(cfg, steps=2), device)  # warm-up (and compile)
@@ -206,7 +206,7 @@ def compare_paths(name: str, device: torch.device, b: int, cfg: AscentConfig) ->
             found = fast_ascent(towers, x, cfg, device)
             sync(device)
         finally:
-            audit.ascent._optimizer = default_optimizer
+            audit.scanner.ascent._optimizer = default_optimizer
             os.environ.pop("AUDIT_COMPILE", None)
         results[label] = (b / (time.perf_counter() - t0), found)
         print(f"paths: {name} batch {b}  {label:32s} ascent {results[label][0]:8.2f} img/s  "

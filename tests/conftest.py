@@ -12,14 +12,14 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 @pytest.fixture(scope="session")
 def tiny():
-    from audit.models import load_model
+    from audit.scanner.models import load_model
 
     return load_model("audit-tiny", "none", device="cpu", seed=0)
 
 
 @pytest.fixture(scope="session")
 def towers(tiny):
-    from audit.encoders import Towers
+    from audit.scanner.encoders import Towers
 
     return Towers(tiny)
 
@@ -53,7 +53,7 @@ def demo_run(tmp_path_factory):
 def unbiased_demo_scan(tmp_path_factory):
     """A demo dataset of the same kind without the planted bias (backgrounds uniform at every site)."""
     from audit.demo import DEMO_SETTINGS, make_dataset
-    from audit.scanner import run_scan
+    from audit.scanner.pipeline import run_scan
 
     root = tmp_path_factory.mktemp("unbiased")
     manifest = make_dataset(root / "dataset", images=60, seed=1, bias=None)

@@ -3,7 +3,7 @@ import pandas as pd
 from PIL import Image
 
 import audit
-from audit.schema import TABLES
+from audit.store.schema import TABLES
 
 # Small ascent settings: enough steps to exercise tracking of the best sequences, seconds on a CPU.
 FAST = dict(model="audit-tiny", pretrained="none", steps=3, candidates=4, views=4, workers=0, quiet=True)

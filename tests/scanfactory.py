@@ -4,7 +4,7 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from audit.store import ScanWriter
+from audit.store.writer import ScanWriter
 
 SETTINGS = {"model": "hand-made", "pretrained": "none", "steps": 0}
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from audit import rng
-from audit.ascent import (
+from audit.scanner import rng
+from audit.scanner.ascent import (
     AscentConfig,
     _optimizer,
     _Sequences,

@@ -3,7 +3,7 @@
 import numpy as np
 from PIL import Image
 
-from audit.report import build_report
+from audit.outputs.report import build_report
 
 from .browser import open_page
 from .scanfactory import write_scan

@@ -9,15 +9,15 @@ import pandas as pd
 import pytest
 import xmlschema
 
-from audit.analysis import associations
-from audit.check import run_check
-from audit.check_output import junit, markdown, text
+from audit.analysis.associations import associations
+from audit.analysis.stats import jensen_shannon
 from audit.cli import main
-from audit.diff import build_diff
-from audit.diff import markdown as diff_markdown
-from audit.policy import load_policy
-from audit.query import ScanQuery
-from audit.stats import jensen_shannon
+from audit.outputs.check_output import junit, markdown, text
+from audit.outputs.diff import build_diff
+from audit.outputs.diff import markdown as diff_markdown
+from audit.policy.parse import load_policy
+from audit.policy.rules import run_check
+from audit.store.query import ScanQuery
 
 from .browser import open_page
 from .scanfactory import write_scan
@@ -304,7 +304,8 @@ def test_report_check_and_diff_start_without_loading_torch():
     import subprocess
     import sys
 
-    code = ("import sys, audit.cli, audit.check, audit.check_output, audit.diff, audit.report, audit.policy;"
+    code = ("import sys, audit, audit.cli, audit.policy.rules, audit.outputs.check_output, audit.outputs.diff, "
+            "audit.outputs.report, audit.policy.parse, audit.store.query;"
             "print(sorted(m for m in ('torch', 'open_clip', 'kornia') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"  # a CI gate should not spend seconds importing a model it never runs
@@ -313,7 +314,8 @@ def test_report_check_and_diff_start_without_loading_torch():
 def test_scans_of_schema_version_1_are_read_not_resumed(tmp_path, capsys):
     import pyarrow.parquet as pq
 
-    from audit.store import Scan, ScanWriter
+    from audit.store.reader import Scan
+    from audit.store.writer import ScanWriter
 
     scan = planted(tmp_path)
     for table in ("tokens", "heatmaps"):  # the layout before probe words: no kind column
@@ -332,7 +334,7 @@ def test_scans_of_schema_version_1_are_read_not_resumed(tmp_path, capsys):
 def test_the_permutation_p_value_counts_the_observed_split():
     """p = (1 + splits at least as divergent) / (rounds + 1): exactly 1 for identical snapshots, and never
     below 1 / (rounds + 1), however far apart they are (the observed split is one of the possible splits)."""
-    from audit.drift import divergence
+    from audit.analysis.drift import divergence
 
     ids = [f"i{k}" for k in range(10)]
     pairs = pd.DataFrame({"image_id": ids, "word": ["red"] * 5 + ["blue"] * 5})

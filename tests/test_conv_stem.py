@@ -4,8 +4,8 @@ import open_clip
 import pytest
 import torch
 
-from audit.conv_stem import ConvStem, add_conv_stem
-from audit.models import CONV_STEMS, build_model
+from audit.scanner.conv_stem import ConvStem, add_conv_stem
+from audit.scanner.models import CONV_STEMS, build_model
 
 
 def test_stem_keeps_the_token_grid_of_the_patchify_layer():

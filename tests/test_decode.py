@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from audit.decode import DecodeError, box_in_frame, fit, open_rgb, to_rgb
+from audit.scanner.decode import DecodeError, box_in_frame, fit, open_rgb, to_rgb
 
 
 def px(img, xy=(0, 0)):
@@ -136,8 +136,8 @@ def test_box_in_frame():
 
 
 def test_loader_normalizes_with_model_mean_and_std(tmp_path, tiny):
-    from audit.loader import ImageDataset
-    from audit.sources import Record
+    from audit.scanner.loader import ImageDataset
+    from audit.scanner.sources import Record
 
     path = tmp_path / "grey.png"
     Image.new("RGB", (80, 60), (128, 128, 128)).save(path)

@@ -15,8 +15,8 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-import audit.models  # noqa: F401 - registers audit's own model configs with open_clip
-from audit.decode import box_in_frame, crop_frame, fit
+import audit.scanner.models  # noqa: F401 - registers audit's own model configs with open_clip
+from audit.scanner.decode import box_in_frame, crop_frame, fit
 
 from .corpus import DROPPED_BEFORE
 

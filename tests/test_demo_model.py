@@ -12,8 +12,8 @@ from audit.demo import make_dataset
 from audit.demo.evaluate import RECALL_CANDIDATES, RECALL_STEPS, pointing_game, word_recall, zero_shot
 from audit.demo.scenes import make_scene
 from audit.demo.train import EVAL_SEED_BASE
-from audit.encoders import Towers
-from audit.models import BUNDLED, default_start_layer, load_model, resolve_weights
+from audit.scanner.encoders import Towers
+from audit.scanner.models import BUNDLED, default_start_layer, load_model, resolve_weights
 
 from .browser import open_page
 
@@ -84,9 +84,9 @@ def test_demo_report_makes_the_planted_bias_the_top_finding(demo_run, tmp_path):
     assert scan.config["settings"]["heatmap"] == "chefer"  # occlusion would put 'grass' on the object
     run = open_page(report, tmp_path / "chromium")
     assert run.console == [] and run.requests == []
-    from audit.analysis import associations
-    from audit.query import ScanQuery
-    from audit.report import EXAMPLES, FLAGGED_WITH_EXAMPLES
+    from audit.analysis.associations import associations
+    from audit.outputs.report import EXAMPLES, FLAGGED_WITH_EXAMPLES
+    from audit.store.query import ScanQuery
 
     flagged = associations(ScanQuery.open(root / "scan"), "label", 5, 0.05).flagged
     want = sum(min(EXAMPLES, int(a)) for a in flagged.a[:FLAGGED_WITH_EXAMPLES])

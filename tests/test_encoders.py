@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from audit.encoders import Towers, explicit_block
+from audit.scanner.encoders import Towers, explicit_block
 
 
 def random_ids(n, length, seed=0):
@@ -68,7 +68,7 @@ def test_vision_split_matches_encode_image(tiny, towers):
 
 def test_vit_b_32_random_weights_are_supported():
     """The default architecture loads and its cut text path matches open_clip (random weights, no download)."""
-    from audit.models import load_model
+    from audit.scanner.models import load_model
 
     loaded = load_model("ViT-B-32", "none", device="cpu")
     t = Towers(loaded)

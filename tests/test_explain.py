@@ -11,16 +11,16 @@ import torch
 from PIL import Image
 
 import audit
-from audit.analysis import probes
+from audit.analysis.associations import probes
 from audit.cli import main
-from audit.decode import fit
 from audit.demo.scenes import SHAPES, make_scene
 from audit.demo.train import EVAL_SEED_BASE
-from audit.explain import LABEL_H, caption, explain, safe_name
-from audit.models import load_model
-from audit.probes import parse_probe_words
-from audit.query import ScanQuery
-from audit.report import build_report
+from audit.outputs.explain import LABEL_H, caption, explain, safe_name
+from audit.outputs.report import build_report
+from audit.scanner.decode import fit
+from audit.scanner.models import load_model
+from audit.scanner.probes import parse_probe_words
+from audit.store.query import ScanQuery
 
 from .helpers import FAST
 from .scanfactory import write_scan

@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 
-from audit.heatmaps import cell_box_overlap, grid_stats
+from audit.scanner.heatmap_stats import cell_box_overlap, grid_stats
 
 
 def test_single_hot_cell():

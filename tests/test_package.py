@@ -12,13 +12,13 @@ def test_wheel_carries_model_configs_and_entry_point(tmp_path):
     wheel = next(tmp_path.glob("audit-*.whl"))
     with zipfile.ZipFile(wheel) as z:
         names = z.namelist()
-        assert "audit/model_configs/audit-tiny.json" in names
+        assert "audit/scanner/model_configs/audit-tiny.json" in names
         assert "audit/demo/__init__.py" in names
-        assert "audit/model_configs/audit-demo.json" in names
-        assert "audit/templates/report.html.j2" in names
-        assert "audit/templates/diff.html.j2" in names and "audit/templates/_style.html.j2" in names
+        assert "audit/scanner/model_configs/audit-demo.json" in names
+        assert "audit/outputs/templates/report.html.j2" in names
+        assert "audit/outputs/templates/diff.html.j2" in names and "audit/outputs/templates/_style.html.j2" in names
         assert "audit/demo/audit-policy.toml" in names  # `audit demo` checks with it
-        assert "audit/fonts/DejaVuSans-Bold.ttf" in names and "audit/fonts/DejaVu-LICENSE.txt" in names
+        assert "audit/outputs/fonts/DejaVuSans-Bold.ttf" in names and "audit/outputs/fonts/DejaVu-LICENSE.txt" in names
         assert "audit/demo/weights/audit-demo.safetensors" in names
         assert "audit/demo/weights/MODEL_CARD.md" in names
         entry = next(n for n in names if n.endswith("entry_points.txt"))

@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 import audit
-from audit.decode import fit, open_rgb
-from audit.sources import printable_path
+from audit.scanner.decode import fit, open_rgb
+from audit.scanner.sources import printable_path
 
 from .corpus import DROPPED_BEFORE, make_corpus, smooth
 

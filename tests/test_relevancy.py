@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from audit.relevancy import relevancy
+from audit.scanner.relevancy import relevancy
 
 
 def manual_attention_block(blk, x, mask=None):
@@ -164,7 +164,7 @@ def test_occlusion_does_not_depend_on_batch_or_chunk(towers):
 
 
 def test_occlusion_windows_cover_every_patch_equally():
-    from audit.relevancy import _windows
+    from audit.scanner.relevancy import _windows
 
     for window in (1, 2, 3, 5):
         count = torch.zeros(4, 6)

@@ -5,11 +5,11 @@ import math
 
 import pytest
 
-from audit.analysis import associations
+from audit.analysis.associations import associations
+from audit.analysis.stats import bh_qvalues, fisher_exact, log_odds_ci
 from audit.cli import main
-from audit.query import ScanQuery
-from audit.report import build_report
-from audit.stats import bh_qvalues, fisher_exact, log_odds_ci
+from audit.outputs.report import build_report
+from audit.store.query import ScanQuery
 
 from .scanfactory import write_scan
 
@@ -64,7 +64,7 @@ def test_report_escapes_hostile_strings_and_embeds_everything(tmp_path):
     assert "<script" not in html.lower()
     assert "http://" not in html and "https://" not in html and "src=\"x\"" not in html
     # One flagged association (grass with A, 8 images): the report embeds its first EXAMPLES images.
-    from audit.report import EXAMPLES
+    from audit.outputs.report import EXAMPLES
 
     assert html.count("data:image/png;base64,") == EXAMPLES == 4
     assert "Methods: what these numbers mean" in html

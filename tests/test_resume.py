@@ -9,8 +9,8 @@ import time
 import pytest
 
 import audit
-from audit.schema import TABLES
-from audit.store import ScanWriter
+from audit.store.schema import TABLES
+from audit.store.writer import ScanWriter
 
 from .helpers import FAST, assert_same_rows, count_parts, save_noise
 
@@ -69,10 +69,10 @@ def test_crash_inside_a_commit_then_resume(dataset, reference, tmp_path, monkeyp
             raise Crash()
         return real_replace(src, dst)
 
-    monkeypatch.setattr("audit.store.os.replace", dying_replace)
+    monkeypatch.setattr("audit.store.writer.os.replace", dying_replace)
     with pytest.raises(Crash):
         audit.scan(dataset, out, **{**FAST, "batch_size": 2})
-    monkeypatch.setattr("audit.store.os.replace", real_replace)
+    monkeypatch.setattr("audit.store.writer.os.replace", real_replace)
     if (out / "scan.json").exists():
         writer = ScanWriter.open(out, audit.Scan(out).config["settings"], {})
         writer.close()
@@ -99,7 +99,7 @@ def _oom_above(monkeypatch, size):
     """Make every batch of more than `size` decoded images fail the way a full GPU does."""
     import torch
 
-    from audit import scanner
+    from audit.scanner import pipeline as scanner
 
     real = scanner._BatchScanner.run
     seen = []
@@ -133,8 +133,8 @@ def test_an_image_that_never_fits_stops_with_one_line_and_keeps_committed_rows(d
                                                                                 capsys):
     import torch
 
-    from audit import scanner
     from audit.cli import main
+    from audit.scanner import pipeline as scanner
 
     real = scanner._BatchScanner.run
 
@@ -155,7 +155,7 @@ def test_an_image_that_never_fits_stops_with_one_line_and_keeps_committed_rows(d
 
 
 def test_other_errors_are_not_mistaken_for_out_of_memory(dataset, tmp_path, monkeypatch):
-    from audit import scanner
+    from audit.scanner import pipeline as scanner
 
     def run(self, batch):
         raise RuntimeError("CUDA error: device-side assert triggered")

@@ -12,10 +12,10 @@ import time
 import pytest
 
 import audit
-from audit.check import run_check
-from audit.policy import load_policy
-from audit.query import ScanQuery
-from audit.report import build_report
+from audit.outputs.report import build_report
+from audit.policy.parse import load_policy
+from audit.policy.rules import run_check
+from audit.store.query import ScanQuery
 
 from .helpers import FAST, assert_same_rows, count_parts, save_noise
 from .scanfactory import write_scan
@@ -34,7 +34,7 @@ def dataset(tmp_path):
 
 def _buggy_decoder(monkeypatch, ids):
     """Make the decoder fail on some files the way the centre-crop bug did: an exception audit did not expect."""
-    from audit import loader
+    from audit.scanner import loader
 
     real = loader.decode
 

@@ -11,7 +11,7 @@ from PIL import Image
 
 import audit
 from audit.cli import main
-from audit.schema import SCHEMAS, TABLES
+from audit.store.schema import SCHEMAS, TABLES
 
 from .helpers import FAST, save_noise
 
@@ -52,7 +52,7 @@ def test_word_cosine_is_the_words_own_cosine(small_folder, tmp_path, tiny):
     """word_cosine = cos(encode_image(image), encode_text(tokenize(word))) with open_clip's own calls."""
     import torch
 
-    from audit.decode import decode
+    from audit.scanner.decode import decode
 
     scan = audit.scan(small_folder, tmp_path / "scan", **FAST)
     tokens = scan.tokens().head(6)
@@ -106,7 +106,7 @@ def test_bad_input_becomes_error_rows_and_the_scan_goes_on(tmp_path, monkeypatch
             raise PermissionError(13, "Permission denied", path)
         return real_open(path, *args, **kwargs)
 
-    monkeypatch.setattr("audit.decode.open", guarded_open, raising=False)
+    monkeypatch.setattr("audit.scanner.decode.open", guarded_open, raising=False)
     scan = audit.scan(root, tmp_path / "scan", **FAST)
     errors = scan.errors().set_index("image_id").reason.to_dict()
     assert errors == {
@@ -216,7 +216,7 @@ def test_cli_scan_prints_progress_and_summary(small_folder, tmp_path, capsys):
 def test_memory_estimates_match_what_was_measured():
     """The ascent estimate for ViT-B/32 (16 candidates, 4 tokens, the 49,408-token vocabulary) against the
     8.4 GB that a batched prototype measured at 64 images on an H100 (issue 7): within a factor of 1.5."""
-    from audit.memory import ascent_bytes_per_image, fit_count
+    from audit.scanner.memory import ascent_bytes_per_image, fit_count
 
     per_image = ascent_bytes_per_image(16, 4, 49408, text_width=512, text_layers=12, seq_len=6)
     assert 8.4e9 / 64 / 1.5 < per_image < 8.4e9 / 64 * 1.5
@@ -227,8 +227,8 @@ def test_memory_estimates_match_what_was_measured():
 def test_auto_batch_on_a_gpu_follows_free_memory(tiny, monkeypatch):
     import torch
 
-    from audit import scanner
-    from audit.encoders import Towers
+    from audit.scanner import pipeline as scanner
+    from audit.scanner.encoders import Towers
 
     towers = Towers(tiny)
     cuda = torch.device("cuda")

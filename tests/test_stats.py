@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from audit.stats import (
+from audit.analysis.stats import (
     association_test,
     bh_qvalues,
     chi_square,

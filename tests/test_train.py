@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from audit.demo import train as T
 from audit.demo.scenes import BACKGROUNDS, COLOURS, SHAPES
-from audit.models import load_model
+from audit.scanner.models import load_model
 
 
 def test_twins_differ_from_their_scene_in_one_shape_only():

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .scenes import BACKGROUNDS, COLOURS, SHAPES, make_scene
+from audit.demo.scenes import BACKGROUNDS, COLOURS, SHAPES, make_scene
 
 LABELS = ("north", "south", "west")
 # The documented example policy (examples/audit-policy.toml links here); the demo gates on it.
@@ -63,13 +63,13 @@ def make_dataset(root: Path, images: int = 48, seed: int = 0, bias: float = 0.9,
 
 def run_demo(out: str | Path, images: int = 60, quiet: bool = False, device: str = "auto") -> Path:
     """Dataset, scan, report and policy check; prints where to look. Returns the report's path."""
-    from ..analysis import associations
-    from ..check import run_check, write_outputs
-    from ..explain import render
-    from ..policy import load_policy
-    from ..query import ScanQuery
-    from ..report import build_report
-    from ..scanner import run_scan
+    from audit.analysis.associations import associations
+    from audit.outputs.explain import render
+    from audit.outputs.report import build_report
+    from audit.policy.parse import load_policy
+    from audit.policy.rules import run_check, write_outputs
+    from audit.scanner.pipeline import run_scan
+    from audit.store.query import ScanQuery
 
     out = Path(out)
     manifest = make_dataset(out / "dataset", images=images)

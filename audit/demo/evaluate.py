@@ -12,13 +12,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..encoders import Towers
-from ..heatmaps import grid_stats
-from ..models import default_heatmap, default_occlusion_window, default_start_layer, load_model
-from ..relevancy import METHODS, relevancy
-from ..scanner import ScanOptions
-from .scenes import BACKGROUNDS, COLOURS, SHAPES, make_scene
-from .train import EVAL_SEED_BASE
+from audit.demo.scenes import BACKGROUNDS, COLOURS, SHAPES, make_scene
+from audit.demo.train import EVAL_SEED_BASE
+from audit.scanner.encoders import Towers
+from audit.scanner.heatmap_stats import grid_stats
+from audit.scanner.models import default_heatmap, default_occlusion_window, default_start_layer, load_model
+from audit.scanner.pipeline import ScanOptions
+from audit.scanner.relevancy import METHODS, relevancy
 
 # Word recall counts the words a scan finds, so it runs the scan's own ascent settings by default.
 RECALL_STEPS = ScanOptions.steps
@@ -63,8 +63,8 @@ class Evaluation:
 
 
 def _pixels(images, preprocess, device):
-    from ..decode import fit
-    from ..loader import to_model_input
+    from audit.scanner.decode import fit
+    from audit.scanner.loader import to_model_input
 
     mean = np.asarray(preprocess["mean"], dtype=np.float32)
     std = np.asarray(preprocess["std"], dtype=np.float32)

@@ -23,9 +23,9 @@ import open_clip
 import torch
 import torch.nn.functional as F
 
-from ..encoders import Towers
-from ..models import build_model
-from .scenes import BACKGROUNDS, COLOURS, SHAPES, captions, make_scene
+from audit.demo.scenes import BACKGROUNDS, COLOURS, SHAPES, captions, make_scene
+from audit.scanner.encoders import Towers
+from audit.scanner.models import build_model
 
 TRAIN_SEED_BASE = 1_000_000  # training scenes use seeds from here; evaluation uses EVAL_SEED_BASE
 EVAL_SEED_BASE = 900_000_000
@@ -229,7 +229,7 @@ def train(out: Path, steps: int = 3000, batch: int = 128, lr: float = 2e-3, seed
             return lr * (step + 1) / warmup
         return lr * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
 
-    from ..ascent import AscentConfig, augment
+    from audit.scanner.ascent import AscentConfig, augment
 
     aug = AscentConfig(views=1)
     model.train()
@@ -303,7 +303,7 @@ def save_weights(model: torch.nn.Module, out: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m audit.demo.train ...` is `audit demo train ...`: one set of options, one place for them."""
-    from ..cli import main as cli_main
+    from audit.cli import main as cli_main
 
     return cli_main(["demo", "train", *(sys.argv[1:] if argv is None else argv)])
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .errors import AuditError
-from .schema import IMAGES
+from audit.errors import AuditError
+from audit.store.schema import IMAGES
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".jfif", ".ppm", ".pgm",
                     ".pbm", ".pnm", ".tga", ".ico"}

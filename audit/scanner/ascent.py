@@ -3,7 +3,7 @@
 For every image, `candidates` sequences of `tokens_per_seq` free tokens are optimised by Adam through a hard
 straight-through Gumbel-softmax over the whole vocabulary, to maximise the mean cosine between the text and
 randomly affine-augmented views of the image. All images of a batch are optimised at once; each image's
-randomness comes from its own seed (audit.rng), and its loss term touches only its own parameters, so its
+randomness comes from its own seed (audit.scanner.rng), and its loss term touches only its own parameters, so its
 words do not depend on the rest of the batch. After the last step, a few rounds of exact token swaps (`refine`)
 lift the kept sequences out of the spots where the relaxed search stalls.
 """
@@ -19,9 +19,9 @@ import kornia.geometry.transform as KT
 import torch
 import torch.nn.functional as F
 
-from . import rng
-from .encoders import Towers
-from .words import clean_words
+from audit.scanner import rng
+from audit.scanner.encoders import Towers
+from audit.words import clean_words
 
 # Disjoint ranges of rng stream numbers, so no two uses of an image's seed share numbers.
 _INIT_STREAM = 1  # normal() takes uniform streams 2 and 3

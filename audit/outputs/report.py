@@ -13,12 +13,12 @@ import jinja2
 import numpy as np
 import pandas as pd
 
-from .analysis import LOOK_STATS, Associations, associations, probes
-from .decode import DecodeError, fit, open_rgb
-from .errors import AuditError, internal_errors_note
-from .files import write_text
-from .heatmaps import overlay
-from .query import ScanQuery
+from audit.analysis.associations import LOOK_STATS, Associations, associations, probes
+from audit.errors import AuditError, internal_errors_note
+from audit.outputs.files import write_text
+from audit.outputs.overlay import overlay
+from audit.scanner.decode import DecodeError, fit, open_rgb
+from audit.store.query import ScanQuery
 
 THUMB = 112
 MATRIX_WORDS = 30
@@ -29,7 +29,7 @@ SETTINGS_SHOWN = ("model", "pretrained", "ascent", "steps", "candidates", "token
 
 
 def _env() -> jinja2.Environment:
-    env = jinja2.Environment(loader=jinja2.PackageLoader("audit", "templates"),
+    env = jinja2.Environment(loader=jinja2.PackageLoader("audit.outputs", "templates"),
                              autoescape=jinja2.select_autoescape(default=True, default_for_string=True),
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters["pct"] = lambda v: "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.0%}"

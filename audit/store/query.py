@@ -9,9 +9,9 @@ from dataclasses import dataclass
 import duckdb
 import pandas as pd
 
-from .errors import AuditError
-from .schema import ASCENT, INTERNAL, PROBE
-from .store import Scan
+from audit.errors import AuditError
+from audit.store.reader import Scan
+from audit.store.schema import ASCENT, INTERNAL, PROBE
 
 MISSING_GROUP = "(missing)"
 KINDED = ("tokens", "heatmaps")

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from . import stats
-from .query import ScanQuery
-from .schema import ASCENT, PROBE
+from audit.analysis import stats
+from audit.store.query import ScanQuery
+from audit.store.schema import ASCENT, PROBE
 
 LOOK_STATS = ("box_mass", "border_mass", "entropy")
 
@@ -41,7 +41,7 @@ class Associations:
 
 def _name_words(group: str) -> set[str]:
     """The words of a group's own name, as ascent would spell them (lower case, letters and digits)."""
-    from .words import clean_words
+    from audit.words import clean_words
 
     return set(clean_words(str(group)))
 

@@ -16,8 +16,8 @@ import socket
 import unicodedata
 import xml.etree.ElementTree as ET
 
-from . import __version__
-from .check import ASSOC_EVIDENCE, EVIDENCE_ROWS, CheckResult, RuleResult, _assoc_line
+from audit.policy.rules import ASSOC_EVIDENCE, EVIDENCE_ROWS, CheckResult, RuleResult, _assoc_line
+from audit.version import __version__
 
 MARK = {"pass": "PASS", "fail": "FAIL", "warn": "WARN", "skip": "SKIP"}
 EMOJI = {"pass": "✅", "fail": "❌", "warn": "⚠️", "skip": "⏭️"}

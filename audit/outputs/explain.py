@@ -20,11 +20,11 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 
-from .decode import DecodeError, fit, open_rgb
-from .errors import AuditError
-from .heatmaps import overlay
-from .schema import ASCENT
-from .sources import IMAGE_EXTENSIONS
+from audit.errors import AuditError
+from audit.outputs.overlay import overlay
+from audit.scanner.decode import DecodeError, fit, open_rgb
+from audit.scanner.sources import IMAGE_EXTENSIONS
+from audit.store.schema import ASCENT
 
 FONT = Path(__file__).with_name("fonts") / "DejaVuSans-Bold.ttf"
 TILE = 256
@@ -117,7 +117,7 @@ def mosaic(tiles: list[Image.Image], gap: int = 6) -> Image.Image:
 def render(scan_dir: str | os.PathLike, out: str | os.PathLike, tile: int = TILE,
            only: set[str] | None = None) -> list[Explained]:
     """Tiles and mosaics for the images of a scan (all, or the image_ids in `only`), into out/<image>/."""
-    from .store import Scan
+    from audit.store.reader import Scan
 
     scan = Scan(scan_dir)
     runs = scan.config.get("runs", [])
@@ -176,7 +176,7 @@ def _manifest(paths: list[Path], out: Path) -> Path:
 def explain(inputs: list[str | os.PathLike], out: str | os.PathLike, tile: int = TILE,
             **scan_options) -> list[Explained]:
     """Scan the given images (files or folders) into out/scan and draw their tiles and mosaics."""
-    from .scanner import run_scan
+    from audit.scanner.pipeline import run_scan
 
     out = Path(out)
     if out.exists() and not out.is_dir():

@@ -8,10 +8,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .decode import DecodeError, box_in_frame, decode
-from .defaults import DEFAULT_MAX_PIXELS
-from .schema import DECODE, INTERNAL, INTERNAL_REASON
-from .sources import Record
+from audit.scanner.decode import DecodeError, box_in_frame, decode
+from audit.scanner.options import DEFAULT_MAX_PIXELS
+from audit.scanner.sources import Record
+from audit.store.schema import DECODE, INTERNAL, INTERNAL_REASON
 
 
 def to_model_input(pixels: np.ndarray, mean: np.ndarray, std: np.ndarray) -> torch.Tensor:

@@ -13,14 +13,14 @@ from pathlib import Path
 import open_clip
 import torch
 
-from .defaults import DEFAULT_MODEL, DEFAULT_PRETRAINED
-from .errors import AuditError
+from audit.errors import AuditError
+from audit.scanner.options import DEFAULT_MODEL, DEFAULT_PRETRAINED
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
 open_clip.add_model_config(CONFIG_DIR)
 
 # Weights that ship inside the package, used by --pretrained auto.
-BUNDLED = {"audit-demo": Path(__file__).parent / "demo" / "weights" / "audit-demo.safetensors"}
+BUNDLED = {"audit-demo": Path(__file__).parents[1] / "demo" / "weights" / "audit-demo.safetensors"}
 NO_WEIGHTS = {"audit-tiny"}  # test-only configs: auto means random weights
 # The project's models that can put a convolutional stem before the ViT (channels per stride-2 stage). open_clip
 # configs cannot say this, so build_model adds it before weights are loaded: when asked (training) or when the
@@ -147,7 +147,7 @@ def build_model(name: str, weights: str | None = None, conv_stem: bool = False) 
         return open_clip.create_model(name, pretrained=weights, device="cpu")
     from open_clip.factory import load_checkpoint
 
-    from .conv_stem import add_conv_stem
+    from audit.scanner.conv_stem import add_conv_stem
 
     model = add_conv_stem(open_clip.create_model(name, pretrained=None, device="cpu"), CONV_STEMS[name])
     if weights is not None:
@@ -199,7 +199,7 @@ def load_model(name: str = DEFAULT_MODEL, pretrained: str = DEFAULT_PRETRAINED, 
         raise AuditError(f"could not build the tokenizer for {name}: {e}") from e
     preprocess = dict(open_clip.get_model_preprocess_cfg(model))
     loaded = LoadedModel(model, tokenizer, name, pretrained, sha, dev, preprocess)
-    from .encoders import check_supported
+    from audit.scanner.encoders import check_supported
 
     check_supported(loaded)
     return loaded

@@ -1,8 +1,7 @@
-"""A scan directory on disk: atomic part files, resume bookkeeping, and reading a scan back.
+"""The one writer of a scan directory: atomic part files, resume bookkeeping, the commit marker.
 
-One unit of work (a batch of images) becomes one part file in each table, all named alike. Each part is
-written to a hidden temporary name, flushed, then renamed; the `images` part is renamed last and is the
-commit marker. On open, temporaries and parts without their `images` twin (a unit killed halfway) are
+Each part is written to a hidden temporary name, flushed, then renamed; the `images` part is renamed last and
+is the commit marker. On open, temporaries and parts without their `images` twin (a unit killed halfway) are
 removed, so a killed scan leaves exactly the committed units and resume redoes the rest.
 """
 
@@ -13,21 +12,16 @@ import datetime as _dt
 import fcntl
 import json
 import os
-import re
 import shutil
 from pathlib import Path
 
-import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from . import __version__
-from .errors import AuditError
-from .schema import READABLE_VERSIONS, SCHEMA_VERSION, SCHEMAS, TABLES, conform, empty_table, upgrade
-
-CONFIG_FILE = "scan.json"
-_PART = re.compile(r"^part-(\d{6,})\.parquet$")
+from audit.errors import AuditError
+from audit.store.layout import CONFIG_FILE, PART, parts, read_config
+from audit.store.schema import SCHEMA_VERSION, TABLES, conform, empty_table
+from audit.version import __version__
 
 
 def _fsync_dir(path: Path) -> None:
@@ -48,12 +42,6 @@ def _write_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def _parts(folder: Path) -> list[Path]:
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.iterdir() if _PART.match(p.name))
-
-
 def _diff(old: dict, new: dict) -> str:
     keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     return "; ".join(f"{k}: stored {old.get(k)!r}, now {new.get(k)!r}" for k in keys[:4])
@@ -68,8 +56,8 @@ class ScanWriter:
         self._lock_fd = lock_fd
         # A run that made the scan directory, and has committed nothing, may take it back on failure.
         self.made_dir = made_dir
-        self.created = not config.get("runs") and not _parts(root / "images")
-        self._next = 1 + max((int(_PART.match(p.name).group(1)) for t in TABLES for p in _parts(root / t)),
+        self.created = not config.get("runs") and not parts(root / "images")
+        self._next = 1 + max((int(PART.match(p.name).group(1)) for t in TABLES for p in parts(root / t)),
                              default=0)
 
     @classmethod
@@ -125,12 +113,12 @@ class ScanWriter:
         """Delete temporaries and half-committed units; returns what was removed."""
         removed = []
         (self.root / f".tmp-{CONFIG_FILE}").unlink(missing_ok=True)
-        committed = {p.name for p in _parts(self.root / "images")}
+        committed = {p.name for p in parts(self.root / "images")}
         for t in TABLES:
             folder = self.root / t
             folder.mkdir(exist_ok=True)
             for p in folder.iterdir():
-                if p.name.startswith(".tmp-") or (t != "images" and _PART.match(p.name) and p.name not in committed):
+                if p.name.startswith(".tmp-") or (t != "images" and PART.match(p.name) and p.name not in committed):
                     p.unlink()
                     removed.append(f"{t}/{p.name}")
         return removed
@@ -145,7 +133,7 @@ class ScanWriter:
 
     def _ids(self, table: str) -> set[str]:
         ids: set[str] = set()
-        for p in _parts(self.root / table):  # open() has already removed uncommitted parts
+        for p in parts(self.root / table):  # open() has already removed uncommitted parts
             ids.update(pq.read_table(p, columns=["image_id"]).column(0).to_pylist())
         return ids
 
@@ -172,7 +160,7 @@ class ScanWriter:
     def discard_if_unused(self) -> None:
         """Undo a scan directory this run created but never committed to (say, the model failed to load),
         so that a retry with other settings is not refused."""
-        if not self.created or _parts(self.root / "images"):
+        if not self.created or parts(self.root / "images"):
             return
         for t in TABLES:
             shutil.rmtree(self.root / t, ignore_errors=True)
@@ -190,89 +178,3 @@ class ScanWriter:
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
             self._lock_fd = -1
-
-
-def _latest_errors(attempts: pa.Table, scanned: pa.Array) -> pa.Table:
-    """One row per image that is not scanned: its latest attempt (part files are in commit order)."""
-    if attempts.num_rows == 0:
-        return attempts
-    ids = attempts.column("image_id").to_pylist()
-    latest = {image_id: row for row, image_id in enumerate(ids)}  # the last occurrence wins
-    keep = sorted(latest.values())
-    table = attempts.take(pa.array(keep, pa.int64()))
-    return table.filter(pc.invert(pc.is_in(table["image_id"], value_set=scanned)))
-
-
-def read_config(root: str | os.PathLike, writing: bool = False) -> dict:
-    """A scan's scan.json. Readers accept every schema version they can upgrade on the fly; a writer (resume)
-    only its own, so one scan never mixes two layouts."""
-    path = Path(root) / CONFIG_FILE
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise AuditError(f"{root} is not an audit scan (no {CONFIG_FILE}); run `audit scan` first") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise AuditError(f"{path} is damaged ({e}); re-run the scan with --overwrite") from None
-    version = config.get("schema_version")
-    if version != SCHEMA_VERSION and (writing or version not in READABLE_VERSIONS):
-        what = "resumes" if writing and version in READABLE_VERSIONS else "reads"
-        raise AuditError(f"{root} was written with schema version {version}, this audit {what} version "
-                         f"{SCHEMA_VERSION}; re-run the scan with this version (--overwrite)")
-    return config
-
-
-class Scan:
-    """Read access to a scan directory: `scan.tokens()` (pandas) or `scan.table("tokens")` (Arrow)."""
-
-    def __init__(self, root: str | os.PathLike):
-        self.root = Path(root)
-        self.config = read_config(self.root)
-
-    def files(self, name: str) -> list[Path]:
-        """The committed part files of a table (a unit whose images part is missing is not committed)."""
-        if name not in SCHEMAS:
-            raise AuditError(f"unknown table {name!r}; tables are {', '.join(TABLES)}")
-        committed = {p.name for p in _parts(self.root / "images")}
-        return [p for p in _parts(self.root / name) if p.name in committed]
-
-    def table(self, name: str) -> pa.Table:
-        """A table's committed rows. For `errors`, each image's latest failed attempt, and none for an image
-        that a later attempt scanned (see `error_attempts` for every attempt)."""
-        if name == "errors":
-            return _latest_errors(self.error_attempts(), self._image_ids())
-        return self._read(name)
-
-    def error_attempts(self) -> pa.Table:
-        """Every failed attempt ever committed, oldest first (a retried image can have several)."""
-        return self._read("errors")
-
-    def _read(self, name: str) -> pa.Table:
-        files = self.files(name)
-        if not files:
-            return empty_table(name)
-        table = pa.concat_tables([pq.read_table(p) for p in files], promote_options="default")
-        return upgrade(name, table, self.config.get("schema_version"))
-
-    def _image_ids(self) -> pa.Array:
-        files = self.files("images")
-        if not files:
-            return pa.array([], pa.string())
-        return pa.concat_arrays([pq.read_table(p, columns=["image_id"]).column(0).combine_chunks() for p in files])
-
-    def df(self, name: str) -> pd.DataFrame:
-        return self.table(name).to_pandas()
-
-    def images(self) -> pd.DataFrame:
-        return self.df("images")
-
-    def tokens(self) -> pd.DataFrame:
-        return self.df("tokens")
-
-    def heatmaps(self) -> pd.DataFrame:
-        return self.df("heatmaps")
-
-    def errors(self) -> pd.DataFrame:
-        return self.df("errors")
-
-    def __repr__(self) -> str:
-        return f"Scan({str(self.root)!r})"

@@ -15,14 +15,13 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from . import rng
-from .ascent import AscentConfig, run_ascent, sequences_to_words
-from .defaults import DEFAULT_MAX_PIXELS, DEFAULT_MODEL, DEFAULT_PRETRAINED
-from .encoders import Towers
-from .errors import AuditError, internal_errors_note
-from .heatmaps import grid_stats
-from .loader import Batch, ImageDataset, make_loader
-from .memory import (
+from audit.errors import AuditError, internal_errors_note
+from audit.scanner import rng
+from audit.scanner.ascent import AscentConfig, run_ascent, sequences_to_words
+from audit.scanner.encoders import Towers
+from audit.scanner.heatmap_stats import grid_stats
+from audit.scanner.loader import Batch, ImageDataset, make_loader
+from audit.scanner.memory import (
     ascent_bytes_per_image,
     fit_count,
     free_bytes,
@@ -30,7 +29,7 @@ from .memory import (
     release,
     relevancy_bytes_per_pair,
 )
-from .models import (
+from audit.scanner.models import (
     default_heatmap,
     default_occlusion_window,
     default_start_layer,
@@ -39,12 +38,14 @@ from .models import (
     resolve_weights,
     weights_identity,
 )
-from .probes import check_lengths, parse_probe_words
-from .progress import Progress
-from .relevancy import METHODS, relevancy
-from .schema import ASCENT, INTERNAL, PROBE, conform
-from .sources import BOX_COLUMNS, Record, open_source
-from .store import Scan, ScanWriter
+from audit.scanner.options import DEFAULT_MAX_PIXELS, DEFAULT_MODEL, DEFAULT_PRETRAINED
+from audit.scanner.probes import check_lengths, parse_probe_words
+from audit.scanner.progress import Progress
+from audit.scanner.relevancy import METHODS, relevancy
+from audit.scanner.sources import BOX_COLUMNS, Record, open_source
+from audit.store.reader import Scan
+from audit.store.schema import ASCENT, INTERNAL, PROBE, conform
+from audit.store.writer import ScanWriter
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import AuditError
+from audit.errors import AuditError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -115,7 +115,7 @@ def _entries(data: dict, key: str, path: str) -> list[tuple[str, dict]]:
 
 
 def _words(t: _Table, key: str) -> list[str]:
-    from .words import clean_words
+    from audit.words import clean_words
 
     words = t.get(key, list, [])
     out = []
@@ -129,7 +129,7 @@ def _words(t: _Table, key: str) -> list[str]:
 
 
 def parse_policy(data: dict, path: str = "policy") -> Policy:
-    from .analysis import LOOK_STATS
+    from audit.analysis.associations import LOOK_STATS
 
     data = dict(data)
     top_keys = ("group_by", "min_count", "fdr")

@@ -13,13 +13,13 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from .analysis import Associations, associations, compare_looks
-from .drift import Drift, compare
-from .errors import AuditError, internal_errors_note
-from .files import write_text
-from .policy import Policy, Rule
-from .query import ScanQuery
-from .schema import INTERNAL
+from audit.analysis.associations import Associations, associations, compare_looks
+from audit.analysis.drift import Drift, compare
+from audit.errors import AuditError, internal_errors_note
+from audit.outputs.files import write_text
+from audit.policy.parse import Policy, Rule
+from audit.store.query import ScanQuery
+from audit.store.schema import INTERNAL
 
 EVIDENCE_ROWS = 20  # per rule in the outputs; the count of all rows is always given
 COMPARED_SETTINGS = ("model", "pretrained", "weights_sha256", "steps", "candidates", "tokens_per_seq", "views",
@@ -286,7 +286,7 @@ def run_check(scan_dir: str | os.PathLike, policy: Policy, baseline: str | os.Pa
 
 def write_outputs(result: CheckResult, *, junit: str | os.PathLike | None = None,
                   json_path: str | os.PathLike | None = None, markdown: str | os.PathLike | None = None) -> None:
-    from . import check_output as out
+    from audit.outputs import check_output as out
 
     outputs = ((junit, out.junit, "junit.xml"), (json_path, out.to_json, "check.json"),
                (markdown, out.markdown, "summary.md"))

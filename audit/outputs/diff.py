@@ -10,11 +10,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .check_output import md, plain
-from .drift import Drift, compare
-from .errors import AuditError
-from .files import write_text
-from .query import ScanQuery
+from audit.analysis.drift import Drift, compare
+from audit.errors import AuditError
+from audit.outputs.check_output import md, plain
+from audit.outputs.files import write_text
+from audit.store.query import ScanQuery
 
 TOP_WORDS = 15
 SHOWN_IDS = 10
@@ -121,8 +121,8 @@ def markdown(d: Diff) -> str:
 
 
 def html(d: Diff) -> str:
-    from . import __version__
-    from .report import _env
+    from audit.outputs.report import _env
+    from audit.version import __version__
 
     return _env().get_template("diff.html.j2").render(
         d=d, o=d.overall, top=TOP_WORDS, shown_ids=SHOWN_IDS, tool_version=__version__,

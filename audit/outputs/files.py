@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .errors import AuditError
+from audit.errors import AuditError
 
 
 def write_text(path: str | os.PathLike, text: str, example: str = "out.html") -> Path:

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
 
-from .errors import AuditError
+from audit.errors import AuditError
 
 
 def _text_parts(model):

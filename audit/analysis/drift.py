@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from . import stats
-from .analysis import Associations, associations
-from .query import ScanQuery
+from audit.analysis import stats
+from audit.analysis.associations import Associations, associations
+from audit.store.query import ScanQuery
 
 PERMUTATIONS = 200
 # Permutations cost one pass over the (image, word) pairs each; above this many pair visits fewer are run

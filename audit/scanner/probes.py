@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .errors import AuditError
+from audit.errors import AuditError
 
 MAX_PROBES = 1000
 

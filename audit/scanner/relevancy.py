@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .encoders import Towers
+from audit.scanner.encoders import Towers
 
 METHODS = ("chefer", "occlusion")
 

@@ -1,0 +1,48 @@
+"""Where a scan directory keeps what: its config file and the part files of each table.
+
+One unit of work (a batch of images) becomes one part file in each table, all named alike; the `images` part
+is the commit marker. The writer and the reader share these names and nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+from audit.errors import AuditError
+from audit.store.schema import READABLE_VERSIONS, SCHEMA_VERSION
+
+CONFIG_FILE = "scan.json"
+PART = re.compile(r"^part-(\d{6,})\.parquet$")
+
+
+def parts(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if PART.match(p.name))
+
+
+def read_config(root: str | os.PathLike, writing: bool = False) -> dict:
+    """A scan's scan.json. Readers accept every schema version they can upgrade on the fly; a writer (resume)
+    only its own, so one scan never mixes two layouts."""
+    path = Path(root) / CONFIG_FILE
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise AuditError(f"{root} is not an audit scan (no {CONFIG_FILE}); run `audit scan` first") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise AuditError(f"{path} is damaged ({e}); re-run the scan with --overwrite") from None
+    version = config.get("schema_version")
+    if version != SCHEMA_VERSION and (writing or version not in READABLE_VERSIONS):
+        what = "resumes" if writing and version in READABLE_VERSIONS else "reads"
+        raise AuditError(f"{root} was written with schema version {version}, this audit {what} version "
+                         f"{SCHEMA_VERSION}; re-run the scan with this version (--overwrite)")
+    return config
+
+
+def committed_parts(root: Path, table: str) -> list[Path]:
+    """The part files of a table whose unit is committed (its `images` twin exists)."""
+    committed = {p.name for p in parts(root / "images")}
+    return [p for p in parts(root / table) if p.name in committed]

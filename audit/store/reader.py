@@ -1,0 +1,82 @@
+"""Reading a scan directory back: committed rows only, older schema versions upgraded on the fly."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from audit.errors import AuditError
+from audit.store.layout import committed_parts, read_config
+from audit.store.schema import SCHEMAS, TABLES, empty_table, upgrade
+
+
+def _latest_errors(attempts: pa.Table, scanned: pa.Array) -> pa.Table:
+    """One row per image that is not scanned: its latest attempt (part files are in commit order)."""
+    if attempts.num_rows == 0:
+        return attempts
+    ids = attempts.column("image_id").to_pylist()
+    latest = {image_id: row for row, image_id in enumerate(ids)}  # the last occurrence wins
+    keep = sorted(latest.values())
+    table = attempts.take(pa.array(keep, pa.int64()))
+    return table.filter(pc.invert(pc.is_in(table["image_id"], value_set=scanned)))
+
+
+class Scan:
+    """Read access to a scan directory: `scan.tokens()` (pandas) or `scan.table("tokens")` (Arrow)."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        self.config = read_config(self.root)
+
+    def files(self, name: str) -> list[Path]:
+        """The committed part files of a table (a unit whose images part is missing is not committed)."""
+        if name not in SCHEMAS:
+            raise AuditError(f"unknown table {name!r}; tables are {', '.join(TABLES)}")
+        return committed_parts(self.root, name)
+
+    def table(self, name: str) -> pa.Table:
+        """A table's committed rows. For `errors`, each image's latest failed attempt, and none for an image
+        that a later attempt scanned (see `error_attempts` for every attempt)."""
+        if name == "errors":
+            return _latest_errors(self.error_attempts(), self._image_ids())
+        return self._read(name)
+
+    def error_attempts(self) -> pa.Table:
+        """Every failed attempt ever committed, oldest first (a retried image can have several)."""
+        return self._read("errors")
+
+    def _read(self, name: str) -> pa.Table:
+        files = self.files(name)
+        if not files:
+            return empty_table(name)
+        table = pa.concat_tables([pq.read_table(p) for p in files], promote_options="default")
+        return upgrade(name, table, self.config.get("schema_version"))
+
+    def _image_ids(self) -> pa.Array:
+        files = self.files("images")
+        if not files:
+            return pa.array([], pa.string())
+        return pa.concat_arrays([pq.read_table(p, columns=["image_id"]).column(0).combine_chunks() for p in files])
+
+    def df(self, name: str) -> pd.DataFrame:
+        return self.table(name).to_pandas()
+
+    def images(self) -> pd.DataFrame:
+        return self.df("images")
+
+    def tokens(self) -> pd.DataFrame:
+        return self.df("tokens")
+
+    def heatmaps(self) -> pd.DataFrame:
+        return self.df("heatmaps")
+
+    def errors(self) -> pd.DataFrame:
+        return self.df("errors")
+
+    def __repr__(self) -> str:
+        return f"Scan({str(self.root)!r})"
