@@ -1,17 +1,17 @@
-"""audit: what a CLIP vision transformer thinks of every image in a dataset, and where it looks."""
+"""audit: what a CLIP vision transformer thinks of every image in a dataset, and where it looks.
 
+    import audit
+    scan = audit.scan("photos", "photos-scan", model="ViT-B-32", pretrained="openai")
+    audit.report("photos-scan", "label").write("report.html")
+    result = audit.check("photos-scan", "audit-policy.toml")
+    result.passed, result.to_json()
+    audit.diff("accepted-scan", "photos-scan", group_by="label").write("diff.md")
+"""
+
+from audit.api import CheckOutcome, DiffOutcome, Report, check, diff, explain, report, scan
+from audit.scanner.options import ScanOptions
 from audit.store.reader import Scan
 from audit.version import __version__
 
-
-def scan(source, out, **options) -> Scan:
-    """Scan a dataset (image folder or manifest) into `out`; returns a handle that reads the tables back.
-
-    Options are those of `audit scan` with underscores (model, pretrained, steps, batch_size, ...).
-    """
-    from audit.scanner.pipeline import run_scan
-
-    return run_scan(source, out, **options)
-
-
-__all__ = ["Scan", "scan", "__version__"]
+__all__ = ["CheckOutcome", "DiffOutcome", "Report", "Scan", "ScanOptions", "__version__", "check", "diff",
+           "explain", "report", "scan"]

@@ -1,86 +1,145 @@
-"""The `audit` command: parses arguments and calls the library. No logic lives here."""
+"""The `audit` command: parses arguments, configures logging and calls the library. No logic lives here.
+
+Every default is read from where the library defines it (ScanOptions, TrainOptions, audit.analysis,
+audit.outputs), so `--help` shows what the library does.
+"""
 
 from __future__ import annotations
 
+import logging
+import re
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 import typer
 
+from audit.analysis import FDR, MIN_COUNT
+from audit.demo.recipe import TrainOptions
 from audit.errors import AuditError
-from audit.scanner.options import DEFAULT_MAX_PIXELS, DEFAULT_MODEL, DEFAULT_PRETRAINED
+from audit.outputs import TOP
+from audit.scanner.options import DEVICES, ScanOptions
+from audit.scanner.relevancy import METHODS
+from audit.version import __version__
+
+_D = ScanOptions()
+_T = TrainOptions()
+MODEL, ASCENT, RELEVANCY, INPUT, RUN = "Model", "Ascent", "Relevancy", "Input", "Run"
+
+
+def _device(value: str) -> str:
+    """auto, cpu, cuda, or a numbered GPU (cuda:1)."""
+    if value in DEVICES or re.fullmatch(r"cuda:\d+", value):
+        return value
+    raise typer.BadParameter(f"{value!r} is not one of {', '.join(DEVICES)} or cuda:N")
+
+
+def _between(low: float, high: float | None):
+    """A float strictly between low and high (high None: no upper bound)."""
+    def parse(value: str) -> float:
+        try:
+            v = float(value)
+        except ValueError:
+            raise typer.BadParameter(f"{value!r} is not a number") from None
+        if not (v > low and (high is None or v < high)):
+            raise typer.BadParameter(f"{value} must be above {low}" + (f" and below {high}" if high else ""))
+        return v
+    return parse
+
+
+HeatmapMethod = Literal[tuple(METHODS)]  # the choices --help shows are the registered relevancy methods
+
 
 # Options shared by `scan` and `explain`, declared once.
-Model = Annotated[str, typer.Option(help="open_clip model name, audit-demo (trained here, offline) or audit-tiny (tests).")]
-Pretrained = Annotated[str, typer.Option(help="auto (openai for open_clip models, the bundled weights for audit-demo), an open_clip tag, a local checkpoint file, or 'none' (random weights from --seed).")]
-Device = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
-Seed = Annotated[int, typer.Option(help="Run seed; each image's randomness comes from (seed, image_id).")]
-Steps = Annotated[int, typer.Option(help="Ascent steps.")]
-TokensPerSeq = Annotated[int, typer.Option(help="Free tokens per candidate sequence.")]
-Candidates = Annotated[int, typer.Option(help="Candidate sequences per image.")]
-Lr = Annotated[float, typer.Option(help="Adam learning rate of the ascent.")]
-Views = Annotated[int, typer.Option(help="Random affine views of each image in the objective.")]
-RefineRounds = Annotated[int, typer.Option(help="Rounds of token swaps on the kept sequences after the ascent "
-                                                "(each swap kept only where it raises the cosine); 0: none.")]
-Prompt = Annotated[str, typer.Option(help="Text placed before the learned tokens.")]
-StartLayer = Annotated[Optional[int], typer.Option(help="First image layer in the relevancy (-1 = last; default: last, or 0 for audit-demo).")]  # noqa: UP045
-StartLayerText = Annotated[int, typer.Option(help="First text layer in the relevancy (-1 = last).")]
-Heatmap = Annotated[Optional[str], typer.Option(help="Relevancy method: chefer (gradient-weighted attention) or occlusion (blank windows, measure the fall); default: chefer.")]  # noqa: UP045
-OcclusionWindow = Annotated[Optional[int], typer.Option(help="Side of the blanked window in patches, for --heatmap occlusion (default: 3, or 4 for audit-demo).")]  # noqa: UP045
-Words = Annotated[Optional[list[str]], typer.Option("--words", "-w", help="Probe words or phrases scored on every image, comma-separated (repeatable).")]  # noqa: UP045 - typer reads it
-WordsFile = Annotated[Optional[Path], typer.Option("--words-file", help="Probe words, one per line (phrases may contain commas; # starts a comment).")]  # noqa: UP045
-NoAscent = Annotated[bool, typer.Option("--no-ascent", help="Skip the ascent: score only the probe words (fast).")]
-Overwrite = Annotated[bool, typer.Option("--overwrite", help="Delete an earlier scan in --out and start over.")]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output; errors still print.")]
+Model = Annotated[str, typer.Option(envvar="AUDIT_MODEL", rich_help_panel=MODEL,
+                                    help="open_clip model name, audit-demo (trained here, offline) or audit-tiny (tests).")]
+Pretrained = Annotated[str, typer.Option(envvar="AUDIT_PRETRAINED", rich_help_panel=MODEL,
+                                         help="auto (openai for open_clip models, the bundled weights for audit-demo), an open_clip tag, a local checkpoint file, or 'none' (random weights from --seed).")]
+Device = Annotated[str, typer.Option(envvar="AUDIT_DEVICE", parser=_device, metavar="[auto|cpu|cuda|cuda:N]",
+                                     rich_help_panel=RUN,
+                                     help="Where to run (bf16 autocast on CUDA).")]
+Seed = Annotated[int, typer.Option(rich_help_panel=RUN, help="Run seed; each image's randomness comes from (seed, image_id).")]
+Steps = Annotated[int, typer.Option(min=0, rich_help_panel=ASCENT, help="Ascent steps.")]
+TokensPerSeq = Annotated[int, typer.Option(min=1, rich_help_panel=ASCENT, help="Free tokens per candidate sequence.")]
+Candidates = Annotated[int, typer.Option(min=1, rich_help_panel=ASCENT, help="Candidate sequences per image.")]
+Lr = Annotated[float, typer.Option(parser=_between(0, None), metavar="FLOAT>0", rich_help_panel=ASCENT,
+                                   help="Adam learning rate of the ascent.")]
+Views = Annotated[int, typer.Option(min=1, rich_help_panel=ASCENT, help="Random affine views of each image in the objective.")]
+RefineRounds = Annotated[int, typer.Option(min=0, rich_help_panel=ASCENT,
+                                           help="Rounds of token swaps on the kept sequences after the ascent (each swap kept only where it raises the cosine); 0: none.")]
+Prompt = Annotated[str, typer.Option(rich_help_panel=ASCENT, help="Text placed before the learned tokens.")]
+StartLayer = Annotated[Optional[int], typer.Option(rich_help_panel=RELEVANCY, help="First image layer in the relevancy (-1 = last; default: the model's, last or 0 for audit-demo).")]  # noqa: UP045 - typer reads it
+StartLayerText = Annotated[int, typer.Option(rich_help_panel=RELEVANCY, help="First text layer in the relevancy (-1 = last).")]
+Heatmap = Annotated[Optional[HeatmapMethod], typer.Option(rich_help_panel=RELEVANCY,  # noqa: UP045
+                                                help="Relevancy method: chefer (gradient-weighted attention) or occlusion (blank windows, measure the fall); default: the model's, chefer.")]
+OcclusionWindow = Annotated[Optional[int], typer.Option(min=1, rich_help_panel=RELEVANCY, help="Side of the blanked window in patches, for --heatmap occlusion (default: the model's, 3 or 4 for audit-demo).")]  # noqa: UP045
+Words = Annotated[Optional[list[str]], typer.Option("--words", "-w", rich_help_panel=INPUT, help="Probe words or phrases scored on every image, comma-separated (repeatable).")]  # noqa: UP045
+WordsFile = Annotated[Optional[Path], typer.Option("--words-file", rich_help_panel=INPUT, help="Probe words, one per line (phrases may contain commas; # starts a comment).")]  # noqa: UP045
+NoAscent = Annotated[bool, typer.Option("--no-ascent", rich_help_panel=ASCENT, help="Skip the ascent: score only the probe words (fast).")]
+Overwrite = Annotated[bool, typer.Option("--overwrite", rich_help_panel=RUN, help="Delete an earlier scan in --out and start over.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", rich_help_panel=RUN, help="No progress output; errors still print.")]
+MinCount = Annotated[int, typer.Option(min=1, help="Words seen in fewer images are not tested.")]
+Fdr = Annotated[float, typer.Option(parser=_between(0, 1), metavar="(0,1)",
+                                    help="Benjamini-Hochberg false discovery rate for flagging.")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"audit {__version__}")
+        raise typer.Exit()
 
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="What a CLIP vision transformer thinks of every image in a dataset, and where it looks.")
 
 
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    """What a CLIP vision transformer thinks of every image in a dataset, and where it looks."""
+
+
 @app.command()
 def scan(
     source: Path = typer.Argument(..., help="Image folder (label = first sub-folder) or manifest (.csv, .parquet, .jsonl)."),
     out: Path = typer.Option(Path("audit-scan"), "--out", "-o", help="Scan directory to write (or resume)."),
-    model: Model = DEFAULT_MODEL,
-    pretrained: Pretrained = DEFAULT_PRETRAINED,
-    device: Device = "auto",
-    batch_size: str = typer.Option("auto", help="Images per batch, or auto (64 on CUDA; on CPU what keeps the ascent's tensors under 32 MB, 16 with --no-ascent)."),
-    workers: int = typer.Option(2, help="DataLoader worker processes for decoding."),
-    seed: Seed = 0,
-    steps: Steps = 200,
-    tokens_per_seq: TokensPerSeq = 4,
-    candidates: Candidates = 16,
-    lr: Lr = 5.0,
-    views: Views = 64,
-    resample_views: bool = typer.Option(False, "--resample-views", help="Redraw the views every step (the origin script's way; slower)."),
-    refine_rounds: RefineRounds = 3,
-    prompt: Prompt = "",
-    start_layer: StartLayer = None,
-    start_layer_text: StartLayerText = -1,
-    heatmap: Heatmap = None,
-    occlusion_window: OcclusionWindow = None,
-    path_column: str = typer.Option("path", help="Manifest column holding image paths."),
-    max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, help="Refuse images with more pixels (decompression-bomb guard)."),
+    model: Model = _D.model,
+    pretrained: Pretrained = _D.pretrained,
+    device: Device = _D.device,
+    batch_size: str = typer.Option(str(_D.batch_size), rich_help_panel=RUN, help="Images per batch, or auto (on CUDA what the free memory holds; on CPU what keeps the ascent's tensors under 32 MB, 16 with --no-ascent)."),
+    workers: int = typer.Option(_D.workers, min=0, rich_help_panel=RUN, help="DataLoader worker processes for decoding."),
+    seed: Seed = _D.seed,
+    steps: Steps = _D.steps,
+    tokens_per_seq: TokensPerSeq = _D.tokens_per_seq,
+    candidates: Candidates = _D.candidates,
+    lr: Lr = _D.lr,
+    views: Views = _D.views,
+    resample_views: bool = typer.Option(_D.resample_views, "--resample-views", rich_help_panel=ASCENT, help="Redraw the views every step (the origin script's way; slower)."),
+    refine_rounds: RefineRounds = _D.refine_rounds,
+    prompt: Prompt = _D.prompt,
+    start_layer: StartLayer = _D.start_layer,
+    start_layer_text: StartLayerText = _D.start_layer_text,
+    heatmap: Heatmap = _D.heatmap,
+    occlusion_window: OcclusionWindow = _D.occlusion_window,
+    path_column: str = typer.Option(_D.path_column, rich_help_panel=INPUT, help="Manifest column holding image paths."),
+    max_pixels: int = typer.Option(_D.max_pixels, min=1, rich_help_panel=INPUT, help="Refuse images with more pixels (decompression-bomb guard)."),
     words: Words = None,
     words_file: WordsFile = None,
-    no_ascent: NoAscent = False,
-    overwrite: Overwrite = False,
-    retry_errors: bool = typer.Option(False, "--retry-errors", help="Re-attempt the images whose last attempt failed (stored in errors); by default a resume skips them."),
-    quiet: Quiet = False,
+    no_ascent: NoAscent = _D.no_ascent,
+    overwrite: Overwrite = _D.overwrite,
+    retry_errors: bool = typer.Option(_D.retry_errors, "--retry-errors", rich_help_panel=RUN, help="Re-attempt the images whose last attempt failed (stored in errors); by default a resume skips them."),
+    quiet: Quiet = _D.quiet,
 ) -> None:
     """Scan a dataset: words CLIP attaches to each image, and a relevancy heatmap per word, into Parquet."""
-    from audit.scanner.pipeline import run_scan
+    import audit
 
-    run_scan(str(source), str(out), model=model, pretrained=pretrained, device=device, batch_size=batch_size,
-             workers=workers, seed=seed, steps=steps, tokens_per_seq=tokens_per_seq, candidates=candidates, lr=lr,
-             views=views, resample_views=resample_views, refine_rounds=refine_rounds, prompt=prompt,
-             start_layer=start_layer, start_layer_text=start_layer_text, heatmap=heatmap,
-             occlusion_window=occlusion_window,
-             path_column=path_column, max_pixels=max_pixels,
-             words=tuple(words or ()), words_file=words_file, no_ascent=no_ascent, overwrite=overwrite,
-             retry_errors=retry_errors, quiet=quiet)
+    audit.scan(source, out, model=model, pretrained=pretrained, device=device, batch_size=batch_size,
+               workers=workers, seed=seed, steps=steps, tokens_per_seq=tokens_per_seq, candidates=candidates,
+               lr=lr, views=views, resample_views=resample_views, refine_rounds=refine_rounds, prompt=prompt,
+               start_layer=start_layer, start_layer_text=start_layer_text, heatmap=heatmap,
+               occlusion_window=occlusion_window, path_column=path_column, max_pixels=max_pixels,
+               words=tuple(words or ()), words_file=words_file, no_ascent=no_ascent, overwrite=overwrite,
+               retry_errors=retry_errors, quiet=quiet)
 
 
 @app.command()
@@ -88,16 +147,16 @@ def report(
     scan_dir: Path = typer.Argument(..., help="A scan directory written by `audit scan`."),
     group_by: list[str] = typer.Option(..., "--group-by", "-g", help="Image column to compare groups by (repeatable)."),
     out: Path = typer.Option(Path("report.html"), "--out", "-o", help="HTML file to write."),
-    min_count: int = typer.Option(5, help="Words seen in fewer images are not tested."),
-    fdr: float = typer.Option(0.05, help="Benjamini-Hochberg false discovery rate for flagging."),
-    top: int = typer.Option(10, help="Words shown per group."),
-    title: str = typer.Option(None, help="Report title."),
+    min_count: MinCount = MIN_COUNT,
+    fdr: Fdr = FDR,
+    top: int = typer.Option(TOP, min=1, help="Words shown per group."),
+    title: str = typer.Option(None, help="Report title (default: the scan directory's name)."),
 ) -> None:
     """Write a self-contained HTML bias report: distinctive words per group, how sure, where CLIP looks."""
-    from audit.outputs.report import build_report
+    import audit
 
-    path = build_report(scan_dir, group_by, out, min_count=min_count, fdr=fdr, top=top, title=title)
-    print(f"audit report: wrote {path}", file=sys.stderr)
+    path = audit.report(scan_dir, group_by, min_count=min_count, fdr=fdr, top=top, title=title).write(out)
+    logging.getLogger("audit").info(f"audit report: wrote {path}")
 
 
 @app.command()
@@ -111,15 +170,13 @@ def check(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing; the exit code and files say it all."),
 ) -> None:
     """Gate a dataset snapshot on a policy: exit 0 when every rule passes, 1 when one fails, 2 on usage errors."""
-    from audit.outputs.check_output import text
-    from audit.policy.parse import load_policy
-    from audit.policy.rules import run_check, write_outputs
+    import audit
 
-    result = run_check(scan_dir, load_policy(policy), baseline)
-    write_outputs(result, junit=junit, json_path=json_out, markdown=markdown)
+    outcome = audit.check(scan_dir, policy, baseline=baseline)
+    outcome.write(junit=junit, json=json_out, markdown=markdown)
     if not quiet:
-        sys.stdout.write(text(result))
-    raise typer.Exit(result.exit_code)
+        sys.stdout.write(outcome.text())
+    raise typer.Exit(outcome.exit_code)
 
 
 @app.command()
@@ -128,16 +185,16 @@ def diff(
     new: Path = typer.Argument(..., help="Scan of the later snapshot."),
     group_by: list[str] = typer.Option(None, "--group-by", "-g", help="Image column to compare groups by (repeatable)."),
     out: Path = typer.Option(None, "--out", "-o", help="Also write the diff to this .html or .md file."),
-    min_count: int = typer.Option(5, help="Words seen in fewer images are not tested for associations."),
-    fdr: float = typer.Option(0.05, help="Benjamini-Hochberg false discovery rate for associations."),
+    min_count: MinCount = MIN_COUNT,
+    fdr: Fdr = FDR,
 ) -> None:
     """What changed between two scans: images added and removed, word shift, associations gained and lost."""
-    from audit.outputs.diff import build_diff, text, write_diff
+    import audit
 
-    d = build_diff(old, new, group_by or [], min_count=min_count, fdr=fdr)
-    sys.stdout.write(text(d))
+    outcome = audit.diff(old, new, group_by=group_by or [], min_count=min_count, fdr=fdr)
+    sys.stdout.write(outcome.text())
     if out is not None:
-        print(f"audit diff: wrote {write_diff(d, out)}", file=sys.stderr)
+        logging.getLogger("audit").info(f"audit diff: wrote {outcome.write(out)}")
 
 
 @app.command()
@@ -146,38 +203,38 @@ def explain(
     out: Path = typer.Option(Path("explain-out"), "--out", "-o", help="Folder for the tiles, mosaics and the scan behind them."),
     words: Words = None,
     words_file: WordsFile = None,
-    no_ascent: NoAscent = False,
-    model: Model = DEFAULT_MODEL,
-    pretrained: Pretrained = DEFAULT_PRETRAINED,
-    device: Device = "auto",
-    seed: Seed = 0,
-    steps: Steps = 200,
-    tokens_per_seq: TokensPerSeq = 4,
-    candidates: Candidates = 16,
-    lr: Lr = 5.0,
-    views: Views = 64,
-    refine_rounds: RefineRounds = 3,
-    prompt: Prompt = "",
-    start_layer: StartLayer = None,
-    start_layer_text: StartLayerText = -1,
-    heatmap: Heatmap = None,
-    occlusion_window: OcclusionWindow = None,
-    tile: int = typer.Option(256, help="Width of a tile in pixels."),
-    overwrite: Overwrite = False,
-    quiet: Quiet = False,
+    no_ascent: NoAscent = _D.no_ascent,
+    model: Model = _D.model,
+    pretrained: Pretrained = _D.pretrained,
+    device: Device = _D.device,
+    seed: Seed = _D.seed,
+    steps: Steps = _D.steps,
+    tokens_per_seq: TokensPerSeq = _D.tokens_per_seq,
+    candidates: Candidates = _D.candidates,
+    lr: Lr = _D.lr,
+    views: Views = _D.views,
+    refine_rounds: RefineRounds = _D.refine_rounds,
+    prompt: Prompt = _D.prompt,
+    start_layer: StartLayer = _D.start_layer,
+    start_layer_text: StartLayerText = _D.start_layer_text,
+    heatmap: Heatmap = _D.heatmap,
+    occlusion_window: OcclusionWindow = _D.occlusion_window,
+    tile: int = typer.Option(256, min=64, help="Width of a tile in pixels."),
+    overwrite: Overwrite = _D.overwrite,
+    quiet: Quiet = _D.quiet,
 ) -> None:
     """The single-image view: each word's heatmap as a labelled overlay, and one mosaic per image."""
-    from audit.outputs.explain import explain as run_explain
+    import audit
 
-    done = run_explain([str(p) for p in inputs], out, tile=tile, words=tuple(words or ()), words_file=words_file,
-                       no_ascent=no_ascent, model=model, pretrained=pretrained, device=device, seed=seed,
-                       steps=steps, tokens_per_seq=tokens_per_seq, candidates=candidates, lr=lr, views=views,
-                       refine_rounds=refine_rounds, prompt=prompt, start_layer=start_layer,
-                       start_layer_text=start_layer_text, heatmap=heatmap, occlusion_window=occlusion_window,
-                       overwrite=overwrite, quiet=quiet)
+    done = audit.explain(inputs, out, tile=tile, words=tuple(words or ()), words_file=words_file,
+                         no_ascent=no_ascent, model=model, pretrained=pretrained, device=device, seed=seed,
+                         steps=steps, tokens_per_seq=tokens_per_seq, candidates=candidates, lr=lr, views=views,
+                         refine_rounds=refine_rounds, prompt=prompt, start_layer=start_layer,
+                         start_layer_text=start_layer_text, heatmap=heatmap, occlusion_window=occlusion_window,
+                         overwrite=overwrite, quiet=quiet)
     for e in done:
         words_text = ", ".join(f"{w} ({c:.2f})" for _, w, c in e.words) or "no words"
-        print(f"{e.image_id}\n  {words_text}\n  mosaic: {e.mosaic} ({len(e.tiles)} tiles)")
+        typer.echo(f"{e.image_id}\n  {words_text}\n  mosaic: {e.mosaic} ({len(e.tiles)} tiles)")
 
 
 demo_app = typer.Typer(help="The offline demo: a planted-bias dataset scanned with the project's own CLIP.")
@@ -188,9 +245,9 @@ app.add_typer(demo_app, name="demo")
 def demo(
     ctx: typer.Context,
     out: Path = typer.Option(Path("demo-out"), "--out", "-o", help="Folder for the generated dataset and its scan."),
-    images: int = typer.Option(60, help="Images to generate (a third per site)."),
+    images: int = typer.Option(60, min=3, help="Images to generate (a third per site)."),
     device: Device = "auto",
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output for the scan; the summary still prints."),
 ) -> None:
     """Generate a dataset with a planted bias and scan it offline with audit-demo."""
     if ctx.invoked_subcommand is None:
@@ -201,13 +258,13 @@ def demo(
 
 @demo_app.command("evaluate")
 def demo_evaluate(
-    scenes: int = typer.Option(200, help="Held-out scenes per measurement."),
-    recall_scenes: int = typer.Option(None, help="Scenes for the (slow: about 14 s a scene on 2 CPU cores) "
-                                                 "word-recall part; default --scenes."),
-    steps: int = typer.Option(200, help="Ascent steps for word recall (the scan's default)."),
-    candidates: int = typer.Option(16, help="Ascent candidates for word recall (the scan's default)."),
+    scenes: int = typer.Option(200, min=1, help="Held-out scenes per measurement."),
+    recall_scenes: int = typer.Option(None, min=1, help="Scenes for the (slow: about 14 s a scene on 2 CPU cores) "
+                                                        "word-recall part; default --scenes."),
+    steps: int = typer.Option(_D.steps, min=0, help="Ascent steps for word recall (the scan's default)."),
+    candidates: int = typer.Option(_D.candidates, min=1, help="Ascent candidates for word recall (the scan's default)."),
     pretrained: str = typer.Option("auto", help="Weights of audit-demo to evaluate."),
-    device: str = typer.Option("cpu", help="auto, cpu or cuda."),
+    device: Device = "cpu",
 ) -> None:
     """Zero-shot accuracy, ascent word recall and pointing game of audit-demo on unseen scenes."""
     from audit.demo.evaluate import evaluate
@@ -215,43 +272,70 @@ def demo_evaluate(
     result = evaluate(scenes=scenes, recall_scenes=recall_scenes, pretrained=pretrained, steps=steps,
                       candidates=candidates, device=device, quiet=False)
     for line in result.lines():
-        print(line)
+        typer.echo(line)
 
 
 @demo_app.command("train")
 def demo_train(
     out: Path = typer.Option(..., "--out", help="Where to write the fp16 safetensors weights."),
-    steps: int = typer.Option(3000),
-    batch: int = typer.Option(128),
-    lr: float = typer.Option(2e-3),
-    seed: int = typer.Option(0),
-    scenes: int = typer.Option(60_000, help="Training scenes generated up front."),
-    twins: bool = typer.Option(False, help="Pair each scene with a copy whose one object has another shape "
-                                           "(experiment, see the model card)."),
-    junk: int = typer.Option(32, help="Random-token captions per step that are negatives for every image."),
-    word_templates: bool = typer.Option(True, help="Single-attribute captions also as 'a circle', 'a photo of "
-                                                   "a circle'."),
-    shape_negatives: int = typer.Option(128, help="Captions per step right about colour and background but "
-                                                  "wrong about one shape, one for each of the first N images."),
-    shape_pairs: bool = typer.Option(True, help="Beside each shape-swapped caption, the same caption with the "
-                                                "true shape."),
-    conv_stem: bool = typer.Option(True, help="Convolutional stem before the ViT instead of patchify."),
-    specific: float = typer.Option(1.0, help="Weigh each fitting caption's image-to-text target by "
-                                             "exp(SPECIFIC x attributes it states), so full descriptions "
-                                             "outscore partial ones (0 = equal weights)."),
-    filler: int = typer.Option(0, help="Captions of filler words only ('a thing on') per step, negatives for "
-                                       "every image."),
+    steps: int = typer.Option(_T.steps, min=1, help="Optimiser steps."),
+    batch: int = typer.Option(_T.batch, min=2, help="Scenes per step."),
+    lr: float = typer.Option(_T.lr, parser=_between(0, None), metavar="FLOAT>0", help="AdamW learning rate."),
+    seed: int = typer.Option(_T.seed, help="Seed of the scenes, the captions and the initial weights."),
+    scenes: int = typer.Option(_T.scenes, min=1, help="Training scenes generated up front."),
+    twins: bool = typer.Option(_T.twins, help="Pair each scene with a copy whose one object has another shape "
+                                              "(experiment, see the model card)."),
+    junk: int = typer.Option(_T.junk, min=0, help="Random-token captions per step that are negatives for every image."),
+    word_templates: bool = typer.Option(_T.word_templates, help="Single-attribute captions also as 'a circle', "
+                                                                "'a photo of a circle'."),
+    shape_negatives: int = typer.Option(_T.shape_negatives, min=0, help="Captions per step right about colour and "
+                                        "background but wrong about one shape, one for each of the first N images."),
+    shape_pairs: bool = typer.Option(_T.shape_pairs, help="Beside each shape-swapped caption, the same caption with "
+                                                          "the true shape."),
+    conv_stem: bool = typer.Option(_T.conv_stem, help="Convolutional stem before the ViT instead of patchify."),
+    specific: float = typer.Option(_T.specific, min=0, help="Weigh each fitting caption's image-to-text target by "
+                                   "exp(SPECIFIC x attributes it states), so full descriptions outscore partial ones "
+                                   "(0 = equal weights)."),
+    filler: int = typer.Option(_T.filler, min=0, help="Captions of filler words only ('a thing on') per step, "
+                                                      "negatives for every image."),
 ) -> None:
     """Retrain the demo CLIP (under an hour on a 2-core CPU with the defaults)."""
     from audit.demo.train import train
 
-    info = train(out, steps=steps, batch=batch, lr=lr, seed=seed, scenes=scenes, twins=twins, junk=junk,
-                 word_templates=word_templates, shape_negatives=shape_negatives, conv_stem=conv_stem,
-                 shape_pairs=shape_pairs, specific=specific, filler=filler)
-    print(f"wrote {out} ({info['steps']} steps, {info['minutes']} min; settings in {out.with_suffix('.json')})")
+    options = TrainOptions(steps=steps, batch=batch, lr=lr, seed=seed, scenes=scenes, twins=twins, junk=junk,
+                           word_templates=word_templates, shape_negatives=shape_negatives, shape_pairs=shape_pairs,
+                           conv_stem=conv_stem, specific=specific, filler=filler)
+    info = train(out, options)
+    typer.echo(f"wrote {out} ({info['steps']} steps, {info['minutes']} min; settings in {out.with_suffix('.json')})")
+
+
+class _Stderr(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time of each record (so that redirected streams see it)."""
+
+    def __init__(self):
+        super().__init__()
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value):
+        pass
+
+
+def configure_logging() -> None:
+    """The command's messages: the "audit" logger's records at INFO and above, as bare lines on stderr."""
+    logger = logging.getLogger("audit")
+    if not any(isinstance(h, _Stderr) for h in logger.handlers):
+        handler = _Stderr()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
 
 
 def main(argv: list[str] | None = None) -> int:
+    configure_logging()
     try:
         code = app(args=argv, prog_name="audit", standalone_mode=False)
     except AuditError as e:
@@ -265,9 +349,15 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 130
     except Exception as e:
-        # Usage errors of the command-line parser (click, or the copy typer vendors) carry their exit code.
-        if callable(getattr(e, "show", None)) and isinstance(getattr(e, "exit_code", None), int):
-            e.show()
+        # Usage errors of the command-line parser (click, or the copy typer vendors) carry their exit code;
+        # they read as one line, like every other error a user can fix.
+        if callable(getattr(e, "format_message", None)) and isinstance(getattr(e, "exit_code", None), int):
+            if not e.format_message().strip():  # `audit` alone: the help is the answer
+                e.show()
+                return e.exit_code
+            ctx = getattr(e, "ctx", None)
+            hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+            print(f"audit: error: {' '.join(e.format_message().split())}{hint}", file=sys.stderr)
             return e.exit_code
         raise
     return code if isinstance(code, int) else 0

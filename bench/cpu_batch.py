@@ -16,9 +16,9 @@ import time
 import torch
 
 from audit.scanner.ascent import AscentConfig, run_ascent
+from audit.scanner.device import tune_cpu_allocator
 from audit.scanner.encoders import Towers
 from audit.scanner.models import load_model
-from audit.scanner.pipeline import _tune_cpu_allocator
 
 
 def main() -> None:
@@ -29,7 +29,7 @@ def main() -> None:
     ap.add_argument("--no-tune", action="store_true", help="leave glibc's allocator as it is")
     args = ap.parse_args()
     if not args.no_tune:
-        _tune_cpu_allocator()
+        tune_cpu_allocator()
     towers = Towers(load_model("audit-tiny", "none", device="cpu"))
     cfg = AscentConfig(steps=args.steps, candidates=args.candidates, views=8)
     sizes = [int(s) for s in args.sizes.split(",")]

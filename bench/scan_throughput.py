@@ -29,12 +29,12 @@ import torch.nn.functional as F
 from PIL import Image
 
 import audit
-import audit.scanner.ascent
-from audit.scanner.ascent import AscentConfig, run_ascent, sequences_to_words
+from audit.scanner.ascent import AscentConfig, make_optimizer, run_ascent, sequences_to_words
+from audit.scanner.device import autocast
 from audit.scanner.encoders import Towers
 from audit.scanner.loader import ImageDataset, make_loader
+from audit.scanner.memory import relevancy_chunk
 from audit.scanner.models import load_model
-from audit.scanner.pipeline import _autocast, _relevancy_chunk
 from audit.scanner.relevancy import relevancy
 from audit.scanner.sources import open_source
 
@@ -83,10 +83,11 @@ def loader_rate(folder: Path, preprocess: dict, workers: int, batch: int) -> flo
     return n / (time.perf_counter() - t0)
 
 
-def fast_ascent(towers: Towers, images: torch.Tensor, cfg: AscentConfig, device: torch.device):
+def fast_ascent(towers: Towers, images: torch.Tensor, cfg: AscentConfig, device: torch.device,
+                optimizer=make_optimizer):
     seeds = torch.arange(images.shape[0], device=device) + 1000
-    with _autocast(device):
-        return run_ascent(towers, images, seeds, cfg)
+    with autocast(device):
+        return run_ascent(towers, images, seeds, cfg, optimizer=optimizer)
 
 
 # ---- the naive baseline: the origin script's loop, one image at a time ----------------------------------
@@ -164,9 +165,9 @@ def measure_model(name: str, device: torch.device, batch_sizes: list[int], cfg: 
         flat = [w for ws in words for w in ws]
         sync(device)
         t0 = time.perf_counter()
-        with _autocast(device):
+        with autocast(device):
             if flat:
-                relevancy(towers, x, pair_image, flat, chunk=_relevancy_chunk(towers, device))
+                relevancy(towers, x, pair_image, flat, chunk=relevancy_chunk(towers, device))
         sync(device)
         rel_rate = b / (time.perf_counter() - t0)
         rows.append({"model": name, "batch": b, "ascent": ascent_rate, "relevancy": rel_rate,
@@ -187,7 +188,7 @@ def compare_paths(name: str, device: torch.device, b: int, cfg: AscentConfig) ->
     loaded = load_model(name, "none", device=str(device))
     towers = Towers(loaded)
     x = random_images(b, input_size(loaded), device, seed=2)
-    default_optimizer = audit.scanner.ascent._optimizer
+    default_optimizer = make_optimizer
 
     def plain(logits, lr):
         return torch.optim.Adam([logits], lr=lr)
@@ -197,16 +198,14 @@ def compare_paths(name: str, device: torch.device, b: int, cfg: AscentConfig) ->
                                           ("eager + fused Adam", "0", default_optimizer),
                                           ("compiled + fused Adam (default)", "1", default_optimizer)):
         os.environ["AUDIT_COMPILE"] = compile_env
-        audit.scanner.ascent._optimizer = optimizer
         try:
             reset_peak(device)
-            fast_ascent(towers, x, dataclasses.replace(cfg, steps=2), device)  # warm-up (and compile)
+            fast_ascent(towers, x, dataclasses.replace(cfg, steps=2), device, optimizer)  # warm-up (and compile)
             sync(device)
             t0 = time.perf_counter()
-            found = fast_ascent(towers, x, cfg, device)
+            found = fast_ascent(towers, x, cfg, device, optimizer)
             sync(device)
         finally:
-            audit.scanner.ascent._optimizer = default_optimizer
             os.environ.pop("AUDIT_COMPILE", None)
         results[label] = (b / (time.perf_counter() - t0), found)
         print(f"paths: {name} batch {b}  {label:32s} ascent {results[label][0]:8.2f} img/s  "

@@ -3,11 +3,16 @@ import os
 import pytest
 import torch
 
+from audit.cli import configure_logging
+
 from .helpers import save_noise
 
 # Nothing in the tests may reach a model hub: fail fast instead of waiting on the network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Library code logs (logger "audit"); the command line shows those records on stderr, and so do the tests that
+# call the library directly, so their assertions read what a user of the command sees.
+configure_logging()
 
 
 @pytest.fixture(scope="session")
@@ -35,7 +40,7 @@ def small_folder(tmp_path):
 
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory):
-    """One `audit demo` run (60 photos with the planted grass bias): its folder, report and printout.
+    """One `audit demo` run (60 photos with the planted grass bias): its folder, report and what it said.
     Shared because the scan takes a minute or two on a CPU."""
     import contextlib
     import io
@@ -44,7 +49,7 @@ def demo_run(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("demo") / "demo"
     printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
+    with contextlib.redirect_stderr(printed):
         report = run_demo(root, images=60, quiet=True, device="cpu")
     return root, report, printed.getvalue()
 

@@ -9,10 +9,10 @@ import torch.nn.functional as F
 from audit.scanner import rng
 from audit.scanner.ascent import (
     AscentConfig,
-    _optimizer,
     _Sequences,
     augment,
     decode_sequence,
+    make_optimizer,
     merge_best,
     refine,
     relax,
@@ -195,11 +195,11 @@ def test_compiled_relaxation_matches_eager(device):
 
 
 def test_the_ascent_optimizer_is_adam_and_fused_adam_matches_the_plain_update():
-    """The optimiser the ascent builds (`_optimizer`) does Adam's update with the ascent's lr, and the fused
+    """The optimiser the ascent builds (`make_optimizer`) does Adam's update with the ascent's lr, and the fused
     kernel that CUDA scans use gives the same numbers (torch's CPU build has it too)."""
     grads = torch.randn(5, 3, 4, 999, generator=torch.Generator().manual_seed(1))
     p = torch.zeros(3, 4, 999, requires_grad=True)
-    opt = _optimizer(p, 5.0)
+    opt = make_optimizer(p, 5.0)
     assert isinstance(opt, torch.optim.Adam)
     assert opt.param_groups[0]["lr"] == 5.0 and opt.param_groups[0]["fused"] in (False, None)  # CPU tensor
     m = torch.zeros_like(p)

@@ -60,7 +60,7 @@ def test_watch_rule_fails_on_a_planted_association_and_passes_without(tmp_path, 
     pol = policy(tmp_path, WATCH)
     code, out, _ = run_cli(capsys, "check", planted(tmp_path), "--policy", pol)
     assert code == 1, out
-    assert "FAIL  watch:backgrounds" in out and "'grass' with label=A: 8 of 10 images (80%)" in out
+    assert "FAIL  watch:backgrounds" in out and "'grass' with label=A: 8 of 10 images (80.0%)" in out
     code, out, _ = run_cli(capsys, "check", flat(tmp_path), "--policy", pol)
     assert code == 0, out
     assert "PASS  watch:backgrounds" in out and "1 of 2 words seen in at least 3 images" in out  # 'snow': never
@@ -181,7 +181,7 @@ def test_group_shares_and_settings_notes(tmp_path, capsys):
     shifted = flat(tmp_path, "shifted", a_count=15, b_count=5, grass_a=7, grass_b=3)
     pol = policy(tmp_path, 'group_by = "label"\n[drift]\nmax_share_change = 0.2\n')
     code, out, _ = run_cli(capsys, "check", shifted, "--policy", pol, "--baseline", base)
-    assert code == 1 and "label=A 50%->75%" in out
+    assert code == 1 and "label=A 50.0%->75.0%" in out
     assert main(["check", str(shifted), "--policy", str(pol).replace("0.2", "0.3"), "-q"]) == 0
 
 

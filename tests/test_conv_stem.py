@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from audit.scanner.conv_stem import ConvStem, add_conv_stem
-from audit.scanner.models import CONV_STEMS, build_model
+from audit.scanner.models import build_model
+from audit.scanner.profiles import profile
 
 
 def test_stem_keeps_the_token_grid_of_the_patchify_layer():
@@ -28,7 +29,7 @@ def test_stem_stages_must_match_the_patch_size():
 
 def test_a_stem_is_built_when_asked_for_and_found_in_weights(tmp_path):
     demo = build_model("audit-demo", conv_stem=True)
-    assert isinstance(demo.visual.conv1, ConvStem) and "audit-demo" in CONV_STEMS
+    assert isinstance(demo.visual.conv1, ConvStem) and profile("audit-demo").conv_stem is not None
     assert isinstance(build_model("audit-demo").visual.conv1, torch.nn.Conv2d)  # the bundled weights have none
     with pytest.raises(ValueError, match="no conv stem"):
         build_model("audit-tiny", conv_stem=True)

@@ -13,16 +13,17 @@ from audit.demo.evaluate import RECALL_CANDIDATES, RECALL_STEPS, pointing_game, 
 from audit.demo.scenes import make_scene
 from audit.demo.train import EVAL_SEED_BASE
 from audit.scanner.encoders import Towers
-from audit.scanner.models import BUNDLED, default_start_layer, load_model, resolve_weights
+from audit.scanner.models import load_model, resolve_weights
+from audit.scanner.profiles import profile
 
 from .browser import open_page
 
 
 def test_bundled_weights_ship_and_are_the_default():
-    assert BUNDLED["audit-demo"].is_file()
-    assert BUNDLED["audit-demo"].stat().st_size <= 20 * 1024 * 1024
+    assert profile("audit-demo").bundled_weights.is_file()
+    assert profile("audit-demo").bundled_weights.stat().st_size <= 20 * 1024 * 1024
     weights, sha = resolve_weights("audit-demo", "auto")
-    assert weights == str(BUNDLED["audit-demo"]) and len(sha) == 64
+    assert weights == str(profile("audit-demo").bundled_weights) and len(sha) == 64
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +69,7 @@ def test_chefer_heatmaps_find_colours_but_not_shapes(demo_model, two_object_scen
     """Chefer's method (the default) on the same scenes: colour words land on their object, shape words barely
     better than either object. Guards the gradient path (a broken rollout loses the colour figure)."""
     loaded, towers = demo_model
-    start = default_start_layer("audit-demo")
+    start = profile("audit-demo").start_layer
     hits, box_mass = pointing_game(towers, loaded.preprocess, two_object_scenes, "chefer", start, kind="colour")
     assert hits >= 0.85 and box_mass >= 0.6, (hits, box_mass)  # v2: 95.8% and 75.7% on these 60 scenes
     hits, box_mass = pointing_game(towers, loaded.preprocess, two_object_scenes, "chefer", start)
@@ -80,7 +81,7 @@ def test_demo_report_makes_the_planted_bias_the_top_finding(demo_run, tmp_path):
     assert "Top finding: CLIP links 'grass' to label=north" in out, out
     scan = audit.Scan(root / "scan")
     assert len(scan.images()) == 60 and scan.errors().empty
-    assert scan.config["settings"]["start_layer"] == 0  # audit-demo's own relevancy start (models.START_LAYERS)
+    assert scan.config["settings"]["start_layer"] == 0  # audit-demo's own relevancy start (profiles.PROFILES)
     assert scan.config["settings"]["heatmap"] == "chefer"  # occlusion would put 'grass' on the object
     run = open_page(report, tmp_path / "chromium")
     assert run.console == [] and run.requests == []

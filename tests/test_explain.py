@@ -12,10 +12,11 @@ from PIL import Image
 
 import audit
 from audit.analysis.associations import probes
+from audit.api import explain
 from audit.cli import main
 from audit.demo.scenes import SHAPES, make_scene
 from audit.demo.train import EVAL_SEED_BASE
-from audit.outputs.explain import LABEL_H, caption, explain, safe_name
+from audit.outputs.explain import LABEL_H, caption, safe_name
 from audit.outputs.report import build_report
 from audit.scanner.decode import fit
 from audit.scanner.models import load_model

@@ -164,11 +164,11 @@ def test_occlusion_does_not_depend_on_batch_or_chunk(towers):
 
 
 def test_occlusion_windows_cover_every_patch_equally():
-    from audit.scanner.relevancy import _windows
+    from audit.scanner.relevancy.occlusion import windows
 
     for window in (1, 2, 3, 5):
         count = torch.zeros(4, 6)
-        for y0, y1, x0, x1 in _windows(4, 6, window):
+        for y0, y1, x0, x1 in windows(4, 6, window):
             assert 0 <= y0 < y1 <= 4 and 0 <= x0 < x1 <= 6
             count[y0:y1, x0:x1] += 1
         assert (count == window**2).all()

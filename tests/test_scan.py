@@ -227,20 +227,21 @@ def test_memory_estimates_match_what_was_measured():
 def test_auto_batch_on_a_gpu_follows_free_memory(tiny, monkeypatch):
     import torch
 
-    from audit.scanner import pipeline as scanner
+    from audit.scanner import memory
     from audit.scanner.encoders import Towers
+    from audit.scanner.options import ScanOptions
 
     towers = Towers(tiny)
     cuda = torch.device("cuda")
     sizes = []
     for free in (2e9, 8e9, 32e9):
-        monkeypatch.setattr(scanner, "free_bytes", lambda device, free=free: int(free))
-        sizes.append(scanner._cuda_batch(scanner.ScanOptions(), towers, cuda))
+        monkeypatch.setattr(memory, "free_bytes", lambda device, free=free: int(free))
+        sizes.append(memory.cuda_batch_size(ScanOptions(), towers, cuda))
     assert 1 <= sizes[0] < sizes[1] < sizes[2] <= 1024, sizes
-    fewer = scanner._cuda_batch(scanner.ScanOptions(candidates=64), towers, cuda)
+    fewer = memory.cuda_batch_size(ScanOptions(candidates=64), towers, cuda)
     assert fewer < sizes[2]
-    assert scanner._relevancy_chunk(towers, torch.device("cpu")) == 256
-    assert 1 <= scanner._relevancy_chunk(towers, cuda, free=int(1e9)) <= 256
+    assert memory.relevancy_chunk(towers, torch.device("cpu")) == 256
+    assert 1 <= memory.relevancy_chunk(towers, cuda, free=int(1e9)) <= 256
 
 
 def test_occlusion_heatmaps_are_stored_like_chefer_ones(small_folder, tmp_path):

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from audit.analysis import stats
+from audit.analysis import FDR, MIN_COUNT, stats
 from audit.store.query import ScanQuery
 from audit.store.schema import ASCENT, PROBE
 
@@ -46,7 +46,7 @@ def _name_words(group: str) -> set[str]:
     return set(clean_words(str(group)))
 
 
-def associations(q: ScanQuery, column: str, min_count: int = 5, fdr: float = 0.05) -> Associations:
+def associations(q: ScanQuery, column: str, min_count: int = MIN_COUNT, fdr: float = FDR) -> Associations:
     """Every (group, word) with at least min_count images overall, group vs the rest of the images.
 
     A pair is flagged when its BH q-value is below fdr and the lower 95% bound of its log odds ratio is
@@ -135,7 +135,7 @@ class Probes:
         return self.cosines[self.cosines.flagged]
 
 
-def probes(q: ScanQuery, column: str, fdr: float = 0.05) -> Probes:
+def probes(q: ScanQuery, column: str, fdr: float = FDR) -> Probes:
     """How strongly each probe word matches each group's images compared with the rest.
 
     Per (word, group): mean cosine with a 95% interval (normal approximation), the difference to the rest,

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from audit.analysis import stats
+from audit.analysis import FDR, MIN_COUNT, stats
 from audit.analysis.associations import Associations, associations
 from audit.store.query import ScanQuery
 
@@ -46,7 +46,7 @@ class Drift:
     vocabulary: int  # words seen in at least min_count images of either snapshot
     divergence: Divergence  # whole snapshot
     words: pd.DataFrame  # word, n_old, n_new, share_old, share_new, delta; largest |delta| first
-    min_count: int = 5
+    min_count: int = MIN_COUNT
     column: str | None = None
     groups: pd.DataFrame = field(default_factory=pd.DataFrame)  # grp, n_*, share_*, delta, jsd, noise, p, q
     appeared: pd.DataFrame = field(default_factory=pd.DataFrame)  # findings now, not flagged before
@@ -104,7 +104,7 @@ def _without(findings: pd.DataFrame, pairs: set[tuple[str, str]]) -> pd.DataFram
     return findings.loc[keep].reset_index(drop=True)
 
 
-def compare(old: ScanQuery, new: ScanQuery, column: str | None = None, *, min_count: int = 5, fdr: float = 0.05,
+def compare(old: ScanQuery, new: ScanQuery, column: str | None = None, *, min_count: int = MIN_COUNT, fdr: float = FDR,
             assoc_old: Associations | None = None, assoc_new: Associations | None = None) -> Drift:
     """Compare two scans; with a group column also per group. Associations already computed (say, by a
     check) can be passed in so nothing is computed twice."""

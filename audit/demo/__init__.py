@@ -9,17 +9,19 @@ purpose: a model's shape confusions would then be real findings of their own and
 
 from __future__ import annotations
 
-import sys
+import logging
 from pathlib import Path
 
 import numpy as np
 
 from audit.demo.scenes import BACKGROUNDS, COLOURS, SHAPES, make_scene
+from audit.formats import percent, q_value
 
 LABELS = ("north", "south", "west")
 # The documented example policy (examples/audit-policy.toml links here); the demo gates on it.
 POLICY = Path(__file__).with_name("audit-policy.toml")
 # Measured with bench/demo_time.py to keep `make demo` within its time budget on a 2-core CPU.
+log = logging.getLogger("audit.demo")
 DEMO_SETTINGS = dict(steps=40, candidates=8, views=16)
 
 
@@ -62,12 +64,14 @@ def make_dataset(root: Path, images: int = 48, seed: int = 0, bias: float = 0.9,
 
 
 def run_demo(out: str | Path, images: int = 60, quiet: bool = False, device: str = "auto") -> Path:
-    """Dataset, scan, report and policy check; prints where to look. Returns the report's path."""
+    """Dataset, scan, report and policy check; says where to look (logger "audit.demo"). Returns the report's
+    path."""
     from audit.analysis.associations import associations
+    from audit.outputs.check_output import write_outputs
     from audit.outputs.explain import render
     from audit.outputs.report import build_report
     from audit.policy.parse import load_policy
-    from audit.policy.rules import run_check, write_outputs
+    from audit.policy.rules import run_check
     from audit.scanner.pipeline import run_scan
     from audit.store.query import ScanQuery
 
@@ -78,25 +82,26 @@ def run_demo(out: str | Path, images: int = 60, quiet: bool = False, device: str
     report = build_report(out / "scan", ["label"], out / "report.html", min_count=3,
                           title="audit demo: a planted bias")
     found = associations(ScanQuery.open(out / "scan"), "label", min_count=3).findings
-    print(f"\nDemo dataset: {manifest} ({images} photos from three sites, label = site; planted bias: the north "
+    log.info(f"\nDemo dataset: {manifest} ({images} photos from three sites, label = site; planted bias: the north "
           "site shot 90% of its photos on grass, the others 10%; the same objects everywhere)")
-    print(f"Scan: {out / 'scan'} (Parquet tables images, tokens, heatmaps, errors)")
+    log.info(f"Scan: {out / 'scan'} (Parquet tables images, tokens, heatmaps, errors)")
     if len(found):
         top = found.iloc[0]
-        print(f"Top finding: CLIP links '{top.word}' to label={top.grp} ({top.share_group:.0%} of its images vs "
-              f"{top.share_rest:.0%} of the rest, q={top.q:.2g}); {len(found)} finding(s) in all")
+        log.info(f"Top finding: CLIP links '{top.word}' to label={top.grp} ({percent(top.share_group)} of its images vs "
+                 f"{percent(top.share_rest)} of the rest, q={q_value(top.q)}); {len(found)} finding(s) in all")
         # Two of those photos drawn from the stored rows, as `audit explain` draws them.
         q = ScanQuery.open(out / "scan")
         ids = set(q.examples("label", top.grp, top.word, 2).image_id)
         for e in render(out / "scan", out / "explain", only=ids):
-            print(f"Mosaic of every word's heatmap on {e.image_id}: {e.mosaic}")
+            log.info(f"Mosaic of every word's heatmap on {e.image_id}: {e.mosaic}")
     else:
-        print("No association beyond the labels' own names was flagged.")
-    print(f"Report: {report} (open it in a browser)", file=sys.stdout)
+        log.info("No association beyond the labels' own names was flagged.")
+    log.info(f"Report: {report} (open it in a browser)")
     checked = run_check(out / "scan", load_policy(POLICY))
-    write_outputs(checked, junit=out / "check-junit.xml", json_path=out / "check.json", markdown=out / "check.md")
+    write_outputs(checked, junit_path=out / "check-junit.xml", json_path=out / "check.json",
+                  markdown_path=out / "check.md")
     failed = [r.rule.id for r in checked.results if r.status == "fail"]
-    print(f"Policy check (`audit check {out / 'scan'} --policy {POLICY.name}`): exit {checked.exit_code}"
+    log.info(f"Policy check (`audit check {out / 'scan'} --policy {POLICY.name}`): exit {checked.exit_code}"
           + (f", failed: {', '.join(failed)}" if failed else ", every rule passed")
           + f"; summary in {out / 'check.md'}")
     return report

@@ -16,8 +16,9 @@ from audit.demo.scenes import BACKGROUNDS, COLOURS, SHAPES, make_scene
 from audit.demo.train import EVAL_SEED_BASE
 from audit.scanner.encoders import Towers
 from audit.scanner.heatmap_stats import grid_stats
-from audit.scanner.models import default_heatmap, default_occlusion_window, default_start_layer, load_model
+from audit.scanner.models import load_model
 from audit.scanner.pipeline import ScanOptions
+from audit.scanner.profiles import profile
 from audit.scanner.relevancy import METHODS, relevancy
 
 # Word recall counts the words a scan finds, so it runs the scan's own ascent settings by default.
@@ -129,7 +130,7 @@ def pointing_game(towers: Towers, preprocess, scenes, method: str, start_layer: 
     size = scenes[0].image.width
     boxes = np.array([[o.box[0] / size, o.box[1] / size, o.box[2] / size, o.box[3] / size]
                       for s in scenes for o in s.objects])
-    window = default_occlusion_window("audit-demo") if window is None else window
+    window = profile("audit-demo").occlusion_window if window is None else window
     rel = relevancy(towers, x, pair_image, words, start_layer=start_layer, method=method, window=window)
     stats = grid_stats(rel.image.numpy(), boxes)
     hits = np.array([bool(v) for v in stats["peak_in_box"]])
@@ -146,8 +147,8 @@ def evaluate(scenes: int = 200, recall_scenes: int | None = None, model: str = "
     zs = zero_shot(towers, loaded.preprocess, singles)
     n_recall = scenes if recall_scenes is None else recall_scenes
     rec = word_recall(singles[:n_recall], model, pretrained, steps, candidates, device, seed, quiet)
-    point = {method: {kind: pointing_game(towers, loaded.preprocess, doubles, method, default_start_layer(model),
-                                          default_occlusion_window(model), kind)
+    point = {method: {kind: pointing_game(towers, loaded.preprocess, doubles, method, profile(model).start_layer,
+                                          profile(model).occlusion_window, kind)
                       for kind in ("shape", "colour")}
              for method in METHODS}
-    return Evaluation(scenes, zs, rec, point, default_heatmap(model), n_recall, len(doubles), steps, candidates)
+    return Evaluation(scenes, zs, rec, point, profile(model).heatmap, n_recall, len(doubles), steps, candidates)

@@ -1,7 +1,7 @@
 """Train audit-demo: a small CLIP (open_clip config audit-demo) on procedural scenes, on a CPU.
 
     audit demo train --out audit/demo/weights/audit-demo.safetensors --seed 0
-    (or python -m audit.demo.train ...; defaults: the bundled v2's recipe, see its model card)
+    (or python -m audit demo train ...; defaults: the bundled v2's recipe, see its model card)
 
 Captions are built from each scene's attributes: full captions from several templates, partial ones (one
 colour, one shape, a background, a colour-shape pair), some with random vocabulary tokens inserted so that
@@ -11,9 +11,10 @@ describes (multi-positive contrastive loss), so "red" is not pushed away from a 
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import math
-import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -23,10 +24,12 @@ import open_clip
 import torch
 import torch.nn.functional as F
 
+from audit.demo.recipe import TrainOptions
 from audit.demo.scenes import BACKGROUNDS, COLOURS, SHAPES, captions, make_scene
 from audit.scanner.encoders import Towers
 from audit.scanner.models import build_model
 
+log = logging.getLogger("audit.demo.train")
 TRAIN_SEED_BASE = 1_000_000  # training scenes use seeds from here; evaluation uses EVAL_SEED_BASE
 EVAL_SEED_BASE = 900_000_000
 _C = list(COLOURS)
@@ -198,10 +201,16 @@ def multi_positive_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tenso
     return (loss_i + loss_t) / 2
 
 
-def train(out: Path, steps: int = 3000, batch: int = 128, lr: float = 2e-3, seed: int = 0, scenes: int = 60_000,
-          twins: bool = False, junk: int = 32, word_templates: bool = True, shape_negatives: int = 128,
-          conv_stem: bool = True, shape_pairs: bool = True, specific: float = 1.0, filler: int = 0,
-          log_every: int = 50) -> dict:
+def train(out: Path, options: TrainOptions | None = None, *, log_every: int = 50, **overrides) -> dict:
+    """Train audit-demo with `options` (TrainOptions; keyword overrides on top) and write fp16 weights to `out`
+    with the settings beside them (`out` with suffix .json). Returns those settings and the minutes it took."""
+    unknown = set(overrides) - {f.name for f in dataclasses.fields(TrainOptions)}
+    if unknown:
+        raise TypeError(f"unknown training options: {', '.join(sorted(unknown))}")
+    opts = dataclasses.replace(options or TrainOptions(), **overrides)
+    steps, batch, lr, seed, scenes = opts.steps, opts.batch, opts.lr, opts.seed, opts.scenes
+    twins, junk, word_templates, shape_negatives = opts.twins, opts.junk, opts.word_templates, opts.shape_negatives
+    conv_stem, shape_pairs, specific, filler = opts.conv_stem, opts.shape_pairs, opts.specific, opts.filler
     torch.manual_seed(seed)
     rs = np.random.RandomState(seed)
     model = build_model("audit-demo", conv_stem=conv_stem)
@@ -213,8 +222,8 @@ def train(out: Path, steps: int = 3000, batch: int = 128, lr: float = 2e-3, seed
     towers = Towers(SimpleNamespace(model=model, tokenizer=tok, device=torch.device("cpu")))
     t0 = time.perf_counter()
     pixels, meta = build_scenes(scenes, seed, twins=twins)
-    print(f"built {scenes} training scenes{' and their twins' if twins else ''} in "
-          f"{time.perf_counter() - t0:.0f} s", flush=True)
+    log.info(f"built {scenes} training scenes{' and their twins' if twins else ''} in "
+          f"{time.perf_counter() - t0:.0f} s")
     sampler = CaptionSampler(tok, ctx, rs, word_templates)
     banned = {t for w in (*_C, *_S, *_B) for t in tok.encode(w)}
     decay, no_decay = [], []
@@ -267,15 +276,12 @@ def train(out: Path, steps: int = 3000, batch: int = 128, lr: float = 2e-3, seed
         opt.step()
         if step % log_every == 0 or step == steps - 1:
             el = time.perf_counter() - start
-            print(f"step {step}/{steps} loss {loss.item():.3f} scale {model.logit_scale.exp().item():.1f} "
-                  f"{el / (step + 1):.2f} s/step elapsed {el / 60:.1f} min", flush=True)
+            log.info(f"step {step}/{steps} loss {loss.item():.3f} scale {model.logit_scale.exp().item():.1f} "
+                  f"{el / (step + 1):.2f} s/step elapsed {el / 60:.1f} min")
     model.eval()
     minutes = (time.perf_counter() - t0) / 60
     save_weights(model, out)
-    info = {"steps": steps, "batch": batch, "lr": lr, "seed": seed, "scenes": scenes, "twins": twins, "junk": junk,
-            "word_templates": word_templates, "shape_negatives": shape_negatives, "shape_pairs": shape_pairs,
-            "conv_stem": conv_stem, "specific": specific, "filler": filler,
-            "minutes": round(minutes, 1), "threads": torch.get_num_threads()}
+    info = {**dataclasses.asdict(opts), "minutes": round(minutes, 1), "threads": torch.get_num_threads()}
     out.with_suffix(".json").write_text(json.dumps(info, indent=2) + "\n")
     return info
 
@@ -299,14 +305,3 @@ def save_weights(model: torch.nn.Module, out: Path) -> None:
     tmp = out.with_name(f".tmp-{out.name}")
     save_file(state, str(tmp))
     tmp.replace(out)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m audit.demo.train ...` is `audit demo train ...`: one set of options, one place for them."""
-    from audit.cli import main as cli_main
-
-    return cli_main(["demo", "train", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

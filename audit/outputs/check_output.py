@@ -11,12 +11,15 @@ import datetime as _dt
 import html
 import json
 import math
+import os
 import re
 import socket
 import unicodedata
 import xml.etree.ElementTree as ET
 
-from audit.policy.rules import ASSOC_EVIDENCE, EVIDENCE_ROWS, CheckResult, RuleResult, _assoc_line
+from audit.formats import association
+from audit.outputs.files import write_text
+from audit.policy.rules import ASSOC_EVIDENCE, EVIDENCE_ROWS, CheckResult, RuleResult
 from audit.version import __version__
 
 MARK = {"pass": "PASS", "fail": "FAIL", "warn": "WARN", "skip": "SKIP"}
@@ -41,7 +44,7 @@ def _value(v) -> str:
 
 def evidence_line(result: RuleResult, row: dict) -> str:
     if set(ASSOC_EVIDENCE) <= set(row):
-        return _assoc_line(row)
+        return association(row)
     return ", ".join(f"{k}={_value(v)}" for k, v in row.items())
 
 
@@ -165,3 +168,13 @@ def markdown(result: CheckResult) -> str:
             lines.append(f"\n{len(r.evidence) - EVIDENCE_ROWS} more rows in the JSON output.")
         lines += ["", "</details>", ""]
     return "\n".join(lines) + "\n"
+
+
+def write_outputs(result: CheckResult, *, junit_path: str | os.PathLike | None = None,
+                  json_path: str | os.PathLike | None = None, markdown_path: str | os.PathLike | None = None) -> None:
+    """Write each format asked for, whole or not at all."""
+    outputs = ((junit_path, junit, "junit.xml"), (json_path, to_json, "check.json"),
+               (markdown_path, markdown, "summary.md"))
+    for path, render, example in outputs:
+        if path is not None:
+            write_text(path, render(result), example)

@@ -10,8 +10,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from audit.analysis import FDR, MIN_COUNT
 from audit.analysis.drift import Drift, compare
 from audit.errors import AuditError
+from audit.formats import change, percent, q_value, ratio
 from audit.outputs.check_output import md, plain
 from audit.outputs.files import write_text
 from audit.store.query import ScanQuery
@@ -31,7 +33,7 @@ class Diff:
 
 
 def build_diff(old: str | os.PathLike, new: str | os.PathLike, group_by: list[str] | None = None, *,
-               min_count: int = 5, fdr: float = 0.05) -> Diff:
+               min_count: int = MIN_COUNT, fdr: float = FDR) -> Diff:
     if not 0 < fdr < 1:
         raise AuditError(f"--fdr must be between 0 and 1, not {fdr}")
     if min_count < 1:
@@ -46,10 +48,6 @@ def build_diff(old: str | os.PathLike, new: str | os.PathLike, group_by: list[st
     # Every per-group comparison also holds the overall one; compute it again only without groups.
     overall = cols[0] if cols else compare(qo, qn, None, min_count=min_count, fdr=fdr)
     return Diff(str(old), str(new), overall, cols, min_count, fdr)
-
-
-def _pct(v: float) -> str:
-    return f"{v:.1%}"
 
 
 def _ids(ids: list[str]) -> str:
@@ -72,18 +70,18 @@ def text(d: Diff) -> str:
                  f"images reach {v.noise:.3f} (95th percentile), p={v.p:.2g}")
     lines.append("words that moved most (share of images showing the word):")
     for r in o.words.head(TOP_WORDS).itertuples():
-        lines.append(f"  {r.word:<20} {_pct(r.share_old):>6} -> {_pct(r.share_new):>6}  ({r.delta:+.1%})")
+        lines.append(f"  {r.word:<20} {percent(r.share_old):>6} -> {percent(r.share_new):>6}  ({change(r.delta)})")
     for c in d.by_column:
         lines.append(f"by {c.column}:")
         for r in c.groups.itertuples():
-            jsd = "group new or gone" if r.jsd != r.jsd else f"word JSD {r.jsd:.3f} (noise {r.noise:.3f}, q={r.q:.2g})"
-            lines.append(f"  {r.grp}: {r.n_old} -> {r.n_new} images ({_pct(r.share_old)} -> {_pct(r.share_new)}), "
+            jsd = "group new or gone" if r.jsd != r.jsd else f"word JSD {r.jsd:.3f} (noise {r.noise:.3f}, q={q_value(r.q)})"
+            lines.append(f"  {r.grp}: {r.n_old} -> {r.n_new} images ({percent(r.share_old)} -> {percent(r.share_new)}), "
                          f"{jsd}")
         for label, df in (("appeared", c.appeared), ("vanished", c.vanished)):
             lines.append(f"  associations {label}: {len(df)}")
             for r in df.head(TOP_WORDS).itertuples():
-                lines.append(f"    '{r.word}' with {c.column}={r.grp} ({_pct(r.share_group)} vs {_pct(r.share_rest)}, "
-                             f"q={r.q:.2g})")
+                lines.append(f"    '{r.word}' with {c.column}={r.grp} ({percent(r.share_group)} vs {percent(r.share_rest)}, "
+                             f"q={q_value(r.q)})")
     return "\n".join(plain(line) for line in lines) + "\n"
 
 
@@ -102,29 +100,29 @@ def markdown(d: Diff) -> str:
               f"reach {v.noise:.3f} (95th percentile), p = {v.p:.2g}.", "",
               "| word | before | after | change |", "|---|---:|---:|---:|"]
     for r in o.words.head(TOP_WORDS).itertuples():
-        lines.append(f"| {md(r.word)} | {_pct(r.share_old)} | {_pct(r.share_new)} | {r.delta:+.1%} |")
+        lines.append(f"| {md(r.word)} | {percent(r.share_old)} | {percent(r.share_new)} | {change(r.delta)} |")
     for c in d.by_column:
         lines += ["", f"### By {md(c.column)}", "",
                   "| group | images before | after | share before | after | word JSD | noise | q |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|"]
         for r in c.groups.itertuples():
             jsd = "– | – | –" if r.jsd != r.jsd else f"{r.jsd:.3f} | {r.noise:.3f} | {r.q:.2g}"
-            lines.append(f"| {md(r.grp)} | {r.n_old} | {r.n_new} | {_pct(r.share_old)} | {_pct(r.share_new)} | {jsd} |")
+            lines.append(f"| {md(r.grp)} | {r.n_old} | {r.n_new} | {percent(r.share_old)} | {percent(r.share_new)} | {jsd} |")
         for label, df in (("appeared", c.appeared), ("vanished", c.vanished)):
             lines += ["", f"Associations {label}: {len(df)}"]
             if len(df):
                 lines += ["", "| group | word | in group | in the rest | odds ratio (95% CI) | q |", "|---|---|---:|---:|---:|---:|"]
                 for r in df.head(TOP_WORDS).itertuples():
-                    lines.append(f"| {md(r.grp)} | {md(r.word)} | {_pct(r.share_group)} | {_pct(r.share_rest)} | "
-                                 f"{r.odds_ratio:.3g} ({r.odds_ratio_lo:.3g}–{r.odds_ratio_hi:.3g}) | {r.q:.2g} |")
+                    lines.append(f"| {md(r.grp)} | {md(r.word)} | {percent(r.share_group)} | {percent(r.share_rest)} | "
+                                 f"{ratio(r.odds_ratio)} ({ratio(r.odds_ratio_lo)}–{ratio(r.odds_ratio_hi)}) | {q_value(r.q)} |")
     return "\n".join(lines) + "\n"
 
 
 def html(d: Diff) -> str:
-    from audit.outputs.report import _env
+    from audit.outputs.html import environment
     from audit.version import __version__
 
-    return _env().get_template("diff.html.j2").render(
+    return environment().get_template("diff.html.j2").render(
         d=d, o=d.overall, top=TOP_WORDS, shown_ids=SHOWN_IDS, tool_version=__version__,
         generated=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
 

@@ -1,17 +1,15 @@
-"""`audit explain`: the single-image view. For each image, every word's heatmap as a labelled overlay tile,
-and one mosaic of the image with all its tiles.
-
-The images are scanned like any dataset (a manifest of their paths into OUT/scan, so re-running resumes),
-then drawn from the stored rows: what the tiles show is exactly what a scan stores.
+"""Drawing `audit explain`'s single-image view from a scan: for each image, every word's heatmap as a labelled
+overlay tile, and one mosaic of the image with all its tiles. What the tiles show is exactly what a scan
+stores (audit.api.explain scans the images first).
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import os
 import re
-import sys
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,12 +18,11 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 
-from audit.errors import AuditError
 from audit.outputs.overlay import overlay
 from audit.scanner.decode import DecodeError, fit, open_rgb
-from audit.scanner.sources import IMAGE_EXTENSIONS
 from audit.store.schema import ASCENT
 
+log = logging.getLogger("audit.explain")
 FONT = Path(__file__).with_name("fonts") / "DejaVuSans-Bold.ttf"
 TILE = 256
 LABEL_H = 40
@@ -52,22 +49,6 @@ def safe_name(text: str, limit: int = MAX_NAME) -> str:
 def _image_folder(image_id: str) -> str:
     stem = safe_name(Path(image_id).stem, 32)
     return f"{stem}-{hashlib.sha256(image_id.encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
-
-
-def collect_images(inputs: list[str | os.PathLike]) -> list[Path]:
-    found: list[Path] = []
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            found += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
-        elif p.is_file():
-            found.append(p)
-        else:
-            raise AuditError(f"{p} does not exist; pass image files or folders")
-    unique = list(dict.fromkeys(f.resolve() for f in found))
-    if not unique:
-        raise AuditError("no images found in " + ", ".join(map(str, inputs)))
-    return unique
 
 
 def _font(size: int) -> ImageFont.FreeTypeFont:
@@ -138,7 +119,7 @@ def render(scan_dir: str | os.PathLike, out: str | os.PathLike, tile: int = TILE
             arr, _ = fit(open_rgb(im.path, None), size if isinstance(size, int) else tuple(size),
                          preprocess.get("resize_mode", "shortest"), "bicubic")
         except DecodeError as e:
-            print(f"audit explain: cannot redraw {im.path}: {e}", file=sys.stderr)
+            log.warning(f"audit explain: cannot redraw {im.path}: {e}")
             continue
         frame = Image.fromarray(arr).resize((tile, round(tile * arr.shape[0] / arr.shape[1])),
                                             Image.Resampling.BICUBIC)
@@ -158,34 +139,3 @@ def render(scan_dir: str | os.PathLike, out: str | os.PathLike, tile: int = TILE
         mosaic(pictures).save(result.mosaic)
         done.append(result)
     return done
-
-
-def _manifest(paths: list[Path], out: Path) -> Path:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    out.mkdir(parents=True, exist_ok=True)
-    manifest = out / "images.parquet"
-    table = pa.table({"path": [str(p) for p in paths]})
-    tmp = out / ".tmp-images.parquet"
-    pq.write_table(table, tmp)
-    tmp.replace(manifest)
-    return manifest
-
-
-def explain(inputs: list[str | os.PathLike], out: str | os.PathLike, tile: int = TILE,
-            **scan_options) -> list[Explained]:
-    """Scan the given images (files or folders) into out/scan and draw their tiles and mosaics."""
-    from audit.scanner.pipeline import run_scan
-
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise AuditError(f"--out {out} is a file; pass a folder")
-    paths = collect_images(inputs)
-    scan_options.setdefault("workers", 0)
-    # One scan per output folder: its manifest is rewritten for this call, and images scanned before under
-    # the same folder stay (resume); --overwrite starts the folder's scan over.
-    run_scan(str(_manifest(paths, out)), str(out / "scan"), **scan_options)
-    if tile < 64:
-        raise AuditError(f"--tile must be at least 64 pixels, not {tile}")
-    return render(out / "scan", out, tile, only={str(p) for p in paths})

@@ -5,17 +5,19 @@ from __future__ import annotations
 import base64
 import datetime as _dt
 import io
-import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
-import jinja2
 import numpy as np
 import pandas as pd
 
+from audit.analysis import FDR, MIN_COUNT
 from audit.analysis.associations import LOOK_STATS, Associations, associations, probes
 from audit.errors import AuditError, internal_errors_note
+from audit.outputs import TOP
 from audit.outputs.files import write_text
+from audit.outputs.html import environment
 from audit.outputs.overlay import overlay
 from audit.scanner.decode import DecodeError, fit, open_rgb
 from audit.store.query import ScanQuery
@@ -26,22 +28,6 @@ FLAGGED_WITH_EXAMPLES = 8
 EXAMPLES = 4
 SETTINGS_SHOWN = ("model", "pretrained", "ascent", "steps", "candidates", "tokens_per_seq", "views", "seed", "prompt",
                   "heatmap", "probe_words")
-
-
-def _env() -> jinja2.Environment:
-    env = jinja2.Environment(loader=jinja2.PackageLoader("audit.outputs", "templates"),
-                             autoescape=jinja2.select_autoescape(default=True, default_for_string=True),
-                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-    env.filters["pct"] = lambda v: "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.0%}"
-    env.filters["num"] = lambda v, d=2: "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{d}f}"
-    env.filters["pval"] = _pval
-    return env
-
-
-def _pval(v) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "–"
-    return "<1e-300" if v < 1e-300 else (f"{v:.1e}" if v < 1e-3 else f"{v:.3f}")
 
 
 def _thumbnail(path: str, grid, gh: int, gw: int, preprocess: dict) -> str | None:
@@ -118,8 +104,15 @@ def _probe_view(q: ScanQuery, column: str, fdr: float) -> dict:
     return {"column": column, "rows": rows, "stats": shown}
 
 
-def build_report(scan_dir: str | os.PathLike, group_by: list[str], out: str | os.PathLike, *, min_count: int = 5,
-                 fdr: float = 0.05, top: int = 10, title: str | None = None) -> Path:
+@dataclass
+class RenderedReport:
+    html: str
+    associations: list[Associations]  # one per --group-by column, as tested
+
+
+def render_report(scan_dir: str | os.PathLike, group_by: list[str], *, min_count: int = MIN_COUNT, fdr: float = FDR,
+                  top: int = TOP, title: str | None = None) -> RenderedReport:
+    """The report as one HTML document, and the associations behind it."""
     if not group_by:
         raise AuditError("pass at least one --group-by COLUMN")
     if not 0 < fdr < 1:
@@ -136,10 +129,11 @@ def build_report(scan_dir: str | os.PathLike, group_by: list[str], out: str | os
     config = q.scan.config
     runs = config.get("runs", [])
     preprocess = next((r["preprocess"] for r in reversed(runs) if r.get("preprocess")), {})
-    columns = [_column_view(q, associations(q, c, min_count, fdr), top, preprocess) for c in group_by]
+    tested = [associations(q, c, min_count, fdr) for c in group_by]
+    columns = [_column_view(q, a, top, preprocess) for a in tested]
     probe_columns = [_probe_view(q, c, fdr) for c in group_by] if q.probe_words() else []
     settings = config.get("settings", {})
-    html = _env().get_template("report.html.j2").render(
+    html = environment().get_template("report.html.j2").render(
         title=title or f"CLIP audit of {Path(scan_dir).resolve().name}",
         generated=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         counts=counts, internal_note=internal_errors_note(counts["internal"]) if counts["internal"] else None,
@@ -148,4 +142,11 @@ def build_report(scan_dir: str | os.PathLike, group_by: list[str], out: str | os
         min_count=min_count, fdr=fdr, top=top, tool_version=config.get("tool_version"),
         matrix_words=MATRIX_WORDS, examples_per_word=EXAMPLES, flagged_with_examples=FLAGGED_WITH_EXAMPLES,
     )
-    return write_text(out, html, "report.html")
+    return RenderedReport(html, tested)
+
+
+def build_report(scan_dir: str | os.PathLike, group_by: list[str], out: str | os.PathLike, *, min_count: int = MIN_COUNT,
+                 fdr: float = FDR, top: int = TOP, title: str | None = None) -> Path:
+    """Write the report to `out` (whole or not at all)."""
+    rendered = render_report(scan_dir, group_by, min_count=min_count, fdr=fdr, top=top, title=title)
+    return write_text(out, rendered.html, "report.html")

@@ -13,6 +13,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from audit.analysis import FDR, MIN_COUNT
 from audit.errors import AuditError
 
 if sys.version_info >= (3, 11):
@@ -41,8 +42,8 @@ class Rule:
 class Policy:
     path: str
     group_by: list[str]
-    min_count: int = 5
-    fdr: float = 0.05
+    min_count: int = MIN_COUNT
+    fdr: float = FDR
     rules: list[Rule] = field(default_factory=list)
 
     def needs_baseline(self) -> bool:

@@ -16,7 +16,7 @@ import pandas as pd
 from audit.analysis.associations import Associations, associations, compare_looks
 from audit.analysis.drift import Drift, compare
 from audit.errors import AuditError, internal_errors_note
-from audit.outputs.files import write_text
+from audit.formats import association, percent, ratio
 from audit.policy.parse import Policy, Rule
 from audit.store.query import ScanQuery
 from audit.store.schema import INTERNAL
@@ -58,14 +58,6 @@ class CheckResult:
         return sum(r.status == status for r in self.results)
 
 
-def _pct(v: float) -> str:
-    return f"{v:.1%}" if v < 0.1 else f"{v:.0%}"
-
-
-def _or(v: float) -> str:
-    return f"{v:.3g}"
-
-
 def _records(df: pd.DataFrame, columns: list[str]) -> list[dict]:
     out = []
     for r in df[columns].to_dict("records"):
@@ -76,12 +68,6 @@ def _records(df: pd.DataFrame, columns: list[str]) -> list[dict]:
 
 ASSOC_EVIDENCE = ["column", "grp", "word", "a", "n_group", "share_group", "share_rest", "odds_ratio",
                   "odds_ratio_lo", "odds_ratio_hi", "q"]
-
-
-def _assoc_line(r: dict) -> str:
-    return (f"'{r['word']}' with {r['column']}={r['grp']}: {r['a']} of {r['n_group']} images "
-            f"({_pct(r['share_group'])}) vs {_pct(r['share_rest'])} of the rest, odds ratio {_or(r['odds_ratio'])} "
-            f"(95% CI {_or(r['odds_ratio_lo'])}-{_or(r['odds_ratio_hi'])}), q={r['q']:.2g}")
 
 
 class _Checker:
@@ -128,7 +114,7 @@ class _Checker:
             ev = _records(self.q.df("SELECT image_id, path, stage, reason FROM errors "
                                     "ORDER BY stage <> ?, image_id LIMIT ?", [INTERNAL, EVIDENCE_ROWS]),
                           ["image_id", "path", "stage", "reason"])
-        summary = f"{bad} of {total} images unreadable ({_pct(rate)}; limit {_pct(limit)})"
+        summary = f"{bad} of {total} images unreadable ({percent(rate)}; limit {percent(limit)})"
         if internal:
             summary += f"; {internal_errors_note(internal)}"
         return self.result(rule, rate > limit, summary, ev,
@@ -153,10 +139,10 @@ class _Checker:
         untested = [w for w in words if w not in tested]
         rows = _records(hits, ASSOC_EVIDENCE)
         if rows:
-            summary = f"{len(rows)} watched association(s); strongest: {_assoc_line(rows[0])}"
+            summary = f"{len(rows)} watched association(s); strongest: {association(rows[0])}"
         else:
             summary = (f"no watched word is linked to a group (q<{self.policy.fdr}, odds ratio CI above "
-                       f"{_or(bound)}); {len(words) - len(untested)} of {len(words)} words seen in at least "
+                       f"{ratio(bound)}); {len(words) - len(untested)} of {len(words)} words seen in at least "
                        f"{self.policy.min_count} images and tested")
         return self.result(rule, bool(rows), summary, rows, {"associations": len(rows), "untested_words": untested})
 
@@ -165,8 +151,8 @@ class _Checker:
         hits = self.assoc_rows(lambda t: t.flagged & (own | ~t.names_group) & (t.odds_ratio_lo > bound))
         rows = _records(hits, ASSOC_EVIDENCE)
         tested = sum(self.assoc(c).tested for c in self.policy.group_by)
-        summary = (f"{len(rows)} of {tested} tested pairs have an odds ratio CI above {_or(bound)}"
-                   + (f"; strongest: {_assoc_line(rows[0])}" if rows else ""))
+        summary = (f"{len(rows)} of {tested} tested pairs have an odds ratio CI above {ratio(bound)}"
+                   + (f"; strongest: {association(rows[0])}" if rows else ""))
         return self.result(rule, bool(rows), summary, rows, {"associations": len(rows), "tested_pairs": tested})
 
     def heatmap(self, rule: Rule) -> RuleResult:
@@ -202,7 +188,7 @@ class _Checker:
             d, bound = self.drift(None), rule.params["max_jsd"]
             v = d.divergence
             top = d.words.head(5)
-            moved = ", ".join(f"'{w}' {_pct(o)}->{_pct(n)}" for w, o, n in
+            moved = ", ".join(f"'{w}' {percent(o)}->{percent(n)}" for w, o, n in
                               zip(top.word, top.share_old, top.share_new, strict=True))
             summary = (f"Jensen-Shannon divergence {v.jsd:.3f} over the {d.vocabulary} words seen in at least "
                        f"{d.min_count} images (limit {bound:g}; random splits of the pooled images reach "
@@ -232,12 +218,12 @@ class _Checker:
                        + "".join(f"; {r['column']}={r['grp']} {r['jsd']:.3f} (noise {r['noise']:.3f})"
                                  for r in rows[:3]))
         elif kind == "drift.group_shares":
-            summary = (f"{len(rows)} group share(s) moved by more than {_pct(bound)}"
-                       + "".join(f"; {r['column']}={r['grp']} {_pct(r['share_old'])}->{_pct(r['share_new'])}"
+            summary = (f"{len(rows)} group share(s) moved by more than {percent(bound)}"
+                       + "".join(f"; {r['column']}={r['grp']} {percent(r['share_old'])}->{percent(r['share_new'])}"
                                  for r in rows[:3]))
         else:
             summary = (f"{len(rows)} association(s) significant now but not in the baseline"
-                       + (f"; strongest: {_assoc_line(rows[0])}" if rows else ""))
+                       + (f"; strongest: {association(rows[0])}" if rows else ""))
         return self.result(rule, bool(rows), summary, rows, {"violations": len(rows)})
 
     def result(self, rule: Rule, broken: bool, summary: str, evidence: list[dict], measured: dict) -> RuleResult:
@@ -284,15 +270,4 @@ def run_check(scan_dir: str | os.PathLike, policy: Policy, baseline: str | os.Pa
                        images["scan"], q.unreadable(), results, notes)
 
 
-def write_outputs(result: CheckResult, *, junit: str | os.PathLike | None = None,
-                  json_path: str | os.PathLike | None = None, markdown: str | os.PathLike | None = None) -> None:
-    from audit.outputs import check_output as out
-
-    outputs = ((junit, out.junit, "junit.xml"), (json_path, out.to_json, "check.json"),
-               (markdown, out.markdown, "summary.md"))
-    for path, render, example in outputs:
-        if path is not None:
-            write_text(path, render(result), example)
-
-
-__all__ = ["CheckResult", "RuleResult", "run_check", "write_outputs"]
+__all__ = ["CheckResult", "RuleResult", "run_check"]

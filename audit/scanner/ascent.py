@@ -170,7 +170,7 @@ def _relax_for(device: torch.device):
     return run
 
 
-def _optimizer(logits: torch.Tensor, lr: float) -> torch.optim.Optimizer:
+def make_optimizer(logits: torch.Tensor, lr: float) -> torch.optim.Optimizer:
     # The fused CUDA Adam updates parameter and both moments in one pass over the vocabulary-sized tensors.
     return torch.optim.Adam([logits], lr=lr, fused=logits.device.type == "cuda")
 
@@ -214,8 +214,10 @@ def refine(seqs: _Sequences, emb: torch.Tensor, target: torch.Tensor, scores: to
     return scores, tokens
 
 
-def run_ascent(towers: Towers, images: torch.Tensor, seeds: torch.Tensor, cfg: AscentConfig) -> AscentResult:
-    """Optimise token sequences for a batch of preprocessed images [B, 3, H, W]; seeds [B] per image."""
+def run_ascent(towers: Towers, images: torch.Tensor, seeds: torch.Tensor, cfg: AscentConfig,
+               optimizer=make_optimizer) -> AscentResult:
+    """Optimise token sequences for a batch of preprocessed images [B, 3, H, W]; seeds [B] per image.
+    `optimizer(logits, lr)` builds the optimiser (benchmarks compare others against the default)."""
     b = images.shape[0]
     dev = images.device
     k, c, vocab = cfg.tokens_per_seq, cfg.candidates, towers.vocab_size
@@ -223,7 +225,7 @@ def run_ascent(towers: Towers, images: torch.Tensor, seeds: torch.Tensor, cfg: A
     seqs = _Sequences(towers, cfg)
     target = view_target(towers, images, seeds, _VIEW_STREAM, cfg)
     logits = rng.normal(seeds, _INIT_STREAM, (c, k, vocab), device=dev).requires_grad_(True)
-    opt = _optimizer(logits, cfg.lr)
+    opt = optimizer(logits, cfg.lr)
     step_relax = _relax_for(dev)
     offs = rng.offsets((c, k, vocab), dev)
     best_scores = torch.full((b, 0), float("-inf"), device=dev)

@@ -52,3 +52,38 @@ def fit_count(free: int, per_item: int, reserved: int = 0, cap: int = _MAX_BATCH
     """How many items of `per_item` bytes fit into `free` bytes after `reserved`, with headroom; at least 1."""
     usable = free * _HEADROOM - reserved
     return int(max(1, min(cap, usable // max(per_item, 1))))
+
+
+# Sizing a scan's batches. `opts` is a ScanOptions and `towers` a Towers; neither is imported, so that this
+# module stays below both.
+
+def _words_per_image(opts, n_probes: int) -> int:
+    return (0 if opts.no_ascent else 5 * opts.tokens_per_seq) + n_probes  # the ascent keeps 5 sequences
+
+
+def _pair_bytes(towers) -> int:
+    shape = towers.shape()
+    return relevancy_bytes_per_pair(shape["vision_layers"], shape["vision_heads"], shape["grid_tokens"],
+                                    shape["vision_width"])
+
+
+def cuda_batch_size(opts, towers, device: torch.device, n_probes: int = 0) -> int:
+    """The largest batch whose ascent fits the free GPU memory, next to one relevancy chunk."""
+    free = free_bytes(device) or 0
+    per_pair = _pair_bytes(towers)
+    reserved = relevancy_chunk(towers, device, free) * per_pair
+    if opts.no_ascent:
+        per_image = max(1, _words_per_image(opts, n_probes)) * per_pair // 4
+    else:
+        shape = towers.shape()
+        per_image = ascent_bytes_per_image(opts.candidates, opts.tokens_per_seq, towers.vocab_size,
+                                           shape["text_width"], shape["text_layers"], opts.tokens_per_seq + 2)
+    return fit_count(free, per_image, reserved)
+
+
+def relevancy_chunk(towers, device: torch.device, free: int | None = None) -> int:
+    """(image, word) pairs per relevancy pass: 256 on a CPU; on a GPU, what a quarter of free memory holds."""
+    if device.type != "cuda":
+        return 256
+    free = free_bytes(device) if free is None else free
+    return fit_count(free // 4, _pair_bytes(towers), cap=256)

@@ -3,6 +3,7 @@ audit can explain it; register the project's own model configs (audit-tiny, late
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import logging
@@ -14,48 +15,12 @@ import open_clip
 import torch
 
 from audit.errors import AuditError
+from audit.scanner.device import resolve_device
 from audit.scanner.options import DEFAULT_MODEL, DEFAULT_PRETRAINED
+from audit.scanner.profiles import profile
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
 open_clip.add_model_config(CONFIG_DIR)
-
-# Weights that ship inside the package, used by --pretrained auto.
-BUNDLED = {"audit-demo": Path(__file__).parents[1] / "demo" / "weights" / "audit-demo.safetensors"}
-NO_WEIGHTS = {"audit-tiny"}  # test-only configs: auto means random weights
-# The project's models that can put a convolutional stem before the ViT (channels per stride-2 stage). open_clip
-# configs cannot say this, so build_model adds it before weights are loaded: when asked (training) or when the
-# weights file holds one. The bundled audit-demo weights (v1 on) hold one; v0's did not.
-CONV_STEMS = {"audit-demo": (32, 64, 128)}
-# First image layer of the relevancy when --start-layer is not given. Chefer's CLIP code starts at the last
-# layer, which suits 12-layer models whose last attention already points at objects. audit-demo has 4 layers:
-# its last-layer CLS attention reads tokens that have mixed in their neighbours, and only the whole rollout
-# traces relevance back to the object (colour words on 200 two-object scenes: peak on the right object 98% from
-# layer 0 against 70% from the last; see the model card).
-START_LAYERS = {"audit-demo": 0}
-
-
-# Relevancy method when --heatmap is not given (relevancy.METHODS): Chefer's for every model, audit-demo included.
-# On audit-demo v1 occlusion is far better for shape words (peak on the named object in 97% of two-object scenes
-# against 59%) but worse for background words (peak inside the object's box in 78% of maps against 5%): blanking
-# a patch of grass leaves the rest of the grass, blanking the object changes the scene. Users pick per question.
-HEATMAPS: dict[str, str] = {}
-# Side of the occlusion window in patches when --occlusion-window is not given. audit-demo's was chosen on scenes
-# outside training and evaluation, by pointing for shape and colour words together (4 of its 8 patches, about
-# one and a half objects); 3 elsewhere, untuned.
-OCCLUSION_WINDOWS = {"audit-demo": 4}
-
-
-def default_start_layer(name: str) -> int:
-    return START_LAYERS.get(name, -1)
-
-
-def default_heatmap(name: str) -> str:
-    return HEATMAPS.get(name, "chefer")
-
-
-def default_occlusion_window(name: str) -> int:
-    return OCCLUSION_WINDOWS.get(name, 3)
-
 
 @dataclass
 class LoadedModel:
@@ -66,16 +31,6 @@ class LoadedModel:
     weights_sha256: str | None
     device: torch.device
     preprocess: dict
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise AuditError("--device cuda was asked for but torch sees no CUDA GPU; use --device cpu or auto")
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise AuditError(f"--device must be auto, cpu or cuda, not {device!r}")
-    return torch.device(device)
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -111,12 +66,13 @@ def resolve_weights(name: str, pretrained: str) -> tuple[str | None, str | None]
                          "(python -c 'import open_clip; print(open_clip.list_models())'), audit-demo or audit-tiny")
     choice = pretrained.strip()
     if choice.lower() == "auto":
-        if name in BUNDLED:
-            choice = str(BUNDLED[name])
+        prof = profile(name)
+        if prof.bundled_weights is not None:
+            choice = str(prof.bundled_weights)
             if not os.path.isfile(choice):
                 raise AuditError(f"the bundled weights of {name} are missing ({choice}); reinstall audit or "
-                                 "retrain them: python -m audit.demo.train --out " + choice)
-        elif name in NO_WEIGHTS:
+                                 "retrain them: audit demo train --out " + choice)
+        elif prof.random_weights:
             choice = "none"
         else:
             choice = "openai"
@@ -137,11 +93,28 @@ def weights_identity(weights: str | None, sha: str | None) -> str:
     return f"file:{os.path.basename(weights)}" if sha else weights
 
 
+@contextlib.contextmanager
+def _quiet_open_clip():
+    """Hold back open_clip's own log records (it logs on the root logger) and nobody else's."""
+    def not_open_clip(record: logging.LogRecord) -> bool:
+        return f"{os.sep}open_clip{os.sep}" not in record.pathname
+
+    roots = [logging.getLogger(), logging.getLogger("open_clip")]
+    for logger in roots:
+        logger.addFilter(not_open_clip)
+    try:
+        yield
+    finally:
+        for logger in roots:
+            logger.removeFilter(not_open_clip)
+
+
 def build_model(name: str, weights: str | None = None, conv_stem: bool = False) -> torch.nn.Module:
     """The open_clip model `name` on the CPU, then `weights` (a tag, a file or None for random weights). A conv
-    stem is added when asked for or when a weights file of a model in CONV_STEMS holds one."""
-    stem = name in CONV_STEMS and (_has_conv_stem(weights) if weights is not None else conv_stem)
-    if conv_stem and name not in CONV_STEMS:
+    stem is added when asked for or when a weights file of a model whose profile has a stem holds one."""
+    channels = profile(name).conv_stem
+    stem = channels is not None and (_has_conv_stem(weights) if weights is not None else conv_stem)
+    if conv_stem and channels is None:
         raise ValueError(f"{name} has no conv stem configuration")
     if not stem:
         return open_clip.create_model(name, pretrained=weights, device="cpu")
@@ -149,7 +122,7 @@ def build_model(name: str, weights: str | None = None, conv_stem: bool = False) 
 
     from audit.scanner.conv_stem import add_conv_stem
 
-    model = add_conv_stem(open_clip.create_model(name, pretrained=None, device="cpu"), CONV_STEMS[name])
+    model = add_conv_stem(open_clip.create_model(name, pretrained=None, device="cpu"), channels)
     if weights is not None:
         load_checkpoint(model, weights)
     return model
@@ -177,11 +150,8 @@ def load_model(name: str = DEFAULT_MODEL, pretrained: str = DEFAULT_PRETRAINED, 
             torch.manual_seed(seed)
             # open_clip logs a warning for purpose-made random weights and an error before raising on a
             # failed download; the AuditError below says it better, once.
-            logging.disable(logging.CRITICAL)
-            try:
+            with _quiet_open_clip():
                 model = build_model(name, weights)
-            finally:
-                logging.disable(logging.NOTSET)
     except AuditError:
         raise
     except Exception as e:  # noqa: BLE001 - open_clip raises bare RuntimeErrors for missing downloads

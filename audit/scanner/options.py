@@ -1,6 +1,98 @@
-"""Defaults the command line shows and the library uses, kept free of heavy imports so that `audit --help`,
-`audit report`, `audit check` and `audit diff` start without loading torch."""
+"""Every scan option and its default, in one place: the command line, the Python API and the scan itself read
+them from here. Free of torch, so that `audit --help` and the read-only commands start fast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from audit.errors import AuditError
+from audit.scanner.profiles import profile
+from audit.scanner.relevancy import METHODS
 
 DEFAULT_MODEL = "ViT-B-32"
 DEFAULT_PRETRAINED = "auto"
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb limit
+DEVICES = ("auto", "cpu", "cuda")  # and cuda:N
+
+
+@dataclass(frozen=True)
+class ScanOptions:
+    model: str = DEFAULT_MODEL
+    pretrained: str = DEFAULT_PRETRAINED
+    device: str = "auto"
+    batch_size: int | str = "auto"
+    workers: int = 2
+    seed: int = 0
+    steps: int = 200
+    tokens_per_seq: int = 4
+    candidates: int = 16
+    lr: float = 5.0
+    views: int = 64
+    resample_views: bool = False
+    refine_rounds: int = 3
+    refine_top: int = 64
+    prompt: str = ""
+    start_layer: int | None = None  # None: the model's default (profiles.py)
+    start_layer_text: int = -1
+    heatmap: str | None = None  # relevancy method; None: the model's default
+    occlusion_window: int | None = None  # patches per side of the blanked window; None: the model's default
+    path_column: str = "path"
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    words: tuple[str, ...] | str = ()  # probe words (see probes.py)
+    words_file: str | None = None
+    no_ascent: bool = False
+    overwrite: bool = False
+    retry_errors: bool = False  # re-attempt images whose last attempt failed (a run-time choice, not a setting)
+    quiet: bool = False
+
+    def resolved_batch_size(self, device) -> int:
+        """The batch size before the model is loaded; on a GPU, run_scan sizes "auto" from free memory."""
+        if self.batch_size == "auto":
+            if device.type == "cuda":
+                return 64
+            if self.no_ascent:
+                return 16  # no vocabulary-sized tensors: only relevancy passes, which batch well
+            # On CPU, a vocabulary-sized tensor above glibc's 32 MB mmap ceiling is unmapped when freed and
+            # page-faulted again by the next op; batches that stay under it are 2-3x faster per image
+            # (bench/cpu_batch.py).
+            per_image = self.candidates * self.tokens_per_seq * 49408 * 4
+            return max(1, (32 << 20) // per_image)
+        try:
+            return int(self.batch_size)
+        except (TypeError, ValueError):
+            raise AuditError(f"--batch-size must be a number or auto, not {self.batch_size!r}") from None
+
+    def check(self) -> None:
+        positive = {"tokens_per_seq": self.tokens_per_seq,
+                    "candidates": self.candidates, "views": self.views, "max_pixels": self.max_pixels}
+        for name, value in positive.items():
+            if value < 1:
+                raise AuditError(f"--{name.replace('_', '-')} must be at least 1, not {value}")
+        if self.steps < 0 or self.workers < 0 or self.refine_rounds < 0:
+            raise AuditError("--steps, --workers and --refine-rounds cannot be negative")
+        if self.refine_top < 1:
+            raise AuditError(f"refine_top must be at least 1, not {self.refine_top}")
+        if not self.lr > 0:
+            raise AuditError(f"--lr must be positive, not {self.lr}")
+        if self.heatmap is not None and self.heatmap not in METHODS:
+            raise AuditError(f"--heatmap must be one of {', '.join(METHODS)}, not {self.heatmap!r}")
+        if self.occlusion_window is not None and self.occlusion_window < 1:
+            raise AuditError(f"--occlusion-window must be at least 1 patch, not {self.occlusion_window}")
+
+    def with_model_defaults(self) -> ScanOptions:
+        """The options with every model-dependent default (None) filled in from the model's profile."""
+        prof = profile(self.model)
+        return dataclasses.replace(
+            self, start_layer=prof.start_layer if self.start_layer is None else self.start_layer,
+            heatmap=prof.heatmap if self.heatmap is None else self.heatmap,
+            occlusion_window=prof.occlusion_window if self.occlusion_window is None else self.occlusion_window)
+
+    def ascent(self):
+        """The ascent's settings (an audit.scanner.ascent.AscentConfig)."""
+        from audit.scanner.ascent import AscentConfig
+
+        return AscentConfig(tokens_per_seq=self.tokens_per_seq, candidates=self.candidates, steps=self.steps,
+                            lr=self.lr, views=self.views, resample_views=self.resample_views, prompt=self.prompt,
+                            refine_rounds=self.refine_rounds, refine_top=self.refine_top)

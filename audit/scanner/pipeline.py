@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import dataclasses
 import datetime as _dt
 import hashlib
-import sys
+import logging
 import time
 from dataclasses import dataclass
 
@@ -17,137 +15,23 @@ import torch
 
 from audit.errors import AuditError, internal_errors_note
 from audit.scanner import rng
-from audit.scanner.ascent import AscentConfig, run_ascent, sequences_to_words
+from audit.scanner.ascent import run_ascent, sequences_to_words
+from audit.scanner.device import autocast, resolve_device, tune_cpu_allocator
 from audit.scanner.encoders import Towers
 from audit.scanner.heatmap_stats import grid_stats
 from audit.scanner.loader import Batch, ImageDataset, make_loader
-from audit.scanner.memory import (
-    ascent_bytes_per_image,
-    fit_count,
-    free_bytes,
-    is_out_of_memory,
-    release,
-    relevancy_bytes_per_pair,
-)
-from audit.scanner.models import (
-    default_heatmap,
-    default_occlusion_window,
-    default_start_layer,
-    load_model,
-    resolve_device,
-    resolve_weights,
-    weights_identity,
-)
-from audit.scanner.options import DEFAULT_MAX_PIXELS, DEFAULT_MODEL, DEFAULT_PRETRAINED
+from audit.scanner.memory import cuda_batch_size, is_out_of_memory, release, relevancy_chunk
+from audit.scanner.models import load_model, resolve_weights, weights_identity
+from audit.scanner.options import ScanOptions
 from audit.scanner.probes import check_lengths, parse_probe_words
 from audit.scanner.progress import Progress
-from audit.scanner.relevancy import METHODS, relevancy
+from audit.scanner.relevancy import relevancy
 from audit.scanner.sources import BOX_COLUMNS, Record, open_source
 from audit.store.reader import Scan
 from audit.store.schema import ASCENT, INTERNAL, PROBE, conform
 from audit.store.writer import ScanWriter
 
-
-@dataclass(frozen=True)
-class ScanOptions:
-    model: str = DEFAULT_MODEL
-    pretrained: str = DEFAULT_PRETRAINED
-    device: str = "auto"
-    batch_size: int | str = "auto"
-    workers: int = 2
-    seed: int = 0
-    steps: int = 200
-    tokens_per_seq: int = 4
-    candidates: int = 16
-    lr: float = 5.0
-    views: int = 64
-    resample_views: bool = False
-    refine_rounds: int = 3
-    refine_top: int = 64
-    prompt: str = ""
-    start_layer: int | None = None  # None: the model's default (models.default_start_layer)
-    start_layer_text: int = -1
-    heatmap: str | None = None  # relevancy method; None: the model's default (models.default_heatmap)
-    occlusion_window: int | None = None  # patches per side of the blanked window; None: the model's default
-    path_column: str = "path"
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    words: tuple[str, ...] | str = ()  # probe words (see probes.py)
-    words_file: str | None = None
-    no_ascent: bool = False
-    overwrite: bool = False
-    retry_errors: bool = False  # re-attempt images whose last attempt failed (a run-time choice, not a setting)
-    quiet: bool = False
-
-    def resolved_batch_size(self, device: torch.device) -> int:
-        """The batch size before the model is loaded; on a GPU, run_scan sizes "auto" from free memory."""
-        if self.batch_size == "auto":
-            if device.type == "cuda":
-                return 64
-            if self.no_ascent:
-                return 16  # no vocabulary-sized tensors: only relevancy passes, which batch well
-            # On CPU, a vocabulary-sized tensor above glibc's 32 MB mmap ceiling is unmapped when freed and
-            # page-faulted again by the next op; batches that stay under it are 2-3x faster per image
-            # (bench/cpu_batch.py).
-            per_image = self.candidates * self.tokens_per_seq * 49408 * 4
-            return max(1, (32 << 20) // per_image)
-        try:
-            return int(self.batch_size)
-        except (TypeError, ValueError):
-            raise AuditError(f"--batch-size must be a number or auto, not {self.batch_size!r}") from None
-
-    def check(self) -> None:
-        positive = {"tokens_per_seq": self.tokens_per_seq,
-                    "candidates": self.candidates, "views": self.views, "max_pixels": self.max_pixels}
-        for name, value in positive.items():
-            if value < 1:
-                raise AuditError(f"--{name.replace('_', '-')} must be at least 1, not {value}")
-        if self.steps < 0 or self.workers < 0 or self.refine_rounds < 0:
-            raise AuditError("--steps, --workers and --refine-rounds cannot be negative")
-        if self.refine_top < 1:
-            raise AuditError(f"refine_top must be at least 1, not {self.refine_top}")
-        if not self.lr > 0:
-            raise AuditError(f"--lr must be positive, not {self.lr}")
-        if self.heatmap is not None and self.heatmap not in METHODS:
-            raise AuditError(f"--heatmap must be one of {', '.join(METHODS)}, not {self.heatmap!r}")
-        if self.occlusion_window is not None and self.occlusion_window < 1:
-            raise AuditError(f"--occlusion-window must be at least 1 patch, not {self.occlusion_window}")
-
-    def ascent(self) -> AscentConfig:
-        return AscentConfig(tokens_per_seq=self.tokens_per_seq, candidates=self.candidates, steps=self.steps,
-                            lr=self.lr, views=self.views, resample_views=self.resample_views, prompt=self.prompt,
-                            refine_rounds=self.refine_rounds, refine_top=self.refine_top)
-
-
-def _words_per_image(opts: ScanOptions, n_probes: int) -> int:
-    return (0 if opts.no_ascent else 5 * opts.tokens_per_seq) + n_probes  # the ascent keeps 5 sequences
-
-
-def _pair_bytes(towers: Towers) -> int:
-    shape = towers.shape()
-    return relevancy_bytes_per_pair(shape["vision_layers"], shape["vision_heads"], shape["grid_tokens"],
-                                    shape["vision_width"])
-
-
-def _cuda_batch(opts: ScanOptions, towers: Towers, device: torch.device, n_probes: int = 0) -> int:
-    """The largest batch whose ascent fits the free GPU memory, next to one relevancy chunk."""
-    free = free_bytes(device) or 0
-    per_pair = _pair_bytes(towers)
-    reserved = _relevancy_chunk(towers, device, free) * per_pair
-    if opts.no_ascent:
-        per_image = max(1, _words_per_image(opts, n_probes)) * per_pair // 4
-    else:
-        shape = towers.shape()
-        per_image = ascent_bytes_per_image(opts.candidates, opts.tokens_per_seq, towers.vocab_size,
-                                           shape["text_width"], shape["text_layers"], opts.tokens_per_seq + 2)
-    return fit_count(free, per_image, reserved)
-
-
-def _relevancy_chunk(towers: Towers, device: torch.device, free: int | None = None) -> int:
-    """(image, word) pairs per relevancy pass: 256 on a CPU; on a GPU, what a quarter of free memory holds."""
-    if device.type != "cuda":
-        return 256
-    free = free_bytes(device) if free is None else free
-    return fit_count(free // 4, _pair_bytes(towers), cap=256)
+log = logging.getLogger("audit.scan")
 
 
 def _settings(opts: ScanOptions, weights: str | None, sha: str | None, probes: tuple[str, ...]) -> dict:
@@ -167,23 +51,6 @@ def _fingerprint(records: list[Record]) -> str:
     return h.hexdigest()
 
 
-def _tune_cpu_allocator() -> None:
-    """Keep freed blocks up to glibc's 32 MB ceiling in the heap instead of returning them to the OS, so the
-    ascent's per-step temporaries are reused rather than page-faulted anew (see bench/cpu_batch.py)."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD
-        libc.mallopt(-1, 256 << 20)  # M_TRIM_THRESHOLD
-    except (OSError, AttributeError):
-        pass  # not glibc: nothing to tune
-
-
-def _autocast(device: torch.device):
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 class _BatchScanner:
     """Turns one loader batch into the rows of one unit of work."""
 
@@ -196,7 +63,7 @@ class _BatchScanner:
         self.ascent_cfg = opts.ascent()
         self.probes = [{"word": p, "kind": PROBE, "word_rank": i, "seq_rank": -1, "seq_text": p,
                         "seq_cosine": None} for i, p in enumerate(probes)]
-        self.relevancy_chunk = _relevancy_chunk(towers, towers.device)
+        self.relevancy_chunk = relevancy_chunk(towers, towers.device)
 
     def error_rows(self, batch: Batch) -> dict:
         recs = [self.records[i] for i, _, _ in batch.errors]
@@ -220,7 +87,7 @@ class _BatchScanner:
         recs = [self.records[i] for i in batch.indices]
         images = batch.pixels.to(t.device, non_blocking=True)
         seeds = torch.tensor([rng.image_seed(self.opts.seed, r.image_id) for r in recs], device=t.device)
-        with _autocast(t.device):
+        with autocast(t.device):
             if self.opts.no_ascent:
                 words = [[] for _ in recs]
             else:
@@ -299,24 +166,42 @@ class _Fitting:
                 for name in parts[0]}
 
 
-def run_scan(source, out, **options) -> Scan:
-    unknown = set(options) - {f.name for f in dataclasses.fields(ScanOptions)}
-    if unknown:
-        raise TypeError(f"unknown scan options: {', '.join(sorted(unknown))}")
-    opts = ScanOptions(**options)
+@dataclass
+class ScanPlan:
+    """What a scan will do, decided before any model is loaded or anything is written."""
+    source: str
+    out: str
+    opts: ScanOptions  # with the model's defaults filled in
+    records: list[Record]
+    source_info: dict
+    meta_columns: list[str]
+    probes: tuple[str, ...]
+    device: torch.device
+    batch_size: int  # before the model is loaded; on CUDA "auto" is sized from free memory in scan_pending
+    settings: dict  # what the store compares on resume
+
+
+@dataclass
+class ScanCounts:
+    images: int = 0
+    errors: int = 0
+    internal_errors: int = 0
+    tokens: int = 0
+    retried: int = 0
+    batch_size: int = 0  # the batch size the scan started with
+    batch_size_used: int | None = None  # the last one, lower if memory ran out; None if nothing was scanned
+    preprocess: dict | None = None
+
+
+def plan_scan(source, out, opts: ScanOptions) -> ScanPlan:
+    """Check the options, list the source, read the probe words and find the weights; every mistake a user can
+    make is an AuditError here, before a model is loaded."""
     opts.check()
-    if opts.start_layer is None:
-        opts = dataclasses.replace(opts, start_layer=default_start_layer(opts.model))
-    if opts.heatmap is None:
-        opts = dataclasses.replace(opts, heatmap=default_heatmap(opts.model))
-    if opts.occlusion_window is None:
-        opts = dataclasses.replace(opts, occlusion_window=default_occlusion_window(opts.model))
-    log = (lambda *_: None) if opts.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    opts = opts.with_model_defaults()
     device = resolve_device(opts.device)
     batch_size = opts.resolved_batch_size(device)
     if batch_size < 1:
         raise AuditError(f"--batch-size must be at least 1, not {batch_size}")
-    used = None
     src = open_source(source, opts.path_column)
     if not src.records:
         raise AuditError(f"no images found in {source} (looked for common image extensions, recursively)"
@@ -325,69 +210,106 @@ def run_scan(source, out, **options) -> Scan:
     if opts.no_ascent and not probes:
         raise AuditError("--no-ascent scores only probe words: pass --words or --words-file")
     weights, sha = resolve_weights(opts.model, opts.pretrained)
-    settings = _settings(opts, weights, sha, probes)
     source_info = {"kind": src.kind, "location": src.root, "path_column": opts.path_column,
                    "meta_columns": src.meta_columns}
-    writer = ScanWriter.open(out, settings, source_info, overwrite=opts.overwrite)
+    return ScanPlan(str(source), str(out), opts, src.records, source_info, src.meta_columns, probes, device,
+                    batch_size, _settings(opts, weights, sha, probes))
+
+
+def pending_records(plan: ScanPlan, writer: ScanWriter) -> tuple[list[Record], int]:
+    """The records still to scan, and how many of them failed before. An image in errors counts as done unless
+    --retry-errors asks for another attempt."""
+    scanned, failed = writer.scanned_ids(), writer.failed_ids()
+    done = scanned if plan.opts.retry_errors else scanned | failed
+    pending = [r for r in plan.records if r.image_id not in done]
+    return pending, sum(r.image_id in failed for r in pending)
+
+
+def scan_pending(plan: ScanPlan, writer: ScanWriter, pending: list[Record], counts: ScanCounts) -> None:
+    """Load the model once and scan `pending` batch by batch, committing each batch as one unit of work.
+    `counts` is updated after every commit, so it is right even when the scan is interrupted."""
+    opts, device = plan.opts, plan.device
+    say = _say(opts)
+    if device.type == "cpu":
+        tune_cpu_allocator()
+    loaded = load_model(opts.model, opts.pretrained, device=str(device), seed=opts.seed)
+    towers = Towers(loaded)
+    check_lengths(plan.probes, loaded.tokenizer, towers.context_length)
+    batch_size = plan.batch_size
+    if opts.batch_size == "auto" and device.type == "cuda":
+        batch_size = cuda_batch_size(opts, towers, device, len(plan.probes))
+    counts.batch_size = batch_size
+    again = f", {counts.retried} of them failed before and are tried again" if counts.retried else ""
+    say(f"audit scan: {len(pending)} images to scan ({len(plan.records) - len(pending)} already done{again}) "
+        f"with {opts.model} on {device}, batch size {batch_size}")
+    counts.preprocess = {k: (list(v) if isinstance(v, tuple) else v) for k, v in loaded.preprocess.items()}
+    scanner = _BatchScanner(opts, towers, pending, plan.meta_columns, plan.probes)
+    loader = make_loader(ImageDataset(pending, loaded.preprocess, opts.max_pixels), batch_size,
+                         opts.workers, pin_memory=device.type == "cuda")
+    fitting = _Fitting(scanner, batch_size, device, say)
+    progress = Progress(len(pending), quiet=opts.quiet)
+    try:
+        for batch in loader:
+            tables = fitting.run(batch)
+            writer.write_unit(tables)
+            counts.images += len(batch.indices)
+            counts.errors += len(batch.errors)
+            counts.internal_errors += sum(stage == INTERNAL for *_, stage in batch.errors)
+            counts.tokens += tables["tokens"].num_rows if "tokens" in tables else 0
+            progress.update(len(batch.indices) + len(batch.errors))
+    finally:
+        progress.close()
+        counts.batch_size_used = fitting.limit
+
+
+def finish_scan(plan: ScanPlan, writer: ScanWriter, pending: list[Record], counts: ScanCounts,
+                seconds: float) -> None:
+    """Record the run in scan.json and say what was done."""
+    say = _say(plan.opts)
+    batch_size = counts.batch_size or plan.batch_size
+    writer.record_run({
+        "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "device": str(plan.device), "batch_size": batch_size, "batch_size_used": counts.batch_size_used,
+        "workers": plan.opts.workers, "dataset_images": len(plan.records),
+        "dataset_fingerprint": _fingerprint(plan.records), "skipped": len(plan.records) - len(pending),
+        "images": counts.images, "errors": counts.errors, "internal_errors": counts.internal_errors,
+        "tokens": counts.tokens, "retried": counts.retried, "seconds": round(seconds, 3),
+        "preprocess": counts.preprocess,
+    })
+    if not pending:
+        say(f"audit scan: nothing to do, all {len(plan.records)} images are already in {plan.out}")
+        return
+    rate = (counts.images + counts.errors) / seconds if seconds > 0 else 0.0
+    used = counts.batch_size_used
+    smaller = f", batch size lowered to {used} to fit memory" if used != batch_size else ""
+    say(f"audit scan: {counts.images} images scanned, {counts.errors} errors, {counts.tokens} "
+        f"words in {seconds:.1f} s ({rate:.2f} images/s{smaller}) -> {plan.out}")
+    if counts.internal_errors:
+        say(f"audit scan: {internal_errors_note(counts.internal_errors)}")
+
+
+def run_scan(source, out, **options) -> Scan:
+    """Scan `source` into the scan directory `out` (resuming what is there); `options` are ScanOptions fields."""
+    unknown = set(options) - {f.name for f in dataclasses.fields(ScanOptions)}
+    if unknown:
+        raise TypeError(f"unknown scan options: {', '.join(sorted(unknown))}")
+    plan = plan_scan(source, out, ScanOptions(**options))
+    writer = ScanWriter.open(out, plan.settings, plan.source_info, overwrite=plan.opts.overwrite)
     started = time.perf_counter()
     try:
-        # An image in errors counts as done unless --retry-errors asks for another attempt.
-        scanned, failed = writer.scanned_ids(), writer.failed_ids()
-        done = scanned if opts.retry_errors else scanned | failed
-        pending = [r for r in src.records if r.image_id not in done]
-        retried = sum(r.image_id in failed for r in pending)
-        counts = {"images": 0, "errors": 0, "internal_errors": 0, "tokens": 0, "retried": retried}
-        preprocess = None
+        pending, retried = pending_records(plan, writer)
+        counts = ScanCounts(retried=retried)
         if pending:
-            if device.type == "cpu":
-                _tune_cpu_allocator()
-            loaded = load_model(opts.model, opts.pretrained, device=str(device), seed=opts.seed)
-            towers = Towers(loaded)
-            check_lengths(probes, loaded.tokenizer, towers.context_length)
-            if opts.batch_size == "auto" and device.type == "cuda":
-                batch_size = _cuda_batch(opts, towers, device, len(probes))
-            again = f", {retried} of them failed before and are tried again" if retried else ""
-            log(f"audit scan: {len(pending)} images to scan ({len(src.records) - len(pending)} already done{again}) "
-                f"with {opts.model} on {device}, batch size {batch_size}")
-            preprocess = {k: (list(v) if isinstance(v, tuple) else v) for k, v in loaded.preprocess.items()}
-            scanner = _BatchScanner(opts, towers, pending, src.meta_columns, probes)
-            loader = make_loader(ImageDataset(pending, loaded.preprocess, opts.max_pixels), batch_size,
-                                 opts.workers, pin_memory=device.type == "cuda")
-            fitting = _Fitting(scanner, batch_size, device, log)
-            progress = Progress(len(pending), quiet=opts.quiet)
-            try:
-                for batch in loader:
-                    tables = fitting.run(batch)
-                    writer.write_unit(tables)
-                    counts["images"] += len(batch.indices)
-                    counts["errors"] += len(batch.errors)
-                    counts["internal_errors"] += sum(stage == INTERNAL for *_, stage in batch.errors)
-                    counts["tokens"] += tables["tokens"].num_rows if "tokens" in tables else 0
-                    progress.update(len(batch.indices) + len(batch.errors))
-            finally:
-                progress.close()
-                used = fitting.limit
-        seconds = time.perf_counter() - started
-        writer.record_run({
-            "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "device": str(device), "batch_size": batch_size, "batch_size_used": used, "workers": opts.workers,
-            "dataset_images": len(src.records), "dataset_fingerprint": _fingerprint(src.records),
-            "skipped": len(src.records) - len(pending), **counts, "seconds": round(seconds, 3),
-            "preprocess": preprocess,
-        })
-        scanned = counts["images"] + counts["errors"]
-        rate = scanned / seconds if seconds > 0 else 0.0
-        if pending:
-            smaller = f", batch size lowered to {used} to fit memory" if used != batch_size else ""
-            log(f"audit scan: {counts['images']} images scanned, {counts['errors']} errors, {counts['tokens']} "
-                f"words in {seconds:.1f} s ({rate:.2f} images/s{smaller}) -> {out}")
-            if counts["internal_errors"]:
-                log(f"audit scan: {internal_errors_note(counts['internal_errors'])}")
-        else:
-            log(f"audit scan: nothing to do, all {len(src.records)} images are already in {out}")
+            scan_pending(plan, writer, pending, counts)
+        finish_scan(plan, writer, pending, counts, time.perf_counter() - started)
     except BaseException:
         writer.discard_if_unused()
         raise
     finally:
         writer.close()
     return Scan(out)
+
+
+def _say(opts: ScanOptions):
+    """Progress lines go to the "audit" logger; --quiet (or quiet=True from Python) keeps them back."""
+    return (lambda *_: None) if opts.quiet else log.info

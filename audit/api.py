@@ -1,0 +1,247 @@
+"""The Python API: the command line's jobs as functions with typed keyword arguments, returning objects that
+read back, render and write what they found. `import audit` exposes them (audit.scan, audit.report, ...).
+
+Defaults are read from the one place that defines them (ScanOptions, audit.analysis, audit.outputs), so the
+API, the command line and the library cannot disagree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from audit.analysis import FDR, MIN_COUNT
+from audit.errors import AuditError
+from audit.outputs import TOP
+from audit.scanner.options import ScanOptions
+from audit.store.reader import Scan
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from audit.analysis.associations import Associations
+    from audit.outputs.diff import Diff
+    from audit.outputs.explain import Explained
+    from audit.policy.rules import CheckResult
+
+log = logging.getLogger("audit")
+_D = ScanOptions()
+
+
+def scan(source: str | os.PathLike, out: str | os.PathLike, *,
+         model: str = _D.model,
+         pretrained: str = _D.pretrained,
+         device: str = _D.device,
+         batch_size: int | str = _D.batch_size,
+         workers: int = _D.workers,
+         seed: int = _D.seed,
+         steps: int = _D.steps,
+         tokens_per_seq: int = _D.tokens_per_seq,
+         candidates: int = _D.candidates,
+         lr: float = _D.lr,
+         views: int = _D.views,
+         resample_views: bool = _D.resample_views,
+         refine_rounds: int = _D.refine_rounds,
+         refine_top: int = _D.refine_top,
+         prompt: str = _D.prompt,
+         start_layer: int | None = _D.start_layer,
+         start_layer_text: int = _D.start_layer_text,
+         heatmap: str | None = _D.heatmap,
+         occlusion_window: int | None = _D.occlusion_window,
+         path_column: str = _D.path_column,
+         max_pixels: int = _D.max_pixels,
+         words: tuple[str, ...] | str = _D.words,
+         words_file: str | None = _D.words_file,
+         no_ascent: bool = _D.no_ascent,
+         overwrite: bool = _D.overwrite,
+         retry_errors: bool = _D.retry_errors,
+         quiet: bool = _D.quiet) -> Scan:
+    """Scan a dataset (image folder or manifest) into the scan directory `out`, resuming what is there; returns
+    a handle that reads the tables back. The options are `audit scan`'s (see ScanOptions)."""
+    from audit.scanner.pipeline import run_scan
+
+    return run_scan(str(source), str(out), model=model, pretrained=pretrained, device=device, batch_size=batch_size, workers=workers, seed=seed, steps=steps, tokens_per_seq=tokens_per_seq, candidates=candidates, lr=lr, views=views, resample_views=resample_views, refine_rounds=refine_rounds, refine_top=refine_top, prompt=prompt, start_layer=start_layer, start_layer_text=start_layer_text, heatmap=heatmap, occlusion_window=occlusion_window, path_column=path_column, max_pixels=max_pixels, words=words, words_file=words_file, no_ascent=no_ascent, overwrite=overwrite, retry_errors=retry_errors, quiet=quiet)
+
+
+@dataclass
+class Report:
+    """A rendered bias report: the HTML document and the associations it shows."""
+    html: str
+    associations: list[Associations]
+
+    @property
+    def findings(self) -> pd.DataFrame:
+        """Flagged (group, word) pairs beyond a group's own name, every --group-by column, strongest first."""
+        import pandas as pd
+
+        frames = [a.findings.assign(column=a.column) for a in self.associations]
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+    def write(self, path: str | os.PathLike) -> Path:
+        from audit.outputs.files import write_text
+
+        return write_text(path, self.html, "report.html")
+
+
+def report(scan_dir: str | os.PathLike, group_by: str | list[str], *, min_count: int = MIN_COUNT, fdr: float = FDR,
+           top: int = TOP, title: str | None = None) -> Report:
+    """The bias report of a scan, grouped by one or more image columns."""
+    from audit.outputs.report import render_report
+
+    columns = [group_by] if isinstance(group_by, str) else list(group_by)
+    rendered = render_report(scan_dir, columns, min_count=min_count, fdr=fdr, top=top, title=title)
+    return Report(rendered.html, rendered.associations)
+
+
+@dataclass
+class CheckOutcome:
+    """A policy check: `passed`, the exit code `audit check` would give, each rule's result, and its outputs."""
+    result: CheckResult
+
+    @property
+    def passed(self) -> bool:
+        return self.result.exit_code == 0
+
+    @property
+    def exit_code(self) -> int:
+        return self.result.exit_code
+
+    @property
+    def rules(self):
+        return self.result.results
+
+    def text(self) -> str:
+        from audit.outputs.check_output import text
+
+        return text(self.result)
+
+    def to_json(self) -> str:
+        from audit.outputs.check_output import to_json
+
+        return to_json(self.result)
+
+    def junit(self) -> str:
+        from audit.outputs.check_output import junit
+
+        return junit(self.result)
+
+    def markdown(self) -> str:
+        from audit.outputs.check_output import markdown
+
+        return markdown(self.result)
+
+    def write(self, *, junit: str | os.PathLike | None = None, json: str | os.PathLike | None = None,
+              markdown: str | os.PathLike | None = None) -> None:
+        """Write the outputs asked for (JUnit XML, JSON, Markdown), each whole or not at all."""
+        from audit.outputs.check_output import write_outputs
+
+        write_outputs(self.result, junit_path=junit, json_path=json, markdown_path=markdown)
+
+
+def check(scan_dir: str | os.PathLike, policy: str | os.PathLike, *,
+          baseline: str | os.PathLike | None = None) -> CheckOutcome:
+    """Evaluate a policy file's rules on a scan (and, for drift rules, against a baseline scan)."""
+    from audit.policy.parse import load_policy
+    from audit.policy.rules import run_check
+
+    return CheckOutcome(run_check(scan_dir, load_policy(policy), baseline))
+
+
+@dataclass
+class DiffOutcome:
+    """What changed between two scans, with its three renderings."""
+    diff: Diff
+
+    def text(self) -> str:
+        from audit.outputs.diff import text
+
+        return text(self.diff)
+
+    def markdown(self) -> str:
+        from audit.outputs.diff import markdown
+
+        return markdown(self.diff)
+
+    def html(self) -> str:
+        from audit.outputs.diff import html
+
+        return html(self.diff)
+
+    def write(self, path: str | os.PathLike) -> Path:
+        """Write to a .html or .md file (chosen by the suffix)."""
+        from audit.outputs.diff import write_diff
+
+        return write_diff(self.diff, path)
+
+
+def diff(old: str | os.PathLike, new: str | os.PathLike, *, group_by: str | list[str] | None = None,
+         min_count: int = MIN_COUNT, fdr: float = FDR) -> DiffOutcome:
+    """Compare two scans: images added and removed, word shift, associations gained and lost."""
+    from audit.outputs.diff import build_diff
+
+    columns = [group_by] if isinstance(group_by, str) else list(group_by or [])
+    return DiffOutcome(build_diff(old, new, columns, min_count=min_count, fdr=fdr))
+
+
+TILE = 256  # width of an explain tile in pixels
+
+
+def explain(inputs: list[str | os.PathLike], out: str | os.PathLike, *, tile: int = TILE,
+            options: ScanOptions | None = None, **overrides) -> list[Explained]:
+    """Scan the given images (files or folders) into out/scan and draw their tiles and mosaics into out/.
+
+    The scan options are `options` (default: ScanOptions() with no DataLoader workers, which a few images do
+    not pay for) with ScanOptions fields given as keywords on top: explain(paths, out, model="audit-demo")."""
+    from audit.outputs.explain import render
+    from audit.scanner.pipeline import run_scan
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise AuditError(f"--out {out} is a file; pass a folder")
+    if tile < 64:
+        raise AuditError(f"--tile must be at least 64 pixels, not {tile}")
+    paths = collect_images(inputs)
+    unknown = set(overrides) - {f.name for f in dataclasses.fields(ScanOptions)}
+    if unknown:
+        raise TypeError(f"unknown scan options: {', '.join(sorted(unknown))}")
+    opts = dataclasses.replace(options if options is not None else dataclasses.replace(_D, workers=0), **overrides)
+    # One scan per output folder: its manifest is rewritten for this call, and images scanned before under
+    # the same folder stay (resume); --overwrite starts the folder's scan over.
+    run_scan(str(_manifest(paths, out)), str(out / "scan"), **dataclasses.asdict(opts))
+    return render(out / "scan", out, tile, only={str(p) for p in paths})
+
+
+def collect_images(inputs: list[str | os.PathLike]) -> list[Path]:
+    """Image files named or found (recursively, by extension) in the folders named, each once."""
+    from audit.scanner.sources import IMAGE_EXTENSIONS
+
+    found: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+        elif p.is_file():
+            found.append(p)
+        else:
+            raise AuditError(f"{p} does not exist; pass image files or folders")
+    unique = list(dict.fromkeys(f.resolve() for f in found))
+    if not unique:
+        raise AuditError("no images found in " + ", ".join(map(str, inputs)))
+    return unique
+
+
+def _manifest(paths: list[Path], out: Path) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = out / "images.parquet"
+    table = pa.table({"path": [str(p) for p in paths]})
+    tmp = out / ".tmp-images.parquet"
+    pq.write_table(table, tmp)
+    tmp.replace(manifest)
+    return manifest

@@ -1,0 +1,57 @@
+"""What audit knows about a model beyond its open_clip config: one profile per model, with a default for all
+the others. Kept free of torch so that option parsing and read-only commands can use it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+WEIGHTS_DIR = Path(__file__).parents[1] / "demo" / "weights"
+
+
+@dataclass(frozen=True)
+class ModelProfile:
+    # Weights that ship inside the package, used by --pretrained auto (else auto means the 'openai' tag).
+    bundled_weights: Path | None = None
+    # Test-only configs: --pretrained auto means random weights.
+    random_weights: bool = False
+    # Channels per stride-2 stage of a convolutional stem before the ViT. open_clip configs cannot say this, so
+    # models.build_model adds it before weights are loaded: when asked (training) or when the weights file
+    # holds one.
+    conv_stem: tuple[int, ...] | None = None
+    # First image layer of the relevancy when --start-layer is not given (-1: the last, as in Chefer's CLIP
+    # code, which suits 12-layer models whose last attention already points at objects).
+    start_layer: int = -1
+    # Relevancy method when --heatmap is not given (audit.scanner.relevancy.METHODS).
+    heatmap: str = "chefer"
+    # Side of the occlusion window in patches when --occlusion-window is not given (untuned for open_clip models).
+    occlusion_window: int = 3
+
+
+DEFAULT = ModelProfile()
+
+PROFILES: dict[str, ModelProfile] = {
+    "audit-tiny": ModelProfile(random_weights=True),
+    "audit-demo": ModelProfile(
+        bundled_weights=WEIGHTS_DIR / "audit-demo.safetensors",
+        # The bundled weights (v1 on) hold a stem; v0's did not.
+        conv_stem=(32, 64, 128),
+        # 4 layers: its last-layer CLS attention reads tokens that have mixed in their neighbours, and only the
+        # whole rollout traces relevance back to the object (colour words on 200 two-object scenes: peak on the
+        # right object 98% from layer 0 against 70% from the last; see the model card).
+        start_layer=0,
+        # Chefer's, as for every model: on audit-demo v1 occlusion is far better for shape words (peak on the
+        # named object in 97% of two-object scenes against 59%) but worse for background words (peak inside the
+        # object's box in 78% of maps against 5%): blanking a patch of grass leaves the rest of the grass,
+        # blanking the object changes the scene. Users pick per question.
+        heatmap="chefer",
+        # Chosen on scenes outside training and evaluation, by pointing for shape and colour words together
+        # (4 of its 8 patches, about one and a half objects).
+        occlusion_window=4,
+    ),
+}
+
+
+def profile(name: str) -> ModelProfile:
+    return PROFILES.get(name, DEFAULT)

@@ -1,0 +1,154 @@
+"""The command line as documented: every command and option has help text and every command is in README
+(in the style of sqlite-utils' docs test), plus the conventions a user of a Python tool relies on."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import typer
+
+import audit
+from audit.cli import app, main
+
+README = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+
+
+def commands() -> list[tuple[str, object]]:
+    root = typer.main.get_command(app)
+    found = []
+
+    def walk(prefix: str, cmd) -> None:
+        found.append((prefix, cmd))
+        if hasattr(cmd, "commands"):  # a group (typer may bring its own copy of click)
+            for name, sub in cmd.commands.items():
+                walk(f"{prefix} {name}", sub)
+
+    walk("audit", root)
+    return found
+
+
+@pytest.mark.parametrize("path,cmd", commands(), ids=[p for p, _ in commands()])
+def test_every_command_and_option_has_help(path, cmd):
+    assert (cmd.help or "").strip(), f"{path} has no help text"
+    for param in cmd.params:
+        assert (getattr(param, "help", None) or "").strip(), f"{path} {param.name} has no help text"
+
+
+@pytest.mark.parametrize("path", [p for p, _ in commands() if p != "audit"])
+def test_every_command_is_in_readme(path):
+    assert re.search(rf"`?{re.escape(path)}\b", README), f"README does not show `{path}`"
+
+
+def test_version_from_the_command_and_from_python_m(capsys):
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"audit {audit.__version__}"
+    out = subprocess.run([sys.executable, "-m", "audit", "--version"], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == f"audit {audit.__version__}"
+
+
+@pytest.mark.parametrize("args,complaint", [
+    (["--heatmap", "gradcam"], "--heatmap"),
+    (["--device", "tpu"], "--device"),
+    (["--steps", "-1"], "--steps"),
+    (["--candidates", "0"], "--candidates"),
+    (["--lr", "0"], "--lr"),
+    (["--workers", "-2"], "--workers"),
+])
+def test_the_parser_refuses_bad_choices_and_bounds(tmp_path, capsys, args, complaint):
+    (tmp_path / "photos").mkdir()
+    code = main(["scan", str(tmp_path / "photos"), "--out", str(tmp_path / "s"), *args])
+    err = capsys.readouterr().err
+    assert code == 2 and complaint in err, err
+    assert not (tmp_path / "s").exists()  # refused before anything was written
+
+
+def test_help_lists_the_choices(capsys):
+    assert main(["scan", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "chefer|occlusion" in out and "auto|cpu|cuda" in out
+    assert "AUDIT_MODEL" in out and "AUDIT_PRETRAINED" in out and "AUDIT_DEVICE" in out
+
+
+def test_environment_variables_set_the_model(tmp_path, capsys, monkeypatch):
+    """CI sets the model once for every step: AUDIT_MODEL and AUDIT_PRETRAINED are read by scan and explain."""
+    from audit.demo import make_dataset
+
+    make_dataset(tmp_path / "d", images=3, size=64)
+    monkeypatch.setenv("AUDIT_MODEL", "audit-tiny")
+    monkeypatch.setenv("AUDIT_PRETRAINED", "none")
+    monkeypatch.setenv("AUDIT_DEVICE", "cpu")
+    code = main(["scan", str(tmp_path / "d"), "--out", str(tmp_path / "s"), "--steps", "2", "--candidates", "2",
+                 "--views", "2", "--refine-rounds", "0", "--workers", "0", "-q"])
+    assert code == 0, capsys.readouterr().err
+    settings = audit.Scan(tmp_path / "s").config["settings"]
+    assert settings["model"] == "audit-tiny" and settings["pretrained"] == "none"
+    assert audit.Scan(tmp_path / "s").config["runs"][-1]["device"] == "cpu"
+    monkeypatch.setenv("AUDIT_DEVICE", "tpu")
+    assert main(["scan", str(tmp_path / "d"), "--out", str(tmp_path / "s")]) == 2
+
+
+def test_cli_defaults_are_the_library_defaults():
+    """One source: each scan option's default on the command line is ScanOptions' own."""
+    from audit.scanner.options import ScanOptions
+
+    defaults = ScanOptions()
+    scan_cmd = dict(commands())["audit scan"]
+    seen = 0
+    for param in scan_cmd.params:
+        if param.name in ("source", "out", "words", "words_file"):
+            continue
+        expected = getattr(defaults, param.name)
+        default = param.default
+        if param.name == "batch_size":
+            expected = str(expected)
+        assert default == expected, (param.name, default, expected)
+        seen += 1
+    assert seen >= 20
+
+
+def test_python_api_signature_matches_scan_options():
+    import dataclasses
+    import inspect
+
+    from audit.scanner.options import ScanOptions
+
+    params = inspect.signature(audit.scan).parameters
+    fields = {f.name: f.default for f in dataclasses.fields(ScanOptions)}
+    assert {k: p.default for k, p in params.items() if p.kind is p.KEYWORD_ONLY} == fields
+    assert all(p.annotation is not inspect.Parameter.empty for p in params.values())
+
+
+def test_audit_functions_survive_importing_every_module():
+    """audit.scan and audit.check stay functions: no subpackage of the same name replaces them on import."""
+    code = ("import importlib, pkgutil, audit;"
+            "[importlib.import_module(m.name) for m in pkgutil.walk_packages(audit.__path__, 'audit.')"
+            " if not m.name.endswith('__main__')];"
+            "print(all(callable(getattr(audit, f)) and not hasattr(getattr(audit, f), '__path__')"
+            " for f in ('scan', 'report', 'check', 'diff', 'explain')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert out.stdout.strip() == "True", out.stderr
+
+
+def test_the_library_logs_instead_of_printing(tmp_path):
+    """From Python, a scan's lines are log records of the "audit" logger: silent until the caller configures
+    logging, then shown. Nothing goes to stdout either way."""
+    from audit.demo import make_dataset
+
+    make_dataset(tmp_path / "d", images=3, size=64)
+    call = (f"audit.scan({str(tmp_path / 'd')!r}, {{out!r}}, model='audit-tiny', pretrained='none', steps=1, "
+            "candidates=2, views=2, refine_rounds=0, workers=0, device='cpu')")
+    outputs = []
+    for setup, out in (("", tmp_path / "s1"), ("logging.basicConfig(level=logging.INFO);", tmp_path / "s2")):
+        code = f"import logging, audit; {setup} " + call.format(out=str(out))
+        outputs.append(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                                      env={**os.environ, "HF_HUB_OFFLINE": "1"}))
+    silent, shown = outputs
+    assert silent.stdout == shown.stdout == ""
+    assert "audit scan:" not in silent.stderr
+    assert "3 images to scan" in shown.stderr and "images scanned" in shown.stderr
