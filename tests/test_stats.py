@@ -10,6 +10,7 @@ from audit.analysis.stats import (
     bh_qvalues,
     chi_square,
     fisher_exact,
+    jensen_shannon,
     lift,
     log_odds_ci,
     mann_whitney,
@@ -65,11 +66,60 @@ def test_conservative_effect_prefers_evidence():
 def test_mann_whitney():
     p, effect = mann_whitney([1, 2, 3], [4, 5, 6])
     assert effect == -1.0
-    # U = 0, mu = 4.5, var = 9*7/12 = 5.25, z = (4.5 - 0.5)/sqrt(5.25)
-    assert math.isclose(p, math.erfc((4.0 / math.sqrt(5.25)) / math.sqrt(2)))
+    # Small samples without ties get the exact p: U = 0 is the most extreme of the C(6, 3) = 20 equally likely
+    # rankings, on each side, so p = 2/20 (the normal approximation would say 0.081).
+    assert math.isclose(p, 0.1)
     p2, e2 = mann_whitney([1, 1, 2], [1, 1, 2])
     assert e2 == 0.0 and p2 == pytest.approx(1.0)
     assert math.isnan(mann_whitney([], [1.0])[0])
+    assert mann_whitney([3, 3], [3, 3, 3]) == (1.0, 0.0)  # no variation at all: nothing to test
+
+
+def test_mann_whitney_with_ties_is_the_corrected_normal_approximation():
+    x, y = [1, 2, 2, 3, 5, 5, 6, 7, 8, 9], [2, 3, 4, 4, 4, 6, 10, 11, 12, 12]
+    p, effect = mann_whitney(x, y)
+    # Ranks by hand: U1 = R1 - n1 (n1 + 1) / 2; the variance with the tie correction; z with continuity 0.5.
+    allv = sorted(x + y)
+    rank = {v: (allv.index(v) + 1 + len(allv) - allv[::-1].index(v)) / 2 for v in set(allv)}
+    u1 = sum(rank[v] for v in x) - 10 * 11 / 2
+    ties = sum(allv.count(v) ** 3 - allv.count(v) for v in set(allv))
+    var = 10 * 10 / 12 * (21 - ties / (20 * 19))
+    z = (abs(u1 - 50) - 0.5) / math.sqrt(var)
+    assert math.isclose(p, math.erfc(z / math.sqrt(2)), rel_tol=1e-9)
+    assert math.isclose(effect, 2 * u1 / 100 - 1)
+
+
+def test_tests_agree_with_scipy_on_random_tables_and_samples():
+    """Random 2x2 tables (zero cells included) and samples: each test is scipy's, and the guards hold where
+    scipy would refuse or return NaN."""
+    import numpy as np
+    import scipy.spatial.distance
+    import scipy.stats
+
+    rs = np.random.RandomState(0)
+    for _ in range(300):
+        a, b, c, d = (int(v) for v in rs.randint(0, 40, 4) * (rs.rand(4) > 0.15))
+        assert math.isclose(fisher_exact(a, b, c, d), min(1.0, scipy.stats.fisher_exact([[a, b], [c, d]]).pvalue),
+                            rel_tol=1e-9)
+        if min(a + b, c + d, a + c, b + d) == 0:
+            assert chi_square(a, b, c, d) == 1.0
+        else:
+            want = scipy.stats.chi2_contingency([[a, b], [c, d]], correction=False).pvalue
+            assert math.isclose(chi_square(a, b, c, d), want, rel_tol=1e-9, abs_tol=1e-300)
+    for _ in range(100):
+        x = rs.randint(0, 6, rs.randint(1, 30)).astype(float)
+        y = rs.randint(0, 6, rs.randint(1, 30)).astype(float)
+        p, effect = mann_whitney(x, y)
+        res = scipy.stats.mannwhitneyu(x, y, alternative="two-sided", method="auto")
+        if np.ptp(np.concatenate([x, y])) > 0:
+            assert math.isclose(p, min(1.0, res.pvalue), rel_tol=1e-9)
+        assert math.isclose(effect, 2 * res.statistic / (len(x) * len(y)) - 1)
+        counts_p, counts_q = rs.randint(0, 5, 12), rs.randint(0, 5, 12)
+        if counts_p.sum() and counts_q.sum():
+            want = scipy.spatial.distance.jensenshannon(counts_p, counts_q, base=2) ** 2
+            assert math.isclose(jensen_shannon(counts_p, counts_q), want, rel_tol=1e-9, abs_tol=1e-12)
+    pvalues = rs.rand(200) ** 3
+    assert np.allclose(bh_qvalues(pvalues), scipy.stats.false_discovery_control(pvalues, method="bh"))
 
 
 def test_fisher_ties_with_asymmetric_margins():

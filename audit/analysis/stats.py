@@ -1,5 +1,9 @@
 """Association and comparison statistics: pure functions over counts and samples (no I/O, no SQL).
 
+The tests themselves are scipy's; what is kept here is what no library gives: the guards for tables and samples
+where a test is undefined (an empty row or column, no variation), the 0.5-corrected log-odds interval, lift and
+NPMI, and the choice between Fisher and chi-square.
+
 Word-group association uses the 2x2 table of images:
                  word seen   word not seen
     group            a             b
@@ -11,36 +15,24 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import scipy.spatial.distance
+import scipy.stats
 
 Z95 = 1.959963984540054
 
 
-def _log_choose(n: int, k: int) -> float:
-    return math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)
-
-
 def fisher_exact(a: int, b: int, c: int, d: int) -> float:
     """Two-sided Fisher exact p-value: the probability of tables with the same margins that are no more
-    likely than the observed one."""
-    row1, col1, n = a + b, a + c, a + b + c + d
-    lo, hi = max(0, col1 - (n - row1)), min(row1, col1)
-
-    def logp(x: int) -> float:
-        return _log_choose(row1, x) + _log_choose(n - row1, col1 - x) - _log_choose(n, col1)
-
-    observed = logp(a)
-    total = sum(math.exp(logp(x)) for x in range(lo, hi + 1) if logp(x) <= observed + 1e-7)
-    return min(1.0, total)
+    likely than the observed one (scipy's, with its relative tolerance for ties of 1e-7)."""
+    return float(min(1.0, scipy.stats.fisher_exact([[a, b], [c, d]]).pvalue))
 
 
 def chi_square(a: int, b: int, c: int, d: int) -> float:
-    """Pearson chi-square p-value (1 degree of freedom, no continuity correction)."""
-    n = a + b + c + d
-    den = (a + b) * (c + d) * (a + c) * (b + d)
-    if den == 0:
+    """Pearson chi-square p-value (1 degree of freedom, no continuity correction); 1 when a margin is 0, where
+    the test is undefined and scipy refuses."""
+    if (a + b) * (c + d) * (a + c) * (b + d) == 0:
         return 1.0
-    stat = n * (a * d - b * c) ** 2 / den
-    return math.erfc(math.sqrt(stat / 2))
+    return float(scipy.stats.chi2_contingency([[a, b], [c, d]], correction=False).pvalue)
 
 
 def association_test(a: int, b: int, c: int, d: int) -> tuple[float, str]:
@@ -55,15 +47,9 @@ def association_test(a: int, b: int, c: int, d: int) -> tuple[float, str]:
 def bh_qvalues(pvalues) -> np.ndarray:
     """Benjamini-Hochberg q-values (monotone step-up), in the input order."""
     p = np.asarray(pvalues, dtype=np.float64)
-    m = len(p)
-    if m == 0:
+    if len(p) == 0:
         return p
-    order = np.argsort(p, kind="stable")
-    ranked = p[order] * m / np.arange(1, m + 1)
-    q = np.minimum.accumulate(ranked[::-1])[::-1]
-    out = np.empty(m)
-    out[order] = np.minimum(q, 1.0)
-    return out
+    return np.asarray(scipy.stats.false_discovery_control(p, method="bh"), dtype=np.float64)
 
 
 def log_odds_ci(a: int, b: int, c: int, d: int, z: float = Z95) -> tuple[float, float, float]:
@@ -94,9 +80,11 @@ def npmi(a: int, b: int, c: int, d: int) -> float:
 
 
 def mann_whitney(x, y) -> tuple[float, float]:
-    """Two-sided Mann-Whitney U test by the normal approximation with tie correction.
+    """Two-sided Mann-Whitney U test: exact for small samples without ties, else the normal approximation with
+    tie and continuity correction (scipy's method="auto").
 
-    Returns (p-value, rank-biserial effect in [-1, 1], positive when x tends to exceed y).
+    Returns (p-value, rank-biserial effect in [-1, 1], positive when x tends to exceed y). NaNs are dropped; an
+    empty sample gives NaN for both, samples with no variation at all p = 1.
     """
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
@@ -104,43 +92,19 @@ def mann_whitney(x, y) -> tuple[float, float]:
     n1, n2 = len(x), len(y)
     if n1 == 0 or n2 == 0:
         return float("nan"), float("nan")
-    allv = np.concatenate([x, y])
-    order = np.argsort(allv, kind="mergesort")
-    ranks = np.empty(len(allv))
-    sorted_v = allv[order]
-    i = 0
-    tie_term = 0.0
-    while i < len(sorted_v):
-        j = i
-        while j + 1 < len(sorted_v) and sorted_v[j + 1] == sorted_v[i]:
-            j += 1
-        ranks[order[i:j + 1]] = (i + j) / 2 + 1
-        t = j - i + 1
-        tie_term += t ** 3 - t
-        i = j + 1
-    u1 = ranks[:n1].sum() - n1 * (n1 + 1) / 2
-    n = n1 + n2
-    mu = n1 * n2 / 2
-    var = n1 * n2 / 12 * ((n + 1) - tie_term / (n * (n - 1))) if n > 1 else 0.0
-    effect = 2 * u1 / (n1 * n2) - 1
-    if var <= 0:
+    res = scipy.stats.mannwhitneyu(x, y, alternative="two-sided", method="auto")
+    effect = 2 * float(res.statistic) / (n1 * n2) - 1
+    if np.ptp(np.concatenate([x, y])) == 0:
         return 1.0, effect
-    z = (abs(u1 - mu) - 0.5) / math.sqrt(var)  # continuity-corrected
-    return min(1.0, math.erfc(max(z, 0) / math.sqrt(2))), effect
+    return float(min(1.0, res.pvalue)), effect
 
 
 def jensen_shannon(p, q) -> float:
     """Jensen-Shannon divergence of two count (or probability) vectors over the same support, in bits:
-    0 for identical distributions, 1 for distributions with no outcome in common."""
+    0 for identical distributions, 1 for distributions with no outcome in common; NaN when either is empty."""
     p = np.asarray(p, dtype=np.float64)
     q = np.asarray(q, dtype=np.float64)
     if p.sum() <= 0 or q.sum() <= 0:
         return float("nan")
-    p, q = p / p.sum(), q / q.sum()
-    m = (p + q) / 2
-
-    def kl(x: np.ndarray) -> float:
-        nz = x > 0
-        return float(np.sum(x[nz] * np.log2(x[nz] / m[nz])))
-
-    return min(1.0, max(0.0, (kl(p) + kl(q)) / 2))
+    distance = scipy.spatial.distance.jensenshannon(p, q, base=2)  # the square root of the divergence
+    return min(1.0, max(0.0, float(distance) ** 2))
