@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import fcntl
 import json
 import os
 import shutil
 from pathlib import Path
 
+import filelock
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -50,10 +50,10 @@ def _diff(old: dict, new: dict) -> str:
 class ScanWriter:
     """Exclusive writer of one scan directory (a lock file keeps a second scan out)."""
 
-    def __init__(self, root: Path, config: dict, lock_fd: int, made_dir: bool = False):
+    def __init__(self, root: Path, config: dict, lock: filelock.BaseFileLock, made_dir: bool = False):
         self.root = root
         self.config = config
-        self._lock_fd = lock_fd
+        self._lock = lock
         # A run that made the scan directory, and has committed nothing, may take it back on failure.
         self.made_dir = made_dir
         self.created = not config.get("runs") and not parts(root / "images")
@@ -71,18 +71,18 @@ class ScanWriter:
             raise AuditError(f"--out {root} is not empty and holds no audit scan; pass a new or empty directory")
         made_dir = not root.exists()
         root.mkdir(parents=True, exist_ok=True)
-        lock_fd = os.open(root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        # An OS lock (flock on POSIX, msvcrt on Windows): the system drops it when a process dies, even by kill -9.
+        lock = filelock.FileLock(root / ".lock")
         try:
-            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(lock_fd)
+            lock.acquire(timeout=0)
+        except filelock.Timeout:
             raise AuditError(f"another audit scan is writing to {root}; wait for it or pass another --out") from None
         try:
             config = cls._prepare(root, settings, source, overwrite)
         except BaseException:
-            os.close(lock_fd)
+            lock.release()
             raise
-        writer = cls(root, config, lock_fd, made_dir)
+        writer = cls(root, config, lock, made_dir)
         writer.recover()
         return writer
 
@@ -175,6 +175,5 @@ class ScanWriter:
         _write_json(self.root / CONFIG_FILE, self.config)
 
     def close(self) -> None:
-        if self._lock_fd >= 0:
-            os.close(self._lock_fd)
-            self._lock_fd = -1
+        if self._lock.is_locked:
+            self._lock.release()
