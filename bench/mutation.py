@@ -90,7 +90,7 @@ MUTATIONS = [
     Mutation("store.oldest-error-wins", "audit/store/reader.py",
              "latest = {image_id: row for row, image_id in enumerate(ids)}",
              "latest = {image_id: row for row, image_id in reversed(list(enumerate(ids)))}", STORE),
-    Mutation("scan.retry-ignored", "audit/scanner/pipeline.py", "done = scanned if opts.retry_errors else scanned | failed",
+    Mutation("scan.retry-ignored", "audit/scanner/pipeline.py", "done = scanned if plan.opts.retry_errors else scanned | failed",
              "done = scanned | failed", STORE),
     Mutation("query.tokens-view-kind", "audit/store/query.py", "WHERE kind = '{ASCENT}'\")",
              "WHERE kind = '{PROBE}'\")", ASSOC),
