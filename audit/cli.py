@@ -331,6 +331,9 @@ def configure_logging() -> None:
         handler = _Stderr()
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
+        # open_clip's module-level logging calls give the root logger a handler; without this every line
+        # would print twice.
+        logger.propagate = False
     logger.setLevel(logging.INFO)
 
 
