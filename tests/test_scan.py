@@ -190,9 +190,10 @@ def test_cli_user_errors_are_one_line_and_exit_2(tmp_path, capsys, small_folder)
           "openai", "-q"], "could not load weights for ViT-B-32"),
         (["scan", str(small_folder), "--out", str(tmp_path / "o5"), *base, "--batch-size", "many"], "--batch-size"),
         (["scan", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o6"), *base], "does not exist"),
-        (["scan", str(small_folder), "--out", str(tmp_path / "o7"), *base, "--heatmap", "lime"], "--heatmap must be"),
+        (["scan", str(small_folder), "--out", str(tmp_path / "o7"), *base, "--heatmap", "lime"],
+         "'--heatmap': Value error, 'lime' is not one of 'chefer', 'occlusion'"),
         (["scan", str(small_folder), "--out", str(tmp_path / "o8"), *base, "--occlusion-window", "0"],
-         "--occlusion-window must be at least 1"),
+         "'--occlusion-window': Input should be greater than or equal to 1"),
     ]
     for argv, needle in cases:
         assert main(argv) == 2, argv

@@ -163,9 +163,13 @@ def test_training_is_reproducible_from_its_seed(tmp_path):
     assert any(not torch.equal(a[k], c[k]) for k in a)
 
 
-def test_the_module_entry_point_is_the_cli_command(tmp_path, capsys):
+def test_audit_demo_train_is_the_training_entry_point(tmp_path, capsys):
+    """`audit demo train` (also `python -m audit demo train`) passes its options to train() through TrainOptions."""
+    from audit.cli import main
+
     out = tmp_path / "m.safetensors"
-    assert T.main(["--out", str(out), "--steps", "1", "--batch", "4", "--scenes", "8", "--junk", "2"]) == 0
+    assert main(["demo", "train", "--out", str(out), "--steps", "1", "--batch", "4", "--scenes", "8", "--junk",
+                 "2"]) == 0
     assert out.is_file() and json.loads(out.with_suffix(".json").read_text())["junk"] == 2
     assert f"wrote {out} (1 steps" in capsys.readouterr().out
 
