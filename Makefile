@@ -13,7 +13,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --no-cache-dir $(TORCH_PIN)
-	$(PY) -m pip install -q --no-cache-dir -e '.[dev]'
+	$(PY) -m pip install -q --no-cache-dir -e '.[dev,all]'
 	touch $@
 
 demo: install

@@ -52,19 +52,35 @@ def scan(source: str | os.PathLike, out: str | os.PathLike, *,
          start_layer_text: int = _D.start_layer_text,
          heatmap: str | None = _D.heatmap,
          occlusion_window: int | None = _D.occlusion_window,
+         source_kind: str = _D.source_kind,
          path_column: str = _D.path_column,
+         image_column: str | None = _D.image_column,
+         id_column: str | None = _D.id_column,
+         split: str | None = _D.split,
          max_pixels: int = _D.max_pixels,
          words: tuple[str, ...] | str = _D.words,
          words_file: str | None = _D.words_file,
          no_ascent: bool = _D.no_ascent,
          overwrite: bool = _D.overwrite,
+         engine: str = _D.engine,
+         ray_address: str | None = _D.ray_address,
          retry_errors: bool = _D.retry_errors,
          quiet: bool = _D.quiet) -> Scan:
-    """Scan a dataset (image folder or manifest) into the scan directory `out`, resuming what is there; returns
-    a handle that reads the tables back. The options are `audit scan`'s (see ScanOptions)."""
+    """Scan a dataset into the scan directory `out`, resuming what is there; returns a handle that reads the
+    tables back. `source` is an image folder, a manifest, WebDataset shards, a Parquet file of image bytes or a
+    Hugging Face dataset (local path or URL); the options are `audit scan`'s (see ScanOptions)."""
     from audit.scanner.pipeline import run_scan
 
-    return run_scan(str(source), str(out), model=model, pretrained=pretrained, device=device, batch_size=batch_size, workers=workers, seed=seed, steps=steps, tokens_per_seq=tokens_per_seq, candidates=candidates, lr=lr, views=views, resample_views=resample_views, refine_rounds=refine_rounds, refine_top=refine_top, prompt=prompt, start_layer=start_layer, start_layer_text=start_layer_text, heatmap=heatmap, occlusion_window=occlusion_window, path_column=path_column, max_pixels=max_pixels, words=words, words_file=words_file, no_ascent=no_ascent, overwrite=overwrite, retry_errors=retry_errors, quiet=quiet)
+    return run_scan(str(source), str(out), model=model, pretrained=pretrained, device=device,
+                    batch_size=batch_size, workers=workers, seed=seed, steps=steps,
+                    tokens_per_seq=tokens_per_seq, candidates=candidates, lr=lr, views=views,
+                    resample_views=resample_views, refine_rounds=refine_rounds, refine_top=refine_top,
+                    prompt=prompt, start_layer=start_layer, start_layer_text=start_layer_text,
+                    heatmap=heatmap, occlusion_window=occlusion_window, source_kind=source_kind,
+                    path_column=path_column, image_column=image_column, id_column=id_column, split=split,
+                    max_pixels=max_pixels, words=words, words_file=words_file, no_ascent=no_ascent,
+                    overwrite=overwrite, engine=engine, ray_address=ray_address, retry_errors=retry_errors,
+                    quiet=quiet)
 
 
 @dataclass

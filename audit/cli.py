@@ -18,7 +18,7 @@ from audit.analysis import FDR, MIN_COUNT
 from audit.demo.recipe import TrainOptions
 from audit.errors import AuditError
 from audit.outputs import TOP
-from audit.scanner.options import DEVICES, ScanOptions
+from audit.scanner.options import DEVICES, ENGINES, SOURCE_KINDS, ScanOptions
 from audit.scanner.relevancy import METHODS
 from audit.version import __version__
 
@@ -47,7 +47,9 @@ def _between(low: float, high: float | None):
     return parse
 
 
-HeatmapMethod = Literal[tuple(METHODS)]  # the choices --help shows are the registered relevancy methods
+HeatmapMethod = Literal[tuple(METHODS)]
+SourceKind = Literal[SOURCE_KINDS]
+Engine = Literal[ENGINES]  # the choices --help shows are the registered relevancy methods
 
 
 # Options shared by `scan` and `explain`, declared once.
@@ -101,13 +103,13 @@ def _main(version: bool = typer.Option(False, "--version", callback=_version, is
 
 @app.command()
 def scan(
-    source: Path = typer.Argument(..., help="Image folder (label = first sub-folder) or manifest (.csv, .parquet, .jsonl)."),
+    source: str = typer.Argument(..., help="Image folder (label = first sub-folder), manifest (.csv, .parquet, .jsonl), WebDataset shards (.tar, a brace pattern or a folder), Parquet of image bytes, or a Hugging Face dataset; a local path or an fsspec URL (s3://, gs://, https://)."),
     out: Path = typer.Option(Path("audit-scan"), "--out", "-o", help="Scan directory to write (or resume)."),
     model: Model = _D.model,
     pretrained: Pretrained = _D.pretrained,
     device: Device = _D.device,
     batch_size: str = typer.Option(str(_D.batch_size), rich_help_panel=RUN, help="Images per batch, or auto (on CUDA what the free memory holds; on CPU what keeps the ascent's tensors under 32 MB, 16 with --no-ascent)."),
-    workers: int = typer.Option(_D.workers, min=0, rich_help_panel=RUN, help="DataLoader worker processes for decoding."),
+    workers: int = typer.Option(_D.workers, min=0, rich_help_panel=RUN, help="Decoding worker processes (local engine), or scan actors on a CPU cluster (--engine ray)."),
     seed: Seed = _D.seed,
     steps: Steps = _D.steps,
     tokens_per_seq: TokensPerSeq = _D.tokens_per_seq,
@@ -121,12 +123,18 @@ def scan(
     start_layer_text: StartLayerText = _D.start_layer_text,
     heatmap: Heatmap = _D.heatmap,
     occlusion_window: OcclusionWindow = _D.occlusion_window,
+    source_kind: SourceKind = typer.Option(_D.source_kind, "--source", rich_help_panel=INPUT, help="What SOURCE is; auto decides from the location."),
     path_column: str = typer.Option(_D.path_column, rich_help_panel=INPUT, help="Manifest column holding image paths."),
+    image_column: Optional[str] = typer.Option(_D.image_column, rich_help_panel=INPUT, help="Parquet / Hugging Face: the column of encoded images (default: the Image feature, or the first bytes column)."),  # noqa: UP045
+    id_column: Optional[str] = typer.Option(_D.id_column, rich_help_panel=INPUT, help="Parquet / Hugging Face: the column of image ids (default: key, else file or split + row index, stable only while the rows keep their order)."),  # noqa: UP045
+    split: Optional[str] = typer.Option(_D.split, rich_help_panel=INPUT, help="Hugging Face: the split (default: train, or the only one)."),  # noqa: UP045
     max_pixels: int = typer.Option(_D.max_pixels, min=1, rich_help_panel=INPUT, help="Refuse images with more pixels (decompression-bomb guard)."),
     words: Words = None,
     words_file: WordsFile = None,
     no_ascent: NoAscent = _D.no_ascent,
     overwrite: Overwrite = _D.overwrite,
+    engine: Engine = typer.Option(_D.engine, rich_help_panel=RUN, help="local: one process; ray: Ray Data actors (one per GPU, or --workers on CPU), the same rows."),
+    ray_address: Optional[str] = typer.Option(_D.ray_address, envvar="AUDIT_RAY_ADDRESS", rich_help_panel=RUN, help="--engine ray: a running cluster to join (auto, or ray://host:10001); default: a local cluster."),  # noqa: UP045
     retry_errors: bool = typer.Option(_D.retry_errors, "--retry-errors", rich_help_panel=RUN, help="Re-attempt the images whose last attempt failed (stored in errors); by default a resume skips them."),
     quiet: Quiet = _D.quiet,
 ) -> None:
@@ -137,7 +145,9 @@ def scan(
                workers=workers, seed=seed, steps=steps, tokens_per_seq=tokens_per_seq, candidates=candidates,
                lr=lr, views=views, resample_views=resample_views, refine_rounds=refine_rounds, prompt=prompt,
                start_layer=start_layer, start_layer_text=start_layer_text, heatmap=heatmap,
-               occlusion_window=occlusion_window, path_column=path_column, max_pixels=max_pixels,
+               occlusion_window=occlusion_window, source_kind=source_kind, path_column=path_column,
+               image_column=image_column, id_column=id_column, split=split, max_pixels=max_pixels,
+               engine=engine, ray_address=ray_address,
                words=tuple(words or ()), words_file=words_file, no_ascent=no_ascent, overwrite=overwrite,
                retry_errors=retry_errors, quiet=quiet)
 

@@ -38,10 +38,10 @@ def _buggy_decoder(monkeypatch, ids):
 
     real = loader.decode
 
-    def decode(path, preprocess, max_pixels):
+    def decode(path, preprocess, max_pixels, data=None):
         if any(path.endswith(i) for i in ids):
             raise ValueError(BUG)
-        return real(path, preprocess, max_pixels)
+        return real(path, preprocess, max_pixels, data)
 
     monkeypatch.setattr(loader, "decode", decode)
 

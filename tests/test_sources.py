@@ -12,6 +12,11 @@ from audit.scanner.sources import open_source
 from .helpers import save_noise
 
 
+def _records(src):
+    """A source's records in image-id order (sources stream them in their own order)."""
+    return sorted(src.records(), key=lambda r: r.image_id)
+
+
 def test_folder_labels_and_extensions(tmp_path):
     root = tmp_path / "ds"
     save_noise(root / "cats" / "a.PNG")
@@ -20,15 +25,15 @@ def test_folder_labels_and_extensions(tmp_path):
     save_noise(root / "root.webp")
     (root / "notes.txt").write_text("not an image")
     src = open_source(root)
-    assert [(r.image_id, r.label) for r in src.records] == [
+    assert [(r.image_id, r.label) for r in _records(src)] == [
         ("cats/a.PNG", "cats"), ("cats/deep/b.jpeg", "cats"), ("dogs/c.Jpg", "dogs"), ("root.webp", None)]
-    assert all(os.path.isabs(r.path) for r in src.records)
+    assert all(os.path.isabs(r.path) for r in _records(src))
 
 
 def test_image_ids_are_stable_across_locations(tmp_path):
     for where in ("one", "two"):
         save_noise(tmp_path / where / "x" / "a.png")
-    ids = [[r.image_id for r in open_source(tmp_path / w).records] for w in ("one", "two")]
+    ids = [[r.image_id for r in _records(open_source(tmp_path / w))] for w in ("one", "two")]
     assert ids[0] == ids[1] == ["x/a.png"]
 
 
@@ -39,7 +44,7 @@ def test_broken_symlink_and_non_utf8_name_are_listed(tmp_path):
     bad = os.path.join(os.fsencode(root), b"caf\xe9.png")
     with open(bad, "wb") as f:
         f.write(b"x")
-    ids = [r.image_id for r in open_source(root).records]
+    ids = [r.image_id for r in _records(open_source(root))]
     assert ids == ["caf\\xe9.png", "dangling.png"]
     json.dumps(ids).encode("utf-8")  # storable as UTF-8
 
@@ -57,7 +62,7 @@ def test_manifest_formats(tmp_path, fmt):
     else:
         df.to_json(path, orient="records", lines=True)
     src = open_source(path, path_column="file")
-    b, a = src.records  # sorted by image_id
+    b, a = _records(src)  # sorted by image_id
     assert a.image_id == "imgs/a.png" and a.path == str(tmp_path / "imgs" / "a.png")
     assert a.label == "x" and a.meta == {"city": "Oslo"} and a.box == (1.0, 2.0, 10.0, 20.0)
     assert b.path == "/elsewhere/b.png" and b.box is None and b.meta == {"city": None}

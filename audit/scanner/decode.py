@@ -33,8 +33,13 @@ class Decoded:
     frame: tuple[float, float, float, float]  # source rectangle (x0, y0, x1, y1) shown in the model input
 
 
-def open_rgb(path: str, max_pixels: int | None) -> Image.Image:
-    """Open, orient and convert to 8-bit RGB; raises DecodeError with a readable reason."""
+def open_rgb(path: str, max_pixels: int | None, data: bytes | None = None) -> Image.Image:
+    """Open, orient and convert to 8-bit RGB; raises DecodeError with a readable reason. `data` holds the
+    encoded image when the source carries bytes (a shard member, a Parquet cell); `path` then only names it."""
+    if data is not None:
+        if len(data) == 0:
+            raise DecodeError("empty image (0 bytes)")
+        return _open(io.BytesIO(data), max_pixels)
     try:
         size = os.path.getsize(path)
     except FileNotFoundError:
@@ -48,16 +53,26 @@ def open_rgb(path: str, max_pixels: int | None) -> Image.Image:
         raise DecodeError("is a directory, not an image file")
     if size == 0:
         raise DecodeError("empty file (0 bytes)")
+    try:
+        f = open(path, "rb")
+    except PermissionError:
+        raise DecodeError("permission denied") from None
+    except OSError as e:
+        raise DecodeError(f"cannot open file: {e.strerror or e}") from None
+    with f:
+        return _open(f, max_pixels)
+
+
+def _open(f, max_pixels: int | None) -> Image.Image:
     old_limit = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = max_pixels
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with open(path, "rb") as f:
-                img = Image.open(f)
-                img.load()  # the first frame of an animation; decodes fully so truncation shows here
-                img = ImageOps.exif_transpose(img)
-                return to_rgb(img)
+            img = Image.open(f)
+            img.load()  # the first frame of an animation; decodes fully so truncation shows here
+            img = ImageOps.exif_transpose(img)
+            return to_rgb(img)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise DecodeError(f"image larger than --max-pixels {max_pixels} (decompression-bomb guard); "
                           "raise --max-pixels to scan it") from None
@@ -155,8 +170,8 @@ def crop_frame(w: int, h: int, tw: int, th: int) -> tuple[float, float, float, f
     return 0.0, y0, float(w), h - y0
 
 
-def decode(path: str, preprocess: dict, max_pixels: int | None) -> Decoded:
-    img = open_rgb(path, max_pixels)
+def decode(path: str, preprocess: dict, max_pixels: int | None, data: bytes | None = None) -> Decoded:
+    img = open_rgb(path, max_pixels, data)
     pixels, frame = fit(img, preprocess["size"], preprocess.get("resize_mode", "shortest"),
                         preprocess.get("interpolation", "bicubic"), preprocess.get("fill_color", 0))
     return Decoded(pixels, img.width, img.height, frame)

@@ -15,6 +15,8 @@ DEFAULT_MODEL = "ViT-B-32"
 DEFAULT_PRETRAINED = "auto"
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb limit
 DEVICES = ("auto", "cpu", "cuda")  # and cuda:N
+ENGINES = ("local", "ray")
+SOURCE_KINDS = ("auto", "folder", "manifest", "webdataset", "hf", "parquet")  # audit.scanner.sources
 
 
 @dataclass(frozen=True)
@@ -38,12 +40,18 @@ class ScanOptions:
     start_layer_text: int = -1
     heatmap: str | None = None  # relevancy method; None: the model's default
     occlusion_window: int | None = None  # patches per side of the blanked window; None: the model's default
+    source_kind: str = "auto"  # --source: folder | manifest | webdataset | hf | parquet; auto decides from the location
     path_column: str = "path"
+    image_column: str | None = None  # parquet / hf: the column of encoded images (default: detected)
+    id_column: str | None = None  # parquet / hf: the column of image ids (default: key, or file/split + row)
+    split: str | None = None  # hf: the split (default: train, or the only one)
     max_pixels: int = DEFAULT_MAX_PIXELS
     words: tuple[str, ...] | str = ()  # probe words (see probes.py)
     words_file: str | None = None
     no_ascent: bool = False
     overwrite: bool = False
+    engine: str = "local"  # local (one process) or ray (Ray Data actors); never changes a row
+    ray_address: str | None = None  # a running Ray cluster to join; None: a local one
     retry_errors: bool = False  # re-attempt images whose last attempt failed (a run-time choice, not a setting)
     quiet: bool = False
 
@@ -78,6 +86,10 @@ class ScanOptions:
             raise AuditError(f"--lr must be positive, not {self.lr}")
         if self.heatmap is not None and self.heatmap not in METHODS:
             raise AuditError(f"--heatmap must be one of {', '.join(METHODS)}, not {self.heatmap!r}")
+        if self.source_kind not in SOURCE_KINDS:
+            raise AuditError(f"--source must be one of {', '.join(SOURCE_KINDS)}, not {self.source_kind!r}")
+        if self.engine not in ENGINES:
+            raise AuditError(f"--engine must be one of {', '.join(ENGINES)}, not {self.engine!r}")
         if self.occlusion_window is not None and self.occlusion_window < 1:
             raise AuditError(f"--occlusion-window must be at least 1 patch, not {self.occlusion_window}")
 

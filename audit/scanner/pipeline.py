@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import functools
 import hashlib
 import logging
 import time
@@ -19,16 +20,16 @@ from audit.scanner.ascent import run_ascent, sequences_to_words
 from audit.scanner.device import autocast, resolve_device, tune_cpu_allocator
 from audit.scanner.encoders import Towers
 from audit.scanner.heatmap_stats import grid_stats
-from audit.scanner.loader import Batch, ImageDataset, make_loader
+from audit.scanner.loader import Batch, StreamDataset, make_loader
 from audit.scanner.memory import cuda_batch_size, is_out_of_memory, release, relevancy_chunk
 from audit.scanner.models import load_model, resolve_weights, weights_identity
 from audit.scanner.options import ScanOptions
 from audit.scanner.probes import check_lengths, parse_probe_words
 from audit.scanner.progress import Progress
 from audit.scanner.relevancy import relevancy
-from audit.scanner.sources import BOX_COLUMNS, Record, open_source
+from audit.scanner.sources import BOX_COLUMNS, Record, Source, open_source
 from audit.store.reader import Scan
-from audit.store.schema import ASCENT, INTERNAL, PROBE, conform
+from audit.store.schema import ASCENT, IMAGES, INTERNAL, PROBE, conform
 from audit.store.writer import ScanWriter
 
 log = logging.getLogger("audit.scan")
@@ -44,29 +45,39 @@ def _settings(opts: ScanOptions, weights: str | None, sha: str | None, probes: t
             "ascent": not opts.no_ascent, "probe_words": list(probes)}
 
 
-def _fingerprint(records: list[Record]) -> str:
-    h = hashlib.sha256()
-    for r in records:
-        h.update(r.image_id.encode("utf-8", "surrogatepass") + b"\0")
-    return h.hexdigest()
+class Fingerprint:
+    """The dataset's fingerprint: a hash of its set of image ids that does not depend on the order they are
+    seen in (workers, shards and Ray tasks interleave), built as the stream goes by."""
+
+    def __init__(self):
+        self.count = 0
+        self.total = 0
+
+    def add(self, ids) -> None:
+        for image_id in ids:
+            digest = hashlib.sha256(image_id.encode("utf-8", "surrogatepass")).digest()
+            self.total = (self.total + int.from_bytes(digest[:16], "big")) % (1 << 128)
+            self.count += 1
+
+    def hexdigest(self) -> str:
+        return hashlib.sha256(f"{self.count}:{self.total}".encode()).hexdigest()
 
 
 class _BatchScanner:
     """Turns one loader batch into the rows of one unit of work."""
 
-    def __init__(self, opts: ScanOptions, towers: Towers, records: list[Record], meta_columns: list[str],
+    def __init__(self, opts: ScanOptions, towers: Towers, meta_columns: list[str] | None,
                  probes: tuple[str, ...]):
         self.opts = opts
         self.towers = towers
-        self.records = records
-        self.meta_columns = meta_columns
+        self.meta_columns = meta_columns  # None: whatever each record carries (WebDataset JSON)
         self.ascent_cfg = opts.ascent()
         self.probes = [{"word": p, "kind": PROBE, "word_rank": i, "seq_rank": -1, "seq_text": p,
                         "seq_cosine": None} for i, p in enumerate(probes)]
         self.relevancy_chunk = relevancy_chunk(towers, towers.device)
 
     def error_rows(self, batch: Batch) -> dict:
-        recs = [self.records[i] for i, _, _ in batch.errors]
+        recs = batch.error_records
         return {"image_id": [r.image_id for r in recs], "path": [r.display_path for r in recs],
                 "stage": [stage for *_, stage in batch.errors], "reason": [reason for _, reason, _ in batch.errors]}
 
@@ -75,8 +86,10 @@ class _BatchScanner:
                 "label": [r.label for r in recs], "width": [w for w, _ in sizes], "height": [h for _, h in sizes]}
         for i, col in enumerate(BOX_COLUMNS):
             rows[col] = [r.box[i] if r.box else None for r in recs]
-        for col in self.meta_columns:
-            rows[col] = [r.meta.get(col) for r in recs]
+        columns = self.meta_columns if self.meta_columns is not None else sorted({k for r in recs for k in r.meta})
+        for col in columns:
+            # A metadata key named like one of audit's own columns (a JSON "width") is kept beside it.
+            rows[col if col not in IMAGES.names else f"meta_{col}"] = [r.meta.get(col) for r in recs]
         return rows
 
     def run(self, batch: Batch) -> dict[str, pa.Table]:
@@ -84,7 +97,7 @@ class _BatchScanner:
         if not batch.indices:
             return tables
         t = self.towers
-        recs = [self.records[i] for i in batch.indices]
+        recs = batch.records
         images = batch.pixels.to(t.device, non_blocking=True)
         seeds = torch.tensor([rng.image_seed(self.opts.seed, r.image_id) for r in recs], device=t.device)
         with autocast(t.device):
@@ -169,16 +182,18 @@ class _Fitting:
 @dataclass
 class ScanPlan:
     """What a scan will do, decided before any model is loaded or anything is written."""
-    source: str
+    source_location: str
     out: str
     opts: ScanOptions  # with the model's defaults filled in
-    records: list[Record]
-    source_info: dict
-    meta_columns: list[str]
+    source: Source
     probes: tuple[str, ...]
     device: torch.device
     batch_size: int  # before the model is loaded; on CUDA "auto" is sized from free memory in scan_pending
     settings: dict  # what the store compares on resume
+
+    @property
+    def source_info(self) -> dict:
+        return {**self.source.info(), "path_column": self.opts.path_column}
 
 
 @dataclass
@@ -188,13 +203,44 @@ class ScanCounts:
     internal_errors: int = 0
     tokens: int = 0
     retried: int = 0
+    skipped: int = 0
     batch_size: int = 0  # the batch size the scan started with
     batch_size_used: int | None = None  # the last one, lower if memory ran out; None if nothing was scanned
     preprocess: dict | None = None
+    fingerprint: Fingerprint = dataclasses.field(default_factory=Fingerprint)
+
+    def add(self, tables: dict[str, pa.Table], skipped: list[str], failed: set[str]) -> list[str]:
+        """Count one committed unit (its tables, and the done ids the stream passed over); returns its ids."""
+        seen = []
+        if "images" in tables:
+            seen += tables["images"].column("image_id").to_pylist()
+            self.images += tables["images"].num_rows
+        if "errors" in tables:
+            errors = tables["errors"]
+            seen += errors.column("image_id").to_pylist()
+            self.errors += errors.num_rows
+            self.internal_errors += errors.column("stage").to_pylist().count(INTERNAL)
+        self.tokens += tables["tokens"].num_rows if "tokens" in tables else 0
+        self.retried += sum(i in failed for i in seen)
+        self.skipped += len(skipped)
+        self.fingerprint.add(seen)
+        self.fingerprint.add(skipped)
+        return seen
+
+
+@dataclass
+class Pending:
+    """What resume knows before the scan: the ids already done, and, where listing the source is cheap, how
+    many images there are, how many are still to scan and how many of those failed before."""
+    done: set[str]
+    failed: set[str]
+    total: int | None = None
+    pending: int | None = None
+    retried: int | None = None
 
 
 def plan_scan(source, out, opts: ScanOptions) -> ScanPlan:
-    """Check the options, list the source, read the probe words and find the weights; every mistake a user can
+    """Check the options, open the source, read the probe words and find the weights; every mistake a user can
     make is an AuditError here, before a model is loaded."""
     opts.check()
     opts = opts.with_model_defaults()
@@ -202,84 +248,111 @@ def plan_scan(source, out, opts: ScanOptions) -> ScanPlan:
     batch_size = opts.resolved_batch_size(device)
     if batch_size < 1:
         raise AuditError(f"--batch-size must be at least 1, not {batch_size}")
-    src = open_source(source, opts.path_column)
-    if not src.records:
+    src = open_source(source, opts.path_column, kind=opts.source_kind, image_column=opts.image_column,
+                      id_column=opts.id_column, split=opts.split)
+    if next(iter(src.records()), None) is None:
         raise AuditError(f"no images found in {source} (looked for common image extensions, recursively)"
-                         if src.kind == "folder" else f"manifest {source} lists no images")
+                         if src.kind == "folder" else f"{src.kind} source {source} lists no images")
     probes = parse_probe_words(opts.words, opts.words_file)
     if opts.no_ascent and not probes:
         raise AuditError("--no-ascent scores only probe words: pass --words or --words-file")
     weights, sha = resolve_weights(opts.model, opts.pretrained)
-    source_info = {"kind": src.kind, "location": src.root, "path_column": opts.path_column,
-                   "meta_columns": src.meta_columns}
-    return ScanPlan(str(source), str(out), opts, src.records, source_info, src.meta_columns, probes, device,
-                    batch_size, _settings(opts, weights, sha, probes))
+    return ScanPlan(str(source), str(out), opts, src, probes, device, batch_size,
+                    _settings(opts, weights, sha, probes))
 
 
-def pending_records(plan: ScanPlan, writer: ScanWriter) -> tuple[list[Record], int]:
-    """The records still to scan, and how many of them failed before. An image in errors counts as done unless
-    --retry-errors asks for another attempt."""
+def pending_images(plan: ScanPlan, writer: ScanWriter) -> Pending:
+    """The ids already done (scanned; failed too, unless --retry-errors asks for another attempt) and, when the
+    source can list its ids cheaply, the counts. Holds the done ids, never the source's records."""
     scanned, failed = writer.scanned_ids(), writer.failed_ids()
     done = scanned if plan.opts.retry_errors else scanned | failed
-    pending = [r for r in plan.records if r.image_id not in done]
-    return pending, sum(r.image_id in failed for r in pending)
+    known = Pending(done, failed)
+    if not plan.source.cheap_ids:
+        return known
+    total = pending = retried = 0
+    for image_id in plan.source.ids():
+        total += 1
+        if image_id not in done:
+            pending += 1
+            retried += image_id in failed
+    return Pending(done, failed, total, pending, retried)
 
 
-def scan_pending(plan: ScanPlan, writer: ScanWriter, pending: list[Record], counts: ScanCounts) -> None:
-    """Load the model once and scan `pending` batch by batch, committing each batch as one unit of work.
-    `counts` is updated after every commit, so it is right even when the scan is interrupted."""
-    opts, device = plan.opts, plan.device
-    say = _say(opts)
+def load_scanner(opts: ScanOptions, probes: tuple[str, ...], meta_columns: list[str] | None, device: torch.device,
+                 batch_size: int, say) -> tuple[_Fitting, dict, int]:
+    """The model, once (per process or Ray actor): the batch scanner inside its memory fitting, the model's
+    preprocessing, and the batch size (on CUDA with "auto", what the free memory holds)."""
     if device.type == "cpu":
         tune_cpu_allocator()
     loaded = load_model(opts.model, opts.pretrained, device=str(device), seed=opts.seed)
     towers = Towers(loaded)
-    check_lengths(plan.probes, loaded.tokenizer, towers.context_length)
-    batch_size = plan.batch_size
+    check_lengths(probes, loaded.tokenizer, towers.context_length)
     if opts.batch_size == "auto" and device.type == "cuda":
-        batch_size = cuda_batch_size(opts, towers, device, len(plan.probes))
+        batch_size = cuda_batch_size(opts, towers, device, len(probes))
+    scanner = _BatchScanner(opts, towers, meta_columns, probes)
+    return _Fitting(scanner, batch_size, device, say), loaded.preprocess, batch_size
+
+
+def _start_line(plan: ScanPlan, pending: Pending, batch_size: int, where: str) -> str:
+    if pending.pending is None:
+        todo = f"scanning {plan.source.kind} source {plan.source.location} ({len(pending.done)} images already done)"
+    else:
+        again = f", {pending.retried} of them failed before and are tried again" if pending.retried else ""
+        todo = f"{pending.pending} images to scan ({pending.total - pending.pending} already done{again})"
+    return f"audit scan: {todo} with {plan.opts.model} on {where}, batch size {batch_size}"
+
+
+def scan_pending(plan: ScanPlan, writer: ScanWriter, pending: Pending, counts: ScanCounts) -> None:
+    """Load the model once and stream the source through it, committing each batch as one unit of work.
+    `counts` is updated after every commit, so it is right even when the scan is interrupted."""
+    opts, device = plan.opts, plan.device
+    say = _say(opts)
+    fitting, preprocess, batch_size = load_scanner(opts, plan.probes, plan.source.meta_columns, device,
+                                                   plan.batch_size, say)
     counts.batch_size = batch_size
-    again = f", {counts.retried} of them failed before and are tried again" if counts.retried else ""
-    say(f"audit scan: {len(pending)} images to scan ({len(plan.records) - len(pending)} already done{again}) "
-        f"with {opts.model} on {device}, batch size {batch_size}")
-    counts.preprocess = {k: (list(v) if isinstance(v, tuple) else v) for k, v in loaded.preprocess.items()}
-    scanner = _BatchScanner(opts, towers, pending, plan.meta_columns, plan.probes)
-    loader = make_loader(ImageDataset(pending, loaded.preprocess, opts.max_pixels), batch_size,
+    say(_start_line(plan, pending, batch_size, str(device)))
+    counts.preprocess = {k: (list(v) if isinstance(v, tuple) else v) for k, v in preprocess.items()}
+    loader = make_loader(StreamDataset(plan.source, pending.done, preprocess, opts.max_pixels), batch_size,
                          opts.workers, pin_memory=device.type == "cuda")
-    fitting = _Fitting(scanner, batch_size, device, say)
-    progress = Progress(len(pending), quiet=opts.quiet)
+    progress = Progress(pending.pending, quiet=opts.quiet)
     try:
         for batch in loader:
-            tables = fitting.run(batch)
-            writer.write_unit(tables)
-            counts.images += len(batch.indices)
-            counts.errors += len(batch.errors)
-            counts.internal_errors += sum(stage == INTERNAL for *_, stage in batch.errors)
-            counts.tokens += tables["tokens"].num_rows if "tokens" in tables else 0
+            if batch.indices or batch.errors:
+                tables = fitting.run(batch)
+                writer.write_unit(tables)
+            else:
+                tables = {}
+            counts.add(tables, batch.skipped, pending.failed)
             progress.update(len(batch.indices) + len(batch.errors))
     finally:
         progress.close()
         counts.batch_size_used = fitting.limit
 
 
-def finish_scan(plan: ScanPlan, writer: ScanWriter, pending: list[Record], counts: ScanCounts,
-                seconds: float) -> None:
+def finish_scan(plan: ScanPlan, writer: ScanWriter, pending: Pending, counts: ScanCounts, seconds: float,
+                engine: str = "local") -> None:
     """Record the run in scan.json and say what was done."""
     say = _say(plan.opts)
     batch_size = counts.batch_size or plan.batch_size
+    scanned = counts.images + counts.errors
+    if pending.pending == 0:  # nothing was streamed: the listing's counts stand for the dataset
+        total, skipped, fingerprint = pending.total, pending.total, None
+    else:
+        total, skipped, fingerprint = counts.fingerprint.count, counts.skipped, counts.fingerprint.hexdigest()
     writer.record_run({
         "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "device": str(plan.device), "batch_size": batch_size, "batch_size_used": counts.batch_size_used,
-        "workers": plan.opts.workers, "dataset_images": len(plan.records),
-        "dataset_fingerprint": _fingerprint(plan.records), "skipped": len(plan.records) - len(pending),
+        "device": str(plan.device), "engine": engine, "batch_size": batch_size,
+        "batch_size_used": counts.batch_size_used, "workers": plan.opts.workers, "dataset_images": total,
+        "dataset_fingerprint": fingerprint, "skipped": skipped,
         "images": counts.images, "errors": counts.errors, "internal_errors": counts.internal_errors,
         "tokens": counts.tokens, "retried": counts.retried, "seconds": round(seconds, 3),
         "preprocess": counts.preprocess,
     })
-    if not pending:
-        say(f"audit scan: nothing to do, all {len(plan.records)} images are already in {plan.out}")
+    if pending.pending == 0 or (pending.pending is None and scanned == 0):
+        say(f"audit scan: nothing to do, all {total if total is not None else counts.skipped} images are "
+            f"already in {plan.out}")
         return
-    rate = (counts.images + counts.errors) / seconds if seconds > 0 else 0.0
+    rate = scanned / seconds if seconds > 0 else 0.0
     used = counts.batch_size_used
     smaller = f", batch size lowered to {used} to fit memory" if used != batch_size else ""
     say(f"audit scan: {counts.images} images scanned, {counts.errors} errors, {counts.tokens} "
@@ -297,17 +370,31 @@ def run_scan(source, out, **options) -> Scan:
     writer = ScanWriter.open(out, plan.settings, plan.source_info, overwrite=plan.opts.overwrite)
     started = time.perf_counter()
     try:
-        pending, retried = pending_records(plan, writer)
-        counts = ScanCounts(retried=retried)
-        if pending:
-            scan_pending(plan, writer, pending, counts)
-        finish_scan(plan, writer, pending, counts, time.perf_counter() - started)
+        pending = pending_images(plan, writer)
+        counts = ScanCounts()
+        if pending.pending != 0:
+            if plan.opts.engine == "ray":
+                from audit.scanner.engines.ray_data import scan_on_ray
+
+                make = functools.partial(load_scanner, plan.opts, plan.probes, plan.source.meta_columns,
+                                         batch_size=plan.batch_size, say=_ActorLog())
+                scan_on_ray(plan, writer, pending, counts, make)
+            else:
+                scan_pending(plan, writer, pending, counts)
+        finish_scan(plan, writer, pending, counts, time.perf_counter() - started, plan.opts.engine)
     except BaseException:
         writer.discard_if_unused()
         raise
     finally:
         writer.close()
     return Scan(out)
+
+
+class _ActorLog:
+    """What a Ray actor says (out of memory, smaller batches) goes to its own log: picklable, unlike a lambda."""
+
+    def __call__(self, msg: str) -> None:
+        log.info(msg)
 
 
 def _say(opts: ScanOptions):

@@ -1,0 +1,95 @@
+"""`audit scan --engine ray` on a local Ray cluster (2 CPUs): the same rows as the local engine, and the same rows
+after the driver is killed with SIGKILL and the command run again, or after a Ray worker process is killed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import audit
+from audit.demo import make_dataset
+
+from .helpers import assert_same_rows, count_parts
+
+pytest.importorskip("ray")
+pytestmark = pytest.mark.slow
+
+SETTINGS = ["--model", "audit-tiny", "--pretrained", "none", "--steps", "3", "--candidates", "4", "--views", "4",
+            "--refine-rounds", "1", "--words", "red,grass", "--device", "cpu", "--batch-size", "2"]
+KW = dict(model="audit-tiny", pretrained="none", steps=3, candidates=4, views=4, refine_rounds=1, words="red,grass",
+          device="cpu", batch_size=2, quiet=True)
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ray")
+    make_dataset(root / "ds", images=18, size=64)
+    (root / "ds" / "north" / "broken.png").write_bytes(b"not a png")
+    return root / "ds"
+
+
+@pytest.fixture(scope="module")
+def reference(dataset, tmp_path_factory):
+    return audit.scan(dataset, tmp_path_factory.mktemp("ref") / "scan", workers=0, **KW)
+
+
+def _command(dataset: Path, out: Path) -> list[str]:
+    return [sys.executable, "-m", "audit", "scan", str(dataset), "--out", str(out), *SETTINGS, "--engine", "ray",
+            "--workers", "2", "-q"]
+
+
+def _wait_for_parts(proc: subprocess.Popen, out: Path, n: int, timeout: float = 240) -> None:
+    start = time.monotonic()
+    while count_parts(out) < n:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() - start < timeout, "no committed unit in time"
+        time.sleep(0.2)
+
+
+def test_ray_engine_gives_the_rows_of_the_local_engine(dataset, reference, tmp_path):
+    got = audit.scan(dataset, tmp_path / "scan", engine="ray", workers=2, **KW)
+    assert_same_rows(got, reference)
+    run = got.config["runs"][-1]
+    assert run["engine"] == "ray" and run["images"] == 18 and run["errors"] == 1
+    assert run["dataset_fingerprint"] == reference.config["runs"][-1]["dataset_fingerprint"]
+
+
+def test_driver_killed_then_rerun_gives_the_uninterrupted_rows(dataset, reference, tmp_path):
+    out = tmp_path / "scan"
+    proc = subprocess.Popen(_command(dataset, out), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    try:
+        _wait_for_parts(proc, out, 2)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert count_parts(out) < 10  # it was stopped partway
+    done = subprocess.run(_command(dataset, out), env=ENV, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert_same_rows(audit.Scan(out), reference)
+
+
+def test_a_killed_ray_worker_is_replaced_and_the_scan_finishes_with_the_same_rows(dataset, reference, tmp_path):
+    out = tmp_path / "scan"
+    proc = subprocess.Popen(_command(dataset, out), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    try:
+        _wait_for_parts(proc, out, 1)
+        actors = subprocess.run(["pgrep", "-f", "MapWorker"], capture_output=True, text=True).stdout.split()
+        assert actors, "no Ray actor process found"
+        os.kill(int(actors[0]), signal.SIGKILL)
+        _, err = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, err.decode()
+    assert_same_rows(audit.Scan(out), reference)
