@@ -76,7 +76,7 @@ def write_jpegs(folder: Path, n: int, size=(640, 480)) -> Path:
 
 
 def loader_rate(folder: Path, preprocess: dict, workers: int, batch: int) -> float:
-    records = open_source(folder, "path").records
+    records = list(open_source(folder, "path").records())
     loader = make_loader(ImageDataset(records, preprocess), batch, workers)
     t0 = time.perf_counter()
     n = sum(len(b.indices) for b in loader)
