@@ -4,8 +4,8 @@ Read tasks stream the source one shard at a time (each record not yet done, with
 the batch scanner on an actor pool, the model loaded once per actor (one actor per GPU, or --workers actors on a
 CPU cluster); each output is one unit of work, and the driver commits it through the same store writer as the
 local engine (atomic parts, commit marker), so resume, kill -9 of the driver and the rows themselves are the
-same. Ray restarts an actor whose process dies and retries its batch; a unit whose images were already
-committed in this run is dropped, so a retried batch is never stored twice.
+same. Ray restarts an actor whose process dies and retries its batch; Ray Data hands each batch's output to
+the driver once, so a retried batch is stored once (the kill test checks it: no row twice).
 
 The engine is handed the function that builds a scanner (audit.scanner.pipeline.load_scanner) rather than
 importing the pipeline, which imports this module.
@@ -160,7 +160,6 @@ def scan_on_ray(plan, writer, pending, counts, make_scanner) -> None:
                             compute=ray.data.ActorPoolStrategy(size=n_actors),
                             fn_constructor_kwargs={"make_scanner": make_scanner, "device": device,
                                                    "preprocess_max_pixels": opts.max_pixels}, **resources)
-        committed: set[str] = set()
         progress = Progress(pending.pending, quiet=opts.quiet)
         limits = []
         try:
@@ -168,11 +167,8 @@ def scan_on_ray(plan, writer, pending, counts, make_scanner) -> None:
                 tables = {name: _from_ipc(unit[name]) for name in TABLES if len(unit[name])}
                 ids = [i for name in ("images", "errors") if name in tables
                        for i in tables[name].column("image_id").to_pylist()]
-                if ids and committed.intersection(ids):
-                    continue  # a retried batch already committed
                 if tables:
                     writer.write_unit(tables)
-                committed.update(ids)
                 counts.add(tables, json.loads(unit["skipped"]), pending.failed)
                 counts.preprocess = json.loads(unit["preprocess"])
                 limits.append(int(unit["limit"]))
