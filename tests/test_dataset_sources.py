@@ -165,6 +165,9 @@ def test_bad_members_become_error_rows_and_the_scan_goes_on(tmp_path):
     assert "cut off" in errors.loc["00001.tar/img01", "reason"]
     again = audit.scan(f"{root}/{{00000..00002}}.tar", tmp_path / "scan", **PROBE)  # resume: nothing new
     assert len(again.images()) == len(scan.images()) and again.config["runs"][-1]["images"] == 0
+    first, rerun = again.config["runs"]
+    assert rerun["dataset_fingerprint"] == first["dataset_fingerprint"] is not None  # a run with nothing to do too
+    assert rerun["dataset_images"] == first["dataset_images"] == rerun["skipped"]
 
 
 def test_memory_filesystem_shards_and_manifest(tmp_path):

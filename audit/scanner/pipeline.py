@@ -182,7 +182,6 @@ class _Fitting:
 @dataclass
 class ScanPlan:
     """What a scan will do, decided before any model is loaded or anything is written."""
-    source_location: str
     out: str
     opts: ScanOptions  # with the model's defaults filled in
     source: Source
@@ -237,6 +236,7 @@ class Pending:
     total: int | None = None
     pending: int | None = None
     retried: int | None = None
+    fingerprint: str | None = None  # of every id listed
 
 
 def plan_scan(source, out, opts: ScanOptions) -> ScanPlan:
@@ -250,14 +250,17 @@ def plan_scan(source, out, opts: ScanOptions) -> ScanPlan:
         raise AuditError(f"--batch-size must be at least 1, not {batch_size}")
     src = open_source(source, opts.path_column, kind=opts.source_kind, image_column=opts.image_column,
                       id_column=opts.id_column, split=opts.split)
-    if next(iter(src.records()), None) is None:
+    # Known from the format's metadata, else the first id (read without image bytes where the format allows).
+    empty = src.count == 0 if src.count is not None else \
+        next(iter(src.ids() if src.cheap_ids else src.records()), None) is None
+    if empty:
         raise AuditError(f"no images found in {source} (looked for common image extensions, recursively)"
                          if src.kind == "folder" else f"{src.kind} source {source} lists no images")
     probes = parse_probe_words(opts.words, opts.words_file)
     if opts.no_ascent and not probes:
         raise AuditError("--no-ascent scores only probe words: pass --words or --words-file")
     weights, sha = resolve_weights(opts.model, opts.pretrained)
-    return ScanPlan(str(source), str(out), opts, src, probes, device, batch_size,
+    return ScanPlan(str(out), opts, src, probes, device, batch_size,
                     _settings(opts, weights, sha, probes))
 
 
@@ -269,13 +272,14 @@ def pending_images(plan: ScanPlan, writer: ScanWriter) -> Pending:
     known = Pending(done, failed)
     if not plan.source.cheap_ids:
         return known
-    total = pending = retried = 0
+    pending = retried = 0
+    listed = Fingerprint()
     for image_id in plan.source.ids():
-        total += 1
+        listed.add((image_id,))
         if image_id not in done:
             pending += 1
             retried += image_id in failed
-    return Pending(done, failed, total, pending, retried)
+    return Pending(done, failed, listed.count, pending, retried, listed.hexdigest())
 
 
 def load_scanner(opts: ScanOptions, probes: tuple[str, ...], meta_columns: list[str] | None, device: torch.device,
@@ -335,10 +339,12 @@ def finish_scan(plan: ScanPlan, writer: ScanWriter, pending: Pending, counts: Sc
     say = _say(plan.opts)
     batch_size = counts.batch_size or plan.batch_size
     scanned = counts.images + counts.errors
-    if pending.pending == 0:  # nothing was streamed: the listing's counts stand for the dataset
-        total, skipped, fingerprint = pending.total, pending.total, None
+    # The listing saw every id when the source lists them cheaply; otherwise the stream did.
+    skipped = pending.total if pending.pending == 0 else counts.skipped
+    if pending.fingerprint is not None:
+        total, fingerprint = pending.total, pending.fingerprint
     else:
-        total, skipped, fingerprint = counts.fingerprint.count, counts.skipped, counts.fingerprint.hexdigest()
+        total, fingerprint = counts.fingerprint.count, counts.fingerprint.hexdigest()
     writer.record_run({
         "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "device": str(plan.device), "engine": engine, "batch_size": batch_size,
@@ -378,7 +384,7 @@ def run_scan(source, out, **options) -> Scan:
 
                 make = functools.partial(load_scanner, plan.opts, plan.probes, plan.source.meta_columns,
                                          batch_size=plan.batch_size, say=_ActorLog())
-                scan_on_ray(plan, writer, pending, counts, make)
+                scan_on_ray(plan, writer, pending, counts, make, functools.partial(_start_line, plan, pending))
             else:
                 scan_pending(plan, writer, pending, counts)
         finish_scan(plan, writer, pending, counts, time.perf_counter() - started, plan.opts.engine)

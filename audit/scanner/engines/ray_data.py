@@ -75,12 +75,12 @@ class _Reader:
 class _ScanActor:
     """One model per actor; each call turns a batch of rows into one unit of work (Arrow IPC per table)."""
 
-    def __init__(self, make_scanner, device: str, preprocess_max_pixels: int):
+    def __init__(self, make_scanner, device: str, max_pixels: int):
         import torch
 
         dev = torch.device(device)
         self.fitting, preprocess, _ = make_scanner(device=dev)
-        self.decoder = Decoder(preprocess, preprocess_max_pixels)
+        self.decoder = Decoder(preprocess, max_pixels)
         self.preprocess = {k: (list(v) if isinstance(v, tuple) else v) for k, v in preprocess.items()}
 
     def __call__(self, batch: dict) -> dict:
@@ -93,12 +93,12 @@ class _ScanActor:
             rec = Record(f["image_id"], f["path"], f["label"], tuple(f["box"]) if f["box"] else None, f["meta"],
                          bytes(batch["data"][i]) if f["has_data"] else None, f["error"])
             items.append(self.decoder(rec, len(items)))
+        tables = self.fitting.run(collate(items)) if items else {}
+        # The limit after the batch: lower than the batch size if memory ran out on the way.
         out = {"skipped": [json.dumps(skipped)], "limit": [self.fitting.limit],
                "preprocess": [json.dumps(self.preprocess)]}
-        tables = self.fitting.run(collate(items)) if items else {}
         for name in TABLES:
             out[name] = [_ipc(tables[name]) if name in tables else b""]
-        out["limit"] = [self.fitting.limit]
         return out
 
 
@@ -125,9 +125,10 @@ def _device(ray, asked: str) -> str:
     return "cuda" if ray.cluster_resources().get("GPU", 0) >= 1 else "cpu"
 
 
-def scan_on_ray(plan, writer, pending, counts, make_scanner) -> None:
+def scan_on_ray(plan, writer, pending, counts, make_scanner, start_line) -> None:
     """Scan plan.source on Ray, committing units through `writer`; updates `counts` like the local engine.
-    `make_scanner(device=...)` builds (fitting, preprocess, batch size) inside an actor."""
+    `make_scanner(device=...)` builds (fitting, preprocess, batch size) inside an actor, and
+    `start_line(batch_size=..., where=...)` words the scan's opening line as the local engine does."""
     ray = require("ray", "--engine ray")
     require("ray.data", "--engine ray")
     opts = plan.opts
@@ -148,9 +149,8 @@ def scan_on_ray(plan, writer, pending, counts, make_scanner) -> None:
         n_actors, resources = _actors(ray, device, opts.workers)
         batch_size = plan.batch_size if not (device.startswith("cuda") and opts.batch_size == "auto") else 256
         counts.batch_size = batch_size
-        log.info(f"audit scan: Ray engine, {n_actors} actor(s) on {device}"
-                 + ("" if pending.pending is None else f", {pending.pending} images to scan "
-                    f"({pending.total - pending.pending} already done)")) if not opts.quiet else None
+        if not opts.quiet:
+            log.info(start_line(batch_size=batch_size, where=f"Ray, {n_actors} actor(s) on {device}"))
         shards = plan.source.shards
         done_ref = ray.put(pending.done)
         tasks = _read_tasks(len(shards), n_actors)
@@ -159,23 +159,20 @@ def scan_on_ray(plan, writer, pending, counts, make_scanner) -> None:
         ds = ds.map_batches(_ScanActor, batch_size=batch_size, batch_format="numpy",
                             compute=ray.data.ActorPoolStrategy(size=n_actors),
                             fn_constructor_kwargs={"make_scanner": make_scanner, "device": device,
-                                                   "preprocess_max_pixels": opts.max_pixels}, **resources)
+                                                   "max_pixels": opts.max_pixels}, **resources)
         progress = Progress(pending.pending, quiet=opts.quiet)
-        limits = []
         try:
             for unit in ds.iter_rows():
                 tables = {name: _from_ipc(unit[name]) for name in TABLES if len(unit[name])}
-                ids = [i for name in ("images", "errors") if name in tables
-                       for i in tables[name].column("image_id").to_pylist()]
                 if tables:
                     writer.write_unit(tables)
-                counts.add(tables, json.loads(unit["skipped"]), pending.failed)
+                ids = counts.add(tables, json.loads(unit["skipped"]), pending.failed)
                 counts.preprocess = json.loads(unit["preprocess"])
-                limits.append(int(unit["limit"]))
+                limit = int(unit["limit"])
+                counts.batch_size_used = limit if counts.batch_size_used is None else min(counts.batch_size_used, limit)
                 progress.update(len(ids))
         finally:
             progress.close()
-            counts.batch_size_used = min(limits) if limits else None
     finally:
         if started_here:
             ray.shutdown()

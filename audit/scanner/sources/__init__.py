@@ -59,13 +59,16 @@ def detect(location: str, path_column: str = "path", image_column: str | None = 
 
         if is_saved_dataset(path):
             return "hf"
-        names = [f for _, _, files in os.walk(path) for f in files]
-        if any(f.endswith(".tar") for f in names):
-            return "webdataset"
-        images = any(os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS for f in names)
-        if not images and any(f.endswith((".parquet", ".pq")) for f in names):
-            return "parquet"
-        return "folder"
+        # One pass over the names, none of them kept: any shard makes it WebDataset; Parquet files count only
+        # in a folder without images.
+        images = tables = False
+        for _, _, files in os.walk(path):
+            for f in files:
+                if f.endswith(".tar"):
+                    return "webdataset"
+                images = images or os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS
+                tables = tables or f.endswith((".parquet", ".pq"))
+        return "parquet" if tables and not images else "folder"
     if not os.path.exists(path):
         if location.count("/") == 1 and not location.startswith((".", "/")):
             return "hf"  # owner/name: a dataset on the hub

@@ -110,3 +110,11 @@ def box_of(values: dict) -> tuple[float, float, float, float] | None:
         return None
     box = tuple(number(values[c]) for c in BOX_COLUMNS)
     return None if any(math.isnan(v) for v in box) else box
+
+
+def label_box_meta(fields: dict, label_key: str = "label"):
+    """A record's label, box and remaining metadata from its fields: the box columns leave the metadata when they
+    make a box, and `label_key` always does."""
+    box = box_of(fields)
+    meta = {k: v for k, v in fields.items() if k not in BOX_COLUMNS} if box is not None else dict(fields)
+    return meta.pop(label_key, None), box, meta

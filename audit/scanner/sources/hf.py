@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from audit.errors import AuditError
-from audit.scanner.sources.base import BOX_COLUMNS, Record, Shard, Source, box_of, text
+from audit.scanner.sources.base import BOX_COLUMNS, Record, Shard, Source, label_box_meta, text
 from audit.scanner.sources.remote import local_path, require
 from audit.store.schema import IMAGES
 
@@ -100,22 +100,18 @@ class DatasetShard(Shard):
                 v = rows[col][i]
                 return names[col].int2str(v) if col in names and isinstance(v, int) and v >= 0 else text(v)
 
-            image_id = value(self.id_column) if self.id_column else f"{split}/{index}"
-            meta = {c: value(c) for c in self.meta_columns}
-            box = box_of(meta)
-            if box is not None:
-                meta = {k: v for k, v in meta.items() if k not in BOX_COLUMNS}
-            label = meta.pop("label", None)
+            image_id = (value(self.id_column) if self.id_column else None) or f"{split}/{index}"
+            label, box, meta = label_box_meta({c: value(c) for c in self.meta_columns})
             img = rows[self.image_column][i]
             data = img.get("bytes") if isinstance(img, dict) else img if isinstance(img, bytes) else None
             path = img.get("path") if isinstance(img, dict) else None
             where = f"{self.location}[{split}][{index}]"
             if data is not None:
-                yield Record(image_id or f"{split}/{index}", path or where, label, box, meta, data=bytes(data))
+                yield Record(image_id, path or where, label, box, meta, data=bytes(data))
             elif path:
-                yield Record(image_id or f"{split}/{index}", path, label, box, meta)
+                yield Record(image_id, path, label, box, meta)
             else:
-                yield Record(image_id or f"{split}/{index}", where, label, box, meta,
+                yield Record(image_id, where, label, box, meta,
                              error=f"row {index} holds no image in column {self.image_column!r}")
 
 

@@ -49,6 +49,15 @@ def read_chunks(location: str, columns: list[str] | None = None) -> Iterator:
         raise AuditError(f"could not read manifest {printable_path(location)}: {first}") from e
 
 
+def image_ids(location: str, path_column: str) -> Iterator[str]:
+    """The manifest's image ids (its non-empty paths, as written), reading the path column alone."""
+    for chunk in read_chunks(location, [path_column]):
+        for raw in chunk[path_column].tolist():
+            raw = text(raw)
+            if raw is not None and raw.strip() != "":
+                yield raw
+
+
 def _columns(location: str) -> list[str]:
     if _suffix(location) in (".parquet", ".pq"):
         import pyarrow.parquet as pq
@@ -70,6 +79,9 @@ class ManifestShard(Shard):
     meta_columns: list[str]
     has_box: bool
     name: str = "manifest"
+
+    def ids(self) -> Iterator[str]:
+        return image_ids(self.location, self.path_column)
 
     def records(self) -> Iterator[Record]:
         if is_url(self.location):
@@ -105,15 +117,11 @@ def open_manifest(location: str, path_column: str = "path") -> Source:
     # Image ids must be unique; this pass reads the path column alone (the only whole-column read).
     seen: set[str] = set()
     count = 0
-    for chunk in read_chunks(location, [path_column]):
-        for raw in chunk[path_column].tolist():
-            raw = text(raw)
-            if raw is None or raw.strip() == "":
-                continue
-            if raw in seen:
-                raise AuditError(f"manifest {printable_path(location)} lists {raw!r} twice; image ids must be unique")
-            seen.add(raw)
-            count += 1
+    for raw in image_ids(location, path_column):
+        if raw in seen:
+            raise AuditError(f"manifest {printable_path(location)} lists {raw!r} twice; image ids must be unique")
+        seen.add(raw)
+        count += 1
     meta_cols = [c for c in columns if c not in (path_column, "label", *BOX_COLUMNS)]
     where = location if is_url(location) else os.path.abspath(local_path(location))
     shard = ManifestShard(location, path_column, meta_cols, all(c in columns for c in BOX_COLUMNS))

@@ -13,7 +13,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from audit.errors import AuditError
-from audit.scanner.sources.base import BOX_COLUMNS, Record, Shard, Source, box_of, printable_path, text
+from audit.scanner.sources.base import (
+    BOX_COLUMNS,
+    Record,
+    Shard,
+    Source,
+    label_box_meta,
+    printable_path,
+    text,
+)
 from audit.scanner.sources.remote import expand, is_url, local_path, open_binary
 from audit.store.schema import IMAGES
 
@@ -86,15 +94,10 @@ class ParquetShard(Shard):
                     ids = table[self.id_column] if self.id_column else None
                     for i, value in enumerate(images):
                         data = value.get("bytes") if isinstance(value, dict) else value
-                        image_id = text(ids[i]) if ids is not None else f"{self.name}#{row}"
-                        meta = {c: text(table[c][i]) for c in self.meta_columns}
-                        box = box_of(meta)
-                        if box is not None:
-                            meta = {k: v for k, v in meta.items() if k not in BOX_COLUMNS}
-                        label = meta.pop("label", None)
+                        image_id = text(ids[i]) if ids is not None else None
+                        image_id = f"{self.name}#{row}" if image_id is None else image_id
+                        label, box, meta = label_box_meta({c: text(table[c][i]) for c in self.meta_columns})
                         where = f"{self.location}#{row}"
-                        if image_id is None:
-                            image_id = f"{self.name}#{row}"
                         if data is None:
                             yield Record(image_id, where, label, box, meta,
                                          error=f"no image bytes in column {self.image_column!r}")

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from audit.errors import AuditError
-from audit.scanner.sources.base import BOX_COLUMNS, Record, Shard, Source, box_of, printable_path, text
+from audit.scanner.sources.base import Record, Shard, Source, label_box_meta, printable_path, text
 from audit.scanner.sources.remote import expand, is_url, local_path, open_binary
 
 IMAGE_MEMBERS = ("jpg", "jpeg", "png", "webp")
@@ -57,10 +57,7 @@ class TarShard(Shard):
         for ext in TEXT_MEMBERS:
             if ext in members:
                 meta[ext] = members[ext].decode("utf-8", "backslashreplace").strip()
-        box = box_of(meta)
-        if box is not None:
-            meta = {k: v for k, v in meta.items() if k not in BOX_COLUMNS}
-        label = meta.pop("cls", None)
+        label, box, meta = label_box_meta(meta, "cls")
         image_id = f"{self.name}/{key}"
         image = next((ext for ext in IMAGE_MEMBERS if ext in members), None)
         if image is None:
