@@ -311,10 +311,14 @@ def test_report_check_and_diff_start_without_loading_torch():
     assert out.strip() == "[]"  # a CI gate should not spend seconds importing a model it never runs
 
 
-def test_scans_of_schema_version_1_are_read_not_resumed(tmp_path, capsys):
+def test_scans_of_schema_version_1_are_read_and_resumed(tmp_path, capsys):
+    """An older scan is read as it is and resumed in place: its parts stay, new parts are of this version, and
+    scan.json says which version it came from. Settings added since (the opinion) count as what it was made
+    with; other settings are compared as always."""
     import pyarrow.parquet as pq
 
     from audit.store.reader import Scan
+    from audit.store.schema import SCHEMA_VERSION
     from audit.store.writer import ScanWriter
 
     scan = planted(tmp_path)
@@ -327,8 +331,15 @@ def test_scans_of_schema_version_1_are_read_not_resumed(tmp_path, capsys):
     assert set(Scan(scan).tokens().kind) == {"ascent"}
     code, out, _ = run_cli(capsys, "check", scan, "--policy", policy(tmp_path, WATCH))
     assert code == 1 and "'grass' with label=A: 8 of 10 images" in out  # the same finding as before
-    with pytest.raises(Exception, match="this audit resumes version 2"):
-        ScanWriter.open(scan, config["settings"], {"kind": "test"})
+    with pytest.raises(Exception, match="other settings"):
+        ScanWriter.open(scan, {**config["settings"], "opinion": "concepts"}, {"kind": "test"})
+    writer = ScanWriter.open(scan, {**config["settings"], "opinion": "ascent"}, {"kind": "test"})
+    writer.close()
+    upgraded = json.loads((scan / "scan.json").read_text())
+    assert (upgraded["schema_version"], upgraded["upgraded_from"]) == (SCHEMA_VERSION, 1)
+    tokens = Scan(scan).tokens()
+    assert set(tokens.kind) == {"ascent"} and tokens.weight.isna().all() and len(tokens) == 21
+    assert Scan(scan).images().concept_cosine.isna().all()
 
 
 def test_the_permutation_p_value_counts_the_observed_split():

@@ -24,9 +24,9 @@ def parts(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if PART.match(p.name))
 
 
-def read_config(root: str | os.PathLike, writing: bool = False) -> dict:
-    """A scan's scan.json. Readers accept every schema version they can upgrade on the fly; a writer (resume)
-    only its own, so one scan never mixes two layouts."""
+def read_config(root: str | os.PathLike) -> dict:
+    """A scan's scan.json, of any schema version this audit reads (and resumes: older parts are upgraded on
+    the fly, column by column)."""
     path = Path(root) / CONFIG_FILE
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
@@ -35,10 +35,10 @@ def read_config(root: str | os.PathLike, writing: bool = False) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise AuditError(f"{path} is damaged ({e}); re-run the scan with --overwrite") from None
     version = config.get("schema_version")
-    if version != SCHEMA_VERSION and (writing or version not in READABLE_VERSIONS):
-        what = "resumes" if writing and version in READABLE_VERSIONS else "reads"
-        raise AuditError(f"{root} was written with schema version {version}, this audit {what} version "
-                         f"{SCHEMA_VERSION}; re-run the scan with this version (--overwrite)")
+    if version not in READABLE_VERSIONS:
+        raise AuditError(f"{root} was written with schema version {version}, this audit reads versions "
+                         f"{', '.join(map(str, READABLE_VERSIONS))} (it writes {SCHEMA_VERSION}); re-run the scan "
+                         "with this version (--overwrite), or use the audit that wrote it")
     return config
 
 

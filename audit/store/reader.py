@@ -55,7 +55,7 @@ class Scan:
         if not files:
             return empty_table(name)
         table = pa.concat_tables([pq.read_table(p) for p in files], promote_options="default")
-        return upgrade(name, table, self.config.get("schema_version"))
+        return upgrade(name, table)
 
     def _image_ids(self) -> pa.Array:
         files = self.files("images")

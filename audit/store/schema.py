@@ -8,11 +8,20 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.compute as pc
 
-SCHEMA_VERSION = 2  # 2: tokens and heatmaps gain `kind` (ascent words vs probe words)
+# 2: tokens and heatmaps gain `kind` (ascent words vs probe words).
+# 3: kind 'concept' (the concept decomposition); tokens gain `weight`, images gain `concept_cosine`.
+SCHEMA_VERSION = 3
 
 ASCENT = "ascent"
 PROBE = "probe"
-READABLE_VERSIONS = (1, 2)  # version 1 is read as version 2 with every word of kind 'ascent'
+CONCEPT = "concept"
+KINDS = (ASCENT, CONCEPT, PROBE)
+# Older versions are read (and resumed) as this one: every column added since is null in their rows, and a
+# word without a kind (version 1) is an ascent word. Parts of several versions may share one scan directory.
+READABLE_VERSIONS = (1, 2, 3)
+# Settings added since version 2, with the value an older scan was made with: a resume of an older scan
+# compares its settings with these filled in.
+SETTINGS_ADDED = {"opinion": "ascent"}
 
 # errors.stage: whose fault an error row is. 'decode': the file cannot be read as an image (the data's).
 # 'internal': an exception audit did not expect while reading a file it should have read (audit's: a bug).
@@ -37,6 +46,7 @@ IMAGES = pa.schema(
         pa.field("y0", pa.float64()),
         pa.field("x1", pa.float64()),
         pa.field("y1", pa.float64()),
+        pa.field("concept_cosine", pa.float32()),
     ]
 )
 
@@ -50,6 +60,7 @@ TOKENS = pa.schema(
         pa.field("seq_text", pa.string(), nullable=False),
         pa.field("seq_cosine", pa.float32(), nullable=False),
         pa.field("word_cosine", pa.float32(), nullable=False),
+        pa.field("weight", pa.float32()),
     ]
 )
 
@@ -95,23 +106,31 @@ COLUMN_DOCS: dict[str, dict[str, str]] = {
         "y0": "See x0.",
         "x1": "See x0.",
         "y1": "See x0.",
+        "concept_cosine": "Concept opinion (--opinion concepts|both): cosine between the image's centred embedding "
+                          "and its reconstruction from all its concept weights, in [0, 1]: how much of what sets "
+                          "the image apart the words explain. Null without the concept opinion.",
     },
     "tokens": {
         "image_id": "The image.",
-        "kind": "'ascent': a word the ascent found; 'probe': a word or phrase the user asked about (--words).",
+        "kind": "'ascent': a word the ascent found; 'concept': a concept of the sparse decomposition "
+                "(--opinion concepts|both); 'probe': a word or phrase the user asked about (--words).",
         "word": "Ascent: a word of one of the best sequences, cleaned (no special tokens or punctuation). "
+                "Concept: the vocabulary entry (a word or phrase). "
                 "Probe: the word or phrase as given, lower case, spaces collapsed.",
-        "word_rank": "Ascent: 0 = the word of the best sequence that came first. Probe: its place in --words. "
-                     "Unique per (image, kind).",
-        "seq_rank": "Ascent: rank (0 = best) of the sequence the word first appears in. Probe: -1.",
-        "seq_text": "Ascent: that sequence, decoded. Probe: the phrase.",
-        "seq_cosine": "Ascent: mean cosine of that sequence with the augmented views of the image. Probe: "
-                      "equal to word_cosine.",
+        "word_rank": "Ascent: 0 = the word of the best sequence that came first. Concept: 0 = the largest "
+                     "weight. Probe: its place in --words. Unique per (image, kind).",
+        "seq_rank": "Ascent: rank (0 = best) of the sequence the word first appears in. Concept and probe: -1.",
+        "seq_text": "Ascent: that sequence, decoded. Concept and probe: the word or phrase.",
+        "seq_cosine": "Ascent: mean cosine of that sequence with the augmented views of the image. Concept and "
+                      "probe: equal to word_cosine.",
         "word_cosine": "Cosine of the word (or phrase) alone, tokenized as text, with the un-augmented image.",
+        "weight": "Concept: its weight in the image's decomposition (non-negative; the image's centred, "
+                  "normalised embedding is approximated by the weighted sum of centred, normalised concept "
+                  "embeddings). Null for ascent and probe words.",
     },
     "heatmaps": {
         "image_id": "The image.",
-        "kind": "As in tokens: 'ascent' or 'probe'.",
+        "kind": "As in tokens: 'ascent', 'concept' or 'probe'.",
         "word": "The word the heatmap explains (same text and kind as in tokens).",
         "grid_h": "Rows of the relevancy grid (the ViT patch grid).",
         "grid_w": "Columns of the relevancy grid.",
@@ -151,19 +170,32 @@ def conform(name: str, table: pa.Table) -> pa.Table:
     if name == "images":
         extra = [f for f in table.schema if f.name not in schema.names]
         schema = pa.schema(list(schema) + [pa.field(f.name, pa.string()) for f in extra])
+    for field in schema:  # a column that may be null anyway (a concept weight, a box) need not be built
+        if field.name not in table.column_names and field.nullable:
+            table = table.append_column(field.name, pa.nulls(table.num_rows, field.type))
     missing = [n for n in schema.names if n not in table.column_names]
     if missing:
         raise ValueError(f"table {name!r} lacks columns {missing}")
     return table.select(schema.names).cast(schema)
 
 
-def upgrade(name: str, table: pa.Table, version) -> pa.Table:
-    """Rows of an older schema version (or an older audit of this version) in the current layout."""
+def upgrade(name: str, table: pa.Table) -> pa.Table:
+    """Rows of older schema versions (or an older audit of this version) in the current layout. Works column by
+    column, so a scan whose parts were written by several versions (an older scan resumed) reads as one."""
     if name == "errors" and table.num_rows:
         legacy = pc.and_(pc.equal(table["stage"], DECODE), pc.starts_with(table["reason"], INTERNAL_REASON))
         stage = pc.if_else(legacy, INTERNAL, table["stage"]).cast(pa.string())
         table = table.set_column(table.schema.get_field_index("stage"), table.schema.field("stage"), stage)
-    if version == 1 and name in ("tokens", "heatmaps") and "kind" not in table.column_names:
-        table = table.add_column(1, pa.field("kind", pa.string(), nullable=False),
-                                 pa.array([ASCENT] * table.num_rows, pa.string()))
+    if name in ("tokens", "heatmaps"):
+        if "kind" not in table.column_names:
+            table = table.add_column(1, pa.field("kind", pa.string()), pa.nulls(table.num_rows, pa.string()))
+        kind = pc.fill_null(table["kind"], ASCENT)  # version 1 knew ascent words only
+        table = table.set_column(table.schema.get_field_index("kind"), pa.field("kind", pa.string(), nullable=False),
+                                 kind)
+    schema = SCHEMAS[name]
+    for field in schema:
+        if field.name not in table.column_names and field.nullable:
+            table = table.append_column(field, pa.nulls(table.num_rows, field.type))
+    if name == "images":  # audit's own columns first, then the source's metadata, as written
+        table = table.select(schema.names + [c for c in table.column_names if c not in schema.names])
     return table

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 
 from audit.errors import AuditError
 from audit.store.layout import CONFIG_FILE, PART, parts, read_config
-from audit.store.schema import SCHEMA_VERSION, TABLES, conform, empty_table
+from audit.store.schema import SCHEMA_VERSION, SETTINGS_ADDED, TABLES, conform, empty_table
 from audit.version import __version__
 
 
@@ -94,10 +94,18 @@ class ScanWriter:
                 shutil.rmtree(root / t, ignore_errors=True)
             config_path.unlink()
         if config_path.exists():
-            config = read_config(root, writing=True)
-            if config["settings"] != settings:
-                raise AuditError(f"{root} holds a scan made with other settings ({_diff(config['settings'], settings)}); "
+            config = read_config(root)
+            stored = config["settings"]
+            if config["schema_version"] != SCHEMA_VERSION:
+                stored = {**SETTINGS_ADDED, **stored}
+            if stored != settings:
+                raise AuditError(f"{root} holds a scan made with other settings ({_diff(stored, settings)}); "
                                  "resume with the same settings, pass another --out, or --overwrite to start over")
+            if config["schema_version"] != SCHEMA_VERSION:
+                # Resuming an older scan: its parts stay as they are (readers upgrade them), new ones are current.
+                config.setdefault("upgraded_from", config["schema_version"])
+                config.update(schema_version=SCHEMA_VERSION, settings=settings)
+                _write_json(config_path, config)
             return config
         config = {
             "tool": "audit", "tool_version": __version__, "schema_version": SCHEMA_VERSION,
@@ -169,6 +177,11 @@ class ScanWriter:
         if self.made_dir:
             with contextlib.suppress(OSError):
                 self.root.rmdir()
+
+    def set_config(self, key: str, value) -> None:
+        """Record something a scan decided once and every later run must reuse (the concept image mean)."""
+        self.config[key] = value
+        _write_json(self.root / CONFIG_FILE, self.config)
 
     def record_run(self, run: dict) -> None:
         self.config.setdefault("runs", []).append(run)
