@@ -1,4 +1,5 @@
 import os
+import tempfile
 
 import pytest
 import torch
@@ -9,6 +10,8 @@ from .helpers import save_noise
 
 # Nothing in the tests may reach a model hub: fail fast instead of waiting on the network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# The concept vocabulary's embedding cache: one per test session, never the user's ~/.cache.
+os.environ.setdefault("AUDIT_CACHE_DIR", tempfile.mkdtemp(prefix="audit-test-cache-"))
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 # Library code logs (logger "audit"); the command line shows those records on stderr, and so do the tests that
 # call the library directly, so their assertions read what a user of the command sees.

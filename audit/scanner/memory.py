@@ -58,7 +58,8 @@ def fit_count(free: int, per_item: int, reserved: int = 0, cap: int = _MAX_BATCH
 # module stays below both.
 
 def _words_per_image(opts, n_probes: int) -> int:
-    return (0 if opts.no_ascent else 5 * opts.tokens_per_seq) + n_probes  # the ascent keeps 5 sequences
+    ascent = 5 * opts.tokens_per_seq if opts.runs_ascent else 0  # the ascent keeps 5 sequences
+    return ascent + n_probes + (opts.concept_heatmaps if opts.runs_concepts else 0)
 
 
 def _pair_bytes(towers) -> int:
@@ -72,7 +73,7 @@ def cuda_batch_size(opts, towers, device: torch.device, n_probes: int = 0) -> in
     free = free_bytes(device) or 0
     per_pair = _pair_bytes(towers)
     reserved = relevancy_chunk(towers, device, free) * per_pair
-    if opts.no_ascent:
+    if not opts.runs_ascent:
         per_image = max(1, _words_per_image(opts, n_probes)) * per_pair // 4
     else:
         shape = towers.shape()

@@ -109,6 +109,14 @@ def _quiet_open_clip():
             logger.removeFilter(not_open_clip)
 
 
+def get_tokenizer(name: str):
+    """The model's tokenizer, without loading the model."""
+    try:
+        return open_clip.get_tokenizer(name)
+    except Exception as e:  # noqa: BLE001
+        raise AuditError(f"could not build the tokenizer for {name}: {e}") from e
+
+
 def build_model(name: str, weights: str | None = None, conv_stem: bool = False) -> torch.nn.Module:
     """The open_clip model `name` on the CPU, then `weights` (a tag, a file or None for random weights). A conv
     stem is added when asked for or when a weights file of a model whose profile has a stem holds one."""
@@ -163,10 +171,7 @@ def load_model(name: str = DEFAULT_MODEL, pretrained: str = DEFAULT_PRETRAINED, 
     model = model.to(dev).eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    try:
-        tokenizer = open_clip.get_tokenizer(name)
-    except Exception as e:  # noqa: BLE001
-        raise AuditError(f"could not build the tokenizer for {name}: {e}") from e
+    tokenizer = get_tokenizer(name)
     preprocess = dict(open_clip.get_model_preprocess_cfg(model))
     loaded = LoadedModel(model, tokenizer, name, pretrained, sha, dev, preprocess)
     from audit.scanner.encoders import check_supported

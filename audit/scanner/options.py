@@ -17,6 +17,7 @@ DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb limit
 DEVICES = ("auto", "cpu", "cuda")  # and cuda:N
 ENGINES = ("local", "ray")
 SOURCE_KINDS = ("auto", "folder", "manifest", "webdataset", "hf", "parquet")  # audit.scanner.sources
+OPINIONS = ("ascent", "concepts", "both")
 
 
 @dataclass(frozen=True)
@@ -49,19 +50,34 @@ class ScanOptions:
     words: tuple[str, ...] | str = ()  # probe words (see probes.py)
     words_file: str | None = None
     no_ascent: bool = False
+    opinion: str = "ascent"  # ascent (token search) | concepts (sparse decomposition, concepts.py) | both
+    vocabulary: str | None = None  # concepts: a file, one word or phrase per line; None: the tokenizer's words
+    concept_l1: float = 0.2  # concepts: the L1 penalty (larger: fewer concepts per image)
+    concepts_per_image: int = 10  # concepts stored per image, largest weights first
+    concept_heatmaps: int = 3  # of those, how many get a relevancy heatmap
+    # Image mean the decomposition centres by: dataset | none | FILE.npy | SCAN_DIR; None: the model's default.
+    concept_mean: str | None = None
     overwrite: bool = False
     engine: str = "local"  # local (one process) or ray (Ray Data actors); never changes a row
     ray_address: str | None = None  # a running Ray cluster to join; None: a local one
     retry_errors: bool = False  # re-attempt images whose last attempt failed (a run-time choice, not a setting)
     quiet: bool = False
 
+    @property
+    def runs_ascent(self) -> bool:
+        return self.opinion in ("ascent", "both") and not self.no_ascent
+
+    @property
+    def runs_concepts(self) -> bool:
+        return self.opinion in ("concepts", "both")
+
     def resolved_batch_size(self, device) -> int:
         """The batch size before the model is loaded; on a GPU, run_scan sizes "auto" from free memory."""
         if self.batch_size == "auto":
             if device.type == "cuda":
                 return 64
-            if self.no_ascent:
-                return 16  # no vocabulary-sized tensors: only relevancy passes, which batch well
+            if not self.runs_ascent:
+                return 16  # no vocabulary-sized tensors: image forwards and relevancy passes, which batch well
             # On CPU, a vocabulary-sized tensor above glibc's 32 MB mmap ceiling is unmapped when freed and
             # page-faulted again by the next op; batches that stay under it are 2-3x faster per image
             # (bench/cpu_batch.py).
@@ -92,6 +108,15 @@ class ScanOptions:
             raise AuditError(f"--engine must be one of {', '.join(ENGINES)}, not {self.engine!r}")
         if self.occlusion_window is not None and self.occlusion_window < 1:
             raise AuditError(f"--occlusion-window must be at least 1 patch, not {self.occlusion_window}")
+        if self.opinion not in OPINIONS:
+            raise AuditError(f"--opinion must be one of {', '.join(OPINIONS)}, not {self.opinion!r}")
+        if not self.concept_l1 > 0:
+            raise AuditError(f"--concept-l1 must be positive, not {self.concept_l1}")
+        if self.concepts_per_image < 1 or self.concept_heatmaps < 0:
+            raise AuditError("--concepts-per-image must be at least 1 and --concept-heatmaps at least 0")
+        if self.concept_heatmaps > self.concepts_per_image:
+            raise AuditError(f"--concept-heatmaps {self.concept_heatmaps} is more than --concepts-per-image "
+                             f"{self.concepts_per_image}: only stored concepts get heatmaps")
 
     def with_model_defaults(self) -> ScanOptions:
         """The options with every model-dependent default (None) filled in from the model's profile."""
@@ -99,7 +124,14 @@ class ScanOptions:
         return dataclasses.replace(
             self, start_layer=prof.start_layer if self.start_layer is None else self.start_layer,
             heatmap=prof.heatmap if self.heatmap is None else self.heatmap,
-            occlusion_window=prof.occlusion_window if self.occlusion_window is None else self.occlusion_window)
+            occlusion_window=prof.occlusion_window if self.occlusion_window is None else self.occlusion_window,
+            concept_mean=prof.concept_mean if self.concept_mean is None else self.concept_mean)
+
+    def concepts(self):
+        """The concept opinion's settings (an audit.scanner.concepts.ConceptSettings)."""
+        from audit.scanner.concepts import ConceptSettings
+
+        return ConceptSettings(l1=self.concept_l1, per_image=self.concepts_per_image, heatmaps=self.concept_heatmaps)
 
     def ascent(self):
         """The ascent's settings (an audit.scanner.ascent.AscentConfig)."""

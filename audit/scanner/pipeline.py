@@ -17,32 +17,48 @@ import torch
 from audit.errors import AuditError, internal_errors_note
 from audit.scanner import rng
 from audit.scanner.ascent import run_ascent, sequences_to_words
+from audit.scanner.concepts import MEAN_IMAGES, ConceptOpinion, ImageMean, dataset_mean, read_mean
 from audit.scanner.device import autocast, resolve_device, tune_cpu_allocator
 from audit.scanner.encoders import Towers
 from audit.scanner.heatmap_stats import grid_stats
-from audit.scanner.loader import Batch, StreamDataset, make_loader
+from audit.scanner.loader import Batch, Decoder, StreamDataset, make_loader
 from audit.scanner.memory import cuda_batch_size, is_out_of_memory, release, relevancy_chunk
-from audit.scanner.models import load_model, resolve_weights, weights_identity
+from audit.scanner.models import get_tokenizer, load_model, resolve_weights, weights_identity
 from audit.scanner.options import ScanOptions
 from audit.scanner.probes import check_lengths, parse_probe_words
 from audit.scanner.progress import Progress
 from audit.scanner.relevancy import relevancy
 from audit.scanner.sources import BOX_COLUMNS, Record, Source, open_source
+from audit.scanner.vocabulary import (
+    Vocabulary,
+    check_vocabulary,
+    default_vocabulary,
+    embeddings,
+    read_vocabulary,
+    text_mean,
+)
 from audit.store.reader import Scan
-from audit.store.schema import ASCENT, IMAGES, INTERNAL, PROBE, conform
+from audit.store.schema import ASCENT, CONCEPT, IMAGES, INTERNAL, PROBE, conform
 from audit.store.writer import ScanWriter
 
 log = logging.getLogger("audit.scan")
 
 
-def _settings(opts: ScanOptions, weights: str | None, sha: str | None, probes: tuple[str, ...]) -> dict:
+def _settings(opts: ScanOptions, weights: str | None, sha: str | None, probes: tuple[str, ...],
+              vocab: Vocabulary | None, mean: ImageMean | None) -> dict:
     """Everything that changes a stored row; resume refuses to mix two different ones."""
     asc = dataclasses.asdict(opts.ascent())
-    return {"model": opts.model, "pretrained": weights_identity(weights, sha), "weights_sha256": sha,
-            "seed": opts.seed,
-            "start_layer": opts.start_layer, "start_layer_text": opts.start_layer_text, "heatmap": opts.heatmap,
-            "occlusion_window": opts.occlusion_window, **asc,
-            "ascent": not opts.no_ascent, "probe_words": list(probes)}
+    settings = {"model": opts.model, "pretrained": weights_identity(weights, sha), "weights_sha256": sha,
+                "seed": opts.seed,
+                "start_layer": opts.start_layer, "start_layer_text": opts.start_layer_text, "heatmap": opts.heatmap,
+                "occlusion_window": opts.occlusion_window, **asc,
+                "ascent": opts.runs_ascent, "probe_words": list(probes), "opinion": opts.opinion}
+    if vocab is not None:
+        settings.update(vocabulary=vocab.identity, concept_l1=opts.concept_l1,
+                        concepts_per_image=opts.concepts_per_image, concept_heatmaps=opts.concept_heatmaps,
+                        concept_mean=opts.concept_mean if mean is None else
+                        mean.spec + (f":{mean.sha256[:16]}" if mean.sha256 else ""))
+    return settings
 
 
 class Fingerprint:
@@ -67,13 +83,14 @@ class _BatchScanner:
     """Turns one loader batch into the rows of one unit of work."""
 
     def __init__(self, opts: ScanOptions, towers: Towers, meta_columns: list[str] | None,
-                 probes: tuple[str, ...]):
+                 probes: tuple[str, ...], concepts: ConceptOpinion | None = None):
         self.opts = opts
         self.towers = towers
         self.meta_columns = meta_columns  # None: whatever each record carries (WebDataset JSON)
         self.ascent_cfg = opts.ascent()
         self.probes = [{"word": p, "kind": PROBE, "word_rank": i, "seq_rank": -1, "seq_text": p,
                         "seq_cosine": None} for i, p in enumerate(probes)]
+        self.concepts = concepts
         self.relevancy_chunk = relevancy_chunk(towers, towers.device)
 
     def error_rows(self, batch: Batch) -> dict:
@@ -81,11 +98,13 @@ class _BatchScanner:
         return {"image_id": [r.image_id for r in recs], "path": [r.display_path for r in recs],
                 "stage": [stage for *_, stage in batch.errors], "reason": [reason for _, reason, _ in batch.errors]}
 
-    def image_rows(self, recs: list[Record], sizes) -> dict:
+    def image_rows(self, recs: list[Record], sizes, concept_cosine=None) -> dict:
         rows = {"image_id": [r.image_id for r in recs], "path": [r.display_path for r in recs],
                 "label": [r.label for r in recs], "width": [w for w, _ in sizes], "height": [h for _, h in sizes]}
         for i, col in enumerate(BOX_COLUMNS):
             rows[col] = [r.box[i] if r.box else None for r in recs]
+        rows["concept_cosine"] = pa.array(concept_cosine if concept_cosine is not None else [None] * len(recs),
+                                          pa.float32())
         columns = self.meta_columns if self.meta_columns is not None else sorted({k for r in recs for k in r.meta})
         for col in columns:
             # A metadata key named like one of audit's own columns (a JSON "width") is kept beside it.
@@ -100,42 +119,57 @@ class _BatchScanner:
         recs = batch.records
         images = batch.pixels.to(t.device, non_blocking=True)
         seeds = torch.tensor([rng.image_seed(self.opts.seed, r.image_id) for r in recs], device=t.device)
+        concepts = [[] for _ in recs]
+        fit = None
         with autocast(t.device):
-            if self.opts.no_ascent:
-                words = [[] for _ in recs]
-            else:
+            if self.opts.runs_ascent:
                 found = run_ascent(t, images, seeds, self.ascent_cfg)
                 words = [[{**w, "kind": ASCENT} for w in sequences_to_words(t.tokenizer, found.seqs[i],
                                                                              found.scores[i])]
                          for i in range(len(recs))]
-            words = [ws + self.probes for ws in words]
+            else:
+                words = [[] for _ in recs]
+            if self.concepts is not None:
+                with torch.no_grad():
+                    feats = t.encode_images(images)
+                concepts, fit = self.concepts(feats)
+            # Heatmaps: every ascent and probe word, and the concepts with the largest weights.
+            shown = self.concepts.settings.heatmaps if self.concepts is not None else 0
+            words = [ws + self.probes + cs[:shown] for ws, cs in zip(words, concepts, strict=True)]
             pair_image = torch.tensor([i for i, ws in enumerate(words) for _ in ws], dtype=torch.long)
             pair_words = [w["word"] for ws in words for w in ws]
             rel = relevancy(t, images, pair_image, pair_words, self.opts.start_layer, self.opts.start_layer_text,
                             chunk=self.relevancy_chunk, method=self.opts.heatmap, window=self.opts.occlusion_window)
         pairs = [(recs[i], w) for i, ws in enumerate(words) for w in ws]
-        cosine = rel.cosine.numpy()
+        # A word's own cosine: the relevancy pass's, except for concepts, which all keep the decomposition's (the
+        # same quantity), also those without a heatmap.
+        cosine = [c if w["kind"] != CONCEPT else w["seq_cosine"]
+                  for (_, w), c in zip(pairs, rel.cosine.tolist(), strict=True)]
+        rows = pairs + [(recs[i], w) for i, cs in enumerate(concepts) for w in cs[shown:]]
+        cosine += [w["seq_cosine"] for _, w in rows[len(pairs):]]
         tokens = {
-            "image_id": [r.image_id for r, _ in pairs], "kind": [w["kind"] for _, w in pairs],
-            "word": [w["word"] for _, w in pairs],
-            "word_rank": [w["word_rank"] for _, w in pairs], "seq_rank": [w["seq_rank"] for _, w in pairs],
-            "seq_text": [w["seq_text"] for _, w in pairs],
+            "image_id": [r.image_id for r, _ in rows], "kind": [w["kind"] for _, w in rows],
+            "word": [w["word"] for _, w in rows],
+            "word_rank": [w["word_rank"] for _, w in rows], "seq_rank": [w["seq_rank"] for _, w in rows],
+            "seq_text": [w["seq_text"] for _, w in rows],
             "seq_cosine": [c if w["seq_cosine"] is None else w["seq_cosine"]
-                           for (_, w), c in zip(pairs, cosine, strict=True)],
-            "word_cosine": cosine,
+                           for (_, w), c in zip(rows, cosine, strict=True)],
+            "word_cosine": pa.array(cosine, pa.float32()),
+            "weight": pa.array([w.get("weight") for _, w in rows], pa.float32()),
         }
         grids = rel.image.numpy()
         stats = grid_stats(grids, batch.boxes[pair_image.numpy()] if len(pairs) else np.zeros((0, 4)))
         gh, gw = t.grid_size
         heat = {
-            "image_id": tokens["image_id"], "kind": tokens["kind"], "word": tokens["word"],
+            "image_id": tokens["image_id"][:len(pairs)], "kind": tokens["kind"][:len(pairs)],
+            "word": tokens["word"][:len(pairs)],
             "grid_h": [gh] * len(pairs), "grid_w": [gw] * len(pairs),
             "grid": pa.array(list(grids.reshape(len(pairs), -1)), type=pa.list_(pa.float32())),
             **{k: pa.array(list(v), type=pa.bool_()) if k == "peak_in_box" else pa.array(v, from_pandas=True)
                for k, v in stats.items()},
             "text_relevance": pa.array([x.numpy() for x in rel.text], type=pa.list_(pa.float32())),
         }
-        tables.update(images=pa.table(self.image_rows(recs, batch.sizes)), tokens=pa.table(tokens),
+        tables.update(images=pa.table(self.image_rows(recs, batch.sizes, fit)), tokens=pa.table(tokens),
                       heatmaps=pa.table(heat))
         return tables
 
@@ -180,6 +214,14 @@ class _Fitting:
 
 
 @dataclass
+class ConceptPlan:
+    """The concept opinion's inputs that are known before the model is loaded."""
+    vocabulary: Vocabulary
+    model_identity: str  # names the model's weights in the embedding cache
+    mean: ImageMean | None  # None: the dataset's mean, computed once the model is loaded and stored in scan.json
+
+
+@dataclass
 class ScanPlan:
     """What a scan will do, decided before any model is loaded or anything is written."""
     out: str
@@ -189,6 +231,7 @@ class ScanPlan:
     device: torch.device
     batch_size: int  # before the model is loaded; on CUDA "auto" is sized from free memory in scan_pending
     settings: dict  # what the store compares on resume
+    concepts: ConceptPlan | None = None
 
     @property
     def source_info(self) -> dict:
@@ -257,11 +300,38 @@ def plan_scan(source, out, opts: ScanOptions) -> ScanPlan:
         raise AuditError(f"no images found in {source} (looked for common image extensions, recursively)"
                          if src.kind == "folder" else f"{src.kind} source {source} lists no images")
     probes = parse_probe_words(opts.words, opts.words_file)
-    if opts.no_ascent and not probes:
-        raise AuditError("--no-ascent scores only probe words: pass --words or --words-file")
+    if not opts.runs_ascent and not opts.runs_concepts and not probes:
+        raise AuditError("--no-ascent scores only probe words: pass --words or --words-file (or --opinion concepts)")
     weights, sha = resolve_weights(opts.model, opts.pretrained)
+    concepts = None
+    if opts.runs_concepts:
+        vocab = read_vocabulary(opts.vocabulary) if opts.vocabulary else default_vocabulary(get_tokenizer(opts.model))
+        identity = f"{opts.model}|{weights_identity(weights, sha)}|{sha}" + (f"|seed={opts.seed}" if weights is None else "")
+        concepts = ConceptPlan(vocab, identity, read_mean(opts.concept_mean))
     return ScanPlan(str(out), opts, src, probes, device, batch_size,
-                    _settings(opts, weights, sha, probes))
+                    _settings(opts, weights, sha, probes, concepts and concepts.vocabulary, concepts and concepts.mean),
+                    concepts)
+
+
+def concept_mean(plan: ScanPlan, writer: ScanWriter, towers: Towers | None = None,
+                 preprocess: dict | None = None) -> ImageMean | None:
+    """The image mean the concept opinion centres by: the one scan.json stores (a resume uses exactly it), else the
+    one --concept-mean names, else the dataset's, computed now (with `towers`, or a model loaded here) and stored."""
+    if plan.concepts is None:
+        return None
+    stored = writer.config.get("concept_mean")
+    if stored:
+        return ImageMean.from_json(stored)
+    mean = plan.concepts.mean
+    if mean is None:
+        if towers is None:
+            loaded = load_model(plan.opts.model, plan.opts.pretrained, device=str(plan.device), seed=plan.opts.seed)
+            towers, preprocess = Towers(loaded), loaded.preprocess
+        _say(plan.opts)(f"audit scan: averaging the embeddings of up to {MEAN_IMAGES} images of the source to "
+                        "centre the concept decomposition (once; stored in scan.json)")
+        mean = dataset_mean(towers, plan.source.records(), Decoder(preprocess, plan.opts.max_pixels), autocast)
+    writer.set_config("concept_mean", mean.to_json())
+    return mean
 
 
 def pending_images(plan: ScanPlan, writer: ScanWriter) -> Pending:
@@ -282,19 +352,30 @@ def pending_images(plan: ScanPlan, writer: ScanWriter) -> Pending:
     return Pending(done, failed, listed.count, pending, retried, listed.hexdigest())
 
 
-def load_scanner(opts: ScanOptions, probes: tuple[str, ...], meta_columns: list[str] | None, device: torch.device,
-                 batch_size: int, say) -> tuple[_Fitting, dict, int]:
-    """The model, once (per process or Ray actor): the batch scanner inside its memory fitting, the model's
-    preprocessing, and the batch size (on CUDA with "auto", what the free memory holds)."""
+def load_model_for(opts: ScanOptions, device: torch.device) -> tuple[Towers, dict]:
     if device.type == "cpu":
         tune_cpu_allocator()
     loaded = load_model(opts.model, opts.pretrained, device=str(device), seed=opts.seed)
-    towers = Towers(loaded)
-    check_lengths(probes, loaded.tokenizer, towers.context_length)
+    return Towers(loaded), loaded.preprocess
+
+
+def load_scanner(opts: ScanOptions, probes: tuple[str, ...], meta_columns: list[str] | None, device: torch.device,
+                 batch_size: int, say, concepts: ConceptPlan | None = None, mean: ImageMean | None = None,
+                 loaded: tuple[Towers, dict] | None = None) -> tuple[_Fitting, dict, int]:
+    """The model, once (per process or Ray actor; or `loaded` already): the batch scanner inside its memory
+    fitting, the model's preprocessing, and the batch size (on CUDA with "auto", what the free memory holds)."""
+    towers, preprocess = loaded or load_model_for(opts, device)
+    check_lengths(probes, towers.tokenizer, towers.context_length)
+    opinion = None
+    if concepts is not None:
+        check_vocabulary(concepts.vocabulary, towers.tokenizer, towers.context_length)
+        embedded = embeddings(towers, concepts.vocabulary, concepts.model_identity)
+        opinion = ConceptOpinion(concepts.vocabulary.words, embedded, text_mean(towers, concepts.model_identity),
+                                 mean, opts.concepts())
     if opts.batch_size == "auto" and device.type == "cuda":
         batch_size = cuda_batch_size(opts, towers, device, len(probes))
-    scanner = _BatchScanner(opts, towers, meta_columns, probes)
-    return _Fitting(scanner, batch_size, device, say), loaded.preprocess, batch_size
+    scanner = _BatchScanner(opts, towers, meta_columns, probes, opinion)
+    return _Fitting(scanner, batch_size, device, say), preprocess, batch_size
 
 
 def _start_line(plan: ScanPlan, pending: Pending, batch_size: int, where: str) -> str:
@@ -311,8 +392,10 @@ def scan_pending(plan: ScanPlan, writer: ScanWriter, pending: Pending, counts: S
     `counts` is updated after every commit, so it is right even when the scan is interrupted."""
     opts, device = plan.opts, plan.device
     say = _say(opts)
+    loaded = load_model_for(opts, device)
+    mean = concept_mean(plan, writer, *loaded)
     fitting, preprocess, batch_size = load_scanner(opts, plan.probes, plan.source.meta_columns, device,
-                                                   plan.batch_size, say)
+                                                   plan.batch_size, say, plan.concepts, mean, loaded)
     counts.batch_size = batch_size
     say(_start_line(plan, pending, batch_size, str(device)))
     counts.preprocess = {k: (list(v) if isinstance(v, tuple) else v) for k, v in preprocess.items()}
@@ -383,7 +466,8 @@ def run_scan(source, out, **options) -> Scan:
                 from audit.scanner.engines.ray_data import scan_on_ray
 
                 make = functools.partial(load_scanner, plan.opts, plan.probes, plan.source.meta_columns,
-                                         batch_size=plan.batch_size, say=_ActorLog())
+                                         batch_size=plan.batch_size, say=_ActorLog(), concepts=plan.concepts,
+                                         mean=concept_mean(plan, writer))
                 scan_on_ray(plan, writer, pending, counts, make, functools.partial(_start_line, plan, pending))
             else:
                 scan_pending(plan, writer, pending, counts)

@@ -1,0 +1,181 @@
+"""The concept opinion (SpLiCE, Bhalla et al. 2024): an image's embedding as a sparse, non-negative sum of the
+embeddings of vocabulary words. One image forward and a small solve per image, beside (or instead of) the
+ascent's gradient search.
+
+Both sides are centred before the solve, because CLIP's images and texts sit in two separate cones (the
+modality gap) and only what sets one image (or word) apart from the others is worth explaining:
+- texts by the mean of the normalized embeddings of the model's default vocabulary (vocabulary.text_mean), the
+  same whatever vocabulary a scan uses;
+- images by a mean fixed before the scan starts (--concept-mean): "dataset", the mean of the first
+  MEAN_IMAGES readable images of the scanned source in the source's own order, computed once and stored in
+  scan.json, so that a resume, another batch size or another engine uses the very same vector; a file (.npy,
+  one vector); or the stored mean of another scan directory (snapshots that will be compared should share one).
+  "none" centres neither side.
+Each centred embedding is normalized again, then each image is solved on its own (audit.scanner.sparse_solve):
+nothing of one image depends on another.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from audit.errors import AuditError
+from audit.scanner.sparse_solve import nonneg_lasso
+from audit.store.schema import CONCEPT
+
+log = logging.getLogger("audit.scan")
+
+MEAN_IMAGES = 1000
+MEAN_CHUNK = 32  # images per forward while averaging: fixed, so the mean's arithmetic is too
+MEAN_CHOICES = ("dataset", "none")  # or a .npy file, or a scan directory
+
+
+@dataclass(frozen=True)
+class ConceptSettings:
+    l1: float
+    per_image: int  # concepts stored per image (the largest weights)
+    heatmaps: int  # of those, how many get a relevancy heatmap
+
+
+@dataclass
+class ImageMean:
+    vector: np.ndarray | None  # [D] float32; None: no centring
+    spec: str  # "dataset", "none", or where the vector came from
+    images: int = 0  # how many images it averages (0 when read from a file)
+
+    @property
+    def sha256(self) -> str | None:
+        if self.vector is None:
+            return None
+        return hashlib.sha256(np.ascontiguousarray(self.vector, dtype=np.float32).tobytes()).hexdigest()
+
+    def to_json(self) -> dict:
+        return {"spec": self.spec, "images": self.images, "sha256": self.sha256,
+                "vector": None if self.vector is None else [float(v) for v in self.vector]}
+
+    @classmethod
+    def from_json(cls, data: dict) -> ImageMean:
+        vector = data.get("vector")
+        return cls(None if vector is None else np.asarray(vector, dtype=np.float32), data.get("spec", "dataset"),
+                   int(data.get("images", 0)))
+
+
+def read_mean(spec: str) -> ImageMean | None:
+    """The mean a --concept-mean value names when it can be read before the model is loaded: None for
+    "dataset" (computed from the source once the model is loaded), an empty mean for "none", else the vector of
+    a .npy file or of another scan's scan.json. Every mistake is one AuditError."""
+    if spec == "dataset":
+        return None
+    if spec == "none":
+        return ImageMean(None, "none")
+    path = Path(spec)
+    if path.is_dir():
+        from audit.store.layout import read_config
+
+        stored = read_config(path).get("concept_mean")
+        if not stored or stored.get("vector") is None:
+            raise AuditError(f"--concept-mean {path}: that scan stores no image mean (it was not scanned with "
+                             "--opinion concepts|both and a dataset or file mean)")
+        mean = ImageMean.from_json(stored)
+        return ImageMean(mean.vector, f"scan:{path.name}", mean.images)
+    if not path.is_file():
+        raise AuditError(f"--concept-mean {spec!r} is not dataset, none, a .npy file or a scan directory")
+    try:
+        vector = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise AuditError(f"--concept-mean {path}: not a NumPy .npy file ({e})") from None
+    vector = np.asarray(vector, dtype=np.float32)
+    if vector.ndim == 2:  # a stack of embeddings: their mean, each normalized as the scan does
+        vector = (vector / np.linalg.norm(vector, axis=1, keepdims=True).clip(1e-12)).mean(0)
+    if vector.ndim != 1 or not np.isfinite(vector).all():
+        raise AuditError(f"--concept-mean {path}: expected one finite vector (or a stack of them), "
+                         f"got shape {vector.shape}")
+    return ImageMean(vector, f"file:{path.name}")
+
+
+@torch.no_grad()
+def dataset_mean(towers, records, decoder, autocast, limit: int = MEAN_IMAGES) -> ImageMean:
+    """The mean of the normalized embeddings of the first `limit` readable images of `records` (in order)."""
+    total = None
+    seen = 0
+    chunk: list[torch.Tensor] = []
+
+    def flush() -> None:
+        nonlocal total
+        x = torch.stack(chunk).to(towers.device)
+        with autocast(towers.device):
+            feats = towers.encode_images(x)
+        part = F.normalize(feats.float(), dim=-1).sum(0).double().cpu()
+        total = part if total is None else total + part
+        chunk.clear()
+
+    for rec in records:
+        item = decoder(rec, seen)
+        if item["error"] is not None:
+            continue
+        chunk.append(item["pixels"])
+        seen += 1
+        if len(chunk) == MEAN_CHUNK:
+            flush()
+        if seen >= limit:
+            break
+    if chunk:
+        flush()
+    if total is None:
+        raise AuditError("--concept-mean dataset: no readable image in the source to average")
+    if seen < 16:
+        log.warning(f"audit scan: the concept decomposition is centred by the mean of only {seen} image(s), which "
+                    "removes most of what they share; pass --concept-mean with a larger scan or a .npy mean")
+    return ImageMean((total / seen).float().numpy(), "dataset", seen)
+
+
+class ConceptOpinion:
+    """Decomposes image embeddings over a vocabulary; built once per scanner (model, vocabulary, means)."""
+
+    def __init__(self, words: tuple[str, ...], embeddings: torch.Tensor, text_mean: torch.Tensor,
+                 image_mean: ImageMean, settings: ConceptSettings):
+        self.words = words
+        self.embeddings = embeddings  # [V, D] normalized
+        self.settings = settings
+        if image_mean.vector is None:
+            self.image_mean = None
+            self.atoms = embeddings
+        else:
+            vector = torch.as_tensor(image_mean.vector, dtype=torch.float32, device=embeddings.device)
+            if vector.shape[0] != embeddings.shape[1]:
+                raise AuditError(f"--concept-mean {image_mean.spec}: a {vector.shape[0]}-vector, but this model's "
+                                 f"embeddings have {embeddings.shape[1]} dimensions")
+            self.image_mean = vector
+            self.atoms = F.normalize(embeddings - text_mean.float()[None], dim=-1)
+
+    def centred(self, feats: torch.Tensor) -> torch.Tensor:
+        x = F.normalize(feats.float(), dim=-1)
+        if self.image_mean is not None:
+            x = F.normalize(x - self.image_mean[None], dim=-1)
+        return x
+
+    @torch.no_grad()
+    def __call__(self, feats: torch.Tensor) -> tuple[list[list[dict]], np.ndarray]:
+        """Image features [B, D] -> per image its concepts (largest weight first, at most per_image), and the
+        cosine of each image's reconstruction (all its weights) with its centred embedding [B]."""
+        x = self.centred(feats)
+        sol = nonneg_lasso(self.atoms, x, self.settings.l1)
+        recon = torch.bmm(sol.weights[:, None, :], self.atoms[sol.atoms])[:, 0]
+        fit = F.cosine_similarity(recon, x, dim=-1).nan_to_num(0.0).clamp(min=0.0).cpu().numpy()
+        cosine = (F.normalize(feats.float(), dim=-1)[:, None, :] * self.embeddings[sol.atoms]).sum(-1)
+        weights, atoms, cosine = sol.weights.cpu().numpy(), sol.atoms.cpu().numpy(), cosine.cpu().numpy()
+        rows = []
+        for i in range(x.shape[0]):
+            keep = [j for j in range(weights.shape[1]) if weights[i, j] > 0][: self.settings.per_image]
+            rows.append([{"word": self.words[atoms[i, j]], "kind": CONCEPT, "word_rank": r, "seq_rank": -1,
+                          "seq_text": self.words[atoms[i, j]], "seq_cosine": float(cosine[i, j]),
+                          "weight": float(weights[i, j])} for r, j in enumerate(keep)])
+        return rows, fit.astype(np.float32)
+

@@ -1,0 +1,183 @@
+"""The concept opinion's vocabulary: which words, and their text embeddings, computed once per model and
+vocabulary and kept in an on-disk cache.
+
+The default vocabulary is the model tokenizer's own whole-word tokens (BPE tokens that end a word) that are
+real words by a simple rule: ASCII letters only, at least MIN_LENGTH letters, no special token, not a stop word
+(audit.words.STOP_WORDS). The rule cannot tell a word from a word ending ("allery" ends "gallery"); a curated
+list (--vocabulary FILE, one word or phrase per line) can.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from audit.errors import AuditError
+from audit.words import STOP_WORDS
+
+log = logging.getLogger("audit.scan")
+
+MIN_LENGTH = 3
+MAX_WORDS = 200_000
+# The text side is centred by the mean of this model's default vocabulary (every MEAN_STRIDE-th word), whatever
+# vocabulary a scan uses: the mean stands for the model's text space, not for one list of words.
+MEAN_STRIDE = 8
+EMBED_VERSION = 1  # bump when the way embeddings are computed changes: old cache entries are then not used
+CHUNK = 512  # words per text-tower pass
+_WORD = re.compile(r"[a-z]+")
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    words: tuple[str, ...]
+    name: str  # "default" or the file's name
+    sha256: str  # of the words, one per line: what a scan's settings and the cache key record
+
+    @property
+    def identity(self) -> str:
+        return f"{self.name}:{self.sha256[:16]}"
+
+
+def _hashed(words: list[str], name: str) -> Vocabulary:
+    digest = hashlib.sha256("\n".join(words).encode("utf-8")).hexdigest()
+    return Vocabulary(tuple(words), name, digest)
+
+
+def default_vocabulary(tokenizer) -> Vocabulary:
+    """Whole-word tokens of the tokenizer that are real words by the rule above, in token order (BPE merge
+    order, so the most frequent words of the tokenizer's corpus come first)."""
+    encoder = getattr(tokenizer, "encoder", None)
+    if not isinstance(encoder, dict):
+        raise AuditError("this model's tokenizer has no BPE vocabulary to draw concepts from; pass --vocabulary FILE")
+    special = {getattr(tokenizer, "sot_token_id", None), getattr(tokenizer, "eot_token_id", None),
+               *getattr(tokenizer, "all_special_ids", [])}
+    found = []
+    for token, index in encoder.items():
+        if not token.endswith("</w>") or index in special:
+            continue
+        word = token[:-4]
+        if len(word) >= MIN_LENGTH and _WORD.fullmatch(word) and word not in STOP_WORDS:
+            found.append((index, word))
+    return _hashed([w for _, w in sorted(found)], "default")
+
+
+def read_vocabulary(path: str | os.PathLike) -> Vocabulary:
+    """One word or phrase per line (# starts a comment), spelled as scans store concepts: lower case, runs of
+    white space collapsed; repeats are dropped."""
+    p = Path(path)
+    try:
+        lines = p.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise AuditError(f"--vocabulary {p} does not exist; pass a text file with one word or phrase per line") \
+            from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise AuditError(f"cannot read --vocabulary {p}: {e}") from None
+    words = list(dict.fromkeys(" ".join(line.split("#", 1)[0].lower().split()) for line in lines))
+    words = [w for w in words if w]
+    if len(words) < 2:
+        raise AuditError(f"--vocabulary {p} lists {len(words)} word(s); a decomposition needs at least 2")
+    if len(words) > MAX_WORDS:
+        raise AuditError(f"--vocabulary {p} lists {len(words)} entries; at most {MAX_WORDS}")
+    return _hashed(words, p.name)
+
+
+def check_vocabulary(vocab: Vocabulary, tokenizer, context_length: int) -> None:
+    """Entries the model cannot read whole would be scored as something else: refuse them, naming the first."""
+    room = context_length - 2
+    for w in vocab.words:
+        n = len(tokenizer.encode(w))
+        if n == 0 or n > room:
+            what = "has no tokens the model knows" if n == 0 else f"is {n} tokens; the text context holds {room}"
+            raise AuditError(f"vocabulary entry {w[:60]!r} {what}")
+
+
+def cache_dir() -> Path:
+    """AUDIT_CACHE_DIR, else $XDG_CACHE_HOME/audit, else ~/.cache/audit."""
+    if os.environ.get("AUDIT_CACHE_DIR"):
+        return Path(os.environ["AUDIT_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "audit"
+
+
+def _cache_key(model_identity: str, words_sha: str, what: str) -> str:
+    text = json.dumps({"model": model_identity, "words": words_sha, "what": what, "version": EMBED_VERSION},
+                      sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+@torch.no_grad()
+def _encode(towers, words: tuple[str, ...]) -> np.ndarray:
+    out = []
+    for lo in range(0, len(words), CHUNK):
+        ids, eot = towers.tokenize(list(words[lo:lo + CHUNK]))
+        feats, _ = towers.encode_ids(ids, eot)
+        out.append(F.normalize(feats.float(), dim=-1).cpu().numpy())
+    return np.concatenate(out).astype(np.float32)
+
+
+def _cached(key: str, words: tuple[str, ...], compute) -> np.ndarray:
+    """The array stored under `key` for `words`, computed and stored on a miss. A damaged or mismatched entry is
+    recomputed; an unwritable cache only costs the computation next time."""
+    folder = cache_dir() / "concepts"
+    data, names = folder / f"{key}.npy", folder / f"{key}.json"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        import filelock
+
+        lock = filelock.FileLock(str(folder / f"{key}.lock"))
+        lock.acquire(timeout=3600)  # another process (a Ray actor) may be computing the same entry
+    except (OSError, filelock.Timeout) as e:
+        log.warning(f"audit scan: cannot use the cache in {folder} ({e}); computing the vocabulary's embeddings "
+                    "without it")
+        return compute()
+    try:
+        if data.exists() and names.exists():
+            try:
+                stored = json.loads(names.read_text(encoding="utf-8"))
+                array = np.load(data, allow_pickle=False)
+                if tuple(stored) == words and array.shape[0] == len(words):
+                    return array
+            except (OSError, ValueError):
+                pass
+            log.warning(f"audit scan: the cached embeddings {data} are damaged or stale; computing them again")
+        array = compute()
+        try:
+            for path, write in ((names, lambda f: f.write(json.dumps(list(words)).encode("utf-8"))),
+                                (data, lambda f: np.save(f, array, allow_pickle=False))):
+                tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+                with open(tmp, "wb") as f:
+                    write(f)
+                os.replace(tmp, path)
+        except OSError as e:
+            log.warning(f"audit scan: could not write the cache in {folder} ({e})")
+        return array
+    finally:
+        lock.release()
+
+
+def embeddings(towers, vocab: Vocabulary, model_identity: str) -> torch.Tensor:
+    """Normalized text embeddings of the vocabulary [V, D], float32 on the model's device, from the cache."""
+    def compute() -> np.ndarray:
+        log.info(f"audit scan: computing the text embeddings of {len(vocab.words)} vocabulary entries once "
+                 f"(cached in {cache_dir()})")
+        return _encode(towers, vocab.words)
+
+    key = _cache_key(model_identity, vocab.sha256, "embeddings")
+    return torch.from_numpy(_cached(key, vocab.words, compute)).to(towers.device)
+
+
+def text_mean(towers, model_identity: str) -> torch.Tensor:
+    """Mean of the normalized embeddings of every MEAN_STRIDE-th word of the model's default vocabulary [D]."""
+    sample = _hashed(list(default_vocabulary(towers.tokenizer).words[::MEAN_STRIDE]), "default-mean-sample")
+    key = _cache_key(model_identity, sample.sha256, "embeddings")
+    array = _cached(key, sample.words, lambda: _encode(towers, sample.words))
+    return torch.from_numpy(array.mean(0)).to(towers.device)
