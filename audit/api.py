@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from audit.analysis import FDR, MIN_COUNT
+from audit.analysis import FDR, MIN_COUNT, MIN_RELATIVE_COSINE, PROCEDURE, STOP_WORDS
 from audit.errors import AuditError
 from audit.outputs import TOP
 from audit.scanner.options import ScanOptions
@@ -61,6 +61,12 @@ def scan(source: str | os.PathLike, out: str | os.PathLike, *,
          words: tuple[str, ...] | str = _D.words,
          words_file: str | None = _D.words_file,
          no_ascent: bool = _D.no_ascent,
+         opinion: str = _D.opinion,
+         vocabulary: str | None = _D.vocabulary,
+         concept_l1: float = _D.concept_l1,
+         concepts_per_image: int = _D.concepts_per_image,
+         concept_heatmaps: int = _D.concept_heatmaps,
+         concept_mean: str | None = _D.concept_mean,
          overwrite: bool = _D.overwrite,
          engine: str = _D.engine,
          ray_address: str | None = _D.ray_address,
@@ -79,8 +85,11 @@ def scan(source: str | os.PathLike, out: str | os.PathLike, *,
                     heatmap=heatmap, occlusion_window=occlusion_window, source_kind=source_kind,
                     path_column=path_column, image_column=image_column, id_column=id_column, split=split,
                     max_pixels=max_pixels, words=words, words_file=words_file, no_ascent=no_ascent,
-                    overwrite=overwrite, engine=engine, ray_address=ray_address, retry_errors=retry_errors,
-                    quiet=quiet)
+                    opinion=opinion, vocabulary=None if vocabulary is None else str(vocabulary),
+                    concept_l1=concept_l1, concepts_per_image=concepts_per_image,
+                    concept_heatmaps=concept_heatmaps,
+                    concept_mean=None if concept_mean is None else str(concept_mean), overwrite=overwrite,
+                    engine=engine, ray_address=ray_address, retry_errors=retry_errors, quiet=quiet)
 
 
 @dataclass
@@ -91,10 +100,11 @@ class Report:
 
     @property
     def findings(self) -> pd.DataFrame:
-        """Flagged (group, word) pairs beyond a group's own name, every --group-by column, strongest first."""
+        """Flagged (group, word) pairs beyond a group's own name, every --group-by column and kind of word
+        (`column` and `kind` say which)."""
         import pandas as pd
 
-        frames = [a.findings.assign(column=a.column) for a in self.associations]
+        frames = [a.findings.assign(column=a.column, kind=a.kind) for a in self.associations]
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
     def write(self, path: str | os.PathLike) -> Path:
@@ -104,12 +114,16 @@ class Report:
 
 
 def report(scan_dir: str | os.PathLike, group_by: str | list[str], *, min_count: int = MIN_COUNT, fdr: float = FDR,
-           top: int = TOP, title: str | None = None) -> Report:
-    """The bias report of a scan, grouped by one or more image columns."""
+           top: int = TOP, title: str | None = None, stop_words: str | os.PathLike = STOP_WORDS,
+           min_relative_cosine: float = MIN_RELATIVE_COSINE, procedure: str = PROCEDURE) -> Report:
+    """The bias report of a scan, grouped by one or more image columns. `stop_words` ("default", "none" or a
+    file) and `min_relative_cosine` choose which words count; `procedure` ("tarone-bh" or "bh") corrects the
+    tests for multiplicity."""
     from audit.outputs.report import render_report
 
     columns = [group_by] if isinstance(group_by, str) else list(group_by)
-    rendered = render_report(scan_dir, columns, min_count=min_count, fdr=fdr, top=top, title=title)
+    rendered = render_report(scan_dir, columns, min_count=min_count, fdr=fdr, top=top, title=title,
+                             stop_words=str(stop_words), min_relative_cosine=min_relative_cosine, procedure=procedure)
     return Report(rendered.html, rendered.associations)
 
 
@@ -195,12 +209,15 @@ class DiffOutcome:
 
 
 def diff(old: str | os.PathLike, new: str | os.PathLike, *, group_by: str | list[str] | None = None,
-         min_count: int = MIN_COUNT, fdr: float = FDR) -> DiffOutcome:
-    """Compare two scans: images added and removed, word shift, associations gained and lost."""
+         min_count: int = MIN_COUNT, fdr: float = FDR, kind: str = "ascent", stop_words: str | os.PathLike = STOP_WORDS,
+         min_relative_cosine: float = MIN_RELATIVE_COSINE) -> DiffOutcome:
+    """Compare two scans: images added and removed, word shift, associations gained and lost; `kind` chooses the
+    words compared ("ascent" or "concept")."""
     from audit.outputs.diff import build_diff
 
     columns = [group_by] if isinstance(group_by, str) else list(group_by or [])
-    return DiffOutcome(build_diff(old, new, columns, min_count=min_count, fdr=fdr))
+    return DiffOutcome(build_diff(old, new, columns, min_count=min_count, fdr=fdr, kind=kind,
+                                  stop_words=str(stop_words), min_relative_cosine=min_relative_cosine))
 
 
 TILE = 256  # width of an explain tile in pixels

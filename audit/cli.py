@@ -14,17 +14,17 @@ from typing import Annotated, Literal, Optional
 
 import typer
 
-from audit.analysis import FDR, MIN_COUNT
+from audit.analysis import FDR, MIN_COUNT, MIN_RELATIVE_COSINE, PROCEDURE, PROCEDURES, STOP_WORDS
 from audit.demo.recipe import TrainOptions
 from audit.errors import AuditError
 from audit.outputs import TOP
-from audit.scanner.options import DEVICES, ENGINES, SOURCE_KINDS, ScanOptions
+from audit.scanner.options import DEVICES, ENGINES, OPINIONS, SOURCE_KINDS, ScanOptions
 from audit.scanner.relevancy import METHODS
 from audit.version import __version__
 
 _D = ScanOptions()
 _T = TrainOptions()
-MODEL, ASCENT, RELEVANCY, INPUT, RUN = "Model", "Ascent", "Relevancy", "Input", "Run"
+MODEL, ASCENT, CONCEPTS, RELEVANCY, INPUT, RUN = "Model", "Ascent", "Concepts", "Relevancy", "Input", "Run"
 
 
 def _device(value: str) -> str:
@@ -50,6 +50,7 @@ def _between(low: float, high: float | None):
 HeatmapMethod = Literal[tuple(METHODS)]
 SourceKind = Literal[SOURCE_KINDS]
 Engine = Literal[ENGINES]  # the choices --help shows are the registered relevancy methods
+Opinion = Literal[OPINIONS]
 
 
 # Options shared by `scan` and `explain`, declared once.
@@ -78,11 +79,20 @@ OcclusionWindow = Annotated[Optional[int], typer.Option(min=1, rich_help_panel=R
 Words = Annotated[Optional[list[str]], typer.Option("--words", "-w", rich_help_panel=INPUT, help="Probe words or phrases scored on every image, comma-separated (repeatable).")]  # noqa: UP045
 WordsFile = Annotated[Optional[Path], typer.Option("--words-file", rich_help_panel=INPUT, help="Probe words, one per line (phrases may contain commas; # starts a comment).")]  # noqa: UP045
 NoAscent = Annotated[bool, typer.Option("--no-ascent", rich_help_panel=ASCENT, help="Skip the ascent: score only the probe words (fast).")]
+OpinionOption = Annotated[Opinion, typer.Option(rich_help_panel=CONCEPTS, help="What CLIP thinks of each image: ascent (search for the token sequences closest to it: open vocabulary, seconds per image), concepts (a sparse, non-negative decomposition of its embedding over a vocabulary: milliseconds per image), or both.")]
+Vocabulary = Annotated[Optional[Path], typer.Option(rich_help_panel=CONCEPTS, help="Concept vocabulary: a file with one word or phrase per line; default: the tokenizer's whole-word tokens of 3+ letters, stop words left out.")]  # noqa: UP045
+ConceptL1 = Annotated[float, typer.Option(parser=_between(0, None), metavar="FLOAT>0", rich_help_panel=CONCEPTS, help="L1 penalty of the decomposition: larger gives fewer concepts per image.")]
+ConceptsPerImage = Annotated[int, typer.Option(min=1, rich_help_panel=CONCEPTS, help="Concepts stored per image, largest weights first.")]
+ConceptHeatmaps = Annotated[int, typer.Option(min=0, rich_help_panel=CONCEPTS, help="Relevancy heatmaps for this many of each image's top concepts.")]
+ConceptMean = Annotated[Optional[str], typer.Option(rich_help_panel=CONCEPTS, help="Image mean the decomposition centres by: dataset (the first 1,000 images, stored in the scan), none, a .npy file, or another scan directory (to compare snapshots on one mean); default: the model's (dataset; none for audit-demo).")]  # noqa: UP045
 Overwrite = Annotated[bool, typer.Option("--overwrite", rich_help_panel=RUN, help="Delete an earlier scan in --out and start over.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", rich_help_panel=RUN, help="No progress output; errors still print.")]
 MinCount = Annotated[int, typer.Option(min=1, help="Words seen in fewer images are not tested.")]
 Fdr = Annotated[float, typer.Option(parser=_between(0, 1), metavar="(0,1)",
-                                    help="Benjamini-Hochberg false discovery rate for flagging.")]
+                                    help="False discovery rate for flagging.")]
+StopWords = Annotated[str, typer.Option(help="Words left out of the tests: default (audit's English list), none, or a file with one word per line.")]
+MinRelativeCosine = Annotated[float, typer.Option(min=0, max=1, help="An ascent word counts for an image only when its own cosine is at least this share of the image's best sequence cosine (0 keeps every word).")]
+Procedure = Literal[PROCEDURES]
 
 
 def _version(value: bool) -> None:
@@ -132,6 +142,12 @@ def scan(
     words: Words = None,
     words_file: WordsFile = None,
     no_ascent: NoAscent = _D.no_ascent,
+    opinion: OpinionOption = _D.opinion,
+    vocabulary: Vocabulary = _D.vocabulary,
+    concept_l1: ConceptL1 = _D.concept_l1,
+    concepts_per_image: ConceptsPerImage = _D.concepts_per_image,
+    concept_heatmaps: ConceptHeatmaps = _D.concept_heatmaps,
+    concept_mean: ConceptMean = _D.concept_mean,
     overwrite: Overwrite = _D.overwrite,
     engine: Engine = typer.Option(_D.engine, rich_help_panel=RUN, help="local: one process; ray: Ray Data actors (one per GPU, or --workers on CPU), the same rows."),
     ray_address: Optional[str] = typer.Option(_D.ray_address, envvar="AUDIT_RAY_ADDRESS", rich_help_panel=RUN, help="--engine ray: a running cluster to join (auto, or ray://host:10001); default: a local cluster."),  # noqa: UP045
@@ -148,7 +164,9 @@ def scan(
                occlusion_window=occlusion_window, source_kind=source_kind, path_column=path_column,
                image_column=image_column, id_column=id_column, split=split, max_pixels=max_pixels,
                engine=engine, ray_address=ray_address,
-               words=tuple(words or ()), words_file=words_file, no_ascent=no_ascent, overwrite=overwrite,
+               words=tuple(words or ()), words_file=words_file, no_ascent=no_ascent, opinion=opinion,
+               vocabulary=vocabulary, concept_l1=concept_l1, concepts_per_image=concepts_per_image,
+               concept_heatmaps=concept_heatmaps, concept_mean=concept_mean, overwrite=overwrite,
                retry_errors=retry_errors, quiet=quiet)
 
 
@@ -161,11 +179,16 @@ def report(
     fdr: Fdr = FDR,
     top: int = typer.Option(TOP, min=1, help="Words shown per group."),
     title: str = typer.Option(None, help="Report title (default: the scan directory's name)."),
+    stop_words: StopWords = STOP_WORDS,
+    min_relative_cosine: MinRelativeCosine = MIN_RELATIVE_COSINE,
+    procedure: Procedure = typer.Option(PROCEDURE, help="Multiplicity correction: tarone-bh (Benjamini-Hochberg over the pairs that can reach significance) or bh (over every pair)."),
 ) -> None:
     """Write a self-contained HTML bias report: distinctive words per group, how sure, where CLIP looks."""
     import audit
 
-    path = audit.report(scan_dir, group_by, min_count=min_count, fdr=fdr, top=top, title=title).write(out)
+    path = audit.report(scan_dir, group_by, min_count=min_count, fdr=fdr, top=top, title=title,
+                        stop_words=stop_words, min_relative_cosine=min_relative_cosine,
+                        procedure=procedure).write(out)
     logging.getLogger("audit").info(f"audit report: wrote {path}")
 
 
@@ -197,11 +220,15 @@ def diff(
     out: Path = typer.Option(None, "--out", "-o", help="Also write the diff to this .html or .md file."),
     min_count: MinCount = MIN_COUNT,
     fdr: Fdr = FDR,
+    kind: Literal["ascent", "concept"] = typer.Option("ascent", help="Which words to compare: the ascent's or the concept decomposition's."),
+    stop_words: StopWords = STOP_WORDS,
+    min_relative_cosine: MinRelativeCosine = MIN_RELATIVE_COSINE,
 ) -> None:
     """What changed between two scans: images added and removed, word shift, associations gained and lost."""
     import audit
 
-    outcome = audit.diff(old, new, group_by=group_by or [], min_count=min_count, fdr=fdr)
+    outcome = audit.diff(old, new, group_by=group_by or [], min_count=min_count, fdr=fdr, kind=kind,
+                         stop_words=stop_words, min_relative_cosine=min_relative_cosine)
     sys.stdout.write(outcome.text())
     if out is not None:
         logging.getLogger("audit").info(f"audit diff: wrote {outcome.write(out)}")

@@ -11,11 +11,22 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from audit.analysis import FDR, MIN_COUNT, stats
-from audit.store.query import ScanQuery
+from audit.analysis import FDR, MIN_COUNT, MIN_RELATIVE_COSINE, PROCEDURE, PROCEDURES, STOP_WORDS, stats
+from audit.errors import AuditError
+from audit.store.query import ScanQuery, WordFilter
 from audit.store.schema import ASCENT, PROBE
 
 LOOK_STATS = ("box_mass", "border_mass", "entropy")
+
+
+def word_filter(stop_words=STOP_WORDS, min_relative_cosine: float = MIN_RELATIVE_COSINE) -> WordFilter:
+    """The filter the statistics apply: stop words ("default", "none" or a file) and the relative-cosine rule
+    for ascent words (0 keeps every word)."""
+    from audit.words import load_stop_words
+
+    if not 0 <= min_relative_cosine <= 1:
+        raise AuditError(f"--min-relative-cosine must be between 0 and 1, not {min_relative_cosine}")
+    return WordFilter(load_stop_words(stop_words), float(min_relative_cosine))
 
 
 @dataclass
@@ -27,6 +38,11 @@ class Associations:
     min_count: int
     fdr: float
     looks: pd.DataFrame = field(default_factory=pd.DataFrame)  # flagged word x statistic comparisons
+    kind: str = ASCENT
+    procedure: str = PROCEDURE
+    testable: int = 0  # pairs counted by the multiplicity correction (all tested pairs with "bh")
+    filtered: dict = field(default_factory=dict)  # what the word filter left out (ScanQuery.filter_counts)
+    words: WordFilter = field(default_factory=WordFilter)  # the filter the counts were made with
 
     @property
     def flagged(self) -> pd.DataFrame:
@@ -46,19 +62,28 @@ def _name_words(group: str) -> set[str]:
     return set(clean_words(str(group)))
 
 
-def associations(q: ScanQuery, column: str, min_count: int = MIN_COUNT, fdr: float = FDR) -> Associations:
-    """Every (group, word) with at least min_count images overall, group vs the rest of the images.
+def associations(q: ScanQuery, column: str, min_count: int = MIN_COUNT, fdr: float = FDR, *, kind: str = ASCENT,
+                 words: WordFilter | None = None, procedure: str = PROCEDURE) -> Associations:
+    """Every (group, word) of one kind with at least min_count images overall, group vs the rest of the images,
+    over the words the filter keeps (default: word_filter()'s).
 
-    A pair is flagged when its BH q-value is below fdr and the lower 95% bound of its log odds ratio is
-    above 0 (the word is over-represented in the group, with evidence). Rows are ranked by that bound.
+    A pair is flagged when its q-value (procedure "tarone-bh" or "bh") is below fdr and the lower 95% bound of
+    its log odds ratio is above 0 (the word is over-represented in the group, with evidence). Rows are ranked by
+    that bound.
     """
+    if procedure not in PROCEDURES:
+        raise AuditError(f"unknown testing procedure {procedure!r}; choose one of {', '.join(PROCEDURES)}")
+    if kind == PROBE:
+        raise AuditError("probe words are compared by their cosines (audit.analysis.associations.probes), not by "
+                         "presence")
+    words = word_filter() if words is None else words
     groups = q.group_sizes(column)
-    counts = q.word_group_counts(column, min_count)
+    counts = q.word_group_counts(column, min_count, kind, words)
     n_total = int(groups.n.sum())
     size = dict(zip(groups.grp, groups.n, strict=True))
     # Every tested word is tested against every group, also groups where it never appears (a = 0).
-    words = counts[["word", "word_total"]].drop_duplicates()
-    full = words.merge(groups[["grp"]], how="cross").merge(counts[["grp", "word", "a"]], how="left",
+    totals = counts[["word", "word_total"]].drop_duplicates()
+    full = totals.merge(groups[["grp"]], how="cross").merge(counts[["grp", "word", "a"]], how="left",
                                                            on=["grp", "word"])
     full["a"] = full.a.fillna(0).astype(np.int64)
     n_g = full.grp.map(size).astype(np.int64)
@@ -67,12 +92,17 @@ def associations(q: ScanQuery, column: str, min_count: int = MIN_COUNT, fdr: flo
     c = (full.word_total - full.a).to_numpy()
     d = (n_total - n_g - c).to_numpy()
     rows = []
+    floors: dict[tuple[int, int, int], float] = {}  # margins repeat across words: each floor computed once
     for ai, bi, ci, di in zip(a, b, c, d, strict=True):
         p, test = stats.association_test(int(ai), int(bi), int(ci), int(di))
         lor, lo, hi = stats.log_odds_ci(int(ai), int(bi), int(ci), int(di))
-        rows.append((p, test, lor, lo, hi, stats.lift(int(ai), int(bi), int(ci), int(di)),
+        margins = (int(ai + bi), int(ci + di), int(ai + ci))
+        if margins not in floors:
+            floors[margins] = stats.min_attainable_p(*margins)
+        rows.append((p, test, floors[margins], lor, lo, hi, stats.lift(int(ai), int(bi), int(ci), int(di)),
                      stats.npmi(int(ai), int(bi), int(ci), int(di))))
-    res = pd.DataFrame(rows, columns=["p", "test", "log_odds", "log_odds_lo", "log_odds_hi", "lift", "npmi"])
+    res = pd.DataFrame(rows, columns=["p", "test", "p_min", "log_odds", "log_odds_lo", "log_odds_hi", "lift",
+                                      "npmi"])
     table = pd.concat([full.reset_index(drop=True), res], axis=1)
     table["n_group"] = n_g.to_numpy()
     table["c"] = c  # images of the rest showing the word
@@ -81,12 +111,22 @@ def associations(q: ScanQuery, column: str, min_count: int = MIN_COUNT, fdr: flo
     table["share_rest"] = c / np.maximum(rest, 1)
     for col in ("", "_lo", "_hi"):
         table[f"odds_ratio{col}"] = np.exp(table[f"log_odds{col}"])
-    table["q"] = stats.bh_qvalues(table.p.to_numpy())
+    # With two groups, "group A vs the rest" and "group B vs the rest" are one table, transposed: one hypothesis,
+    # counted once by the correction and given to both pairs (BH's q-values are the same either way).
+    one = ~table.duplicated("word") if len(groups) == 2 else np.ones(len(table), dtype=bool)
+    if procedure == "bh":
+        q_one, testable_one = stats.bh_qvalues(table.p[one].to_numpy()), np.ones(int(one.sum()), dtype=bool)
+    else:
+        q_one, testable_one = stats.tarone_bh(table.p[one].to_numpy(), table.p_min[one].to_numpy(), fdr)
+    key = table.word if len(groups) == 2 else pd.Series(np.arange(len(table)), index=table.index)
+    table["q"] = key.map(dict(zip(key[one], q_one, strict=True))).astype(float)
+    table["testable"] = key.map(dict(zip(key[one], testable_one, strict=True))).astype(bool)
     table["flagged"] = (table.q < fdr) & (table.log_odds_lo > 0)
     table["names_group"] = [w in _name_words(g) for g, w in zip(table.grp, table.word, strict=True)]
     table = table.sort_values(["log_odds_lo", "grp", "word"], ascending=[False, True, True]).reset_index(drop=True)
-    result = Associations(column, groups, table, len(table), min_count, fdr)
-    result.looks = where_it_looks(q, result)
+    result = Associations(column, groups, table, len(table), min_count, fdr, kind=kind, procedure=procedure,
+                          testable=int(table.testable.sum()), filtered=q.filter_counts(kind, words), words=words)
+    result.looks = where_it_looks(q, result, words)
     return result
 
 
@@ -94,13 +134,13 @@ LOOK_COLUMNS = ["grp", "word", "stat", "median_group", "median_rest", "n_group",
 
 
 def compare_looks(q: ScanQuery, column: str, pairs: list[tuple[str, str]], stat_names=LOOK_STATS,
-                  kind: str = ASCENT) -> pd.DataFrame:
+                  kind: str = ASCENT, word_filter: WordFilter = WordFilter()) -> pd.DataFrame:
     """For each (group, word) and heatmap statistic: the word's heatmaps in the group vs in the rest
     (medians, Mann-Whitney p, rank-biserial effect), with BH q-values over all rows."""
     words = sorted({w for _, w in pairs})
     rows = []
     for stat in stat_names if pairs else ():
-        values = q.heatmap_values(column, words, stat, kind)
+        values = q.heatmap_values(column, words, stat, kind, word_filter)
         by_word = {w: v for w, v in values.groupby("word")}
         for grp, word in pairs:
             w = by_word.get(word)
@@ -117,9 +157,35 @@ def compare_looks(q: ScanQuery, column: str, pairs: list[tuple[str, str]], stat_
     return looks
 
 
-def where_it_looks(q: ScanQuery, assoc: Associations) -> pd.DataFrame:
+def where_it_looks(q: ScanQuery, assoc: Associations, words: WordFilter) -> pd.DataFrame:
     """For each flagged (group, word): heatmap statistics of the word in the group vs the rest."""
-    return compare_looks(q, assoc.column, list(zip(assoc.flagged.grp, assoc.flagged.word, strict=True)))
+    return compare_looks(q, assoc.column, list(zip(assoc.flagged.grp, assoc.flagged.word, strict=True)),
+                         kind=assoc.kind, word_filter=words)
+
+
+def mean_with_interval(x: np.ndarray) -> tuple[float, float, float]:
+    """Mean and a 95% normal-approximation interval (NaN bounds for fewer than two values)."""
+    if len(x) == 0:
+        return float("nan"), float("nan"), float("nan")
+    mean = float(x.mean())
+    half = stats.Z95 * float(x.std(ddof=1)) / np.sqrt(len(x)) if len(x) > 1 else float("nan")
+    return mean, mean - half, mean + half
+
+
+def concept_weights(q: ScanQuery, column: str, concepts: list[str], words: WordFilter | None = None
+                    ) -> pd.DataFrame:
+    """Per (concept, group): the mean weight of the concept over the group's images (0 where an image's stored
+    concepts lack it) with a 95% interval, and the mean over the rest."""
+    words = word_filter() if words is None else words
+    values = q.concept_weights(column, list(concepts), words) if concepts else pd.DataFrame(
+        columns=["word", "grp", "weight"])
+    rows = []
+    for word, w in values.groupby("word", sort=False):
+        for grp in sorted(w.grp.unique()):
+            x = w[w.grp == grp].weight.to_numpy(dtype=float)
+            rest = w[w.grp != grp].weight.to_numpy(dtype=float)
+            rows.append((word, grp, len(x), *mean_with_interval(x), float(rest.mean()) if len(rest) else float("nan")))
+    return pd.DataFrame(rows, columns=["word", "grp", "n", "mean", "ci_lo", "ci_hi", "mean_rest"])
 
 
 @dataclass
@@ -149,11 +215,10 @@ def probes(q: ScanQuery, column: str, fdr: float = FDR) -> Probes:
         for grp in w.grp.unique():
             x = w[w.grp == grp].cosine.dropna().to_numpy(dtype=float)
             y = w[w.grp != grp].cosine.dropna().to_numpy(dtype=float)
-            mean = float(x.mean()) if len(x) else float("nan")
-            half = stats.Z95 * float(x.std(ddof=1)) / np.sqrt(len(x)) if len(x) > 1 else float("nan")
+            mean, lo, hi = mean_with_interval(x)
             p, effect = stats.mann_whitney(x, y) if len(y) else (float("nan"), float("nan"))
             rest = float(y.mean()) if len(y) else float("nan")
-            rows.append((word, grp, len(x), mean, mean - half, mean + half, rest, mean - rest, p, effect))
+            rows.append((word, grp, len(x), mean, lo, hi, rest, mean - rest, p, effect))
     table = pd.DataFrame(rows, columns=["word", "grp", "n", "mean", "ci_lo", "ci_hi", "mean_rest", "difference",
                                         "p", "effect"])
     tested = table.p.notna()

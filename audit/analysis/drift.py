@@ -19,8 +19,9 @@ import numpy as np
 import pandas as pd
 
 from audit.analysis import FDR, MIN_COUNT, stats
-from audit.analysis.associations import Associations, associations
-from audit.store.query import ScanQuery
+from audit.analysis.associations import Associations, associations, word_filter
+from audit.store.query import ScanQuery, WordFilter
+from audit.store.schema import ASCENT
 
 PERMUTATIONS = 200
 # Permutations cost one pass over the (image, word) pairs each; above this many pair visits fewer are run
@@ -105,13 +106,16 @@ def _without(findings: pd.DataFrame, pairs: set[tuple[str, str]]) -> pd.DataFram
 
 
 def compare(old: ScanQuery, new: ScanQuery, column: str | None = None, *, min_count: int = MIN_COUNT, fdr: float = FDR,
+            kind: str = ASCENT, keep: WordFilter | None = None, procedure: str | None = None,
             assoc_old: Associations | None = None, assoc_new: Associations | None = None) -> Drift:
-    """Compare two scans; with a group column also per group. Associations already computed (say, by a
-    check) can be passed in so nothing is computed twice."""
+    """Compare the words of one kind (those the filter `keep` keeps) of two scans; with a group column also per
+    group. Associations already computed (say, by a check) can be passed in so nothing is computed twice."""
+    keep = word_filter() if keep is None else keep
+    tests = {} if procedure is None else {"procedure": procedure}
     images_old, images_new = old.images_groups(column), new.images_groups(column)
     ids_old, ids_new = set(images_old.image_id), set(images_new.image_id)
     n_old, n_new = len(ids_old), len(ids_new)
-    pairs_old, pairs_new = old.word_pairs(), new.word_pairs()
+    pairs_old, pairs_new = old.word_pairs(kind, keep), new.word_pairs(kind, keep)
     words = (pairs_old.word.value_counts().rename("n_old").to_frame()
              .join(pairs_new.word.value_counts().rename("n_new"), how="outer").fillna(0).astype(np.int64))
     vocab = sorted(words.index[(words.n_old >= min_count) | (words.n_new >= min_count)])
@@ -150,8 +154,8 @@ def compare(old: ScanQuery, new: ScanQuery, column: str | None = None, *, min_co
     groups["q"] = np.nan
     groups.loc[tested, "q"] = stats.bh_qvalues(groups.p[tested].to_numpy())
     drift.groups = groups
-    assoc_old = assoc_old or associations(old, column, min_count, fdr)
-    assoc_new = assoc_new or associations(new, column, min_count, fdr)
+    assoc_old = assoc_old or associations(old, column, min_count, fdr, kind=kind, words=keep, **tests)
+    assoc_new = assoc_new or associations(new, column, min_count, fdr, kind=kind, words=keep, **tests)
     was, now = set(_pairs(assoc_old.flagged)), set(_pairs(assoc_new.flagged))
     drift.appeared = _without(assoc_new.findings, was)
     drift.vanished = _without(assoc_old.findings, now)

@@ -108,3 +108,37 @@ def jensen_shannon(p, q) -> float:
         return float("nan")
     distance = scipy.spatial.distance.jensenshannon(p, q, base=2)  # the square root of the divergence
     return min(1.0, max(0.0, float(distance) ** 2))
+
+
+def min_attainable_p(n_group: int, n_rest: int, total: int) -> float:
+    """The smallest p-value association_test can give any 2x2 table with these margins (a group of n_group
+    images, the rest n_rest, the word seen in `total` of them): the word's images all inside the group, or as
+    few there as the rest allows. Depends on the margins alone, never on where the word actually fell."""
+    high = min(total, n_group)
+    low = max(0, total - n_rest)
+    return min(association_test(a, n_group - a, total - a, n_rest - total + a)[0] for a in (low, high))
+
+
+def tarone_bh(pvalues, p_min, fdr: float) -> tuple[np.ndarray, np.ndarray]:
+    """Benjamini-Hochberg over the tests that can reach significance at all (Tarone 1990; Gilbert 2005).
+
+    K is the smallest number such that at most K tests have a minimum attainable p-value (p_min) of at most
+    fdr / K; those tests are testable, and BH runs over them alone. A test that could not reach fdr / K however
+    its data fell cannot be a discovery, so leaving it out of the count costs nothing and raises every other
+    test's chance. p_min depends only on a table's margins, which carry no information about association when
+    there is none, so the false discovery rate stays at fdr (Gilbert 2005). Returns (q-values, NaN where not
+    testable; the testable mask)."""
+    p = np.asarray(pvalues, dtype=np.float64)
+    floor = np.asarray(p_min, dtype=np.float64)
+    m = len(p)
+    q = np.full(m, np.nan)
+    if m == 0:
+        return q, np.zeros(0, dtype=bool)
+    ordered = np.sort(floor)
+    k = np.arange(1, m + 1)
+    # m(K): how many tests have p_min <= fdr / K (1e-12 absorbs the last bit of scipy's arithmetic).
+    count = np.searchsorted(ordered, fdr / k * (1 + 1e-12), side="right")
+    K = int(k[np.argmax(count <= k)])
+    testable = floor <= fdr / K * (1 + 1e-12)
+    q[testable] = bh_qvalues(p[testable])
+    return q, testable

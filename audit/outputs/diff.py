@@ -10,13 +10,15 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from audit.analysis import FDR, MIN_COUNT
+from audit.analysis import FDR, MIN_COUNT, MIN_RELATIVE_COSINE, STOP_WORDS
+from audit.analysis.associations import word_filter
 from audit.analysis.drift import Drift, compare
 from audit.errors import AuditError
 from audit.formats import change, percent, q_value, ratio
 from audit.outputs.check_output import md, plain
 from audit.outputs.files import write_text
 from audit.store.query import ScanQuery
+from audit.store.schema import ASCENT, CONCEPT
 
 TOP_WORDS = 15
 SHOWN_IDS = 10
@@ -30,10 +32,20 @@ class Diff:
     by_column: list[Drift]
     min_count: int
     fdr: float
+    kind: str = ASCENT
+
+    @property
+    def words_label(self) -> str:
+        """What the word tables count: ascent words (as before kinds existed) or concepts."""
+        return "word" if self.kind == ASCENT else "concept"
 
 
 def build_diff(old: str | os.PathLike, new: str | os.PathLike, group_by: list[str] | None = None, *,
-               min_count: int = MIN_COUNT, fdr: float = FDR) -> Diff:
+               min_count: int = MIN_COUNT, fdr: float = FDR, kind: str = ASCENT, stop_words=STOP_WORDS,
+               min_relative_cosine: float = MIN_RELATIVE_COSINE) -> Diff:
+    if kind not in (ASCENT, CONCEPT):
+        raise AuditError(f"--kind must be ascent or concept, not {kind!r} (probe words have no distribution to diff)")
+    words = word_filter(stop_words, min_relative_cosine)
     if not 0 < fdr < 1:
         raise AuditError(f"--fdr must be between 0 and 1, not {fdr}")
     if min_count < 1:
@@ -44,10 +56,10 @@ def build_diff(old: str | os.PathLike, new: str | os.PathLike, group_by: list[st
             if col not in q.columns("images"):
                 raise AuditError(f"--group-by column {col!r} is not in the {which} scan {q.scan.root}; its image "
                                  "columns are " + ", ".join(q.columns("images")))
-    cols = [compare(qo, qn, c, min_count=min_count, fdr=fdr) for c in group_by or []]
+    cols = [compare(qo, qn, c, min_count=min_count, fdr=fdr, kind=kind, keep=words) for c in group_by or []]
     # Every per-group comparison also holds the overall one; compute it again only without groups.
-    overall = cols[0] if cols else compare(qo, qn, None, min_count=min_count, fdr=fdr)
-    return Diff(str(old), str(new), overall, cols, min_count, fdr)
+    overall = cols[0] if cols else compare(qo, qn, None, min_count=min_count, fdr=fdr, kind=kind, keep=words)
+    return Diff(str(old), str(new), overall, cols, min_count, fdr, kind)
 
 
 def _ids(ids: list[str]) -> str:
@@ -65,10 +77,11 @@ def text(d: Diff) -> str:
     if o.removed:
         lines.append(f"  removed: {_ids(o.removed)}")
     v = o.divergence
-    lines.append(f"word distribution: Jensen-Shannon divergence {v.jsd:.3f} over the {o.vocabulary} words seen in at "
+    lines.append(f"{d.words_label} distribution: Jensen-Shannon divergence {v.jsd:.3f} over the {o.vocabulary} "
+                 f"{d.words_label}s seen in at "
                  f"least {o.min_count} images (0 = same, 1 = nothing in common); random splits of the pooled "
                  f"images reach {v.noise:.3f} (95th percentile), p={v.p:.2g}")
-    lines.append("words that moved most (share of images showing the word):")
+    lines.append(f"{d.words_label}s that moved most (share of images showing the {d.words_label}):")
     for r in o.words.head(TOP_WORDS).itertuples():
         lines.append(f"  {r.word:<20} {percent(r.share_old):>6} -> {percent(r.share_new):>6}  ({change(r.delta)})")
     for c in d.by_column:
@@ -95,10 +108,11 @@ def markdown(d: Diff) -> str:
     if o.removed:
         lines += [f"Removed: {md(_ids(o.removed))}", ""]
     v = o.divergence
-    lines += [f"**Word distribution:** Jensen–Shannon divergence {v.jsd:.3f} over the {o.vocabulary} words seen in "
+    lines += [f"**{d.words_label.capitalize()} distribution:** Jensen–Shannon divergence {v.jsd:.3f} over the "
+              f"{o.vocabulary} {d.words_label}s seen in "
               f"at least {o.min_count} images (0 = same, 1 = nothing in common); random splits of the pooled images "
               f"reach {v.noise:.3f} (95th percentile), p = {v.p:.2g}.", "",
-              "| word | before | after | change |", "|---|---:|---:|---:|"]
+              f"| {d.words_label} | before | after | change |", "|---|---:|---:|---:|"]
     for r in o.words.head(TOP_WORDS).itertuples():
         lines.append(f"| {md(r.word)} | {percent(r.share_old)} | {percent(r.share_new)} | {change(r.delta)} |")
     for c in d.by_column:

@@ -12,8 +12,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from audit.analysis import FDR, MIN_COUNT
-from audit.analysis.associations import LOOK_STATS, Associations, associations, probes
+from audit.analysis import FDR, MIN_COUNT, MIN_RELATIVE_COSINE, PROCEDURE, STOP_WORDS
+from audit.analysis.associations import (
+    LOOK_STATS,
+    Associations,
+    associations,
+    concept_weights,
+    probes,
+    word_filter,
+)
 from audit.errors import AuditError, internal_errors_note
 from audit.outputs import TOP
 from audit.outputs.files import write_text
@@ -21,13 +28,16 @@ from audit.outputs.html import environment
 from audit.outputs.overlay import overlay
 from audit.scanner.decode import DecodeError, fit, open_rgb
 from audit.store.query import ScanQuery
+from audit.store.schema import ASCENT, CONCEPT
 
 THUMB = 112
 MATRIX_WORDS = 30
 FLAGGED_WITH_EXAMPLES = 8
 EXAMPLES = 4
-SETTINGS_SHOWN = ("model", "pretrained", "ascent", "steps", "candidates", "tokens_per_seq", "views", "seed", "prompt",
-                  "heatmap", "probe_words")
+SETTINGS_SHOWN = ("model", "pretrained", "opinion", "ascent", "steps", "candidates", "tokens_per_seq", "views", "seed",
+                  "prompt", "vocabulary", "concept_l1", "concepts_per_image", "concept_mean", "heatmap", "probe_words")
+# What each kind of word is called in the report's headings and sentences.
+KIND_NAMES = {ASCENT: ("words the ascent found", "word"), CONCEPT: ("concepts of the decomposition", "concept")}
 
 
 def _thumbnail(path: str, grid, gh: int, gw: int, preprocess: dict) -> str | None:
@@ -84,15 +94,25 @@ def _column_view(q: ScanQuery, assoc: Associations, top: int, preprocess: dict) 
         look_rows = looks[(looks.grp == r["grp"]) & (looks.word == r["word"])].to_dict("records") if len(looks) else []
         examples = []
         if i < FLAGGED_WITH_EXAMPLES:
-            for ex in q.examples(assoc.column, r["grp"], r["word"], EXAMPLES).to_dict("records"):
+            for ex in q.examples(assoc.column, r["grp"], r["word"], EXAMPLES, assoc.kind, assoc.words).to_dict("records"):
                 examples.append({"image_id": ex["image_id"], "cosine": ex["word_cosine"],
                                  "src": _thumbnail(ex["path"], ex["grid"], ex["grid_h"], ex["grid_w"], preprocess)})
         flagged.append({**r, "looks": look_rows, "examples": examples})
+    weights = []
+    if assoc.kind == CONCEPT:
+        # Mean weight per group of the matrix's concepts: how much of the images' embeddings each one carries.
+        w = concept_weights(q, assoc.column, words, assoc.words)
+        for word in words:
+            rows = w[w.word == word].to_dict("records")
+            weights.append({"word": word, "cells": {r["grp"]: r for r in rows}})
+    name, singular = KIND_NAMES[assoc.kind]
     return {"column": assoc.column, "groups": groups, "group_names": list(assoc.groups.grp), "matrix": matrix,
             "flagged": flagged, "tested": assoc.tested, "n_flagged": len(flagged),
-            "n_findings": len(assoc.findings),
+            "n_findings": len(assoc.findings), "testable": assoc.testable, "kind": assoc.kind,
+            "kind_name": name, "singular": singular, "filtered": assoc.filtered, "weights": weights,
             "matrix_capped": len(ranked) > MATRIX_WORDS,
             "examples_capped": len(flagged) > FLAGGED_WITH_EXAMPLES}
+
 
 
 def _probe_view(q: ScanQuery, column: str, fdr: float) -> dict:
@@ -107,12 +127,14 @@ def _probe_view(q: ScanQuery, column: str, fdr: float) -> dict:
 @dataclass
 class RenderedReport:
     html: str
-    associations: list[Associations]  # one per --group-by column, as tested
+    associations: list[Associations]  # one per kind of word (ascent, concept) and --group-by column, as tested
 
 
 def render_report(scan_dir: str | os.PathLike, group_by: list[str], *, min_count: int = MIN_COUNT, fdr: float = FDR,
-                  top: int = TOP, title: str | None = None) -> RenderedReport:
+                  top: int = TOP, title: str | None = None, stop_words=STOP_WORDS,
+                  min_relative_cosine: float = MIN_RELATIVE_COSINE, procedure: str = PROCEDURE) -> RenderedReport:
     """The report as one HTML document, and the associations behind it."""
+    words = word_filter(stop_words, min_relative_cosine)
     if not group_by:
         raise AuditError("pass at least one --group-by COLUMN")
     if not 0 < fdr < 1:
@@ -129,7 +151,10 @@ def render_report(scan_dir: str | os.PathLike, group_by: list[str], *, min_count
     config = q.scan.config
     runs = config.get("runs", [])
     preprocess = next((r["preprocess"] for r in reversed(runs) if r.get("preprocess")), {})
-    tested = [associations(q, c, min_count, fdr) for c in group_by]
+    # Ascent words and concepts are tested apart: each kind is its own family of tests, its own section.
+    kinds = [k for k in q.kinds() if k in KIND_NAMES] or [ASCENT]
+    tested = [associations(q, c, min_count, fdr, kind=k, words=words, procedure=procedure)
+              for k in kinds for c in group_by]
     columns = [_column_view(q, a, top, preprocess) for a in tested]
     probe_columns = [_probe_view(q, c, fdr) for c in group_by] if q.probe_words() else []
     settings = config.get("settings", {})
@@ -138,7 +163,7 @@ def render_report(scan_dir: str | os.PathLike, group_by: list[str], *, min_count
         generated=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         counts=counts, internal_note=internal_errors_note(counts["internal"]) if counts["internal"] else None,
         probe_columns=probe_columns, settings={k: settings.get(k) for k in SETTINGS_SHOWN},
-        columns=columns,
+        columns=columns, procedure=procedure, words=words, stop_words=str(stop_words),
         min_count=min_count, fdr=fdr, top=top, tool_version=config.get("tool_version"),
         matrix_words=MATRIX_WORDS, examples_per_word=EXAMPLES, flagged_with_examples=FLAGGED_WITH_EXAMPLES,
     )
@@ -146,7 +171,7 @@ def render_report(scan_dir: str | os.PathLike, group_by: list[str], *, min_count
 
 
 def build_report(scan_dir: str | os.PathLike, group_by: list[str], out: str | os.PathLike, *, min_count: int = MIN_COUNT,
-                 fdr: float = FDR, top: int = TOP, title: str | None = None) -> Path:
-    """Write the report to `out` (whole or not at all)."""
-    rendered = render_report(scan_dir, group_by, min_count=min_count, fdr=fdr, top=top, title=title)
+                 fdr: float = FDR, top: int = TOP, title: str | None = None, **tests) -> Path:
+    """Write the report to `out` (whole or not at all); `tests` are render_report's word filter and procedure."""
+    rendered = render_report(scan_dir, group_by, min_count=min_count, fdr=fdr, top=top, title=title, **tests)
     return write_text(out, rendered.html, "report.html")

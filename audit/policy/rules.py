@@ -13,18 +13,19 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from audit.analysis.associations import Associations, associations, compare_looks
+from audit.analysis.associations import Associations, associations, compare_looks, probes, word_filter
 from audit.analysis.drift import Drift, compare
 from audit.errors import AuditError, internal_errors_note
 from audit.formats import association, percent, ratio
 from audit.policy.parse import Policy, Rule
-from audit.store.query import ScanQuery
-from audit.store.schema import INTERNAL
+from audit.store.query import ScanQuery, WordFilter
+from audit.store.schema import ASCENT, INTERNAL, PROBE
 
 EVIDENCE_ROWS = 20  # per rule in the outputs; the count of all rows is always given
 COMPARED_SETTINGS = ("model", "pretrained", "weights_sha256", "steps", "candidates", "tokens_per_seq", "views",
                      "lr", "prompt", "seed", "start_layer", "start_layer_text", "heatmap",
-                     "occlusion_window", "refine_rounds", "refine_top")
+                     "occlusion_window", "refine_rounds", "refine_top", "opinion", "vocabulary", "concept_l1",
+                     "concepts_per_image", "concept_mean")
 
 
 @dataclass
@@ -73,31 +74,33 @@ ASSOC_EVIDENCE = ["column", "grp", "word", "a", "n_group", "share_group", "share
 class _Checker:
     def __init__(self, q: ScanQuery, policy: Policy, base: ScanQuery | None):
         self.q, self.policy, self.base = q, policy, base
-        self._assoc: dict[tuple[str, str], Associations] = {}
-        self._drift: dict[str | None, Drift] = {}
+        self.words = word_filter(policy.stop_words, policy.min_relative_cosine)
+        self._assoc: dict[tuple[str, str, str], Associations] = {}
+        self._drift: dict[tuple[str | None, str], Drift] = {}
 
-    def assoc(self, column: str, which: str = "new") -> Associations:
-        key = (which, column)
+    def assoc(self, column: str, which: str = "new", kind: str = ASCENT) -> Associations:
+        key = (which, column, kind)
         if key not in self._assoc:
             q = self.q if which == "new" else self.base
-            self._assoc[key] = associations(q, column, self.policy.min_count, self.policy.fdr)
+            self._assoc[key] = associations(q, column, self.policy.min_count, self.policy.fdr, kind=kind,
+                                            words=self.words)
         return self._assoc[key]
 
-    def drift(self, column: str | None) -> Drift:
+    def drift(self, column: str | None, kind: str = ASCENT) -> Drift:
         if column is None and self.policy.group_by:  # a per-group comparison carries the overall one too
-            return self.drift(self.policy.group_by[0])
-        if column not in self._drift:
+            return self.drift(self.policy.group_by[0], kind)
+        if (column, kind) not in self._drift:
             kw = {}
             if column is not None:
-                kw = {"assoc_old": self.assoc(column, "old"), "assoc_new": self.assoc(column)}
-            self._drift[column] = compare(self.base, self.q, column, min_count=self.policy.min_count,
-                                          fdr=self.policy.fdr, **kw)
-        return self._drift[column]
+                kw = {"assoc_old": self.assoc(column, "old", kind), "assoc_new": self.assoc(column, "new", kind)}
+            self._drift[column, kind] = compare(self.base, self.q, column, min_count=self.policy.min_count,
+                                                fdr=self.policy.fdr, kind=kind, keep=self.words, **kw)
+        return self._drift[column, kind]
 
-    def assoc_rows(self, pick) -> pd.DataFrame:
+    def assoc_rows(self, pick, kind: str = ASCENT) -> pd.DataFrame:
         frames = []
         for col in self.policy.group_by:
-            t = self.assoc(col).table
+            t = self.assoc(col, kind=kind).table
             frames.append(t[pick(t)].assign(column=col))
         return pd.concat(frames, ignore_index=True).sort_values("odds_ratio_lo", ascending=False) if frames else \
             pd.DataFrame(columns=ASSOC_EVIDENCE)
@@ -133,9 +136,11 @@ class _Checker:
         return self.result(rule, bool(small), summary, small, {"groups": n_groups, "too_small": len(small)})
 
     def watch(self, rule: Rule) -> RuleResult:
-        words, bound = rule.params["words"], rule.params["min_odds_ratio"]
-        hits = self.assoc_rows(lambda t: t.word.isin(words) & t.flagged & (t.odds_ratio_lo > bound))
-        tested = set().union(*(set(self.assoc(c).table.word) for c in self.policy.group_by))
+        words, bound, kind = rule.params["words"], rule.params["min_odds_ratio"], rule.params["kind"]
+        if kind == PROBE:
+            return self.watch_probes(rule)
+        hits = self.assoc_rows(lambda t: t.word.isin(words) & t.flagged & (t.odds_ratio_lo > bound), kind)
+        tested = set().union(*(set(self.assoc(c, kind=kind).table.word) for c in self.policy.group_by))
         untested = [w for w in words if w not in tested]
         rows = _records(hits, ASSOC_EVIDENCE)
         if rows:
@@ -146,26 +151,51 @@ class _Checker:
                        f"{self.policy.min_count} images and tested")
         return self.result(rule, bool(rows), summary, rows, {"associations": len(rows), "untested_words": untested})
 
+    def watch_probes(self, rule: Rule) -> RuleResult:
+        """A watched probe word fails when a group's images score it higher than the rest's (q < fdr)."""
+        words = rule.params["words"]
+        frames = []
+        for col in self.policy.group_by:
+            t = probes(self.q, col, self.policy.fdr).cosines
+            frames.append(t[t.word.isin(words) & t.flagged & (t.difference > 0)].assign(column=col))
+        hits = pd.concat(frames, ignore_index=True).sort_values("difference", ascending=False)
+        asked = set(self.q.probe_words())
+        missing = [w for w in words if w not in asked]
+        rows = _records(hits, ["column", "grp", "word", "n", "mean", "mean_rest", "difference", "q"])
+        if rows:
+            r = rows[0]
+            summary = (f"{len(rows)} watched probe association(s); strongest: '{r['word']}' with "
+                       f"{r['column']}={r['grp']}, mean cosine {r['mean']:.3f} vs {r['mean_rest']:.3f} in the rest "
+                       f"(q={r['q']:.2g})")
+        else:
+            summary = (f"no watched probe word scores higher in a group (q<{self.policy.fdr}); "
+                       f"{len(words) - len(missing)} of {len(words)} were probe words of the scan")
+        return self.result(rule, bool(rows), summary, rows, {"associations": len(rows), "untested_words": missing})
+
     def max_association(self, rule: Rule) -> RuleResult:
-        bound, own = rule.params["max_odds_ratio"], rule.params["include_group_names"]
-        hits = self.assoc_rows(lambda t: t.flagged & (own | ~t.names_group) & (t.odds_ratio_lo > bound))
+        bound, own, kind = rule.params["max_odds_ratio"], rule.params["include_group_names"], rule.params["kind"]
+        hits = self.assoc_rows(lambda t: t.flagged & (own | ~t.names_group) & (t.odds_ratio_lo > bound), kind)
         rows = _records(hits, ASSOC_EVIDENCE)
-        tested = sum(self.assoc(c).tested for c in self.policy.group_by)
+        tested = sum(self.assoc(c, kind=kind).tested for c in self.policy.group_by)
         summary = (f"{len(rows)} of {tested} tested pairs have an odds ratio CI above {ratio(bound)}"
                    + (f"; strongest: {association(rows[0])}" if rows else ""))
         return self.result(rule, bool(rows), summary, rows, {"associations": len(rows), "tested_pairs": tested})
 
     def heatmap(self, rule: Rule) -> RuleResult:
-        stat, bound = rule.params["stat"], rule.params["max_difference"]
-        if self.q.scalar(f'SELECT count("{stat}") FROM heatmaps') == 0:
+        stat, bound, kind = rule.params["stat"], rule.params["max_difference"], rule.params["kind"]
+        if self.q.scalar(f'SELECT count("{stat}") FROM all_heatmaps WHERE kind = ?', [kind]) == 0:
             return RuleResult(rule, "skip", f"the scan has no {stat} values (no object boxes in the source)"
-                              if stat == "box_mass" else f"the scan has no {stat} values")
+                              if stat == "box_mass" else f"the scan has no {stat} values of {kind} words")
         frames = []
         for col in self.policy.group_by:
-            a = self.assoc(col)
-            words = rule.params["words"] or sorted(set(a.table.word))
-            pairs = [(g, w) for w in words for g in a.groups.grp]
-            looks = compare_looks(self.q, col, pairs, [stat])
+            grps = self.q.group_sizes(col).grp
+            if kind == PROBE:
+                words = rule.params["words"] or self.q.probe_words()
+            else:
+                words = rule.params["words"] or sorted(set(self.assoc(col, kind=kind).table.word))
+            pairs = [(g, w) for w in words for g in grps]
+            looks = compare_looks(self.q, col, pairs, [stat], kind=kind,
+                                  word_filter=self.words if kind != PROBE else WordFilter())
             frames.append(looks.assign(column=col))
         looks = pd.concat(frames, ignore_index=True)
         looks["difference"] = looks.median_group - looks.median_rest
@@ -183,9 +213,9 @@ class _Checker:
     def drift_rule(self, rule: Rule) -> RuleResult:
         if self.base is None:
             return RuleResult(rule, "skip", "no --baseline scan given")
-        kind = rule.kind
+        kind, words = rule.kind, rule.params["kind"]
         if kind == "drift.words":
-            d, bound = self.drift(None), rule.params["max_jsd"]
+            d, bound = self.drift(None, words), rule.params["max_jsd"]
             v = d.divergence
             top = d.words.head(5)
             moved = ", ".join(f"'{w}' {percent(o)}->{percent(n)}" for w, o, n in
@@ -200,7 +230,7 @@ class _Checker:
                                 "images_added": len(d.added), "images_removed": len(d.removed)})
         rows: list[dict] = []
         for col in self.policy.group_by:
-            d = self.drift(col)
+            d = self.drift(col, words)
             g = d.groups.assign(column=col)
             if kind == "drift.group_words":
                 bound = rule.params["max_group_jsd"]

@@ -3,15 +3,17 @@ names from users are checked against the stored schema before they reach SQL, va
 
 from __future__ import annotations
 
+import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import duckdb
 import pandas as pd
+import pyarrow as pa
 
 from audit.errors import AuditError
 from audit.store.reader import Scan
-from audit.store.schema import ASCENT, INTERNAL, PROBE
+from audit.store.schema import ASCENT, INTERNAL, KINDS, PROBE, SCHEMAS
 
 MISSING_GROUP = "(missing)"
 KINDED = ("tokens", "heatmaps")
@@ -21,10 +23,30 @@ def quote(identifier: str) -> str:
     return '"' + identifier.replace('"', '""') + '"'
 
 
+_SQL_TYPES = {pa.float32(): "FLOAT", pa.float64(): "DOUBLE", pa.string(): "VARCHAR", pa.int16(): "SMALLINT",
+              pa.int32(): "INTEGER", pa.bool_(): "BOOLEAN"}
+
+
+@dataclass(frozen=True)
+class WordFilter:
+    """Which stored words count as an image's words in the statistics. `stop_words` leaves words out of every
+    kind; `min_relative_cosine` keeps an ascent word only where its own cosine with the image is at least that
+    share of the image's best sequence cosine (a token that only meant something inside its sequence falls
+    below). The defaults filter nothing; audit.analysis holds the defaults the commands use."""
+    stop_words: frozenset[str] = frozenset()
+    min_relative_cosine: float = 0.0
+
+    @property
+    def key(self) -> str:
+        text = "\n".join(sorted(self.stop_words)) + f"\n{self.min_relative_cosine!r}"
+        return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+
+
 @dataclass
 class ScanQuery:
     scan: Scan
     con: duckdb.DuckDBPyConnection
+    _views: set[str] = field(default_factory=set)
 
     @classmethod
     def open(cls, scan_dir: str | os.PathLike) -> ScanQuery:
@@ -34,21 +56,63 @@ class ScanQuery:
         # from the store, so queries, report, check and diff count them the same way.
         con.register("errors", scan.table("errors"))
         for name in ("images", "tokens", "heatmaps"):
-            view = f"all_{name}" if name in KINDED else name
+            view = f"raw_{name}"
             files = [str(p) for p in scan.files(name)]
             if files:
                 # A view, so DuckDB reads only the columns and rows a query needs (grids stay on disk).
-                rel = con.read_parquet(files, union_by_name=True)
-                if name in KINDED and "kind" not in rel.columns:  # schema version 1: ascent words only
-                    rel = rel.select(f"*, '{ASCENT}' AS kind")
-                rel.create_view(view)
+                con.read_parquet(files, union_by_name=True).create_view(view)
             else:
                 con.register(view, scan.table(name))
-        # Ascent words and probe words answer different questions; every query reads one kind only.
+        # Parts of older schema versions lack the columns added since: null there, and a word without a kind
+        # (version 1) is an ascent word.
+        for name in ("images", "tokens", "heatmaps"):
+            have = {r[0] for r in con.execute(f"DESCRIBE raw_{name}").fetchall()}
+            extra = [f"CAST(NULL AS {_SQL_TYPES[f.type]}) AS {quote(f.name)}" for f in SCHEMAS[name]
+                     if f.name not in have]
+            kind = f"coalesce(kind, '{ASCENT}') AS kind" if "kind" in have else f"'{ASCENT}' AS kind"
+            select = ["*" if name == "images" or "kind" not in have else "* REPLACE (" + kind + ")"]
+            if name != "images" and "kind" not in have:
+                select.append(kind)
+            target = name if name == "images" else f"all_{name}"
+            con.execute(f"CREATE VIEW {target} AS SELECT {', '.join(select + extra)} FROM raw_{name}")
+        # Ascent, concept and probe words answer different questions; every query reads one kind only.
         for name in KINDED:
             con.execute(f"CREATE VIEW {name} AS SELECT * FROM all_{name} WHERE kind = '{ASCENT}'")
             con.execute(f"CREATE VIEW probe_{name} AS SELECT * FROM all_{name} WHERE kind = '{PROBE}'")
         return cls(scan, con)
+
+    def kept(self, kind: str, words: WordFilter = WordFilter()) -> str:
+        """The name of a view of the token rows of `kind` that `words` keeps (made once per connection)."""
+        if kind not in KINDS:
+            raise AuditError(f"unknown word kind {kind!r}; kinds are {', '.join(KINDS)}")
+        name = f"kept_{kind}_{words.key}"
+        if name in self._views:
+            return name
+        stop = f"stop_{words.key}"
+        self.con.register(stop, pa.table({"word": pa.array(sorted(words.stop_words), pa.string())}))
+        relative = float(words.min_relative_cosine)
+        best, cosine = "", ""
+        if kind == ASCENT and relative > 0:
+            best = (f"JOIN (SELECT image_id, max(seq_cosine) AS best FROM all_tokens WHERE kind = '{ASCENT}' "
+                    "GROUP BY image_id) b USING (image_id)")
+            cosine = f"AND t.word_cosine >= {relative!r} * b.best"
+        self.con.execute(f"CREATE TEMP VIEW {name} AS SELECT t.* FROM all_tokens t {best} WHERE t.kind = '{kind}' "
+                         f"AND t.word NOT IN (SELECT word FROM {stop}) {cosine}")
+        self._views.add(name)
+        return name
+
+    def filter_counts(self, kind: str, words: WordFilter) -> dict[str, int]:
+        """What `words` leaves out of the statistics for one kind: (image, word) pairs and distinct words,
+        before and after, and the pairs each filter removed (stop words first, then the cosine rule)."""
+        stopped = self.kept(kind, WordFilter(words.stop_words))
+        total = self.df("SELECT count(DISTINCT (image_id, word)) AS pairs, count(DISTINCT word) AS words "
+                        "FROM all_tokens WHERE kind = ?", [kind]).iloc[0]
+        after_stop = self.df(f"SELECT count(DISTINCT (image_id, word)) AS pairs FROM {stopped}").iloc[0]
+        kept = self.df(f"SELECT count(DISTINCT (image_id, word)) AS pairs, count(DISTINCT word) AS words "
+                       f"FROM {self.kept(kind, words)}").iloc[0]
+        return {"pairs": int(total.pairs), "words": int(total.words), "kept_pairs": int(kept.pairs),
+                "kept_words": int(kept.words), "stop_pairs": int(total.pairs - after_stop.pairs),
+                "cosine_pairs": int(after_stop.pairs - kept.pairs)}
 
     def columns(self, table: str) -> list[str]:
         return [r[0] for r in self.con.execute(f"DESCRIBE {table}").fetchall()]
@@ -75,13 +139,14 @@ class ScanQuery:
         return self.df(f"SELECT coalesce(CAST({g} AS VARCHAR), ?) AS grp, count(*) AS n FROM images "
                        "GROUP BY 1 ORDER BY 1", [MISSING_GROUP])
 
-    def word_group_counts(self, column: str, min_count: int) -> pd.DataFrame:
+    def word_group_counts(self, column: str, min_count: int, kind: str = ASCENT,
+                          words: WordFilter = WordFilter()) -> pd.DataFrame:
         """Per (group, word): images of the group showing the word (a), and the word's total images."""
         g = self.check_group_column(column)
         return self.df(f"""
             WITH seen AS (
                 SELECT DISTINCT t.image_id, t.word, coalesce(CAST(i.{g} AS VARCHAR), ?) AS grp
-                FROM tokens t JOIN images i USING (image_id)
+                FROM {self.kept(kind, words)} t JOIN images i USING (image_id)
             ), totals AS (
                 SELECT word, count(*) AS word_total FROM seen GROUP BY word HAVING count(*) >= ?
             )
@@ -90,17 +155,19 @@ class ScanQuery:
             GROUP BY s.grp, s.word
         """, [MISSING_GROUP, min_count])
 
-    def heatmap_values(self, column: str, words: list[str], stat: str, kind: str = ASCENT) -> pd.DataFrame:
-        """One heatmap statistic for the given words (of one kind), with each row's group."""
+    def heatmap_values(self, column: str, words: list[str], stat: str, kind: str = ASCENT,
+                       word_filter: WordFilter = WordFilter()) -> pd.DataFrame:
+        """One heatmap statistic for the given words (of one kind, where the filter keeps the word), with each
+        row's group."""
         if stat not in self.columns("heatmaps"):
             raise AuditError(f"unknown heatmap statistic {stat!r}")
         g = self.check_group_column(column)
-        view = "heatmaps" if kind == ASCENT else "probe_heatmaps"
         return self.df(f"""
             SELECT h.word, coalesce(CAST(i.{g} AS VARCHAR), ?) AS grp, h.{quote(stat)} AS value
-            FROM {view} h JOIN images i USING (image_id)
-            WHERE h.word IN (SELECT unnest(?::VARCHAR[]))
-        """, [MISSING_GROUP, words])
+            FROM all_heatmaps h JOIN images i USING (image_id)
+            WHERE h.kind = ? AND h.word IN (SELECT unnest(?::VARCHAR[]))
+              AND (h.image_id, h.word) IN (SELECT (image_id, word) FROM {self.kept(kind, word_filter)})
+        """, [MISSING_GROUP, kind, words])
 
     def probe_words(self) -> list[str]:
         """Probe words in the order they were given."""
@@ -114,14 +181,27 @@ class ScanQuery:
             FROM probe_tokens t JOIN images i USING (image_id)
         """, [MISSING_GROUP])
 
-    def examples(self, column: str, group: str, word: str, limit: int) -> pd.DataFrame:
+    def examples(self, column: str, group: str, word: str, limit: int, kind: str = ASCENT,
+                 words: WordFilter = WordFilter()) -> pd.DataFrame:
+        """The group's images showing the word with a heatmap, highest cosine first."""
         g = self.check_group_column(column)
         return self.df(f"""
             SELECT i.image_id, i.path, h.grid, h.grid_h, h.grid_w, t.word_cosine
-            FROM tokens t JOIN heatmaps h USING (image_id, word) JOIN images i USING (image_id)
+            FROM {self.kept(kind, words)} t JOIN all_heatmaps h USING (image_id, kind, word)
+                 JOIN images i USING (image_id)
             WHERE t.word = ? AND coalesce(CAST(i.{g} AS VARCHAR), ?) = ?
             ORDER BY t.word_cosine DESC, i.image_id LIMIT ?
         """, [word, MISSING_GROUP, group, limit])
+
+    def concept_weights(self, column: str, words: list[str], word_filter: WordFilter = WordFilter()) -> pd.DataFrame:
+        """For each given concept and every image: the image's group and the concept's weight in it (0 where
+        the image's stored concepts do not include it)."""
+        g = self.check_group_column(column)
+        return self.df(f"""
+            SELECT w.word, coalesce(CAST(i.{g} AS VARCHAR), ?) AS grp, coalesce(t.weight, 0.0) AS weight
+            FROM images i CROSS JOIN (SELECT unnest(?::VARCHAR[]) AS word) w
+                 LEFT JOIN {self.kept("concept", word_filter)} t ON t.image_id = i.image_id AND t.word = w.word
+        """, [MISSING_GROUP, words])
 
     # ---- check / diff ----------------------------------------------------------------------------------
     def images_groups(self, column: str | None = None) -> pd.DataFrame:
@@ -141,6 +221,11 @@ class ScanQuery:
         """Of those, the images audit failed on through a fault of its own (schema.INTERNAL): a bug."""
         return int(self.scalar("SELECT count(*) FROM errors WHERE stage = ?", [INTERNAL]))
 
-    def word_pairs(self) -> pd.DataFrame:
-        """Distinct (image_id, word) pairs: which images show which words."""
-        return self.df("SELECT DISTINCT image_id, word FROM tokens ORDER BY image_id, word")
+    def word_pairs(self, kind: str = ASCENT, words: WordFilter = WordFilter()) -> pd.DataFrame:
+        """Distinct (image_id, word) pairs of one kind: which images show which words."""
+        return self.df(f"SELECT DISTINCT image_id, word FROM {self.kept(kind, words)} ORDER BY image_id, word")
+
+    def kinds(self) -> list[str]:
+        """The kinds of words the scan holds, in KINDS order."""
+        present = set(self.df("SELECT DISTINCT kind FROM all_tokens").kind)
+        return [k for k in KINDS if k in present]
