@@ -70,6 +70,8 @@ Lr = Annotated[float, typer.Option(parser=_between(0, None), metavar="FLOAT>0", 
 Views = Annotated[int, typer.Option(min=1, rich_help_panel=ASCENT, help="Random affine views of each image in the objective.")]
 RefineRounds = Annotated[int, typer.Option(min=0, rich_help_panel=ASCENT,
                                            help="Rounds of token swaps on the kept sequences after the ascent (each swap kept only where it raises the cosine); 0: none.")]
+RefineWords = Annotated[bool, typer.Option("--refine-words/--refine-any-token", rich_help_panel=ASCENT,
+                                           help="Token swaps only to real whole words (the default), or to any token, word pieces included (as audit 0.1 did).")]
 Prompt = Annotated[str, typer.Option(rich_help_panel=ASCENT, help="Text placed before the learned tokens.")]
 StartLayer = Annotated[Optional[int], typer.Option(rich_help_panel=RELEVANCY, help="First image layer in the relevancy (-1 = last; default: the model's, last or 0 for audit-demo).")]  # noqa: UP045 - typer reads it
 StartLayerText = Annotated[int, typer.Option(rich_help_panel=RELEVANCY, help="First text layer in the relevancy (-1 = last).")]
@@ -128,6 +130,7 @@ def scan(
     views: Views = _D.views,
     resample_views: bool = typer.Option(_D.resample_views, "--resample-views", rich_help_panel=ASCENT, help="Redraw the views every step (the origin script's way; slower)."),
     refine_rounds: RefineRounds = _D.refine_rounds,
+    refine_words: RefineWords = _D.refine_words,
     prompt: Prompt = _D.prompt,
     start_layer: StartLayer = _D.start_layer,
     start_layer_text: StartLayerText = _D.start_layer_text,
@@ -159,7 +162,8 @@ def scan(
 
     audit.scan(source, out, model=model, pretrained=pretrained, device=device, batch_size=batch_size,
                workers=workers, seed=seed, steps=steps, tokens_per_seq=tokens_per_seq, candidates=candidates,
-               lr=lr, views=views, resample_views=resample_views, refine_rounds=refine_rounds, prompt=prompt,
+               lr=lr, views=views, resample_views=resample_views, refine_rounds=refine_rounds,
+               refine_words=refine_words, prompt=prompt,
                start_layer=start_layer, start_layer_text=start_layer_text, heatmap=heatmap,
                occlusion_window=occlusion_window, source_kind=source_kind, path_column=path_column,
                image_column=image_column, id_column=id_column, split=split, max_pixels=max_pixels,
@@ -251,11 +255,15 @@ def explain(
     lr: Lr = _D.lr,
     views: Views = _D.views,
     refine_rounds: RefineRounds = _D.refine_rounds,
+    refine_words: RefineWords = _D.refine_words,
     prompt: Prompt = _D.prompt,
     start_layer: StartLayer = _D.start_layer,
     start_layer_text: StartLayerText = _D.start_layer_text,
     heatmap: Heatmap = _D.heatmap,
     occlusion_window: OcclusionWindow = _D.occlusion_window,
+    opinion: OpinionOption = _D.opinion,
+    vocabulary: Vocabulary = _D.vocabulary,
+    concept_mean: ConceptMean = _D.concept_mean,
     tile: int = typer.Option(256, min=64, help="Width of a tile in pixels."),
     overwrite: Overwrite = _D.overwrite,
     quiet: Quiet = _D.quiet,
@@ -266,9 +274,11 @@ def explain(
     done = audit.explain(inputs, out, tile=tile, words=tuple(words or ()), words_file=words_file,
                          no_ascent=no_ascent, model=model, pretrained=pretrained, device=device, seed=seed,
                          steps=steps, tokens_per_seq=tokens_per_seq, candidates=candidates, lr=lr, views=views,
-                         refine_rounds=refine_rounds, prompt=prompt, start_layer=start_layer,
+                         refine_rounds=refine_rounds, refine_words=refine_words, prompt=prompt,
+                         start_layer=start_layer,
                          start_layer_text=start_layer_text, heatmap=heatmap, occlusion_window=occlusion_window,
-                         overwrite=overwrite, quiet=quiet)
+                         opinion=opinion, vocabulary=None if vocabulary is None else str(vocabulary),
+                         concept_mean=concept_mean, overwrite=overwrite, quiet=quiet)
     for e in done:
         words_text = ", ".join(f"{w} ({c:.2f})" for _, w, c in e.words) or "no words"
         typer.echo(f"{e.image_id}\n  {words_text}\n  mosaic: {e.mosaic} ({len(e.tiles)} tiles)")
@@ -285,12 +295,13 @@ def demo(
     images: int = typer.Option(60, min=3, help="Images to generate (a third per site)."),
     device: Device = "auto",
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output for the scan; the summary still prints."),
+    opinion: Opinion = typer.Option(_D.opinion, help="What the scan asks of CLIP: ascent, concepts (seconds for the whole demo) or both."),
 ) -> None:
     """Generate a dataset with a planted bias and scan it offline with audit-demo."""
     if ctx.invoked_subcommand is None:
         from audit.demo import run_demo
 
-        run_demo(out, images=images, quiet=quiet, device=device)
+        run_demo(out, images=images, quiet=quiet, device=device, opinion=opinion)
 
 
 @demo_app.command("evaluate")

@@ -10,10 +10,12 @@ SETTINGS = {"model": "hand-made", "pretrained": "none", "steps": 0}
 
 
 def write_scan(out, images: list[dict], words: dict[str, list[str]], image_dir=None, errors=(), box_mass=None,
-               probes: dict[str, list[tuple[str, float]]] | None = None):
+               probes: dict[str, list[tuple[str, float]]] | None = None, word_cosine=None,
+               concepts: dict[str, list[tuple[str, float]]] | None = None):
     """images: dicts with image_id and label (and other columns); words: image_id -> ascent words; box_mass:
     an optional function (image_id, word) -> value instead of the default pattern; probes: image_id ->
-    (probe word, cosine) pairs."""
+    (probe word, cosine) pairs; word_cosine: an optional function (image_id, word) -> an ascent word's own
+    cosine (default 0.25; every image's best sequence scores 0.3); concepts: image_id -> (concept, weight)."""
     writer = ScanWriter.open(out, SETTINGS, {"kind": "test"})
     try:
         paths = [""] * len(images)
@@ -33,13 +35,20 @@ def write_scan(out, images: list[dict], words: dict[str, list[str]], image_dir=N
         n_ascent = len(pairs)
         probe_rows = [(i, w, c) for i, ps in (probes or {}).items() for w, c in ps]
         pairs += [(i, w) for i, w, _ in probe_rows]
+        concept_rows = [(i, w, c) for i, cs in (concepts or {}).items() for w, c in cs]
+        pairs += [(i, w) for i, w, _ in concept_rows]
+        kinds = ["ascent"] * n_ascent + ["probe"] * len(probe_rows) + ["concept"] * len(concept_rows)
         grids = [np.eye(7, dtype=np.float32).ravel() * (1 + k % 3) for k in range(len(pairs))]
         n = len(pairs)
-        tokens = {"image_id": [i for i, _ in pairs], "kind": ["ascent"] * n_ascent + ["probe"] * len(probe_rows),
+        own = [word_cosine(i, w) if word_cosine else 0.25 for i, w in pairs[:n_ascent]]
+        tokens = {"image_id": [i for i, _ in pairs], "kind": kinds,
                   "word": [w for _, w in pairs], "word_rank": [0] * n,
-                  "seq_rank": [0] * n_ascent + [-1] * len(probe_rows), "seq_text": [w for _, w in pairs],
-                  "seq_cosine": [0.3] * n_ascent + [c for *_, c in probe_rows],
-                  "word_cosine": [0.25] * n_ascent + [c for *_, c in probe_rows]}
+                  "seq_rank": [0] * n_ascent + [-1] * (len(probe_rows) + len(concept_rows)),
+                  "seq_text": [w for _, w in pairs],
+                  "seq_cosine": [0.3] * n_ascent + [c for *_, c in probe_rows] + [0.2] * len(concept_rows),
+                  "word_cosine": own + [c for *_, c in probe_rows] + [0.2] * len(concept_rows),
+                  "weight": pa.array([None] * (n_ascent + len(probe_rows)) + [c for *_, c in concept_rows],
+                                     pa.float32())}
         heat = {"image_id": tokens["image_id"], "kind": tokens["kind"], "word": tokens["word"], "grid_h": [7] * n,
                 "grid_w": [7] * n,
                 "grid": pa.array(grids, type=pa.list_(pa.float32())),

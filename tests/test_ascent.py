@@ -257,3 +257,33 @@ def test_refinement_does_not_depend_on_chunking(towers):
     whole = refine(seqs, emb, target, res.scores, res.seqs, cfg)
     chunked = refine(seqs, emb, target, res.scores, res.seqs, cfg, max_sequences=1)
     assert torch.equal(whole[1], chunked[1]) and torch.allclose(whole[0], chunked[0], atol=1e-6)
+
+
+def test_swaps_go_to_whole_words_only_unless_asked(towers):
+    """The same exhaustive swap, but the target's missing token is a word piece ("gard", which fuses with the next
+    word when decoded): with refine_words (the default) no swap may bring it back, and every token a swap puts in
+    is a real whole word; with any token allowed, the swap recovers it."""
+    from audit.scanner.vocabulary import word_tokens
+
+    words = {i for i, _ in word_tokens(towers.tokenizer)}
+    piece = towers.tokenizer.encoder["gard"]
+    assert piece not in words
+    emb = towers.token_embedding.weight
+    truth = torch.tensor([[[320, 736, piece, 525]]])
+    for refine_words in (True, False):
+        cfg = AscentConfig(refine_rounds=1, refine_top=towers.vocab_size, refine_words=refine_words)
+        seqs = _Sequences(towers, cfg)
+        with torch.no_grad():
+            target = F.normalize(towers.text_from_embeddings(
+                torch.cat([seqs.head[None], emb[truth[0]], seqs.tail[None]], 1),
+                torch.tensor([seqs.length - 1]))[0].float(), dim=-1)
+        start = truth.clone()
+        start[0, 0, 2] = 4000
+        with torch.no_grad():
+            before = seqs.cosine(emb[start], target)
+        _, tokens = refine(seqs, emb, target, before, start, cfg)
+        changed = tokens[tokens != start]
+        if refine_words:
+            assert tokens[0, 0, 2] != piece and all(int(t) in words for t in changed)
+        else:
+            assert torch.equal(tokens, truth)

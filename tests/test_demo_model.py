@@ -103,3 +103,44 @@ def test_planted_and_unbiased_datasets(tmp_path):
     for data in (biased, flat):  # every site shows the same objects, so only the background tells sites apart
         objects = data.groupby("label")[["shape", "colour"]].apply(lambda g: sorted(map(tuple, g.values)))
         assert all(o == objects["north"] for o in objects) and len(set(objects["north"])) == 20
+
+
+def test_concepts_name_the_colour_shape_and_background():
+    """Concept recall (audit demo evaluate's) on 60 held-out scenes at the scan's defaults: v2 names the colour,
+    shape and background of 100%, 98% and 100% of 200 scenes, with about 3 concepts an image."""
+    from audit.demo.evaluate import concept_recall
+
+    scenes = [make_scene(EVAL_SEED_BASE + i, size=64, n_objects=1) for i in range(60)]
+    recall, per_image = concept_recall(scenes, "audit-demo", "auto", "cpu")
+    assert min(recall.values()) >= 0.9, recall
+    assert 2 <= per_image <= 6, per_image  # sparse: about the scene's three words, not the vocabulary
+
+
+def test_the_planted_bias_is_found_with_concepts_too(tmp_path, unbiased_demo_scan):
+    """`audit demo --opinion concepts`: the same planted bias, found by the concept decomposition in seconds,
+    flagged by the report, failed by the policy's concept watch list; an unbiased dataset flags nothing."""
+    import contextlib
+    import io
+
+    from audit.analysis.associations import associations
+    from audit.demo import run_demo
+    from audit.store.query import ScanQuery
+
+    printed = io.StringIO()
+    with contextlib.redirect_stderr(printed):
+        report = run_demo(tmp_path / "demo", images=60, quiet=True, device="cpu", opinion="concepts")
+    out = printed.getvalue()
+    assert "Top finding: CLIP links the concept 'grass' to label=north" in out, out
+    assert "exit 1, failed: watch:backgrounds-concepts" in out, out
+    scan = audit.Scan(tmp_path / "demo" / "scan")
+    assert set(scan.tokens().kind) == {"concept"} and len(scan.images()) == 60
+    html = report.read_text()
+    assert "Grouped by “label”: concepts of the decomposition" in html and "Mean concept weight per group" in html
+    found = associations(ScanQuery.open(scan.root), "label", min_count=3, kind="concept").findings
+    assert (found.iloc[0].grp, found.iloc[0].word) == ("north", "grass")
+    weights = found.iloc[0]
+    assert weights.share_group >= 0.8 and weights.share_rest <= 0.2
+    unbiased = tmp_path / "unbiased"
+    audit.scan(unbiased_demo_scan.parent / "dataset" / "manifest.csv", unbiased, model="audit-demo",
+               opinion="concepts", workers=0, device="cpu", quiet=True)
+    assert associations(ScanQuery.open(unbiased), "label", min_count=3, kind="concept").findings.empty

@@ -122,7 +122,9 @@ def associations(q: ScanQuery, column: str, min_count: int = MIN_COUNT, fdr: flo
     table["q"] = key.map(dict(zip(key[one], q_one, strict=True))).astype(float)
     table["testable"] = key.map(dict(zip(key[one], testable_one, strict=True))).astype(bool)
     table["flagged"] = (table.q < fdr) & (table.log_odds_lo > 0)
-    table["names_group"] = [w in _name_words(g) for g, w in zip(table.grp, table.word, strict=True)]
+    table["names_group"] = pd.Series([w in _name_words(g) for g, w in zip(table.grp, table.word, strict=True)],
+                                     index=table.index, dtype=bool)  # bool also when nothing is tested
+    table["flagged"] = table.flagged.astype(bool)
     table = table.sort_values(["log_odds_lo", "grp", "word"], ascending=[False, True, True]).reset_index(drop=True)
     result = Associations(column, groups, table, len(table), min_count, fdr, kind=kind, procedure=procedure,
                           testable=int(table.testable.sum()), filtered=q.filter_counts(kind, words), words=words)

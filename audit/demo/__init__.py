@@ -63,9 +63,10 @@ def make_dataset(root: Path, images: int = 48, seed: int = 0, bias: float = 0.9,
     return manifest
 
 
-def run_demo(out: str | Path, images: int = 60, quiet: bool = False, device: str = "auto") -> Path:
-    """Dataset, scan, report and policy check; says where to look (logger "audit.demo"). Returns the report's
-    path."""
+def run_demo(out: str | Path, images: int = 60, quiet: bool = False, device: str = "auto",
+             opinion: str = "ascent") -> Path:
+    """Dataset, scan (with the given opinion: ascent, concepts or both), report and policy check; says where to
+    look (logger "audit.demo"). Returns the report's path."""
     from audit.analysis.associations import associations
     from audit.outputs.check_output import write_outputs
     from audit.outputs.explain import render
@@ -78,20 +79,22 @@ def run_demo(out: str | Path, images: int = 60, quiet: bool = False, device: str
     out = Path(out)
     manifest = make_dataset(out / "dataset", images=images)
     run_scan(str(manifest), str(out / "scan"), model="audit-demo", pretrained="auto", workers=0, device=device,
-             quiet=quiet, **DEMO_SETTINGS)
+             quiet=quiet, opinion=opinion, **DEMO_SETTINGS)
     report = build_report(out / "scan", ["label"], out / "report.html", min_count=3,
                           title="audit demo: a planted bias")
-    found = associations(ScanQuery.open(out / "scan"), "label", min_count=3).findings
+    kind = "concept" if opinion == "concepts" else "ascent"
+    found = associations(ScanQuery.open(out / "scan"), "label", min_count=3, kind=kind).findings
     log.info(f"\nDemo dataset: {manifest} ({images} photos from three sites, label = site; planted bias: the north "
           "site shot 90% of its photos on grass, the others 10%; the same objects everywhere)")
     log.info(f"Scan: {out / 'scan'} (Parquet tables images, tokens, heatmaps, errors)")
     if len(found):
         top = found.iloc[0]
-        log.info(f"Top finding: CLIP links '{top.word}' to label={top.grp} ({percent(top.share_group)} of its images vs "
+        what = "the concept " if kind == "concept" else ""
+        log.info(f"Top finding: CLIP links {what}'{top.word}' to label={top.grp} ({percent(top.share_group)} of its images vs "
                  f"{percent(top.share_rest)} of the rest, q={q_value(top.q)}); {len(found)} finding(s) in all")
         # Two of those photos drawn from the stored rows, as `audit explain` draws them.
         q = ScanQuery.open(out / "scan")
-        ids = set(q.examples("label", top.grp, top.word, 2).image_id)
+        ids = set(q.examples("label", top.grp, top.word, 2, kind=kind).image_id)
         for e in render(out / "scan", out / "explain", only=ids):
             log.info(f"Mosaic of every word's heatmap on {e.image_id}: {e.mosaic}")
     else:

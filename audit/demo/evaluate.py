@@ -43,6 +43,8 @@ class Evaluation:
     pointing_scenes: int
     recall_steps: int
     recall_candidates: int
+    concept_recall: dict[str, float] | None = None  # colour, shape, background among a scan's stored concepts
+    concepts_per_image: float | None = None
 
     def lines(self) -> list[str]:
         z, r = self.zero_shot, self.recall
@@ -59,6 +61,10 @@ class Evaluation:
             f"ascent word recall on {self.recall_scenes} single-object scenes ({self.recall_steps} steps, "
             f"{self.recall_candidates} candidates): colour {r['colour']:.1%}, "
             f"shape {r['shape']:.1%}",
+            *([] if self.concept_recall is None else [
+                f"concept recall on {self.scenes} single-object scenes (--opinion concepts, the scan's defaults; "
+                f"{self.concepts_per_image:.1f} concepts per image): colour {self.concept_recall['colour']:.1%}, "
+                f"shape {self.concept_recall['shape']:.1%}, background {self.concept_recall['background']:.1%}"]),
             *point,
         ]
 
@@ -100,9 +106,8 @@ def zero_shot(towers: Towers, preprocess, scenes) -> dict[str, float]:
     return result
 
 
-def word_recall(scenes, model: str, pretrained: str, steps: int, candidates: int, device: str, seed: int,
-                quiet: bool = True):
-    """Scan the scenes with the real pipeline and count colour and shape words among the found words."""
+def _scan_scenes(scenes, **options):
+    """The scenes' tokens from a real scan (the pipeline's own decoding, opinion and storage)."""
     import audit
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -110,13 +115,31 @@ def word_recall(scenes, model: str, pretrained: str, steps: int, candidates: int
         root.mkdir()
         for i, s in enumerate(scenes):
             s.image.save(root / f"{i:05d}.png")
-        scan = audit.scan(root, Path(tmp) / "scan", model=model, pretrained=pretrained, steps=steps,
-                          candidates=candidates, device=device, seed=seed, workers=0, quiet=quiet)
-        tokens = scan.tokens()
+        return audit.scan(root, Path(tmp) / "scan", workers=0, **options).tokens()
+
+
+def _found(scenes, tokens, attributes) -> dict[str, float]:
     words = tokens.groupby("image_id").word.apply(set).to_dict()
-    found_c = [s.objects[0].colour in words.get(f"{i:05d}.png", set()) for i, s in enumerate(scenes)]
-    found_s = [s.objects[0].shape in words.get(f"{i:05d}.png", set()) for i, s in enumerate(scenes)]
-    return {"colour": float(np.mean(found_c)), "shape": float(np.mean(found_s))}
+    get = {"colour": lambda s: s.objects[0].colour, "shape": lambda s: s.objects[0].shape,
+           "background": lambda s: s.background}
+    return {a: float(np.mean([get[a](s) in words.get(f"{i:05d}.png", set()) for i, s in enumerate(scenes)]))
+            for a in attributes}
+
+
+def word_recall(scenes, model: str, pretrained: str, steps: int, candidates: int, device: str, seed: int,
+                quiet: bool = True):
+    """Scan the scenes with the real pipeline and count colour and shape words among the found words."""
+    tokens = _scan_scenes(scenes, model=model, pretrained=pretrained, steps=steps, candidates=candidates,
+                          device=device, seed=seed, quiet=quiet)
+    return _found(scenes, tokens, ("colour", "shape"))
+
+
+def concept_recall(scenes, model: str, pretrained: str, device: str, quiet: bool = True) -> tuple[dict, float]:
+    """Scan the scenes with --opinion concepts (every other setting the scan's default) and count the colour,
+    shape and background among each image's stored concepts; also the concepts per image."""
+    tokens = _scan_scenes(scenes, model=model, pretrained=pretrained, device=device, opinion="concepts",
+                          quiet=quiet)
+    return _found(scenes, tokens, ("colour", "shape", "background")), len(tokens) / max(len(scenes), 1)
 
 
 def pointing_game(towers: Towers, preprocess, scenes, method: str, start_layer: int = -1,
@@ -147,8 +170,10 @@ def evaluate(scenes: int = 200, recall_scenes: int | None = None, model: str = "
     zs = zero_shot(towers, loaded.preprocess, singles)
     n_recall = scenes if recall_scenes is None else recall_scenes
     rec = word_recall(singles[:n_recall], model, pretrained, steps, candidates, device, seed, quiet)
+    concepts, per_image = concept_recall(singles, model, pretrained, device, quiet)
     point = {method: {kind: pointing_game(towers, loaded.preprocess, doubles, method, profile(model).start_layer,
                                           profile(model).occlusion_window, kind)
                       for kind in ("shape", "colour")}
              for method in METHODS}
-    return Evaluation(scenes, zs, rec, point, profile(model).heatmap, n_recall, len(doubles), steps, candidates)
+    return Evaluation(scenes, zs, rec, point, profile(model).heatmap, n_recall, len(doubles), steps, candidates,
+                      concepts, per_image)

@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from audit.outputs.overlay import overlay
 from audit.scanner.decode import DecodeError, fit, open_rgb
-from audit.store.schema import ASCENT
+from audit.store.schema import ASCENT, CONCEPT, PROBE
 
 log = logging.getLogger("audit.explain")
 FONT = Path(__file__).with_name("fonts") / "DejaVuSans-Bold.ttf"
@@ -75,10 +75,12 @@ def label_tile(picture: Image.Image, title: str, subtitle: str) -> Image.Image:
     return tile
 
 
-def caption(kind: str, cosine: float, grid: np.ndarray) -> str:
+def caption(kind: str, cosine: float, grid: np.ndarray, weight: float | None = None) -> str:
     """The line under a tile. A grid without positive relevance draws as a uniformly dark tile; say so, or
     it reads as a rendering fault."""
-    text = ("" if kind == ASCENT else "probe · ") + f"cosine {cosine:.3f}"
+    prefix = {ASCENT: "", CONCEPT: "concept · " + ("" if weight is None else f"weight {weight:.3f} · "),
+              PROBE: "probe · "}[kind]
+    text = prefix + f"cosine {cosine:.3f}"
     return text + (" · no positive relevance" if not (grid > 0).any() else "")
 
 
@@ -105,10 +107,10 @@ def render(scan_dir: str | os.PathLike, out: str | os.PathLike, tile: int = TILE
     preprocess = next((r["preprocess"] for r in reversed(runs) if r.get("preprocess")), {})
     size = preprocess.get("size", [224, 224])
     images = scan.images()
-    tokens = scan.tokens()[["image_id", "kind", "word", "word_rank", "word_cosine"]]
+    tokens = scan.tokens()[["image_id", "kind", "word", "word_rank", "word_cosine", "weight"]]
     heat = scan.heatmaps()[["image_id", "kind", "word", "grid", "grid_h", "grid_w"]]
     rows = tokens.merge(heat, on=["image_id", "kind", "word"])
-    rows["order"] = (rows.kind != ASCENT).astype(int)  # the ascent's words first, then the probes
+    rows["order"] = rows.kind.map({ASCENT: 0, CONCEPT: 1, PROBE: 2})  # the ascent's words, concepts, probes
     rows = rows.sort_values(["image_id", "order", "word_rank"])
     by_image = dict(iter(rows.groupby("image_id", sort=False)))
     done = []
@@ -130,8 +132,9 @@ def render(scan_dir: str | os.PathLike, out: str | os.PathLike, tile: int = TILE
         words = by_image.get(im.image_id, pd.DataFrame(columns=rows.columns))
         for k, r in enumerate(words.itertuples()):
             grid = np.asarray(r.grid, dtype=np.float32).reshape(r.grid_h, r.grid_w)
-            picture = label_tile(overlay(frame, grid), r.word, caption(r.kind, r.word_cosine, grid))
-            path = folder / f"{k + 1:02d}-{'' if r.kind == ASCENT else 'probe-'}{safe_name(r.word)}.png"
+            weight = None if pd.isna(r.weight) else float(r.weight)
+            picture = label_tile(overlay(frame, grid), r.word, caption(r.kind, r.word_cosine, grid, weight))
+            path = folder / f"{k + 1:02d}-{'' if r.kind == ASCENT else r.kind + '-'}{safe_name(r.word)}.png"
             picture.save(path)
             pictures.append(picture)
             result.tiles.append(path)

@@ -42,6 +42,7 @@ class AscentConfig:
     keep: int = 5
     refine_rounds: int = 3
     refine_top: int = 64
+    refine_words: bool = True  # swaps only to real whole-word tokens (vocabulary.word_tokens), not word pieces
     degrees: float = 10.0
     translate: float = 0.1
     p_affine: float = 0.8
@@ -188,6 +189,13 @@ def refine(seqs: _Sequences, emb: torch.Tensor, target: torch.Tensor, scores: to
     """
     b, n, k = tokens.shape
     top = cfg.refine_top
+    barred = None
+    if cfg.refine_words:
+        from audit.scanner.vocabulary import word_tokens
+
+        barred = torch.ones(emb.shape[0], dtype=torch.bool, device=emb.device)
+        barred[torch.tensor([i for i, _ in word_tokens(seqs.towers.tokenizer)], device=emb.device)] = False
+        top = min(top, int((~barred).sum()))  # a short list longer than the allowed tokens would take barred ones
     pos = torch.arange(k, device=tokens.device).repeat_interleave(top)  # [K*T]: the position each swap changes
     per_chunk = max(1, max_sequences // (n * k * top))
     for _ in range(cfg.refine_rounds):
@@ -198,7 +206,10 @@ def refine(seqs: _Sequences, emb: torch.Tensor, target: torch.Tensor, scores: to
         with torch.no_grad():
             # The gain's other term, -e_current . grad, is the same for every token of a position: ranking
             # by e_v . grad alone picks the same swaps.
-            swaps = (grad @ emb.T.to(grad.dtype)).float().topk(top, dim=-1).indices.reshape(b, n, k * top)
+            gain = (grad @ emb.T.to(grad.dtype)).float()
+            if barred is not None:
+                gain = gain.masked_fill(barred, float("-inf"))
+            swaps = gain.topk(top, dim=-1).indices.reshape(b, n, k * top)
             cand = ids[:, :, None, :].repeat(1, 1, k * top, 1)  # [B, S, K*T, K]
             cand.scatter_(3, pos[None, None, :, None].expand(b, n, -1, 1), swaps[..., None])
             cos = torch.cat([seqs.cosine(emb[cand[i:i + per_chunk].reshape(-1, n * k * top, k)],

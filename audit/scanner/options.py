@@ -36,6 +36,9 @@ class ScanOptions:
     resample_views: bool = False
     refine_rounds: int = 3
     refine_top: int = 64
+    # Token swaps only to real whole words (vocabulary.word_tokens): swaps to word pieces fuse with the next word
+    # ("typho" + "grass" decodes as "typhograss") and steal its images from the statistics (bench/word_quality.py).
+    refine_words: bool = True
     prompt: str = ""
     start_layer: int | None = None  # None: the model's default (profiles.py)
     start_layer_text: int = -1
@@ -114,6 +117,9 @@ class ScanOptions:
             raise AuditError(f"--concept-l1 must be positive, not {self.concept_l1}")
         if self.concepts_per_image < 1 or self.concept_heatmaps < 0:
             raise AuditError("--concepts-per-image must be at least 1 and --concept-heatmaps at least 0")
+        if not self.runs_concepts and (self.vocabulary is not None or self.concept_mean is not None):
+            raise AuditError("--vocabulary and --concept-mean shape the concept opinion: add --opinion concepts "
+                             "(or both)")
         if self.concept_heatmaps > self.concepts_per_image:
             raise AuditError(f"--concept-heatmaps {self.concept_heatmaps} is more than --concepts-per-image "
                              f"{self.concepts_per_image}: only stored concepts get heatmaps")
@@ -139,4 +145,5 @@ class ScanOptions:
 
         return AscentConfig(tokens_per_seq=self.tokens_per_seq, candidates=self.candidates, steps=self.steps,
                             lr=self.lr, views=self.views, resample_views=self.resample_views, prompt=self.prompt,
-                            refine_rounds=self.refine_rounds, refine_top=self.refine_top)
+                            refine_rounds=self.refine_rounds, refine_top=self.refine_top,
+                            refine_words=self.refine_words)

@@ -9,6 +9,7 @@ list (--vocabulary FILE, one word or phrase per line) can.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -52,9 +53,10 @@ def _hashed(words: list[str], name: str) -> Vocabulary:
     return Vocabulary(tuple(words), name, digest)
 
 
-def default_vocabulary(tokenizer) -> Vocabulary:
-    """Whole-word tokens of the tokenizer that are real words by the rule above, in token order (BPE merge
-    order, so the most frequent words of the tokenizer's corpus come first)."""
+@functools.lru_cache(maxsize=4)  # one tokenizer per model; the ascent asks for every batch
+def word_tokens(tokenizer) -> tuple[tuple[int, str], ...]:
+    """(token id, word) of the tokenizer's whole-word tokens that are real words by the rule above, in token
+    order (BPE merge order, so the most frequent words of the tokenizer's corpus come first)."""
     encoder = getattr(tokenizer, "encoder", None)
     if not isinstance(encoder, dict):
         raise AuditError("this model's tokenizer has no BPE vocabulary to draw concepts from; pass --vocabulary FILE")
@@ -67,7 +69,12 @@ def default_vocabulary(tokenizer) -> Vocabulary:
         word = token[:-4]
         if len(word) >= MIN_LENGTH and _WORD.fullmatch(word) and word not in STOP_WORDS:
             found.append((index, word))
-    return _hashed([w for _, w in sorted(found)], "default")
+    return tuple(sorted(found))
+
+
+def default_vocabulary(tokenizer) -> Vocabulary:
+    """The tokenizer's real whole words (word_tokens), the concept opinion's default vocabulary."""
+    return _hashed([w for _, w in word_tokens(tokenizer)], "default")
 
 
 def read_vocabulary(path: str | os.PathLike) -> Vocabulary:

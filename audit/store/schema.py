@@ -21,7 +21,7 @@ KINDS = (ASCENT, CONCEPT, PROBE)
 READABLE_VERSIONS = (1, 2, 3)
 # Settings added since version 2, with the value an older scan was made with: a resume of an older scan
 # compares its settings with these filled in.
-SETTINGS_ADDED = {"opinion": "ascent"}
+SETTINGS_ADDED = {"opinion": "ascent", "refine_words": False}
 
 # errors.stage: whose fault an error row is. 'decode': the file cannot be read as an image (the data's).
 # 'internal': an exception audit did not expect while reading a file it should have read (audit's: a bug).
