@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from audit.demo.evaluate import _pixels
+from audit.demo.evaluate import scene_pixels
 from audit.demo.scenes import make_scene
 from audit.demo.train import EVAL_SEED_BASE
 from audit.scanner.concepts import ConceptOpinion, ImageMean
@@ -36,9 +36,9 @@ def main() -> None:
     scenes = [make_scene(EVAL_SEED_BASE + i, size=64, n_objects=1) for i in range(args.scenes)]
     others = [make_scene(EVAL_SEED_BASE + 10_000 + i, size=64, n_objects=1 + i % 2) for i in range(300)]
     with torch.no_grad():
-        feats = towers.encode_images(_pixels([s.image for s in scenes], loaded.preprocess, "cpu")).float()
-        ref = F.normalize(towers.encode_images(_pixels([s.image for s in others], loaded.preprocess, "cpu")).float(),
-                          dim=-1)
+        feats = towers.encode_images(scene_pixels([s.image for s in scenes], loaded.preprocess, "cpu")).float()
+        ref = towers.encode_images(scene_pixels([s.image for s in others], loaded.preprocess, "cpu"))
+        ref = F.normalize(ref.float(), dim=-1)
     vocab = default_vocabulary(towers.tokenizer)
     identity = "bench|audit-demo|auto"
     emb, mean_t = embeddings(towers, vocab, identity), text_mean(towers, identity)

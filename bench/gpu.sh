@@ -1,13 +1,22 @@
 #!/usr/bin/env bash
-# The GPU checks of issue 7 as one command for a machine with a GPU and PyTorch but no network
-# (run from the repository root; three models took 542 s on an H200, before the ascent step was compiled).
+# The GPU checks of the throughput issues as one command for a machine with a GPU and PyTorch but no network
+# (run from the repository root; planned to finish inside 9 minutes on one H100/H200).
 #
 # Packages that such a machine usually lacks travel as wheels in .whl/ (git-ignored). Fetch them here,
 # for the machine's Python (3.12 on this project's device machines):
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
 #     -d .whl open_clip_torch==3.3.0 ftfy==6.3.1 wcwidth==0.9.4 kornia==0.9.0 kornia_rs==0.2.0 duckdb==2.0.1
-# (typer, jinja2, pandas, pyarrow and pytest are already in the device image)
+# (typer, jinja2, pandas, pyarrow, scipy, filelock, triton and pytest are usually in the device image; check its
+# package list first)
+#
+# What it prints, in order:
+#  1. the GPU;
+#  2. the fused Triton step against the eager one, compiled on this GPU (tests/fused_check.py cuda: the noise
+#     bits, four steps of logits and Adam moments, a whole ascent), as one JSON line;
+#  3. bench/scan_throughput.py on ViT-B-32 and ViT-L-14: ascent and relevancy per batch size, the table of
+#     ascent paths (eager, compiled, triton) with images/s, peak memory and mean best cosine, the full scan at
+#     auto batch, the naive baseline on 8 images with the objective's paired difference, and the ratio.
 set -euo pipefail
 out=${OUT:-bench-out}
 mkdir -p "$out"
@@ -17,8 +26,8 @@ if compgen -G ".whl/*.whl" > /dev/null; then
 else
   export PYTHONPATH=$PWD
 fi
-export PYTHONUNBUFFERED=1
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
-# The CPU test suite runs in CI; the compiled and fused CUDA paths are checked against the eager ones inside
-# the benchmark ("paths:" lines), on the GPU where they run.
-timeout 540 python3 bench/scan_throughput.py "$@" 2>&1 | tee "$out/bench.txt"
+timeout 60 python3 tests/fused_check.py cuda 2>&1 | tail -1 | tee "$out/fused_check.txt" || echo "fused_check: FAILED"
+timeout 450 python3 bench/scan_throughput.py --models ViT-B-32,ViT-L-14 --batch-sizes 128,256 --naive-images 8 \
+  --scan-images 256 "$@" 2>&1 | tee "$out/bench.txt"

@@ -180,8 +180,9 @@ def measure_model(name: str, device: torch.device, batch_sizes: list[int], cfg: 
 
 
 def compare_paths(name: str, device: torch.device, b: int, cfg: AscentConfig) -> None:
-    """The ascent before the kernel work (eager Gumbel-softmax, plain Adam), with the fused Adam, and with
-    the compiled Gumbel-softmax too (the default), on the same batch; and whether they find the same words."""
+    """The ascent before the kernel work (eager Gumbel-softmax, plain Adam), with the fused Adam, with the
+    compiled Gumbel-softmax too (the default), and with the two fused Triton kernels (AUDIT_KERNEL=triton), on
+    the same batch: images/s, peak memory, mean best cosine, and whether they find the same words."""
     if device.type != "cuda":
         print("paths: compiled and fused kernels are CUDA-only; not compared on cpu", flush=True)
         return
@@ -194,10 +195,11 @@ def compare_paths(name: str, device: torch.device, b: int, cfg: AscentConfig) ->
         return torch.optim.Adam([logits], lr=lr)
 
     results = {}
-    for label, compile_env, optimizer in (("eager + plain Adam (before)", "0", plain),
-                                          ("eager + fused Adam", "0", default_optimizer),
-                                          ("compiled + fused Adam (default)", "1", default_optimizer)):
-        os.environ["AUDIT_COMPILE"] = compile_env
+    for label, kernel, optimizer in (("eager + plain Adam (before)", "eager", plain),
+                                     ("eager + fused Adam", "eager", default_optimizer),
+                                     ("compiled + fused Adam (default)", "compile", default_optimizer),
+                                     ("triton: 2 fused kernels, Adam inside", "triton", default_optimizer)):
+        os.environ["AUDIT_KERNEL"] = kernel
         try:
             reset_peak(device)
             fast_ascent(towers, x, dataclasses.replace(cfg, steps=2), device, optimizer)  # warm-up (and compile)
@@ -205,17 +207,25 @@ def compare_paths(name: str, device: torch.device, b: int, cfg: AscentConfig) ->
             t0 = time.perf_counter()
             found = fast_ascent(towers, x, cfg, device, optimizer)
             sync(device)
+        except Exception as e:  # noqa: BLE001 - a path that fails to build is reported, the others still run
+            print(f"paths: {name} batch {b}  {label:32s} FAILED: {type(e).__name__}: {str(e)[:300]}", flush=True)
+            continue
         finally:
-            os.environ.pop("AUDIT_COMPILE", None)
+            os.environ.pop("AUDIT_KERNEL", None)
         results[label] = (b / (time.perf_counter() - t0), found)
         print(f"paths: {name} batch {b}  {label:32s} ascent {results[label][0]:8.2f} img/s  "
               f"peak {peak_gb(device):6.2f} GB  mean best cosine {float(found.scores[:, 0].mean()):.4f}",
               flush=True)
     before = results["eager + plain Adam (before)"]
-    after = results["compiled + fused Adam (default)"]
-    same = float((before[1].seqs[:, 0] == after[1].seqs[:, 0]).all(-1).float().mean())
-    print(f"paths: default vs before: {after[0] / before[0]:.2f}x faster; same best sequence for {same:.0%} of "
-          f"images (bf16 rounding can move a near-tie)", flush=True)
+    for label in ("compiled + fused Adam (default)", "triton: 2 fused kernels, Adam inside"):
+        if label not in results:
+            continue
+        after = results[label]
+        same = float((before[1].seqs[:, 0] == after[1].seqs[:, 0]).all(-1).float().mean())
+        diff = (after[1].scores[:, 0] - before[1].scores[:, 0]).float()
+        print(f"paths: {label} vs before: {after[0] / before[0]:.2f}x faster; same best sequence for {same:.0%} "
+              f"of images (bf16 rounding can move a near-tie); best cosine {float(diff.mean()):+.4f} "
+              f"(sd {float(diff.std()):.4f}) against before", flush=True)
     del towers, loaded
     torch.cuda.empty_cache()
 
@@ -244,18 +254,25 @@ def baseline(name: str, device: torch.device, n: int, cfg: AscentConfig, rows: l
     naive_rate = n / (time.perf_counter() - t0)
     print(f"naive baseline ({name}, one image at a time, fp32, 77 positions, views re-encoded): "
           f"{naive_rate:8.4f} img/s ({1 / naive_rate:.1f} s/image; ascent only)", flush=True)
-    naive_score = float(np.mean([shared_score(towers, x[i], seq, cfg) for i, (seq, _) in enumerate(naive)]))
-    scores = {}
+    naive_scores = [shared_score(towers, x[i], seq, cfg) for i, (seq, _) in enumerate(naive)]
+    naive_score = float(np.mean(naive_scores))
+    scores, per_image = {}, {}
     # The default folds one draw of 64 views into a fixed target; the naive loop draws new views every
     # step, which can generalize better to unseen views. Both fast variants are scored.
     for label, c in (("fast", cfg), ("fast --resample-views", dataclasses.replace(cfg, resample_views=True))):
         found = fast_ascent(towers, x, c, device)
-        scores[label] = float(np.mean([shared_score(towers, x[i], [int(t) for t in found.seqs[i, 0]], cfg)
-                                       for i in range(n)]))
+        per_image[label] = [shared_score(towers, x[i], [int(t) for t in found.seqs[i, 0]], cfg) for i in range(n)]
+        scores[label] = float(np.mean(per_image[label]))
     for label, score in scores.items():
-        verdict = "fast >= naive" if score >= naive_score - 1e-6 else "FAST BELOW NAIVE"
+        # Paired over the images: the fast path's score minus the naive loop's, its mean and spread.
+        diff = np.array(per_image[label]) - np.array(naive_scores)
+        half = 1.96 * diff.std(ddof=1) / np.sqrt(n) if n > 1 else float("nan")
+        verdict = "fast >= naive" if score >= naive_score - 1e-6 else \
+            ("below naive, within the paired spread" if diff.mean() + half >= 0 else "FAST BELOW NAIVE")
         print(f"objective (mean best-sequence cosine over {n} images, shared scorer): "
-              f"{label} {score:.4f}  naive {naive_score:.4f}  {verdict}", flush=True)
+              f"{label} {score:.4f}  naive {naive_score:.4f}  paired difference {diff.mean():+.4f} "
+              f"(95% half-width {half:.4f}, sd {diff.std(ddof=1) if n > 1 else float('nan'):.4f})  {verdict}",
+              flush=True)
     best = max(r["ascent"] for r in rows if r["model"] == name)
     print(f"ratio: {name} full scan {full:.2f} img/s vs naive ascent-only {naive_rate:.4f} img/s = "
           f"{full / naive_rate:.0f}x (ascent alone, best batch: {best / naive_rate:.0f}x)", flush=True)

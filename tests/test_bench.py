@@ -20,10 +20,14 @@ def test_scan_throughput_smoke_run_prints_every_measurement():
     assert re.search(r"full scan \(auto batch, used \d+\): +[\d.]+ img/s", out), out
     assert re.search(r"naive baseline .* [\d.]+ img/s", out), out
     for label in ("fast", "fast --resample-views"):
-        m = re.search(rf"objective .*: {label} ([\d.-]+) +naive ([\d.-]+) +(fast >= naive|FAST BELOW NAIVE)", out)
+        m = re.search(rf"objective .*: {label} ([\d.-]+) +naive ([\d.-]+) +paired difference ([+-][\d.]+) "
+                      r"\(95% half-width (nan|[\d.]+), sd (nan|[\d.]+)\) +(fast >= naive|below naive, within "
+                      r"the paired spread|FAST BELOW NAIVE)", out)
         assert m, out
-        fast, naive, verdict = float(m[1]), float(m[2]), m[3]
-        # The verdict is the one its own numbers give (printed to 4 decimals).
+        fast, naive, paired, half, verdict = float(m[1]), float(m[2]), float(m[3]), float(m[4]), m[6]
+        assert abs(paired - (fast - naive)) <= 2e-4, m[0]  # one image: the paired difference is the difference
+        # The verdict is the one its own numbers give (printed to 4 decimals); one image has no spread.
+        assert half != half
         want = "fast >= naive" if fast >= naive - 1e-4 else "FAST BELOW NAIVE"
         if abs(fast - naive) > 2e-4:
             assert verdict == want, m[0]

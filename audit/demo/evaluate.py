@@ -69,7 +69,7 @@ class Evaluation:
         ]
 
 
-def _pixels(images, preprocess, device):
+def scene_pixels(images, preprocess, device):
     from audit.scanner.decode import fit
     from audit.scanner.loader import to_model_input
 
@@ -92,7 +92,7 @@ def _class_embeddings(towers: Towers, kind: str, names):
 
 
 def zero_shot(towers: Towers, preprocess, scenes) -> dict[str, float]:
-    x = _pixels([s.image for s in scenes], preprocess, towers.device)
+    x = scene_pixels([s.image for s in scenes], preprocess, towers.device)
     with torch.no_grad():
         img = F.normalize(towers.encode_images(x).float(), dim=-1)
     result = {}
@@ -147,7 +147,7 @@ def pointing_game(towers: Towers, preprocess, scenes, method: str, start_layer: 
     """For each two-object scene and each of its objects: is the heatmap peak of the object's shape word (or
     colour word, kind="colour") inside that object's box, and how much of the relevance lies inside it. The
     method and its settings as in a scan (window: audit-demo's unless given)."""
-    x = _pixels([s.image for s in scenes], preprocess, towers.device)
+    x = scene_pixels([s.image for s in scenes], preprocess, towers.device)
     pair_image = torch.tensor([i for i, s in enumerate(scenes) for _ in s.objects])
     words = [getattr(o, kind) for s in scenes for o in s.objects]
     size = scenes[0].image.width

@@ -19,6 +19,7 @@ import kornia.geometry.transform as KT
 import torch
 import torch.nn.functional as F
 
+from audit.errors import AuditError
 from audit.scanner import rng
 from audit.scanner.encoders import Towers
 from audit.words import clean_words
@@ -145,13 +146,32 @@ def relax(logits: torch.Tensor, keys: torch.Tensor, offs: torch.Tensor, tau: flo
     return z.softmax(-1), z.detach().argmax(-1)
 
 
+KERNELS = ("triton", "compile", "eager")
+
+
+def kernel_for(device: torch.device) -> str:
+    """Which implementation runs the ascent step: AUDIT_KERNEL=triton|compile|eager, by default "compile" on
+    CUDA (AUDIT_COMPILE=0: "eager") and "eager" elsewhere. "triton" (fused_step.py) runs on CUDA, or on a CPU
+    under Triton's interpreter (TRITON_INTERPRET=1: tests, slowly). It becomes the CUDA default once a GPU run
+    shows it faster with the same objective (bench/gpu.sh)."""
+    asked = os.environ.get("AUDIT_KERNEL", "").strip().lower()
+    if not asked:
+        return "compile" if device.type == "cuda" and os.environ.get("AUDIT_COMPILE", "1") != "0" else "eager"
+    if asked not in KERNELS:
+        raise AuditError(f"AUDIT_KERNEL must be one of {', '.join(KERNELS)}, not {asked!r}")
+    if asked == "triton" and device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise AuditError("AUDIT_KERNEL=triton runs on a CUDA device (or on the CPU under TRITON_INTERPRET=1, for "
+                         "tests); use AUDIT_KERNEL=eager here")
+    return asked
+
+
 _compiled_relax = None
 
 
-def _relax_for(device: torch.device):
-    """`relax`, compiled on CUDA unless AUDIT_COMPILE=0; eager where compiling is off or fails."""
+def _relax_for(device: torch.device, kernel: str = "compile"):
+    """`relax`, compiled on CUDA when the kernel is "compile"; eager where compiling is off or fails."""
     global _compiled_relax
-    if device.type != "cuda" or os.environ.get("AUDIT_COMPILE", "1") == "0":
+    if device.type != "cuda" or kernel != "compile":
         return relax
     if _compiled_relax is None:
         _compiled_relax = torch.compile(relax, dynamic=None)
@@ -236,26 +256,44 @@ def run_ascent(towers: Towers, images: torch.Tensor, seeds: torch.Tensor, cfg: A
     seqs = _Sequences(towers, cfg)
     target = view_target(towers, images, seeds, _VIEW_STREAM, cfg)
     logits = rng.normal(seeds, _INIT_STREAM, (c, k, vocab), device=dev).requires_grad_(True)
-    opt = optimizer(logits, cfg.lr)
-    step_relax = _relax_for(dev)
-    offs = rng.offsets((c, k, vocab), dev)
+    kernel = kernel_for(dev)
+    if kernel == "triton":
+        if optimizer is not make_optimizer:
+            raise ValueError("AUDIT_KERNEL=triton steps its own Adam inside the backward kernel")
+        from audit.scanner.fused_step import FusedStep
+
+        fused = FusedStep(logits.detach(), emb, cfg.tau, cfg.lr)  # steps `logits` in place
+    else:
+        opt = optimizer(logits, cfg.lr)
+        step_relax = _relax_for(dev, kernel)
+        offs = rng.offsets((c, k, vocab), dev)
     best_scores = torch.full((b, 0), float("-inf"), device=dev)
     best_seqs = torch.zeros((b, 0, k), dtype=torch.long, device=dev)
     trace = []
     for step in range(cfg.steps):
         if cfg.resample_views and step > 0:
             target = view_target(towers, images, seeds, _VIEW_STREAM + step, cfg)
-        soft, idx = step_relax(logits, rng.keys(seeds, _NOISE_STREAM + step, dev), offs, cfg.tau)
+        keys = rng.keys(seeds, _NOISE_STREAM + step, dev)
+        if kernel == "triton":
+            soft_emb, idx = fused.forward(keys)
+            soft_emb.requires_grad_(True)
+        else:
+            soft, idx = step_relax(logits, keys, offs, cfg.tau)
+            soft_emb = soft.reshape(-1, vocab) @ emb
         # Straight-through estimator: the forward value is exactly the hard token's embedding, the gradient
         # is the soft one's. Written on the embeddings to avoid a vocabulary-sized one-hot tensor.
-        soft_emb = soft.reshape(-1, vocab) @ emb
         learned = emb[idx].reshape(-1, emb.shape[1]) + (soft_emb - soft_emb.detach())
+        idx = idx.reshape(b, c, k)
         cos = seqs.cosine(learned.reshape(b, c, k, -1), target)
         # A sum over images (not a mean) keeps each image's gradient independent of the batch size.
         loss = -100.0 * cos.mean(1).sum()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        if kernel == "triton":
+            grad, = torch.autograd.grad(loss, soft_emb)
+            fused.backward(grad, soft_emb.detach(), keys)
+        else:
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
         best_scores, best_seqs = merge_best(best_scores, best_seqs, cos.detach(), idx, cfg.keep)
         trace.append(cos.detach().float())
     with torch.no_grad():

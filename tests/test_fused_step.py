@@ -1,0 +1,69 @@
+"""The fused Triton kernels of the ascent step (AUDIT_KERNEL=triton) against the eager step, on the CPU under
+Triton's interpreter, and the switch that chooses the kernel."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from audit.errors import AuditError
+from audit.scanner.ascent import kernel_for
+
+pytest.importorskip("triton")
+
+
+@pytest.fixture(scope="module")
+def measured():
+    """tests/fused_check.py in a process of its own (TRITON_INTERPRET must be set before the kernels exist)."""
+    out = subprocess.run([sys.executable, str(Path(__file__).with_name("fused_check.py"))], capture_output=True,
+                         text=True, timeout=900, cwd=Path(__file__).parents[1],
+                         env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).parents[1])})
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_the_noise_is_rngs_bit_for_bit(measured):
+    """The uniform draws are the same bits as audit.scanner.rng's; the Gumbel noise on top differs only by the
+    logarithm's last bit between libraries."""
+    assert measured["uniform_bits_equal"]
+    assert measured["noisy_max_rel"] < 1e-6
+
+
+def test_fused_steps_match_the_eager_step_and_torchs_adam(measured):
+    """Four steps on one loss: the same hard tokens every step, the soft embeddings and log-sum-exp to float
+    precision, and logits and both Adam moments after the steps within fp32 tolerance of torch.optim.Adam's."""
+    assert measured["same_tokens"]
+    assert measured["soft_emb_max_diff"] < 1e-5 and measured["lse_max_diff"] < 1e-4
+    assert measured["logits_moved"] > 1.0  # Adam at lr 5 moved the logits: the comparison below means something
+    assert measured["logits_max_diff"] < 1e-3
+    assert measured["exp_avg_max_rel"] < 1e-4 and measured["exp_avg_sq_max_rel"] < 1e-4
+
+
+def test_run_ascent_finds_the_same_sequences_with_either_kernel(measured):
+    assert measured["ascent_same_seqs"]
+    assert measured["ascent_score_max_diff"] < 1e-5 and measured["ascent_trace_max_diff"] < 1e-5
+
+
+def test_the_kernel_switch(monkeypatch):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.delenv("AUDIT_KERNEL", raising=False)
+    monkeypatch.delenv("AUDIT_COMPILE", raising=False)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert kernel_for(cpu) == "eager" and kernel_for(cuda) == "compile"
+    monkeypatch.setenv("AUDIT_COMPILE", "0")
+    assert kernel_for(cuda) == "eager"
+    monkeypatch.setenv("AUDIT_KERNEL", "Triton")
+    assert kernel_for(cuda) == "triton"
+    with pytest.raises(AuditError, match="TRITON_INTERPRET"):
+        kernel_for(cpu)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert kernel_for(cpu) == "triton"
+    monkeypatch.setenv("AUDIT_KERNEL", "cuda-graphs")
+    with pytest.raises(AuditError, match="AUDIT_KERNEL must be one of triton, compile, eager"):
+        kernel_for(cpu)
