@@ -20,7 +20,8 @@ def save_noise(path, size=(48, 40), seed=0, mode="RGB"):
     return path
 
 
-KEYS = {"images": ["image_id"], "tokens": ["image_id", "word"], "heatmaps": ["image_id", "word"],
+# A word is unique per (image, kind): "grass" may be an ascent word, a concept and a probe of one image.
+KEYS = {"images": ["image_id"], "tokens": ["image_id", "kind", "word"], "heatmaps": ["image_id", "kind", "word"],
         "errors": ["image_id"]}
 
 

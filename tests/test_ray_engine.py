@@ -20,10 +20,11 @@ from .helpers import assert_same_rows, count_parts
 pytest.importorskip("ray")
 pytestmark = pytest.mark.slow
 
+# Both opinions: the concept decomposition's dataset mean is computed by the driver, before any actor starts.
 SETTINGS = ["--model", "audit-tiny", "--pretrained", "none", "--steps", "3", "--candidates", "4", "--views", "4",
-            "--refine-rounds", "1", "--words", "red,grass", "--device", "cpu", "--batch-size", "2"]
+            "--refine-rounds", "1", "--words", "red,grass", "--device", "cpu", "--batch-size", "2", "--opinion", "both"]
 KW = dict(model="audit-tiny", pretrained="none", steps=3, candidates=4, views=4, refine_rounds=1, words="red,grass",
-          device="cpu", batch_size=2, quiet=True)
+          device="cpu", batch_size=2, quiet=True, opinion="both")
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
 
 
@@ -59,6 +60,8 @@ def test_ray_engine_gives_the_rows_of_the_local_engine(dataset, reference, tmp_p
     run = got.config["runs"][-1]
     assert run["engine"] == "ray" and run["images"] == 18 and run["errors"] == 1
     assert run["dataset_fingerprint"] == reference.config["runs"][-1]["dataset_fingerprint"]
+    assert {"ascent", "concept", "probe"} == set(got.tokens().kind)
+    assert got.config["concept_mean"] == reference.config["concept_mean"]  # the driver's mean is the local one
 
 
 def test_driver_killed_then_rerun_gives_the_uninterrupted_rows(dataset, reference, tmp_path):
