@@ -333,7 +333,10 @@ def test_scans_of_schema_version_1_are_read_and_resumed(tmp_path, capsys):
     assert code == 1 and "'grass' with label=A: 8 of 10 images" in out  # the same finding as before
     with pytest.raises(Exception, match="other settings"):
         ScanWriter.open(scan, {**config["settings"], "opinion": "concepts"}, {"kind": "test"})
-    writer = ScanWriter.open(scan, {**config["settings"], "opinion": "ascent"}, {"kind": "test"})
+    with pytest.raises(Exception, match="refine_words: stored False, now True"):  # the default changed since
+        ScanWriter.open(scan, {**config["settings"], "opinion": "ascent", "refine_words": True}, {"kind": "test"})
+    writer = ScanWriter.open(scan, {**config["settings"], "opinion": "ascent", "refine_words": False},
+                             {"kind": "test"})
     writer.close()
     upgraded = json.loads((scan / "scan.json").read_text())
     assert (upgraded["schema_version"], upgraded["upgraded_from"]) == (SCHEMA_VERSION, 1)

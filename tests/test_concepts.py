@@ -274,3 +274,24 @@ def test_a_vocabulary_file_limits_the_concepts(photos, tmp_path):
     s = audit.scan(photos, tmp_path / "s", **{**CONCEPTS, "concept_l1": 0.01}, vocabulary=str(tmp_path / "v.txt"))
     assert set(s.tokens().word) <= set(words) and len(s.tokens()) > 0
     assert s.config["settings"]["vocabulary"].startswith("v.txt:")
+
+
+def test_centring_removes_what_the_mean_holds():
+    """An image whose embedding is the image mean has nothing left to explain: no concepts, fit 0. The atoms
+    are the vocabulary's embeddings minus the text mean, normalised; uncentred (none) they are the embeddings."""
+    from audit.scanner.concepts import ConceptOpinion, ConceptSettings, ImageMean
+
+    g = torch.Generator().manual_seed(0)
+    emb = F.normalize(torch.randn(40, 16, generator=g), dim=-1)
+    text_mean = emb.mean(0)
+    feats = F.normalize(torch.randn(3, 16, generator=g), dim=-1)
+    settings = ConceptSettings(l1=0.01, per_image=10, heatmaps=0)
+    words = tuple(f"w{i}" for i in range(40))
+    centred = ConceptOpinion(words, emb, text_mean, ImageMean(feats[0].numpy(), "test"), settings)
+    assert torch.allclose(centred.atoms, F.normalize(emb - text_mean, dim=-1))
+    rows, fit = centred(feats)
+    assert rows[0] == [] and fit[0] == 0 and all(rows[1:]) and (fit[1:] > 0.5).all()
+    plain = ConceptOpinion(words, emb, text_mean, ImageMean(None, "none"), settings)
+    assert plain.atoms is emb
+    rows, fit = plain(feats)
+    assert rows[0] != []

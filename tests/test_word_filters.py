@@ -203,3 +203,25 @@ def test_diff_compares_the_kind_asked_for(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "concept distribution" in out and "grass" in out
     assert main(["diff", str(old), str(new), "--kind", "probe"]) == 2
+
+
+def test_a_two_group_table_counts_once_in_tarones_k(tmp_path):
+    """Snow as above and 10 words in 5 images each: counted once per word, 11 tables can each reach 0.05 / 11
+    (a 5-image table reaches 0.0032 < 0.0045), so all are testable and snow's q is BH over 11 words. Counted
+    per row (22), none of the 5-image tables could reach 0.05 / 16 and only snow would count."""
+    images = [{"image_id": f"a{i}", "label": "A"} for i in range(30)]
+    images += [{"image_id": f"b{i}", "label": "B"} for i in range(60)]
+    words = {im["image_id"]: [] for im in images}
+    for i in range(11):
+        words[f"a{i}"].append("snow")
+    for i in range(6):
+        words[f"b{i}"].append("snow")
+    rs = np.random.RandomState(2)
+    for k in range(10):
+        for image_id in rs.choice(list(words), size=5, replace=False):
+            words[image_id].append(f"rare{k}")
+    a = associations(ScanQuery.open(write_scan(tmp_path / "scan", images, words)), "label", min_count=5)
+    assert a.testable == 22 and a.tested == 22
+    snow = a.table.set_index(["grp", "word"]).loc[("A", "snow")]
+    one = a.table.drop_duplicates("word")
+    assert math.isclose(snow.q, float(stats.bh_qvalues(one.p)[list(one.word).index("snow")]))

@@ -35,6 +35,7 @@ log = logging.getLogger("audit.scan")
 MEAN_IMAGES = 1000
 MEAN_CHUNK = 32  # images per forward while averaging: fixed, so the mean's arithmetic is too
 MEAN_CHOICES = ("dataset", "none")  # or a .npy file, or a scan directory
+MIN_DISTANCE = 1e-4  # from the image mean, of a normalised embedding: closer is the mean itself
 
 
 @dataclass(frozen=True)
@@ -158,7 +159,11 @@ class ConceptOpinion:
     def centred(self, feats: torch.Tensor) -> torch.Tensor:
         x = F.normalize(feats.float(), dim=-1)
         if self.image_mean is not None:
-            x = F.normalize(x - self.image_mean[None], dim=-1)
+            x = x - self.image_mean[None]
+            # An image (almost) at the mean has nothing of its own to explain; normalising what is left of it,
+            # rounding noise, would make a full-length vector of noise (a scan of one image is its own mean).
+            norm = x.norm(dim=-1, keepdim=True)
+            x = torch.where(norm > MIN_DISTANCE, x / norm.clamp(min=MIN_DISTANCE), torch.zeros_like(x))
         return x
 
     @torch.no_grad()
