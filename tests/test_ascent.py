@@ -231,10 +231,17 @@ def test_refinement_only_raises_scores_and_finds_better_sequences(towers):
 def test_refinement_recovers_a_sequence_from_one_wrong_token(towers):
     """The target is the text of a known sequence, one token off at the start. With every token short-listed
     the swaps are exhaustive, so they must find it again: this checks the swap bookkeeping, not the ranking."""
-    cfg = AscentConfig(refine_rounds=1, refine_top=towers.vocab_size)
+    truth = torch.tensor([[[320, 736, 7117, 525]]])  # a red circle on (the standard vocabulary's ids)
+    start, before, scores, tokens = swap_back(towers, truth, AscentConfig(refine_rounds=1,
+                                                                         refine_top=towers.vocab_size))
+    assert torch.equal(tokens, truth) and float(scores[0, 0]) > 0.999 > float(before[0, 0])
+
+
+def swap_back(towers, truth: torch.Tensor, cfg: AscentConfig):
+    """Target the text of `truth` [1, 1, K], start one token off at position 2, run the swaps: (start, its
+    score, the swaps' scores and tokens)."""
     emb = towers.token_embedding.weight
     seqs = _Sequences(towers, cfg)
-    truth = torch.tensor([[[320, 736, 7117, 525]]])  # a red circle on (the standard vocabulary's ids)
     with torch.no_grad():
         target = F.normalize(towers.text_from_embeddings(
             torch.cat([seqs.head[None], emb[truth[0]], seqs.tail[None]], 1),
@@ -243,8 +250,7 @@ def test_refinement_recovers_a_sequence_from_one_wrong_token(towers):
     start[0, 0, 2] = 4000
     with torch.no_grad():
         before = seqs.cosine(emb[start], target)
-    scores, tokens = refine(seqs, emb, target, before, start, cfg)
-    assert torch.equal(tokens, truth) and float(scores[0, 0]) > 0.999 > float(before[0, 0])
+    return start, before, *refine(seqs, emb, target, before, start, cfg)
 
 
 def test_refinement_does_not_depend_on_chunking(towers):
@@ -268,20 +274,10 @@ def test_swaps_go_to_whole_words_only_unless_asked(towers):
     words = {i for i, _ in word_tokens(towers.tokenizer)}
     piece = towers.tokenizer.encoder["gard"]
     assert piece not in words
-    emb = towers.token_embedding.weight
     truth = torch.tensor([[[320, 736, piece, 525]]])
     for refine_words in (True, False):
         cfg = AscentConfig(refine_rounds=1, refine_top=towers.vocab_size, refine_words=refine_words)
-        seqs = _Sequences(towers, cfg)
-        with torch.no_grad():
-            target = F.normalize(towers.text_from_embeddings(
-                torch.cat([seqs.head[None], emb[truth[0]], seqs.tail[None]], 1),
-                torch.tensor([seqs.length - 1]))[0].float(), dim=-1)
-        start = truth.clone()
-        start[0, 0, 2] = 4000
-        with torch.no_grad():
-            before = seqs.cosine(emb[start], target)
-        _, tokens = refine(seqs, emb, target, before, start, cfg)
+        start, _, _, tokens = swap_back(towers, truth, cfg)
         changed = tokens[tokens != start]
         if refine_words:
             assert tokens[0, 0, 2] != piece and all(int(t) in words for t in changed)

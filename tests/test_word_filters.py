@@ -114,10 +114,9 @@ def test_tarone_bh_keeps_the_false_discovery_rate_on_null_data():
     assert any_flag["tarone-bh"] <= 30 and any_flag["bh"] <= 30, any_flag  # 5% of 400, with binomial room
 
 
-def test_associations_count_each_two_group_table_once_and_gain_power(tmp_path):
-    """Two groups: 'snow' in 11 of 30 A against 6 of 60 B (chi-square p = 0.0023), and 40 words seen in 5 images
-    each. BH over the 41 words cannot flag snow (q = 0.095); a table with 5 images can reach p = 0.0032 at
-    best, above 0.05 / 16, so Tarone-BH counts snow alone and flags it."""
+def snow_scan(tmp_path, rare_words: int, seed: int) -> ScanQuery:
+    """Two groups of 30 (A) and 60 (B): 'snow' in 11 of A and 6 of B (chi-square p = 0.0023), and `rare_words`
+    words in 5 images each, spread at random."""
     images = [{"image_id": f"a{i}", "label": "A"} for i in range(30)]
     images += [{"image_id": f"b{i}", "label": "B"} for i in range(60)]
     words = {im["image_id"]: [] for im in images}
@@ -125,11 +124,18 @@ def test_associations_count_each_two_group_table_once_and_gain_power(tmp_path):
         words[f"a{i}"].append("snow")
     for i in range(6):
         words[f"b{i}"].append("snow")
-    rs = np.random.RandomState(1)
-    for k in range(40):
+    rs = np.random.RandomState(seed)
+    for k in range(rare_words):
         for image_id in rs.choice(list(words), size=5, replace=False):
             words[image_id].append(f"rare{k}")
-    q = ScanQuery.open(write_scan(tmp_path / "scan", images, words))
+    return ScanQuery.open(write_scan(tmp_path / "scan", images, words))
+
+
+def test_associations_count_each_two_group_table_once_and_gain_power(tmp_path):
+    """Two groups: 'snow' in 11 of 30 A against 6 of 60 B (chi-square p = 0.0023), and 40 words seen in 5 images
+    each. BH over the 41 words cannot flag snow (q = 0.095); a table with 5 images can reach p = 0.0032 at
+    best, above 0.05 / 16, so Tarone-BH counts snow alone and flags it."""
+    q = snow_scan(tmp_path, rare_words=40, seed=1)
     bh = associations(q, "label", min_count=5, procedure="bh")
     tarone = associations(q, "label", min_count=5, procedure="tarone-bh")
     t = tarone.table.set_index(["grp", "word"])
@@ -209,19 +215,26 @@ def test_a_two_group_table_counts_once_in_tarones_k(tmp_path):
     """Snow as above and 10 words in 5 images each: counted once per word, 11 tables can each reach 0.05 / 11
     (a 5-image table reaches 0.0032 < 0.0045), so all are testable and snow's q is BH over 11 words. Counted
     per row (22), none of the 5-image tables could reach 0.05 / 16 and only snow would count."""
-    images = [{"image_id": f"a{i}", "label": "A"} for i in range(30)]
-    images += [{"image_id": f"b{i}", "label": "B"} for i in range(60)]
-    words = {im["image_id"]: [] for im in images}
-    for i in range(11):
-        words[f"a{i}"].append("snow")
-    for i in range(6):
-        words[f"b{i}"].append("snow")
-    rs = np.random.RandomState(2)
-    for k in range(10):
-        for image_id in rs.choice(list(words), size=5, replace=False):
-            words[image_id].append(f"rare{k}")
-    a = associations(ScanQuery.open(write_scan(tmp_path / "scan", images, words)), "label", min_count=5)
+    a = associations(snow_scan(tmp_path, rare_words=10, seed=2), "label", min_count=5)
     assert a.testable == 22 and a.tested == 22
     snow = a.table.set_index(["grp", "word"]).loc[("A", "snow")]
     one = a.table.drop_duplicates("word")
     assert math.isclose(snow.q, float(stats.bh_qvalues(one.p)[list(one.word).index("snow")]))
+
+
+def test_mean_concept_weight_per_group_counts_absent_concepts_as_zero(tmp_path):
+    from audit.analysis.associations import concept_weights
+
+    images = [{"image_id": f"a{i}", "label": "A"} for i in range(4)]
+    images += [{"image_id": f"b{i}", "label": "B"} for i in range(3)]
+    concepts = {"a0": [("grass", 0.3)], "a1": [("grass", 0.5)], "b0": [("grass", 0.1)], "b1": [("sky", 0.2)]}
+    scan = write_scan(tmp_path / "scan", images, {im["image_id"]: [] for im in images}, concepts=concepts)
+    w = concept_weights(ScanQuery.open(scan), "label", ["grass", "sky", "unseen"]).set_index(["word", "grp"])
+    a = np.array([0.3, 0.5, 0.0, 0.0])
+    half = 1.959963984540054 * a.std(ddof=1) / 2
+    row = w.loc[("grass", "A")]
+    assert row.n == 4 and math.isclose(row["mean"], 0.2, abs_tol=1e-7)
+    assert math.isclose(row.ci_lo, 0.2 - half, abs_tol=1e-6) and math.isclose(row.ci_hi, 0.2 + half, abs_tol=1e-6)
+    assert math.isclose(row.mean_rest, 0.1 / 3, abs_tol=1e-7)
+    assert math.isclose(w.loc[("sky", "B"), "mean"], 0.2 / 3, abs_tol=1e-7) and w.loc[("sky", "A"), "mean"] == 0
+    assert (w.loc["unseen"]["mean"] == 0).all()

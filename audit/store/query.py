@@ -193,14 +193,17 @@ class ScanQuery:
             ORDER BY t.word_cosine DESC, i.image_id LIMIT ?
         """, [word, MISSING_GROUP, group, limit])
 
-    def concept_weights(self, column: str, words: list[str], word_filter: WordFilter = WordFilter()) -> pd.DataFrame:
-        """For each given concept and every image: the image's group and the concept's weight in it (0 where
-        the image's stored concepts do not include it)."""
+    def concept_weight_sums(self, column: str, words: list[str],
+                            word_filter: WordFilter = WordFilter()) -> pd.DataFrame:
+        """Per (concept, group) where the concept is stored: the sum of its weights and of their squares over
+        the group's images (an image whose stored concepts lack it adds 0), aggregated in the database."""
         g = self.check_group_column(column)
         return self.df(f"""
-            SELECT w.word, coalesce(CAST(i.{g} AS VARCHAR), ?) AS grp, coalesce(t.weight, 0.0) AS weight
-            FROM images i CROSS JOIN (SELECT unnest(?::VARCHAR[]) AS word) w
-                 LEFT JOIN {self.kept("concept", word_filter)} t ON t.image_id = i.image_id AND t.word = w.word
+            SELECT t.word, coalesce(CAST(i.{g} AS VARCHAR), ?) AS grp, sum(t.weight) AS total,
+                   sum(t.weight * t.weight) AS total_sq
+            FROM {self.kept("concept", word_filter)} t JOIN images i USING (image_id)
+            WHERE t.word IN (SELECT unnest(?::VARCHAR[]))
+            GROUP BY 1, 2
         """, [MISSING_GROUP, words])
 
     # ---- check / diff ----------------------------------------------------------------------------------
