@@ -34,7 +34,6 @@ log = logging.getLogger("audit.scan")
 
 MEAN_IMAGES = 1000
 MEAN_CHUNK = 32  # images per forward while averaging: fixed, so the mean's arithmetic is too
-MEAN_CHOICES = ("dataset", "none")  # or a .npy file, or a scan directory
 MIN_DISTANCE = 1e-4  # from the image mean, of a normalised embedding: closer is the mean itself
 
 
