@@ -14,7 +14,9 @@
 #  1. the GPU;
 #  2. the fused Triton step against the eager one, compiled on this GPU (tests/fused_check.py cuda: the noise
 #     bits, four steps of logits and Adam moments, a whole ascent), as one JSON line;
-#  3. bench/scan_throughput.py on ViT-B-32 and ViT-L-14: ascent and relevancy per batch size, the table of
+#  3. bench/fused_tiles.py: the fused step alone by tiling against the compiled step, ms per step and bandwidth,
+#     within 80 s; its fastest tiling is exported as AUDIT_TRITON_TILES for the rest;
+#  4. bench/scan_throughput.py on ViT-B-32 and ViT-L-14: ascent and relevancy per batch size, the table of
 #     ascent paths (eager, compiled, triton) with images/s, peak memory and mean best cosine, the full scan at
 #     auto batch, the naive baseline on 8 images with the objective's paired difference, and the ratio.
 set -euo pipefail
@@ -29,5 +31,8 @@ fi
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
 timeout 60 python3 tests/fused_check.py cuda 2>&1 | tail -1 | tee "$out/fused_check.txt" || echo "fused_check: FAILED"
-timeout 450 python3 bench/scan_throughput.py --models ViT-B-32,ViT-L-14 --batch-sizes 128,256 --naive-images 8 \
+timeout 110 python3 bench/fused_tiles.py 2>&1 | tee "$out/fused_tiles.txt" || echo "fused_tiles: FAILED"
+tiles=$(sed -n 's/^AUDIT_TRITON_TILES=//p' "$out/fused_tiles.txt" | tail -1)
+[ -n "$tiles" ] && export AUDIT_TRITON_TILES=$tiles && echo "AUDIT_TRITON_TILES=$tiles for the scans"
+timeout 340 python3 bench/scan_throughput.py --models ViT-B-32,ViT-L-14 --batch-sizes 128,256 --naive-images 8 \
   --scan-images 256 "$@" 2>&1 | tee "$out/bench.txt"

@@ -195,17 +195,21 @@ def compare_paths(name: str, device: torch.device, b: int, cfg: AscentConfig) ->
         return torch.optim.Adam([logits], lr=lr)
 
     results = {}
-    for label, kernel, optimizer in (("eager + plain Adam (before)", "eager", plain),
-                                     ("eager + fused Adam", "eager", default_optimizer),
-                                     ("compiled + fused Adam (default)", "compile", default_optimizer),
-                                     ("triton: 2 fused kernels, Adam inside", "triton", default_optimizer)):
+    no_swaps = dataclasses.replace(cfg, refine_rounds=0)
+    for label, kernel, optimizer, path_cfg in (
+            ("eager + plain Adam (before)", "eager", plain, cfg),
+            ("eager + fused Adam", "eager", default_optimizer, cfg),
+            ("compiled + fused Adam (default)", "compile", default_optimizer, cfg),
+            ("compiled, no token swaps", "compile", default_optimizer, no_swaps),
+            ("triton: 2 fused kernels, Adam inside", "triton", default_optimizer, cfg)):
         os.environ["AUDIT_KERNEL"] = kernel
         try:
             reset_peak(device)
-            fast_ascent(towers, x, dataclasses.replace(cfg, steps=2), device, optimizer)  # warm-up (and compile)
+            # warm-up (and compile)
+            fast_ascent(towers, x, dataclasses.replace(path_cfg, steps=2), device, optimizer)
             sync(device)
             t0 = time.perf_counter()
-            found = fast_ascent(towers, x, cfg, device, optimizer)
+            found = fast_ascent(towers, x, path_cfg, device, optimizer)
             sync(device)
         except Exception as e:  # noqa: BLE001 - a path that fails to build is reported, the others still run
             print(f"paths: {name} batch {b}  {label:32s} FAILED: {type(e).__name__}: {str(e)[:300]}", flush=True)
@@ -216,6 +220,10 @@ def compare_paths(name: str, device: torch.device, b: int, cfg: AscentConfig) ->
         print(f"paths: {name} batch {b}  {label:32s} ascent {results[label][0]:8.2f} img/s  "
               f"peak {peak_gb(device):6.2f} GB  mean best cosine {float(found.scores[:, 0].mean()):.4f}",
               flush=True)
+    if "compiled + fused Adam (default)" in results and "compiled, no token swaps" in results:
+        with_swaps, without = results["compiled + fused Adam (default)"][0], results["compiled, no token swaps"][0]
+        print(f"paths: the token swaps after the ascent ({cfg.refine_rounds} rounds) take "
+              f"{1 - with_swaps / without:.1%} of the default ascent's time", flush=True)
     before = results["eager + plain Adam (before)"]
     for label in ("compiled + fused Adam (default)", "triton: 2 fused kernels, Adam inside"):
         if label not in results:

@@ -35,3 +35,19 @@ def test_scan_throughput_smoke_run_prints_every_measurement():
     assert m, out
     full, naive_rate, ratio = float(m[1]), float(m[2]), int(m[3])
     assert naive_rate > 0 and abs(ratio - full / naive_rate) <= 0.02 * ratio + 1, m[0]
+
+
+def test_fused_tiles_sweep_runs_and_names_its_fastest_tiling():
+    """bench/fused_tiles.py under Triton's interpreter on a toy problem: every tiling gives the reference's hard
+    tokens and soft embeddings, and the line bench/gpu.sh reads names one of the tilings measured."""
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "fused_tiles.py"), "--device", "cpu", "--images", "1", "--widths",
+         "32,48", "--vocab", "300", "--steps", "1", "--sweep", "2"],
+        capture_output=True, text=True, timeout=600, check=True, cwd=ROOT).stdout
+    rows = re.findall(r"^triton (\S+) +[\d.]+ +[\d.]+ +[\d.]+ +\d+ +[\d.]+ +([\d.]+) +(\S+)$", out, re.M)
+    for _, same, err in rows:
+        assert float(same) == 1.0 and float(err) < 1e-5, out
+    best = re.search(r"^AUDIT_TRITON_TILES=(\S+)$", out, re.M)
+    assert best and best[1] in {r[0] for r in rows[:2]}, out
+    # Two tilings at the first width; at the second, the default and the winner (once if they are the same).
+    assert len(rows) == 2 + len({"64,128,128,8,2", best[1]}), out

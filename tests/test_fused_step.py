@@ -35,19 +35,31 @@ def test_the_noise_is_rngs_bit_for_bit(measured):
     assert measured["noisy_max_rel"] < 1e-6
 
 
-def test_fused_steps_match_the_eager_step_and_torchs_adam(measured):
-    """Four steps on one loss: the same hard tokens every step, the soft embeddings and log-sum-exp to float
-    precision, and logits and both Adam moments after the steps within fp32 tolerance of torch.optim.Adam's."""
-    assert measured["same_tokens"]
-    assert measured["soft_emb_max_diff"] < 1e-5 and measured["lse_max_diff"] < 1e-4
-    assert measured["logits_moved"] > 1.0  # Adam at lr 5 moved the logits: the comparison below means something
-    assert measured["logits_max_diff"] < 1e-3
-    assert measured["exp_avg_max_rel"] < 1e-4 and measured["exp_avg_sq_max_rel"] < 1e-4
+@pytest.mark.parametrize("tiles", ["64,128,128,8,2", "16,128,32,8,2"])
+def test_fused_steps_match_the_eager_step_and_torchs_adam(measured, tiles):
+    """Four steps on one loss, with fp32 dots and either tiling: the same hard tokens every step, the soft
+    embeddings and log-sum-exp to float precision, and logits and both Adam moments after the steps within fp32
+    tolerance of torch.optim.Adam's."""
+    m = measured["fp32"][tiles]
+    assert m["same_tokens"]
+    assert m["soft_emb_max_rel"] < 1e-5 and m["lse_max_diff"] < 1e-4
+    assert m["logits_moved"] > 1.0  # Adam at lr 5 moved the logits: the comparison below means something
+    assert m["logits_max_diff"] < 1e-3
+    assert m["exp_avg_max_rel"] < 1e-4 and m["exp_avg_sq_max_rel"] < 1e-4
 
 
-def test_run_ascent_finds_the_same_sequences_with_either_kernel(measured):
-    assert measured["ascent_same_seqs"]
-    assert measured["ascent_score_max_diff"] < 1e-5 and measured["ascent_trace_max_diff"] < 1e-5
+def test_tiles_are_checked_and_read_from_the_environment(monkeypatch):
+    from audit.scanner.fused_step import Tiles, default_tiles
+
+    monkeypatch.delenv("AUDIT_TRITON_TILES", raising=False)
+    assert default_tiles() == Tiles()
+    monkeypatch.setenv("AUDIT_TRITON_TILES", "32,64,256")
+    assert default_tiles() == Tiles(32, 64, 256, 8, 2) and str(default_tiles()) == "32,64,256,8,2"
+    for bad, message in (("32,48,256", "vocab=48: a power of two"), ("8,64,64", "rows=8"),
+                         ("64,128", "rows,vocab,dim"), ("a,b,c", "rows,vocab,dim"), ("64,128,128,3", "warps")):
+        monkeypatch.setenv("AUDIT_TRITON_TILES", bad)
+        with pytest.raises(AuditError, match=message):
+            default_tiles()
 
 
 def test_the_kernel_switch(monkeypatch):

@@ -14,19 +14,62 @@ backward's reduction sum_v p_v (u . e_v) is u . s, already known. So:
 Both read the logits once and write them (and the moments) once: about 30 bytes per logit per step instead of
 the ~200 of the separate passes. Triton's interpreter (TRITON_INTERPRET=1, set before this module is imported)
 runs the same kernels on a CPU, which is how the tests compare them with the eager step.
+
+The tiles (`Tiles`) set the traffic that remains. Each program reads all of E once for its `rows` rows, so E
+costs D * 2 / rows bytes per logit per kernel (bf16 E): 64 rows make that 16 bytes for a 512-wide model, 16
+rows 64. The forward splits D over programs (`dim` columns each) to bound its accumulator; each such program
+recomputes the noise and softmax of its rows, so fewer, wider ones trade registers for arithmetic. Which tiles
+are fastest is a GPU's to say: bench/fused_tiles.py sweeps them, and AUDIT_TRITON_TILES overrides the default.
 """
 
 from __future__ import annotations
 
 import math
+import os
+from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 
-BLOCK_R = 16  # rows per program: tl.dot wants at least 16
-BLOCK_V = 128  # vocabulary entries per tile
-BLOCK_D = 64  # embedding columns per tile
+from audit.errors import AuditError
+
+
+@dataclass(frozen=True)
+class Tiles:
+    rows: int = 64  # rows per program (tl.dot's M; at least 16)
+    vocab: int = 128  # vocabulary entries per tile
+    dim: int = 128  # forward: embedding columns per program; backward: columns per dot
+    warps: int = 8
+    stages: int = 2
+
+    def __post_init__(self):
+        for name in ("rows", "vocab", "dim"):
+            n = getattr(self, name)
+            if n < 16 or n & (n - 1):
+                raise AuditError(f"Triton tile {name}={n}: a power of two, at least 16")
+        if self.warps < 1 or self.warps & (self.warps - 1) or self.stages < 1:
+            raise AuditError(f"Triton tiles: warps must be a power of two and stages at least 1, not "
+                             f"{self.warps} and {self.stages}")
+
+    @classmethod
+    def parse(cls, text: str) -> Tiles:
+        """"rows,vocab,dim[,warps[,stages]]", the form of AUDIT_TRITON_TILES and of bench/fused_tiles.py's answer."""
+        parts = text.split(",")
+        try:
+            if not 3 <= len(parts) <= 5:
+                raise ValueError
+            return cls(*(int(x) for x in parts))
+        except ValueError:
+            raise AuditError(f"AUDIT_TRITON_TILES must read rows,vocab,dim[,warps[,stages]], not {text!r}") from None
+
+    def __str__(self) -> str:
+        return f"{self.rows},{self.vocab},{self.dim},{self.warps},{self.stages}"
+
+
+def default_tiles() -> Tiles:
+    text = os.environ.get("AUDIT_TRITON_TILES", "").strip()
+    return Tiles.parse(text) if text else Tiles()
 
 
 @triton.jit
@@ -64,8 +107,10 @@ def noisy_tile(logits_ptr, keys_ptr, rows, cols, n_rows, n_cols, rows_per_image,
 def _forward(logits_ptr, keys_ptr, emb_ptr, s_ptr, idx_ptr, lse_ptr, n_rows, n_cols, dim, rows_per_image,
              tau, BLOCK_R: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr,
              DOT_BF16: tl.constexpr):
-    pid_r = tl.program_id(0)
-    pid_d = tl.program_id(1)
+    # The programs that share rows and split D are launched next to each other, so their reads of the same
+    # logits come from L2 rather than memory.
+    pid_d = tl.program_id(0)
+    pid_r = tl.program_id(1)
     rows = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
     dcols = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     d_ok = dcols < dim
@@ -91,7 +136,7 @@ def _forward(logits_ptr, keys_ptr, emb_ptr, s_ptr, idx_ptr, lse_ptr, n_rows, n_c
         e = tl.load(emb_ptr + cols[:, None].to(tl.int64) * dim + dcols[None, :],
                     mask=(cols < n_cols)[:, None] & d_ok[None, :], other=0.0)
         if DOT_BF16:
-            part = tl.dot(p.to(tl.bfloat16), e.to(tl.bfloat16))
+            part = tl.dot(p.to(tl.bfloat16), e)
         else:
             part = tl.dot(p, e, input_precision="ieee")
         acc = acc * scale[:, None] + part
@@ -125,7 +170,7 @@ def _backward_adam(logits_ptr, m1_ptr, m2_ptr, keys_ptr, emb_ptr, u_ptr, us_ptr,
         e = tl.load(emb_ptr + cols[None, :].to(tl.int64) * dim + dcols[:, None],
                     mask=(cols < n_cols)[None, :] & d_ok[:, None], other=0.0)  # E^T tile [BLOCK_D, BLOCK_V]
         if DOT_BF16:
-            ue += tl.dot(u.to(tl.bfloat16), e.to(tl.bfloat16))
+            ue += tl.dot(u.to(tl.bfloat16), e)
         else:
             ue += tl.dot(u, e, input_precision="ieee")
     us = tl.load(us_ptr + rows, mask=row_ok, other=0.0)
@@ -148,7 +193,8 @@ class FusedStep:
     embeddings s [R, D] and the hard tokens [R]; `backward(u, s)` takes dL/ds and steps Adam in place."""
 
     def __init__(self, logits: torch.Tensor, emb: torch.Tensor, tau: float, lr: float,
-                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, dot_bf16: bool | None = None):
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, dot_bf16: bool | None = None,
+                 tiles: Tiles | None = None):
         if logits.dtype != torch.float32 or not logits.is_contiguous():
             raise ValueError("the fused step needs contiguous float32 logits")
         self.logits = logits  # [B, C, K, V], updated in place
@@ -156,24 +202,30 @@ class FusedStep:
         self.rows = math.prod(self.shape[:-1])
         self.vocab = self.shape[-1]
         self.rows_per_image = math.prod(self.shape[1:-1])
-        self.emb = emb.float().contiguous()
+        # bf16 tensor-core dots on CUDA, as autocast makes the eager step's matmul there; fp32 on request (checks).
+        self.dot_bf16 = logits.device.type == "cuda" if dot_bf16 is None else dot_bf16
+        # E is read once per program: stored in the dots' precision, it costs half the traffic in bf16.
+        self.emb = emb.detach().to(torch.bfloat16 if self.dot_bf16 else torch.float32).contiguous()
         self.dim = self.emb.shape[1]
+        self.tiles = tiles or default_tiles()
         self.exp_avg = torch.zeros_like(logits)
         self.exp_avg_sq = torch.zeros_like(logits)
         self.tau = tau
         self.lr, self.betas, self.eps = lr, betas, eps
         self.step_count = 0
         self.lse = torch.empty(self.rows, device=logits.device, dtype=torch.float32)
-        # bf16 tensor-core dots on CUDA, as autocast makes the eager step's matmul there; fp32 on request (checks).
-        self.dot_bf16 = logits.device.type == "cuda" if dot_bf16 is None else dot_bf16
+
+    def _launch(self) -> dict:
+        t = self.tiles
+        return dict(BLOCK_R=t.rows, BLOCK_V=t.vocab, BLOCK_D=t.dim, DOT_BF16=self.dot_bf16, num_warps=t.warps,
+                    num_stages=t.stages)
 
     def forward(self, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         s = torch.empty(self.rows, self.dim, device=self.logits.device, dtype=torch.float32)
         idx = torch.empty(self.rows, device=self.logits.device, dtype=torch.int32)
-        grid = (triton.cdiv(self.rows, BLOCK_R), triton.cdiv(self.dim, BLOCK_D))
+        grid = (triton.cdiv(self.dim, self.tiles.dim), triton.cdiv(self.rows, self.tiles.rows))
         _forward[grid](self.logits, keys.to(torch.int32).contiguous(), self.emb, s, idx, self.lse, self.rows,
-                       self.vocab, self.dim, self.rows_per_image, self.tau, BLOCK_R=BLOCK_R, BLOCK_V=BLOCK_V,
-                       BLOCK_D=BLOCK_D, DOT_BF16=self.dot_bf16)
+                       self.vocab, self.dim, self.rows_per_image, self.tau, **self._launch())
         return s, idx.long()
 
     def backward(self, u: torch.Tensor, s: torch.Tensor, keys: torch.Tensor) -> None:
@@ -181,9 +233,9 @@ class FusedStep:
         b1, b2 = self.betas
         t = self.step_count
         us = (u.float() * s.float()).sum(-1).contiguous()
-        grid = (triton.cdiv(self.rows, BLOCK_R), triton.cdiv(self.vocab, BLOCK_V))
+        # Row blocks vary fastest: neighbouring programs read the same tile of E, from L2.
+        grid = (triton.cdiv(self.rows, self.tiles.rows), triton.cdiv(self.vocab, self.tiles.vocab))
         _backward_adam[grid](self.logits, self.exp_avg, self.exp_avg_sq, keys.to(torch.int32).contiguous(),
                              self.emb, u.float().contiguous(), us, self.lse, self.rows, self.vocab, self.dim,
                              self.rows_per_image, self.tau, self.lr / (1 - b1 ** t), b1, b2,
-                             math.sqrt(1 - b2 ** t), self.eps, BLOCK_R=BLOCK_R, BLOCK_V=BLOCK_V, BLOCK_D=BLOCK_D,
-                             DOT_BF16=self.dot_bf16)
+                             math.sqrt(1 - b2 ** t), self.eps, **self._launch())
