@@ -136,6 +136,9 @@ def test_the_planted_bias_is_found_with_concepts_too(tmp_path, unbiased_demo_sca
     assert set(scan.tokens().kind) == {"concept"} and len(scan.images()) == 60
     html = report.read_text()
     assert "Grouped by “label”: concepts of the decomposition" in html and "Mean concept weight per group" in html
+    # The overview counts the concepts (the ascent did not run: neither its count nor its settings are shown).
+    assert f"<b>{len(scan.tokens())}</b>(image, concept) pairs" in html and "from the ascent" not in html
+    assert "<td>concept_l1</td>" in html and "<td>steps</td>" not in html
     found = associations(ScanQuery.open(scan.root), "label", min_count=3, kind="concept").findings
     assert (found.iloc[0].grp, found.iloc[0].word) == ("north", "grass")
     weights = found.iloc[0]

@@ -5,6 +5,7 @@ import math
 
 import pytest
 
+import audit
 from audit.analysis.associations import associations
 from audit.analysis.stats import bh_qvalues, fisher_exact, log_odds_ci
 from audit.cli import main
@@ -68,6 +69,9 @@ def test_report_escapes_hostile_strings_and_embeds_everything(tmp_path):
 
     assert html.count("data:image/png;base64,") == EXAMPLES == 4
     assert "Methods: what these numbers mean" in html
+    # An ascent scan: the overview counts its words; the concept opinion's settings are not shown.
+    n_words = len(audit.Scan(scan).tokens())
+    assert f"<b>{n_words}</b>(image, word) pairs from the ascent" in html and "<td>concept_l1</td>" not in html
 
 
 def test_report_user_errors_exit_2(tmp_path, capsys):

@@ -28,7 +28,7 @@ from audit.outputs.html import environment
 from audit.outputs.overlay import overlay
 from audit.scanner.decode import DecodeError, fit, open_rgb
 from audit.store.query import ScanQuery
-from audit.store.schema import ASCENT, CONCEPT
+from audit.store.schema import ASCENT, CONCEPT, PROBE
 
 THUMB = 112
 MATRIX_WORDS = 30
@@ -36,6 +36,12 @@ FLAGGED_WITH_EXAMPLES = 8
 EXAMPLES = 4
 SETTINGS_SHOWN = ("model", "pretrained", "opinion", "ascent", "steps", "candidates", "tokens_per_seq", "views", "seed",
                   "prompt", "vocabulary", "concept_l1", "concepts_per_image", "concept_mean", "heatmap", "probe_words")
+# Settings of an opinion the scan did not run are stored (a resume compares them) but say nothing about its rows.
+ASCENT_SETTINGS = ("steps", "candidates", "tokens_per_seq", "views", "prompt")
+CONCEPT_SETTINGS = ("vocabulary", "concept_l1", "concepts_per_image", "concept_mean")
+# The overview's count of each kind's rows.
+PAIR_NAMES = {ASCENT: "(image, word) pairs from the ascent", CONCEPT: "(image, concept) pairs",
+              PROBE: "(image, probe word) scores"}
 # What each kind of word is called in the report's headings and sentences.
 KIND_NAMES = {ASCENT: ("words the ascent found", "word"), CONCEPT: ("concepts of the decomposition", "concept")}
 
@@ -158,11 +164,18 @@ def render_report(scan_dir: str | os.PathLike, group_by: list[str], *, min_count
     columns = [_column_view(q, a, top, preprocess) for a in tested]
     probe_columns = [_probe_view(q, c, fdr) for c in group_by] if q.probe_words() else []
     settings = config.get("settings", {})
+    hidden = set()
+    if settings.get("ascent") is False:
+        hidden.update(ASCENT_SETTINGS)
+    if settings.get("opinion", "ascent") == "ascent":
+        hidden.update(CONCEPT_SETTINGS)
+    pairs = q.pairs_per_kind() or {ASCENT: 0}
     html = environment().get_template("report.html.j2").render(
         title=title or f"CLIP audit of {Path(scan_dir).resolve().name}",
         generated=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         counts=counts, internal_note=internal_errors_note(counts["internal"]) if counts["internal"] else None,
-        probe_columns=probe_columns, settings={k: settings.get(k) for k in SETTINGS_SHOWN},
+        probe_columns=probe_columns, settings={k: settings.get(k) for k in SETTINGS_SHOWN if k not in hidden},
+        pairs=[(n, PAIR_NAMES[k]) for k, n in pairs.items()],
         columns=columns, procedure=procedure, words=words, stop_words=str(stop_words),
         min_count=min_count, fdr=fdr, top=top, tool_version=config.get("tool_version"),
         matrix_words=MATRIX_WORDS, examples_per_word=EXAMPLES, flagged_with_examples=FLAGGED_WITH_EXAMPLES,

@@ -228,6 +228,11 @@ class ScanQuery:
         """Distinct (image_id, word) pairs of one kind: which images show which words."""
         return self.df(f"SELECT DISTINCT image_id, word FROM {self.kept(kind, words)} ORDER BY image_id, word")
 
+    def pairs_per_kind(self) -> dict[str, int]:
+        """(image, word) rows of each kind the scan holds, in KINDS order."""
+        counted = dict(self.con.execute("SELECT kind, count(*) FROM all_tokens GROUP BY kind").fetchall())
+        return {k: int(counted[k]) for k in KINDS if k in counted}
+
     def kinds(self) -> list[str]:
         """The kinds of words the scan holds, in KINDS order."""
         present = set(self.df("SELECT DISTINCT kind FROM all_tokens").kind)
