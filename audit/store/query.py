@@ -235,5 +235,4 @@ class ScanQuery:
 
     def kinds(self) -> list[str]:
         """The kinds of words the scan holds, in KINDS order."""
-        present = set(self.df("SELECT DISTINCT kind FROM all_tokens").kind)
-        return [k for k in KINDS if k in present]
+        return list(self.pairs_per_kind())
