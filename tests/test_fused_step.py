@@ -84,3 +84,19 @@ def test_the_kernel_switch(monkeypatch):
     monkeypatch.setenv("AUDIT_KERNEL", "cuda-graphs")
     with pytest.raises(AuditError, match="AUDIT_KERNEL must be one of triton, compile, eager"):
         kernel_for(cpu)
+
+
+def test_the_fused_step_holds_what_the_batch_size_estimate_counts():
+    """The auto batch size counts 12 bytes per logit for the fused kernels (memory.bytes_per_logit): the
+    logits and Adam's two moments. A vocabulary-sized buffer added to FusedStep would break that estimate and
+    this test, before it broke a scan with an out-of-memory retry on a GPU."""
+    from audit.scanner.fused_step import FusedStep
+    from audit.scanner.memory import bytes_per_logit
+
+    logits = torch.zeros(3, 4, 2, 1000)
+    emb = torch.zeros(1000, 32)
+    step = FusedStep(logits, emb, tau=1000.0, lr=5.0)
+    held = {id(t): t for t in vars(step).values() if isinstance(t, torch.Tensor) and t is not step.emb}
+    per_logit = sum(t.numel() * t.element_size() for t in held.values()) / logits.numel()
+    assert bytes_per_logit("triton") <= per_logit < bytes_per_logit("triton") + 0.1
+    assert bytes_per_logit("triton") < bytes_per_logit("compile") == bytes_per_logit("eager")

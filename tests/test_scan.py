@@ -223,6 +223,8 @@ def test_memory_estimates_match_what_was_measured():
     assert 8.4e9 / 64 / 1.5 < per_image < 8.4e9 / 64 * 1.5
     assert fit_count(80e9, per_image) > fit_count(40e9, per_image) > fit_count(8e9, per_image) >= 1
     assert fit_count(10, per_image) == 1 and fit_count(1e15, 1) == 1024
+    fused = ascent_bytes_per_image(16, 4, 49408, text_width=512, text_layers=12, seq_len=6, kernel="triton")
+    assert fused < per_image * 0.6
 
 
 def test_auto_batch_on_a_gpu_follows_free_memory(tiny, monkeypatch):
@@ -241,6 +243,9 @@ def test_auto_batch_on_a_gpu_follows_free_memory(tiny, monkeypatch):
     assert 1 <= sizes[0] < sizes[1] < sizes[2] <= 1024, sizes
     fewer = memory.cuda_batch_size(ScanOptions(candidates=64), towers, cuda)
     assert fewer < sizes[2]
+    # The fused kernels keep 12 of the separate passes' 40 bytes per logit: more images fit the same memory.
+    monkeypatch.setattr(memory, "free_bytes", lambda device: int(8e9))
+    assert memory.cuda_batch_size(ScanOptions(), towers, cuda, kernel="triton") > sizes[1]
     assert memory.relevancy_chunk(towers, torch.device("cpu")) == 256
     assert 1 <= memory.relevancy_chunk(towers, cuda, free=int(1e9)) <= 256
 

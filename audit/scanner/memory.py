@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import torch
 
-# Bytes per element of the [candidates, tokens, vocabulary] logits that live at once during an ascent step:
-# the fp32 parameter, its gradient, Adam's two moments, the Gumbel noise, the noisy logits, the softmax, its
-# gradient, the logits' gradient and the bf16 copy that meets the embedding matrix.
-_BYTES_PER_LOGIT = 40
+# Bytes per element of the [candidates, tokens, vocabulary] logits that live at once during an ascent step.
+# Separate passes (AUDIT_KERNEL=compile|eager): the fp32 parameter, its gradient, Adam's two moments, the
+# Gumbel noise, the noisy logits, the softmax, its gradient, the logits' gradient and the bf16 copy that meets
+# the embedding matrix. The fused kernels (triton): the parameter and the two moments, nothing else
+# (tests/test_fused_step.py holds FusedStep to that).
+_BYTES_PER_LOGIT = {"triton": 12}
+_BYTES_PER_LOGIT_SEPARATE = 40
 _MAX_BATCH = 1024
 _HEADROOM = 0.8  # of the free memory; the rest absorbs allocator fragmentation and cuBLAS workspaces
 
@@ -32,11 +35,16 @@ def release(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
+def bytes_per_logit(kernel: str) -> int:
+    return _BYTES_PER_LOGIT.get(kernel, _BYTES_PER_LOGIT_SEPARATE)
+
+
 def ascent_bytes_per_image(candidates: int, tokens: int, vocab: int, text_width: int, text_layers: int,
-                           seq_len: int) -> int:
-    """Memory one image adds to an ascent step: the vocabulary-sized tensors plus the text tower's
-    activations kept for the backward pass (about 24 values per width per position per layer)."""
-    logits = candidates * tokens * vocab * _BYTES_PER_LOGIT
+                           seq_len: int, kernel: str = "compile") -> int:
+    """Memory one image adds to an ascent step run by `kernel` (ascent.kernel_for): the vocabulary-sized
+    tensors plus the text tower's activations kept for the backward pass (about 24 values per width per
+    position per layer)."""
+    logits = candidates * tokens * vocab * bytes_per_logit(kernel)
     text = candidates * seq_len * text_width * text_layers * 24 * 4
     return logits + text
 
@@ -68,8 +76,9 @@ def _pair_bytes(towers) -> int:
                                     shape["vision_width"])
 
 
-def cuda_batch_size(opts, towers, device: torch.device, n_probes: int = 0) -> int:
-    """The largest batch whose ascent fits the free GPU memory, next to one relevancy chunk."""
+def cuda_batch_size(opts, towers, device: torch.device, n_probes: int = 0, kernel: str = "compile") -> int:
+    """The largest batch whose ascent (run by `kernel`) fits the free GPU memory, next to one relevancy
+    chunk."""
     free = free_bytes(device) or 0
     per_pair = _pair_bytes(towers)
     reserved = relevancy_chunk(towers, device, free) * per_pair
@@ -78,7 +87,7 @@ def cuda_batch_size(opts, towers, device: torch.device, n_probes: int = 0) -> in
     else:
         shape = towers.shape()
         per_image = ascent_bytes_per_image(opts.candidates, opts.tokens_per_seq, towers.vocab_size,
-                                           shape["text_width"], shape["text_layers"], opts.tokens_per_seq + 2)
+                                           shape["text_width"], shape["text_layers"], opts.tokens_per_seq + 2, kernel)
     return fit_count(free, per_image, reserved)
 
 

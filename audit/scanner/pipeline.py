@@ -16,7 +16,7 @@ import torch
 
 from audit.errors import AuditError, internal_errors_note
 from audit.scanner import rng
-from audit.scanner.ascent import run_ascent, sequences_to_words
+from audit.scanner.ascent import kernel_for, run_ascent, sequences_to_words
 from audit.scanner.concepts import MEAN_IMAGES, ConceptOpinion, ImageMean, dataset_mean, read_mean
 from audit.scanner.device import autocast, resolve_device, tune_cpu_allocator
 from audit.scanner.encoders import Towers
@@ -373,7 +373,7 @@ def load_scanner(opts: ScanOptions, probes: tuple[str, ...], meta_columns: list[
         opinion = ConceptOpinion(concepts.vocabulary.words, embedded, text_mean(towers, concepts.model_identity),
                                  mean, opts.concepts())
     if opts.batch_size == "auto" and device.type == "cuda":
-        batch_size = cuda_batch_size(opts, towers, device, len(probes))
+        batch_size = cuda_batch_size(opts, towers, device, len(probes), kernel_for(device))
     scanner = _BatchScanner(opts, towers, meta_columns, probes, opinion)
     return _Fitting(scanner, batch_size, device, say), preprocess, batch_size
 
