@@ -17,8 +17,10 @@
 #  3. bench/fused_tiles.py: the fused step alone by tiling against the compiled step, ms per step and bandwidth,
 #     within 80 s; its fastest tiling is exported as AUDIT_TRITON_TILES for the rest;
 #  4. bench/scan_throughput.py on ViT-B-32 and ViT-L-14: ascent and relevancy per batch size, the table of
-#     ascent paths (eager, compiled, triton) with images/s, peak memory and mean best cosine, the full scan at
-#     auto batch, the naive baseline on 8 images with the objective's paired difference, and the ratio.
+#     ascent paths (eager, compiled, triton) with images/s, peak memory and mean best cosine, each kernel's
+#     step time at batch 2 against batch 256 (the most CUDA graphs could save), the full scan at auto batch, the
+#     naive baseline on 8 images with the objective's paired difference, the ratio, and ViT-B-32's full scan
+#     again with AUDIT_KERNEL=triton against the default one.
 set -euo pipefail
 out=${OUT:-bench-out}
 mkdir -p "$out"

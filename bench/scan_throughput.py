@@ -90,6 +90,33 @@ def fast_ascent(towers: Towers, images: torch.Tensor, cfg: AscentConfig, device:
         return run_ascent(towers, images, seeds, cfg, optimizer=optimizer)
 
 
+def ms_per_step(towers: Towers, images: torch.Tensor, cfg: AscentConfig, device: torch.device,
+                steps: tuple[int, int] = (10, 30)) -> float:
+    """Milliseconds of one ascent step, setup and token swaps left out: two runs that differ only in their step
+    count, their time difference over the steps between them."""
+    times = []
+    for n in steps:
+        c = dataclasses.replace(cfg, steps=n, refine_rounds=0)
+        sync(device)
+        t0 = time.perf_counter()
+        fast_ascent(towers, images, c, device)
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return max(times[1] - times[0], 0.0) / (steps[1] - steps[0]) * 1e3
+
+
+def host_overhead(name: str, towers: Towers, images: torch.Tensor, cfg: AscentConfig, device: torch.device,
+                  label: str) -> tuple[float, float]:
+    """What CUDA graphs could save at most: a step at batch 2, where the GPU idles and the time is the host's
+    launches, against a step at the measured batch, where those launches overlap the GPU's work."""
+    small = ms_per_step(towers, images[:2], cfg, device)
+    full = ms_per_step(towers, images, cfg, device)
+    print(f"paths: {name} {label}: a step takes {small:.2f} ms at batch 2 (the host's launches, the GPU nearly "
+          f"idle) and {full:.2f} ms at batch {images.shape[0]}; CUDA graphs could save at most "
+          f"{min(small / full, 1.0) if full > 0 else float('nan'):.0%} of the step", flush=True)
+    return small, full
+
+
 # ---- the naive baseline: the origin script's loop, one image at a time ----------------------------------
 
 def naive_ascent(towers: Towers, image: torch.Tensor, cfg: AscentConfig, seed: int) -> tuple[list[int], float]:
@@ -220,6 +247,14 @@ def compare_paths(name: str, device: torch.device, b: int, cfg: AscentConfig) ->
         print(f"paths: {name} batch {b}  {label:32s} ascent {results[label][0]:8.2f} img/s  "
               f"peak {peak_gb(device):6.2f} GB  mean best cosine {float(found.scores[:, 0].mean()):.4f}",
               flush=True)
+    for label, kernel in (("compiled", "compile"), ("triton", "triton")):
+        os.environ["AUDIT_KERNEL"] = kernel
+        try:
+            host_overhead(name, towers, x, cfg, device, label)
+        except Exception as e:  # noqa: BLE001 - reported; the rest of the table stands
+            print(f"paths: {name} {label}: step time FAILED: {type(e).__name__}: {str(e)[:300]}", flush=True)
+        finally:
+            os.environ.pop("AUDIT_KERNEL", None)
     if "compiled + fused Adam (default)" in results and "compiled, no token swaps" in results:
         with_swaps, without = results["compiled + fused Adam (default)"][0], results["compiled, no token swaps"][0]
         print(f"paths: the token swaps after the ascent ({cfg.refine_rounds} rounds) take "
@@ -250,8 +285,9 @@ def full_scan(name: str, device: torch.device, folder: Path, out: Path, cfg: Asc
     return run["images"] / seconds, run["batch_size_used"]
 
 
-def baseline(name: str, device: torch.device, n: int, cfg: AscentConfig, rows: list[dict], full: float) -> None:
-    """The naive loop and the objective of both methods on shared random weights; prints the ratio."""
+def baseline(name: str, device: torch.device, n: int, cfg: AscentConfig, rows: list[dict], full: float) -> float:
+    """The naive loop and the objective of both methods on shared random weights; prints the ratio and returns
+    the naive loop's images/s."""
     loaded = load_model(name, "none", device=str(device))
     towers = Towers(loaded)  # load_model already froze the weights
     x = random_images(n, input_size(loaded), device, seed=1)
@@ -287,6 +323,32 @@ def baseline(name: str, device: torch.device, n: int, cfg: AscentConfig, rows: l
     del towers, loaded
     if device.type == "cuda":
         torch.cuda.empty_cache()
+    return naive_rate
+
+
+def triton_scan(name: str, device: torch.device, folder: Path, out: Path, cfg: AscentConfig, workers: int,
+                default: tuple[float, int], naive_rate: float) -> None:
+    """The same full scan with the fused kernels (AUDIT_KERNEL=triton), which also change the auto batch size
+    (12 bytes per logit instead of 40): the figure that decides whether triton becomes the CUDA default."""
+    if device.type != "cuda":
+        print("full scan with AUDIT_KERNEL=triton: CUDA-only; not run on cpu", flush=True)
+        return
+    before = os.environ.get("AUDIT_KERNEL")
+    os.environ["AUDIT_KERNEL"] = "triton"
+    try:
+        rate, used = full_scan(name, device, folder, out, cfg, "auto", workers)
+    except Exception as e:  # noqa: BLE001 - reported; the other figures of the run still come
+        print(f"{name:10s} full scan, triton: FAILED: {type(e).__name__}: {str(e)[:300]}", flush=True)
+        return
+    finally:
+        if before is None:
+            os.environ.pop("AUDIT_KERNEL", None)
+        else:
+            os.environ["AUDIT_KERNEL"] = before
+    print(f"{name:10s} full scan, triton (auto batch, used {used}): {rate:8.2f} img/s peak {peak_gb(device):6.2f} GB; "
+          f"{rate / default[0]:.2f}x the default scan ({default[0]:.2f} img/s at batch {default[1]}); "
+          f"{rate / naive_rate:.0f}x the naive baseline", flush=True)
+
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -325,7 +387,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:10s} full scan (auto batch, used {scans[name][1]}): {scans[name][0]:8.2f} img/s "
                   f"peak {peak_gb(device):6.2f} GB", flush=True)
             if i == 0:  # the baseline right after the first model, so a run cut short still has its ratio
-                baseline(name, device, args.naive_images, cfg, rows, scans[name][0])
+                naive_rate = baseline(name, device, args.naive_images, cfg, rows, scans[name][0])
+                triton_scan(name, device, scan_folder, Path(tmp) / f"scan-{name}-triton", cfg, args.workers,
+                            scans[name], naive_rate)
     return 0
 
 
