@@ -15,6 +15,7 @@ fp32. The objective check scores the best sequence of each method with one share
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import sys
@@ -81,6 +82,20 @@ def loader_rate(folder: Path, preprocess: dict, workers: int, batch: int) -> flo
     t0 = time.perf_counter()
     n = sum(len(b.indices) for b in loader)
     return n / (time.perf_counter() - t0)
+
+
+@contextlib.contextmanager
+def kernel(name: str):
+    """AUDIT_KERNEL=name inside, whatever the caller had set back afterwards."""
+    before = os.environ.get("AUDIT_KERNEL")
+    os.environ["AUDIT_KERNEL"] = name
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("AUDIT_KERNEL", None)
+        else:
+            os.environ["AUDIT_KERNEL"] = before
 
 
 def fast_ascent(towers: Towers, images: torch.Tensor, cfg: AscentConfig, device: torch.device,
@@ -223,38 +238,34 @@ def compare_paths(name: str, device: torch.device, b: int, cfg: AscentConfig) ->
 
     results = {}
     no_swaps = dataclasses.replace(cfg, refine_rounds=0)
-    for label, kernel, optimizer, path_cfg in (
+    for label, path_kernel, optimizer, path_cfg in (
             ("eager + plain Adam (before)", "eager", plain, cfg),
             ("eager + fused Adam", "eager", default_optimizer, cfg),
             ("compiled + fused Adam (default)", "compile", default_optimizer, cfg),
             ("compiled, no token swaps", "compile", default_optimizer, no_swaps),
             ("triton: 2 fused kernels, Adam inside", "triton", default_optimizer, cfg)):
-        os.environ["AUDIT_KERNEL"] = kernel
         try:
-            reset_peak(device)
-            # warm-up (and compile)
-            fast_ascent(towers, x, dataclasses.replace(path_cfg, steps=2), device, optimizer)
-            sync(device)
-            t0 = time.perf_counter()
-            found = fast_ascent(towers, x, path_cfg, device, optimizer)
-            sync(device)
+            with kernel(path_kernel):
+                reset_peak(device)
+                # warm-up (and compile)
+                fast_ascent(towers, x, dataclasses.replace(path_cfg, steps=2), device, optimizer)
+                sync(device)
+                t0 = time.perf_counter()
+                found = fast_ascent(towers, x, path_cfg, device, optimizer)
+                sync(device)
         except Exception as e:  # noqa: BLE001 - a path that fails to build is reported, the others still run
             print(f"paths: {name} batch {b}  {label:32s} FAILED: {type(e).__name__}: {str(e)[:300]}", flush=True)
             continue
-        finally:
-            os.environ.pop("AUDIT_KERNEL", None)
         results[label] = (b / (time.perf_counter() - t0), found)
         print(f"paths: {name} batch {b}  {label:32s} ascent {results[label][0]:8.2f} img/s  "
               f"peak {peak_gb(device):6.2f} GB  mean best cosine {float(found.scores[:, 0].mean()):.4f}",
               flush=True)
-    for label, kernel in (("compiled", "compile"), ("triton", "triton")):
-        os.environ["AUDIT_KERNEL"] = kernel
+    for label, path_kernel in (("compiled", "compile"), ("triton", "triton")):
         try:
-            host_overhead(name, towers, x, cfg, device, label)
+            with kernel(path_kernel):
+                host_overhead(name, towers, x, cfg, device, label)
         except Exception as e:  # noqa: BLE001 - reported; the rest of the table stands
             print(f"paths: {name} {label}: step time FAILED: {type(e).__name__}: {str(e)[:300]}", flush=True)
-        finally:
-            os.environ.pop("AUDIT_KERNEL", None)
     if "compiled + fused Adam (default)" in results and "compiled, no token swaps" in results:
         with_swaps, without = results["compiled + fused Adam (default)"][0], results["compiled, no token swaps"][0]
         print(f"paths: the token swaps after the ascent ({cfg.refine_rounds} rounds) take "
@@ -333,18 +344,12 @@ def triton_scan(name: str, device: torch.device, folder: Path, out: Path, cfg: A
     if device.type != "cuda":
         print("full scan with AUDIT_KERNEL=triton: CUDA-only; not run on cpu", flush=True)
         return
-    before = os.environ.get("AUDIT_KERNEL")
-    os.environ["AUDIT_KERNEL"] = "triton"
     try:
-        rate, used = full_scan(name, device, folder, out, cfg, "auto", workers)
+        with kernel("triton"):
+            rate, used = full_scan(name, device, folder, out, cfg, "auto", workers)
     except Exception as e:  # noqa: BLE001 - reported; the other figures of the run still come
         print(f"{name:10s} full scan, triton: FAILED: {type(e).__name__}: {str(e)[:300]}", flush=True)
         return
-    finally:
-        if before is None:
-            os.environ.pop("AUDIT_KERNEL", None)
-        else:
-            os.environ["AUDIT_KERNEL"] = before
     print(f"{name:10s} full scan, triton (auto batch, used {used}): {rate:8.2f} img/s peak {peak_gb(device):6.2f} GB; "
           f"{rate / default[0]:.2f}x the default scan ({default[0]:.2f} img/s at batch {default[1]}); "
           f"{rate / naive_rate:.0f}x the naive baseline", flush=True)
