@@ -20,7 +20,8 @@
 #     ascent paths (eager, compiled, triton) with images/s, peak memory and mean best cosine, each kernel's
 #     step time at batch 2 against batch 256 (the most CUDA graphs could save), the full scan at auto batch, the
 #     naive baseline on 8 images with the objective's paired difference, the ratio, and ViT-B-32's full scan
-#     again with AUDIT_KERNEL=triton against the default one.
+#     again with AUDIT_KERNEL=triton against the default one; each full scan splits its time into waiting for
+#     images (the loader not keeping up), the model and writing.
 set -euo pipefail
 out=${OUT:-bench-out}
 mkdir -p "$out"

@@ -21,6 +21,7 @@ def test_scan_throughput_smoke_run_prints_every_measurement():
     assert re.search(r"loader: .* [\d.]+ img/s", out), out
     assert re.search(r"audit-tiny +batch +2 +ascent +[\d.]+ img/s +relevancy +[\d.]+ img/s", out), out
     assert re.search(r"full scan \(auto batch, used \d+\): +[\d.]+ img/s", out), out
+    assert re.search(r"full scan's time: waiting for images \d+%, model \d+%, writing \d+%", out), out
     assert re.search(r"naive baseline .* [\d.]+ img/s", out), out
     for label in ("fast", "fast --resample-views"):
         m = re.search(rf"objective .*: {label} ([\d.-]+) +naive ([\d.-]+) +paired difference ([+-][\d.]+) "

@@ -214,6 +214,37 @@ def test_cli_scan_prints_progress_and_summary(small_folder, tmp_path, capsys):
     assert capsys.readouterr().err == ""
 
 
+def test_a_scan_records_where_its_time_went_and_says_when_decoding_starves_the_model(small_folder, tmp_path,
+                                                                                     monkeypatch, capsys):
+    import time
+
+    from audit.scanner import loader, pipeline
+    from audit.scanner.pipeline import ScanCounts, starved_hint
+
+    scan = audit.scan(small_folder, tmp_path / "a", **{**FAST, "batch_size": 2})
+    run = scan.config["runs"][-1]
+    phases = run["phases"]
+    assert set(phases) == {"waiting_for_images", "model", "writing"} and min(phases.values()) >= 0
+    assert phases["model"] > 0 and sum(phases.values()) <= run["seconds"]
+    # Decoding made slower by 0.4 s an image: all of that is counted as waiting, and the summary passes on
+    # what starved_hint makes of the phases.
+    decode = loader.decode
+    monkeypatch.setattr(loader, "decode", lambda *a, **k: (time.sleep(0.4), decode(*a, **k))[1])
+    seen = []
+    monkeypatch.setattr(pipeline, "starved_hint", lambda counts, scanned, workers: seen.append(
+        (dict(counts.phases), scanned, workers)) or "HINT")
+    slow = audit.scan(small_folder, tmp_path / "b", **{**FAST, "batch_size": 1, "quiet": False})
+    phases = slow.config["runs"][-1]["phases"]
+    assert phases["waiting_for_images"] >= 6 * 0.4 and phases["model"] > 0, phases
+    assert seen[0][1:] == (6, 0) and "audit scan: HINT" in capsys.readouterr().err
+    # No hint for a short scan (its wait is the workers' start-up) or a busy model.
+    counts = ScanCounts(batch_size=2, phases={"waiting_for_images": 3.0, "model": 1.0, "writing": 0.0})
+    assert starved_hint(counts, 8, 4).startswith("75% of the scan's time") and starved_hint(counts, 7, 4) is None
+    counts.phases = {"waiting_for_images": 1.0, "model": 3.5, "writing": 0.5}
+    assert starved_hint(counts, 100, 4) is None
+    assert starved_hint(ScanCounts(batch_size=2), 100, 4) is None  # Ray: no phases
+
+
 def test_memory_estimates_match_what_was_measured():
     """The ascent estimate for ViT-B/32 (16 candidates, 4 tokens, the 49,408-token vocabulary) against the
     8.4 GB that a batched prototype measured at 64 images on an H100 (issue 7): within a factor of 1.5."""

@@ -250,6 +250,9 @@ class ScanCounts:
     batch_size_used: int | None = None  # the last one, lower if memory ran out; None if nothing was scanned
     preprocess: dict | None = None
     fingerprint: Fingerprint = dataclasses.field(default_factory=Fingerprint)
+    # Seconds the local engine spent waiting for decoded images, in the model and writing: where a slow scan's
+    # time goes (a starved GPU shows as waiting). None on Ray, whose stages overlap across actors.
+    phases: dict[str, float] | None = None
 
     def add(self, tables: dict[str, pa.Table], skipped: list[str], failed: set[str]) -> list[str]:
         """Count one committed unit (its tables, and the done ids the stream passed over); returns its ids."""
@@ -402,11 +405,22 @@ def scan_pending(plan: ScanPlan, writer: ScanWriter, pending: Pending, counts: S
     loader = make_loader(StreamDataset(plan.source, pending.done, preprocess, opts.max_pixels), batch_size,
                          opts.workers, pin_memory=device.type == "cuda")
     progress = Progress(pending.pending, quiet=opts.quiet)
+    phases = counts.phases = {"waiting_for_images": 0.0, "model": 0.0, "writing": 0.0}
+    batches = iter(loader)
     try:
-        for batch in loader:
+        while True:
+            t0 = time.perf_counter()
+            batch = next(batches, None)
+            t1 = time.perf_counter()
+            phases["waiting_for_images"] += t1 - t0
+            if batch is None:
+                break
             if batch.indices or batch.errors:
-                tables = fitting.run(batch)
+                tables = fitting.run(batch)  # ends in copies to the host, so the GPU's work is in this span
+                t2 = time.perf_counter()
                 writer.write_unit(tables)
+                phases["model"] += t2 - t1
+                phases["writing"] += time.perf_counter() - t2
             else:
                 tables = {}
             counts.add(tables, batch.skipped, pending.failed)
@@ -436,6 +450,7 @@ def finish_scan(plan: ScanPlan, writer: ScanWriter, pending: Pending, counts: Sc
         "images": counts.images, "errors": counts.errors, "internal_errors": counts.internal_errors,
         "tokens": counts.tokens, "retried": counts.retried, "seconds": round(seconds, 3),
         "preprocess": counts.preprocess,
+        "phases": None if counts.phases is None else {k: round(v, 3) for k, v in counts.phases.items()},
     })
     if pending.pending == 0 or (pending.pending is None and scanned == 0):
         say(f"audit scan: nothing to do, all {total if total is not None else counts.skipped} images are "
@@ -448,6 +463,23 @@ def finish_scan(plan: ScanPlan, writer: ScanWriter, pending: Pending, counts: Sc
         f"words in {seconds:.1f} s ({rate:.2f} images/s{smaller}) -> {plan.out}")
     if counts.internal_errors:
         say(f"audit scan: {internal_errors_note(counts.internal_errors)}")
+    hint = starved_hint(counts, scanned, plan.opts.workers)
+    if hint:
+        say(f"audit scan: {hint}")
+
+
+def starved_hint(counts: ScanCounts, scanned: int, workers: int) -> str | None:
+    """A line for a scan that spent a large share of its time waiting for decoded images, past its first
+    batches (whose wait is the workers' start-up, not a lack of them)."""
+    phases = counts.phases
+    if not phases or scanned < 4 * max(counts.batch_size, 1):
+        return None
+    total = sum(phases.values())
+    share = phases["waiting_for_images"] / total if total > 0 else 0.0
+    if share < 0.25:
+        return None
+    return (f"{share:.0%} of the scan's time went waiting for images to be read and decoded; more --workers "
+            f"(now {workers}) would keep the model busy")
 
 
 def run_scan(source, out, **options) -> Scan:
