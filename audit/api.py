@@ -72,10 +72,14 @@ def scan(source: str | os.PathLike, out: str | os.PathLike, *,
          engine: str = _D.engine,
          ray_address: str | None = _D.ray_address,
          retry_errors: bool = _D.retry_errors,
+         kernel: str = _D.kernel,
+         triton_tiles: str | None = _D.triton_tiles,
          quiet: bool = _D.quiet) -> Scan:
     """Scan a dataset into the scan directory `out`, resuming what is there; returns a handle that reads the
     tables back. `source` is an image folder, a manifest, WebDataset shards, a Parquet file of image bytes or a
-    Hugging Face dataset (local path or URL); the options are `audit scan`'s (see ScanOptions)."""
+    Hugging Face dataset (local path or URL); the options are `audit scan`'s (see ScanOptions). A `kernel` of
+    "auto" and no `triton_tiles` take the environment's AUDIT_KERNEL (AUDIT_COMPILE=0: eager) and
+    AUDIT_TRITON_TILES: the one place the library reads them."""
     from audit.scanner.pipeline import run_scan
 
     return run_scan(str(source), str(out), model=model, pretrained=pretrained, device=device,
@@ -91,7 +95,18 @@ def scan(source: str | os.PathLike, out: str | os.PathLike, *,
                     concept_l1=concept_l1, concepts_per_image=concepts_per_image,
                     concept_heatmaps=concept_heatmaps,
                     concept_mean=None if concept_mean is None else str(concept_mean), overwrite=overwrite,
-                    engine=engine, ray_address=ray_address, retry_errors=retry_errors, quiet=quiet)
+                    engine=engine, ray_address=ray_address, retry_errors=retry_errors,
+                    kernel=env_kernel() if kernel == "auto" else kernel,
+                    triton_tiles=os.environ.get("AUDIT_TRITON_TILES") or None if triton_tiles is None else triton_tiles,
+                    quiet=quiet)
+
+
+def env_kernel() -> str:
+    """The ascent kernel the environment asks for: AUDIT_KERNEL, else eager under AUDIT_COMPILE=0, else auto."""
+    asked = os.environ.get("AUDIT_KERNEL", "").strip().lower()
+    if asked:
+        return asked
+    return "eager" if os.environ.get("AUDIT_COMPILE", "1").strip() == "0" else "auto"
 
 
 @dataclass
@@ -252,7 +267,7 @@ def explain(inputs: list[str | os.PathLike], out: str | os.PathLike, *, tile: in
 
 def collect_images(inputs: list[str | os.PathLike]) -> list[Path]:
     """Image files named or found (recursively, by extension) in the folders named, each once."""
-    from audit.scanner.sources import IMAGE_EXTENSIONS
+    from audit.sources import IMAGE_EXTENSIONS
 
     found: list[Path] = []
     for item in inputs:

@@ -18,7 +18,16 @@ from audit.analysis import FDR, MIN_COUNT, MIN_RELATIVE_COSINE, PROCEDURE, PROCE
 from audit.demo.recipe import TrainOptions
 from audit.errors import AuditError
 from audit.outputs import TOP
-from audit.scanner.options import DEVICES, ENGINES, OPINIONS, SOURCE_KINDS, ScanOptions
+from audit.scanner.options import (
+    DEVICES,
+    ENGINES,
+    KERNELS,
+    OPINIONS,
+    SOURCE_KINDS,
+    ScanOptions,
+    check_tiles,
+    parse_opinions,
+)
 from audit.scanner.relevancy import METHODS
 from audit.version import __version__
 
@@ -47,10 +56,28 @@ def _between(low: float, high: float | None):
     return parse
 
 
-HeatmapMethod = Literal[tuple(METHODS)]
+def _opinions(value: str) -> str:
+    """One opinion method or several, comma-separated (audit.scanner.opinions)."""
+    try:
+        parse_opinions(value)
+    except AuditError as e:
+        raise typer.BadParameter(str(e).removeprefix("--opinion: ")) from None
+    return value
+
+
+def _tiles(value: str) -> str:
+    try:
+        check_tiles(value)
+    except AuditError as e:
+        raise typer.BadParameter(str(e).removeprefix("--triton-tiles ")) from None
+    return value
+
+
+HeatmapMethod = Literal[tuple(METHODS)]  # the choices --help shows are the registries' entries
 SourceKind = Literal[SOURCE_KINDS]
-Engine = Literal[ENGINES]  # the choices --help shows are the registered relevancy methods
-Opinion = Literal[OPINIONS]
+Engine = Literal[ENGINES]
+Kernel = Literal[KERNELS]
+OPINION_METAVAR = ",".join(OPINIONS)
 
 
 # Options shared by `scan` and `explain`, declared once.
@@ -80,8 +107,8 @@ Heatmap = Annotated[Optional[HeatmapMethod], typer.Option(rich_help_panel=RELEVA
 OcclusionWindow = Annotated[Optional[int], typer.Option(min=1, rich_help_panel=RELEVANCY, help="Side of the blanked window in patches, for --heatmap occlusion (default: the model's, 3 or 4 for audit-demo).")]  # noqa: UP045
 Words = Annotated[Optional[list[str]], typer.Option("--words", "-w", rich_help_panel=INPUT, help="Probe words or phrases scored on every image, comma-separated (repeatable).")]  # noqa: UP045
 WordsFile = Annotated[Optional[Path], typer.Option("--words-file", rich_help_panel=INPUT, help="Probe words, one per line (phrases may contain commas; # starts a comment).")]  # noqa: UP045
-NoAscent = Annotated[bool, typer.Option("--no-ascent", rich_help_panel=ASCENT, help="Skip the ascent: score only the probe words (fast).")]
-OpinionOption = Annotated[Opinion, typer.Option(rich_help_panel=CONCEPTS, help="What CLIP thinks of each image: ascent (search for the token sequences closest to it: open vocabulary, seconds per image), concepts (a sparse, non-negative decomposition of its embedding over a vocabulary: milliseconds per image), or both.")]
+NoAscent = Annotated[bool, typer.Option("--no-ascent", rich_help_panel=ASCENT, help="Deprecated: leaves the ascent out; write --opinion probes (with --words) or --opinion concepts instead.")]
+OpinionOption = Annotated[str, typer.Option(parser=_opinions, metavar=OPINION_METAVAR, rich_help_panel=CONCEPTS, help="What CLIP thinks of each image, one method or several separated by commas: ascent (search for the token sequences closest to it: open vocabulary, seconds per image), concepts (a sparse, non-negative decomposition of its embedding over a vocabulary: milliseconds per image), probes (only the probe words of --words, which are scored with any method); both means ascent,concepts.")]
 Vocabulary = Annotated[Optional[Path], typer.Option(rich_help_panel=CONCEPTS, help="Concept vocabulary: a file with one word or phrase per line; default: the tokenizer's whole-word tokens of 3+ letters, stop words left out.")]  # noqa: UP045
 ConceptL1 = Annotated[float, typer.Option(parser=_between(0, None), metavar="FLOAT>0", rich_help_panel=CONCEPTS, help="L1 penalty of the decomposition: larger gives fewer concepts per image.")]
 ConceptsPerImage = Annotated[int, typer.Option(min=1, rich_help_panel=CONCEPTS, help="Concepts stored per image, largest weights first.")]
@@ -155,6 +182,8 @@ def scan(
     engine: Engine = typer.Option(_D.engine, rich_help_panel=RUN, help="local: one process; ray: Ray Data actors (one per GPU, or --workers on CPU), the same rows."),
     ray_address: Optional[str] = typer.Option(_D.ray_address, envvar="AUDIT_RAY_ADDRESS", rich_help_panel=RUN, help="--engine ray: a running cluster to join (auto, or ray://host:10001); default: a local cluster."),  # noqa: UP045
     retry_errors: bool = typer.Option(_D.retry_errors, "--retry-errors", rich_help_panel=RUN, help="Re-attempt the images whose last attempt failed (stored in errors); by default a resume skips them."),
+    kernel: Kernel = typer.Option(_D.kernel, envvar="AUDIT_KERNEL", rich_help_panel=ASCENT, help="The ascent step's implementation: auto (compile on CUDA, eager elsewhere; AUDIT_COMPILE=0 makes it eager), eager, compile (torch.compile), or triton (two fused kernels; CUDA). Recorded in scan.json: a resume with another one is refused."),
+    triton_tiles: Optional[str] = typer.Option(None, envvar="AUDIT_TRITON_TILES", parser=_tiles, metavar="R,V,D[,W[,S]]", rich_help_panel=ASCENT, help="--kernel triton: the kernels' tiles, rows,vocab,dim[,warps[,stages]] (bench/fused_tiles.py finds the fastest)."),  # noqa: UP045
     quiet: Quiet = _D.quiet,
 ) -> None:
     """Scan a dataset: words CLIP attaches to each image, and a relevancy heatmap per word, into Parquet."""
@@ -171,7 +200,7 @@ def scan(
                words=tuple(words or ()), words_file=words_file, no_ascent=no_ascent, opinion=opinion,
                vocabulary=vocabulary, concept_l1=concept_l1, concepts_per_image=concepts_per_image,
                concept_heatmaps=concept_heatmaps, concept_mean=concept_mean, overwrite=overwrite,
-               retry_errors=retry_errors, quiet=quiet)
+               retry_errors=retry_errors, kernel=kernel, triton_tiles=triton_tiles, quiet=quiet)
 
 
 @app.command()
@@ -295,7 +324,7 @@ def demo(
     images: int = typer.Option(60, min=3, help="Images to generate (a third per site)."),
     device: Device = "auto",
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output for the scan; the summary still prints."),
-    opinion: Opinion = typer.Option(_D.opinion, help="What the scan asks of CLIP: ascent, concepts (seconds for the whole demo) or both."),
+    opinion: str = typer.Option(_D.opinion, parser=_opinions, metavar=OPINION_METAVAR, help="What the scan asks of CLIP: ascent, concepts (seconds for the whole demo) or both (ascent,concepts)."),
 ) -> None:
     """Generate a dataset with a planted bias and scan it offline with audit-demo."""
     if ctx.invoked_subcommand is None:

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from audit.demo.evaluate import scene_pixels
 from audit.demo.scenes import make_scene
 from audit.demo.train import EVAL_SEED_BASE
-from audit.scanner.concepts import ConceptOpinion, ImageMean
+from audit.scanner.concepts import Decomposition, ImageMean
 from audit.scanner.encoders import Towers
 from audit.scanner.models import load_model
 from audit.scanner.options import ScanOptions
@@ -49,7 +49,7 @@ def main() -> None:
     default = ScanOptions().concept_l1
     for name, mean in (("uncentred", ImageMean(None, "none")), ("centred", ImageMean(ref.mean(0).numpy(), "ref"))):
         for l1 in map(float, args.l1.split(",")):
-            opinion = ConceptOpinion(vocab.words, emb, mean_t, mean, ScanOptions(concept_l1=l1).concepts())
+            opinion = Decomposition(vocab.words, emb, mean_t, mean, ScanOptions(concept_l1=l1).concepts())
             rows, _ = opinion(feats)
             found = {"colour": [], "shape": [], "background": []}
             others_per_image = []

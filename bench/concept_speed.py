@@ -24,7 +24,7 @@ import torch
 import audit
 from audit.scanner import rng
 from audit.scanner.ascent import AscentConfig, run_ascent
-from audit.scanner.concepts import ConceptOpinion, ImageMean
+from audit.scanner.concepts import Decomposition, ImageMean
 from audit.scanner.encoders import Towers
 from audit.scanner.models import load_model
 from audit.scanner.options import ScanOptions
@@ -64,7 +64,7 @@ def opinion_times(model: str, n_images: int, n_ascent: int) -> dict:
         feats = towers.encode_images(x[:n_images]).float()
     centre = ImageMean(None, "none") if defaults.concept_mean == "none" else \
         ImageMean(feats.mean(0).numpy(), "bench", n_images)
-    opinion = ConceptOpinion(vocab.words, emb, mean_t, centre, defaults.concepts())
+    opinion = Decomposition(vocab.words, emb, mean_t, centre, defaults.concepts())
 
     def concepts():
         with torch.no_grad():

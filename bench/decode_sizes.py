@@ -13,7 +13,7 @@ import random
 
 from PIL import Image
 
-from audit.scanner.decode import fit
+from audit.sources.decode import fit
 
 
 def main() -> None:

@@ -77,13 +77,13 @@ MUTATIONS = [
              "entropy = -plogp.sum(1) / math.log(n + 1)", ("tests/test_heatmaps.py",)),
     Mutation("heatmaps.border-ring", "audit/scanner/heatmap_stats.py", "border[0, :] = border[-1, :] = border[:, 0] = border[:, -1] = True",
              "border[0, :] = border[-1, :] = True", ("tests/test_heatmaps.py",)),
-    Mutation("decode.unclamped-crop-frame", "audit/scanner/decode.py",  # the frame of the bug that dropped 5.4% of photos
+    Mutation("decode.unclamped-crop-frame", "audit/sources/decode.py",  # the frame of the bug that dropped 5.4% of photos
              "    if w * th == h * tw:\n        return 0.0, 0.0, float(w), float(h)\n",
              "    scale = max(tw / w, th / h)\n    x0, y0 = (w - tw / scale) / 2, (h - th / scale) / 2\n"
              "    return x0, y0, x0 + tw / scale, y0 + th / scale\n", DECODE),
-    Mutation("decode.letterbox-unrounded-scale", "audit/scanner/decode.py", "sx, sy = nw / w, nh / h",
+    Mutation("decode.letterbox-unrounded-scale", "audit/sources/decode.py", "sx, sy = nw / w, nh / h",
              "sx = sy = scale", DECODE),
-    Mutation("decode.alpha-on-black", "audit/scanner/decode.py", "BACKGROUND = (255, 255, 255)",
+    Mutation("decode.alpha-on-black", "audit/sources/decode.py", "BACKGROUND = (255, 255, 255)",
              "BACKGROUND = (0, 0, 0)", DECODE),
     Mutation("store.commit-marker-first", "audit/store/writer.py",
              'sorted(staged, key=lambda s: s[1].parent.name == "images")',

@@ -46,7 +46,7 @@ def main() -> None:
         pd.read_csv(manifest).sample(args.full_sample, random_state=0).to_csv(sample, index=False)
         # The sample manifest lists paths relative to the dataset folder.
         sample = sample.rename(tmp / "data" / "sample.csv")
-        probe_s = timed(manifest, tmp / "probe", args.device, args.images, no_ascent=True)
+        probe_s = timed(manifest, tmp / "probe", args.device, args.images, opinion="probes")
         full_s = timed(sample, tmp / "full", args.device, args.full_sample)
     per_probe = probe_s / args.images
     per_full = full_s / args.full_sample

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-ARGS = ["--model", "audit-tiny", "--pretrained", "none", "--words", "red,grass", "--no-ascent", "--device", "cpu",
+ARGS = ["--model", "audit-tiny", "--pretrained", "none", "--words", "red,grass", "--opinion", "probes", "--device", "cpu",
         "-q"]
 
 

@@ -15,7 +15,6 @@ fp32. The objective check scores the best sequence of each method with one share
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import os
 import sys
@@ -37,7 +36,7 @@ from audit.scanner.loader import ImageDataset, make_loader
 from audit.scanner.memory import relevancy_chunk
 from audit.scanner.models import load_model
 from audit.scanner.relevancy import relevancy
-from audit.scanner.sources import open_source
+from audit.sources import open_source
 
 GPU_MODELS = ("ViT-B-32", "ViT-B-16", "ViT-L-14")
 
@@ -84,29 +83,17 @@ def loader_rate(folder: Path, preprocess: dict, workers: int, batch: int) -> flo
     return n / (time.perf_counter() - t0)
 
 
-@contextlib.contextmanager
-def kernel(name: str):
-    """AUDIT_KERNEL=name inside, whatever the caller had set back afterwards."""
-    before = os.environ.get("AUDIT_KERNEL")
-    os.environ["AUDIT_KERNEL"] = name
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop("AUDIT_KERNEL", None)
-        else:
-            os.environ["AUDIT_KERNEL"] = before
-
-
 def fast_ascent(towers: Towers, images: torch.Tensor, cfg: AscentConfig, device: torch.device,
-                optimizer=make_optimizer):
+                optimizer=make_optimizer, kernel: str = "eager"):
     seeds = torch.arange(images.shape[0], device=device) + 1000
     with autocast(device):
-        return run_ascent(towers, images, seeds, cfg, optimizer=optimizer)
+        # The tiles of bench/fused_tiles.py's sweep, which bench/gpu.sh exports (audit.scan reads them too).
+        return run_ascent(towers, images, seeds, cfg, optimizer=optimizer, kernel=kernel,
+                          tiles=os.environ.get("AUDIT_TRITON_TILES") or None)
 
 
 def ms_per_step(towers: Towers, images: torch.Tensor, cfg: AscentConfig, device: torch.device,
-                steps: tuple[int, int] = (10, 30)) -> float:
+                steps: tuple[int, int] = (10, 30), kernel: str = "eager") -> float:
     """Milliseconds of one ascent step, setup and token swaps left out: two runs that differ only in their step
     count, their time difference over the steps between them."""
     times = []
@@ -114,18 +101,18 @@ def ms_per_step(towers: Towers, images: torch.Tensor, cfg: AscentConfig, device:
         c = dataclasses.replace(cfg, steps=n, refine_rounds=0)
         sync(device)
         t0 = time.perf_counter()
-        fast_ascent(towers, images, c, device)
+        fast_ascent(towers, images, c, device, kernel=kernel)
         sync(device)
         times.append(time.perf_counter() - t0)
     return max(times[1] - times[0], 0.0) / (steps[1] - steps[0]) * 1e3
 
 
 def host_overhead(name: str, towers: Towers, images: torch.Tensor, cfg: AscentConfig, device: torch.device,
-                  label: str) -> tuple[float, float]:
+                  label: str, kernel: str) -> tuple[float, float]:
     """What CUDA graphs could save at most: a step at batch 2, where the GPU idles and the time is the host's
     launches, against a step at the measured batch, where those launches overlap the GPU's work."""
-    small = ms_per_step(towers, images[:2], cfg, device)
-    full = ms_per_step(towers, images, cfg, device)
+    small = ms_per_step(towers, images[:2], cfg, device, kernel=kernel)
+    full = ms_per_step(towers, images, cfg, device, kernel=kernel)
     print(f"paths: {name} {label}: a step takes {small:.2f} ms at batch 2 (the host's launches, the GPU nearly "
           f"idle) and {full:.2f} ms at batch {images.shape[0]}; CUDA graphs could save at most "
           f"{min(small / full, 1.0) if full > 0 else float('nan'):.0%} of the step", flush=True)
@@ -223,7 +210,7 @@ def measure_model(name: str, device: torch.device, batch_sizes: list[int], cfg: 
 
 def compare_paths(name: str, device: torch.device, b: int, cfg: AscentConfig) -> None:
     """The ascent before the kernel work (eager Gumbel-softmax, plain Adam), with the fused Adam, with the
-    compiled Gumbel-softmax too (the default), and with the two fused Triton kernels (AUDIT_KERNEL=triton), on
+    compiled Gumbel-softmax too (the default), and with the two fused Triton kernels (--kernel triton), on
     the same batch: images/s, peak memory, mean best cosine, and whether they find the same words."""
     if device.type != "cuda":
         print("paths: compiled and fused kernels are CUDA-only; not compared on cpu", flush=True)
@@ -245,14 +232,13 @@ def compare_paths(name: str, device: torch.device, b: int, cfg: AscentConfig) ->
             ("compiled, no token swaps", "compile", default_optimizer, no_swaps),
             ("triton: 2 fused kernels, Adam inside", "triton", default_optimizer, cfg)):
         try:
-            with kernel(path_kernel):
-                reset_peak(device)
-                # warm-up (and compile)
-                fast_ascent(towers, x, dataclasses.replace(path_cfg, steps=2), device, optimizer)
-                sync(device)
-                t0 = time.perf_counter()
-                found = fast_ascent(towers, x, path_cfg, device, optimizer)
-                sync(device)
+            reset_peak(device)
+            # warm-up (and compile)
+            fast_ascent(towers, x, dataclasses.replace(path_cfg, steps=2), device, optimizer, path_kernel)
+            sync(device)
+            t0 = time.perf_counter()
+            found = fast_ascent(towers, x, path_cfg, device, optimizer, path_kernel)
+            sync(device)
         except Exception as e:  # noqa: BLE001 - a path that fails to build is reported, the others still run
             print(f"paths: {name} batch {b}  {label:32s} FAILED: {type(e).__name__}: {str(e)[:300]}", flush=True)
             continue
@@ -262,8 +248,7 @@ def compare_paths(name: str, device: torch.device, b: int, cfg: AscentConfig) ->
               flush=True)
     for label, path_kernel in (("compiled", "compile"), ("triton", "triton")):
         try:
-            with kernel(path_kernel):
-                host_overhead(name, towers, x, cfg, device, label)
+            host_overhead(name, towers, x, cfg, device, label, path_kernel)
         except Exception as e:  # noqa: BLE001 - reported; the rest of the table stands
             print(f"paths: {name} {label}: step time FAILED: {type(e).__name__}: {str(e)[:300]}", flush=True)
     if "compiled + fused Adam (default)" in results and "compiled, no token swaps" in results:
@@ -285,12 +270,12 @@ def compare_paths(name: str, device: torch.device, b: int, cfg: AscentConfig) ->
 
 
 def full_scan(name: str, device: torch.device, folder: Path, out: Path, cfg: AscentConfig, batch: str,
-              workers: int) -> tuple[float, int]:
+              workers: int, kernel: str = "auto") -> tuple[float, int]:
     reset_peak(device)
     t0 = time.perf_counter()
     scan = audit.scan(folder, out, model=name, pretrained="none", device=str(device), batch_size=batch,
                       steps=cfg.steps, candidates=cfg.candidates, views=cfg.views, workers=workers, quiet=True,
-                      overwrite=True)
+                      overwrite=True, kernel=kernel)
     seconds = time.perf_counter() - t0
     run = scan.config["runs"][-1]
     phases = run.get("phases") or {}
@@ -344,14 +329,13 @@ def baseline(name: str, device: torch.device, n: int, cfg: AscentConfig, rows: l
 
 def triton_scan(name: str, device: torch.device, folder: Path, out: Path, cfg: AscentConfig, workers: int,
                 default: tuple[float, int], naive_rate: float) -> None:
-    """The same full scan with the fused kernels (AUDIT_KERNEL=triton), which also change the auto batch size
+    """The same full scan with the fused kernels (--kernel triton), which also change the auto batch size
     (12 bytes per logit instead of 40): the figure that decides whether triton becomes the CUDA default."""
     if device.type != "cuda":
-        print("full scan with AUDIT_KERNEL=triton: CUDA-only; not run on cpu", flush=True)
+        print("full scan with --kernel triton: CUDA-only; not run on cpu", flush=True)
         return
     try:
-        with kernel("triton"):
-            rate, used = full_scan(name, device, folder, out, cfg, "auto", workers)
+        rate, used = full_scan(name, device, folder, out, cfg, "auto", workers, kernel="triton")
     except Exception as e:  # noqa: BLE001 - reported; the other figures of the run still come
         print(f"{name:10s} full scan, triton: FAILED: {type(e).__name__}: {str(e)[:300]}", flush=True)
         return

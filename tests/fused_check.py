@@ -111,15 +111,13 @@ def steps(towers: Towers, n_steps: int = 4, tiles: fused_step.Tiles | None = Non
 
 
 def whole_ascent(towers: Towers, result: dict) -> None:
-    """run_ascent itself under AUDIT_KERNEL=triton and eager: the same best sequences and scores."""
+    """run_ascent itself with the triton and the eager kernel: the same best sequences and scores."""
     cfg = AscentConfig(tokens_per_seq=3, candidates=2, steps=3, views=2, refine_rounds=1, refine_top=8)
     images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2)).to(DEVICE)
     seeds = torch.tensor([3, 4], device=DEVICE)
     out = {}
     for kernel in ("eager", "triton"):
-        os.environ["AUDIT_KERNEL"] = kernel
-        out[kernel] = run_ascent(towers, images, seeds, dataclasses.replace(cfg))
-    os.environ.pop("AUDIT_KERNEL")
+        out[kernel] = run_ascent(towers, images, seeds, dataclasses.replace(cfg), kernel=kernel)
     result["ascent_same_seqs"] = bool(torch.equal(out["eager"].seqs, out["triton"].seqs))
     result["ascent_score_max_diff"] = float((out["eager"].scores - out["triton"].scores).abs().max())
     result["ascent_trace_max_diff"] = float((out["eager"].trace - out["triton"].trace).abs().max())

@@ -39,13 +39,13 @@ def test_scan_throughput_smoke_run_prints_every_measurement():
     assert m, out
     full, naive_rate, ratio = float(m[1]), float(m[2]), int(m[3])
     assert naive_rate > 0 and abs(ratio - full / naive_rate) <= 0.02 * ratio + 1, m[0]
-    assert "full scan with AUDIT_KERNEL=triton: CUDA-only; not run on cpu" in out, out
+    assert "full scan with --kernel triton: CUDA-only; not run on cpu" in out, out
 
 
-def test_the_triton_full_scan_line_and_the_kernel_switch_around_it(monkeypatch, capsys):
+def test_the_triton_full_scan_line_and_its_kernel(monkeypatch, capsys):
     """The triton full scan runs only on a GPU, so its bookkeeping is checked here with the scan stubbed: the
-    scan runs with AUDIT_KERNEL=triton, the user's setting comes back afterwards, a failure is reported rather
-    than ending the benchmark, and the ratios printed are the ones its figures give."""
+    scan is asked for the triton kernel (as a setting: the environment is left alone), a failure is reported
+    rather than ending the benchmark, and the ratios printed are the ones its figures give."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("scan_throughput", ROOT / "bench" / "scan_throughput.py")
@@ -53,8 +53,8 @@ def test_the_triton_full_scan_line_and_the_kernel_switch_around_it(monkeypatch, 
     spec.loader.exec_module(bench)
     seen = []
 
-    def scan(name, device, folder, out, cfg, batch, workers):
-        seen.append(os.environ.get("AUDIT_KERNEL"))
+    def scan(name, device, folder, out, cfg, batch, workers, kernel="auto"):
+        seen.append(kernel)
         if len(seen) == 2:
             raise RuntimeError("out of resources: shared memory")
         return 60.0, 1024

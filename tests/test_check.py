@@ -331,15 +331,17 @@ def test_scans_of_schema_version_1_are_read_and_resumed(tmp_path, capsys):
     assert set(Scan(scan).tokens().kind) == {"ascent"}
     code, out, _ = run_cli(capsys, "check", scan, "--policy", policy(tmp_path, WATCH))
     assert code == 1 and "'grass' with label=A: 8 of 10 images" in out  # the same finding as before
+    # As this audit writes them: the opinions that ran, and the kernel an ascent on a CPU ran with then.
+    now = {**config["settings"], "refine_words": False, "kernel": "eager", "opinions": ["ascent"]}
     with pytest.raises(Exception, match="other settings"):
-        ScanWriter.open(scan, {**config["settings"], "opinion": "concepts"}, {"kind": "test"})
+        ScanWriter.open(scan, {**now, "opinions": ["concepts"]}, {"kind": "test"})
     with pytest.raises(Exception, match="refine_words: stored False, now True"):  # the default changed since
-        ScanWriter.open(scan, {**config["settings"], "opinion": "ascent", "refine_words": True}, {"kind": "test"})
-    writer = ScanWriter.open(scan, {**config["settings"], "opinion": "ascent", "refine_words": False},
-                             {"kind": "test"})
+        ScanWriter.open(scan, {**now, "refine_words": True}, {"kind": "test"})
+    writer = ScanWriter.open(scan, now, {"kind": "test"})
     writer.close()
     upgraded = json.loads((scan / "scan.json").read_text())
     assert (upgraded["schema_version"], upgraded["upgraded_from"]) == (SCHEMA_VERSION, 1)
+    assert upgraded["settings"] == now
     tokens = Scan(scan).tokens()
     assert set(tokens.kind) == {"ascent"} and tokens.weight.isna().all() and len(tokens) == 21
     assert Scan(scan).images().concept_cosine.isna().all()

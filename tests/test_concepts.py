@@ -173,7 +173,8 @@ def test_a_concept_scan_stores_concepts_weights_and_heatmaps(concept_scan):
     assert len(images) == 9 and len(concept_scan.errors()) == 1
     assert set(tokens.kind) == {"concept"} and set(heat.kind) == {"concept"}
     settings = concept_scan.config["settings"]
-    assert settings["opinion"] == "concept" + "s" and settings["ascent"] is False
+    # Only what shaped the rows: no ascent settings in a scan without an ascent (a resume compares these).
+    assert settings["opinions"] == ["concepts"] and not {"steps", "candidates", "kernel", "probe_words"} & set(settings)
     assert settings["concept_mean"] == "dataset" and settings["vocabulary"].startswith("default:")
     stored = concept_scan.config["concept_mean"]
     assert stored["images"] == 9 and len(stored["vector"]) == 64
@@ -189,8 +190,8 @@ def test_a_concept_scan_stores_concepts_weights_and_heatmaps(concept_scan):
 
 def test_concept_cosines_are_the_words_own(concept_scan, tiny, towers):
     """word_cosine of a concept = cosine between the image and the word alone, as for every other kind."""
-    from audit.scanner.decode import decode
     from audit.scanner.loader import to_model_input
+    from audit.sources.decode import decode
 
     row = concept_scan.tokens().iloc[0]
     image = concept_scan.images().set_index("image_id").loc[row.image_id]
@@ -279,7 +280,7 @@ def test_a_vocabulary_file_limits_the_concepts(photos, tmp_path):
 def test_centring_removes_what_the_mean_holds():
     """An image whose embedding is the image mean has nothing left to explain: no concepts, fit 0. The atoms
     are the vocabulary's embeddings minus the text mean, normalised; uncentred (none) they are the embeddings."""
-    from audit.scanner.concepts import ConceptOpinion, ConceptSettings, ImageMean
+    from audit.scanner.concepts import ConceptSettings, Decomposition, ImageMean
 
     g = torch.Generator().manual_seed(0)
     emb = F.normalize(torch.randn(40, 16, generator=g), dim=-1)
@@ -287,11 +288,11 @@ def test_centring_removes_what_the_mean_holds():
     feats = F.normalize(torch.randn(3, 16, generator=g), dim=-1)
     settings = ConceptSettings(l1=0.01, per_image=10, heatmaps=0)
     words = tuple(f"w{i}" for i in range(40))
-    centred = ConceptOpinion(words, emb, text_mean, ImageMean(feats[0].numpy(), "test"), settings)
+    centred = Decomposition(words, emb, text_mean, ImageMean(feats[0].numpy(), "test"), settings)
     assert torch.allclose(centred.atoms, F.normalize(emb - text_mean, dim=-1))
     rows, fit = centred(feats)
     assert rows[0] == [] and fit[0] == 0 and all(rows[1:]) and (fit[1:] > 0.5).all()
-    plain = ConceptOpinion(words, emb, text_mean, ImageMean(None, "none"), settings)
+    plain = Decomposition(words, emb, text_mean, ImageMean(None, "none"), settings)
     assert plain.atoms is emb
     rows, fit = plain(feats)
     assert rows[0] != []

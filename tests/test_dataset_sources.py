@@ -18,9 +18,9 @@ from PIL import Image
 
 import audit
 from audit.errors import AuditError
-from audit.scanner.sources import detect, open_source
+from audit.sources import detect, open_source
 
-PROBE = dict(model="audit-tiny", pretrained="none", words="red,circle,grass", no_ascent=True, workers=0,
+PROBE = dict(model="audit-tiny", pretrained="none", words="red,circle,grass", opinion="probes", workers=0,
              quiet=True, device="cpu")
 N = 8
 
@@ -195,7 +195,7 @@ def test_source_choice(tmp_path, sources):
     assert detect(str(sources / "shards")) == "webdataset" and detect(str(sources / "hf")) == "hf"
     assert detect(str(sources / "bytes.parquet")) == "parquet" and detect(str(sources / "folder")) == "folder"
     assert detect("s3://bucket/shards/{000..009}.tar") == "webdataset"
-    with pytest.raises(AuditError, match="pass --source folder, manifest, webdataset, hf or parquet"):
+    with pytest.raises(AuditError, match="pass --source webdataset, manifest, parquet, hf or folder"):
         detect("s3://bucket/data")
     with pytest.raises(AuditError, match="--image-column 'nope'"):
         open_source(sources / "bytes.parquet", kind="parquet", image_column="nope")
@@ -219,6 +219,6 @@ def test_a_missing_extra_is_one_line_naming_the_install(monkeypatch, capsys, tmp
     Image.new("RGB", (20, 20)).save(tmp_path / "d" / "a.png")
     monkeypatch.setattr(builtins, "__import__", no_ray)
     code = main(["scan", str(tmp_path / "d"), "--out", str(tmp_path / "s"), "--engine", "ray", "--model",
-                 "audit-tiny", "--pretrained", "none", "--words", "x", "--no-ascent", "-q"])
+                 "audit-tiny", "--pretrained", "none", "--words", "x", "--opinion", "probes", "-q"])
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and line == "audit: error: --engine ray needs the optional package ray: pip install 'clip-audit[ray]'"

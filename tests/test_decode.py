@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from audit.scanner.decode import DecodeError, box_in_frame, fit, open_rgb, to_rgb
+from audit.sources.decode import DecodeError, box_in_frame, fit, open_rgb, to_rgb
 
 
 def px(img, xy=(0, 0)):
@@ -137,7 +137,7 @@ def test_box_in_frame():
 
 def test_loader_normalizes_with_model_mean_and_std(tmp_path, tiny):
     from audit.scanner.loader import ImageDataset
-    from audit.scanner.sources import Record
+    from audit.sources import Record
 
     path = tmp_path / "grey.png"
     Image.new("RGB", (80, 60), (128, 128, 128)).save(path)

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import audit.scanner.models  # noqa: F401 - registers audit's own model configs with open_clip
-from audit.scanner.decode import box_in_frame, crop_frame, fit
+from audit.sources.decode import box_in_frame, crop_frame, fit
 
 from .corpus import DROPPED_BEFORE
 

@@ -1,4 +1,4 @@
-"""Probe words (scan --words, --no-ascent, the report's section) and `audit explain` (tiles and mosaics)."""
+"""Probe words (scan --words, --opinion probes, the report's section) and `audit explain` (tiles and mosaics)."""
 
 import itertools
 import math
@@ -18,9 +18,9 @@ from audit.demo.scenes import SHAPES, make_scene
 from audit.demo.train import EVAL_SEED_BASE
 from audit.outputs.explain import LABEL_H, caption, safe_name
 from audit.outputs.report import build_report
-from audit.scanner.decode import fit
 from audit.scanner.models import load_model
 from audit.scanner.probes import parse_probe_words
+from audit.sources.decode import fit
 from audit.store.query import ScanQuery
 
 from .helpers import FAST
@@ -68,16 +68,18 @@ def test_probe_words_are_stored_marked_and_scored_as_whole_phrases(small_folder,
 def test_probe_only_scan_and_its_errors(small_folder, tmp_path, capsys):
     out = tmp_path / "p"
     opts = {**FAST, "steps": 3}
-    scan = audit.scan(str(small_folder), str(out), words="cat,dog", no_ascent=True, **opts)
+    scan = audit.scan(str(small_folder), str(out), words="cat,dog", opinion="probes", **opts)
     assert set(scan.tokens().kind) == {"probe"} and len(scan.tokens()) == 2 * len(scan.images())
     cases = [
+        (["scan", str(small_folder), "--out", str(tmp_path / "q"), "--opinion", "probes", "--model", "audit-tiny",
+          "--pretrained", "none"], "--opinion probes scores probe words: pass --words"),
         (["scan", str(small_folder), "--out", str(tmp_path / "q"), "--no-ascent", "--model", "audit-tiny",
           "--pretrained", "none"], "--no-ascent scores only probe words"),
         (["scan", str(small_folder), "--out", str(tmp_path / "q"), "--words", "a " * 80, "--model", "audit-tiny",
           "--pretrained", "none"], "tokens; this model's text context holds"),
         (["scan", str(small_folder), "--out", str(tmp_path / "q"), "--words-file", str(tmp_path / "none.txt")],
          "does not exist"),
-        (["scan", str(small_folder), "--out", str(out), "--words", "cat,bird", "--no-ascent", "--model",
+        (["scan", str(small_folder), "--out", str(out), "--words", "cat,bird", "--opinion", "probes", "--model",
           "audit-tiny", "--pretrained", "none", "--steps", "3", "--candidates", "4", "--views", "4"],
          "probe_words"),  # resuming with other probe words is refused
     ]
@@ -88,8 +90,8 @@ def test_probe_only_scan_and_its_errors(small_folder, tmp_path, capsys):
 
 
 def test_probe_results_do_not_depend_on_the_batch(small_folder, tmp_path):
-    a = audit.scan(str(small_folder), str(tmp_path / "a"), words="cat", no_ascent=True, batch_size=1, **FAST)
-    b = audit.scan(str(small_folder), str(tmp_path / "b"), words="cat", no_ascent=True, batch_size=4, **FAST)
+    a = audit.scan(str(small_folder), str(tmp_path / "a"), words="cat", opinion="probes", batch_size=1, **FAST)
+    b = audit.scan(str(small_folder), str(tmp_path / "b"), words="cat", opinion="probes", batch_size=4, **FAST)
     ta, tb = (s.tokens().sort_values("image_id").reset_index(drop=True) for s in (a, b))
     assert np.allclose(ta.word_cosine, tb.word_cosine, atol=1e-5)
 
@@ -182,7 +184,7 @@ def test_a_word_tile_is_brighter_over_its_own_object(tmp_path):
     size = load_model("audit-demo", "auto", device="cpu").preprocess["size"]
     for k, colour in enumerate(["green", "blue", "purple", "black"] * 2):
         scene, path = scene_file(tmp_path, EVAL_SEED_BASE + 900_000 + k, n_objects=2, colour=colour)
-        (e,) = explain([path], tmp_path / f"ex{k}", model="audit-demo", words=colour, no_ascent=True, quiet=True)
+        (e,) = explain([path], tmp_path / f"ex{k}", model="audit-demo", words=colour, opinion="probes", quiet=True)
         wins.append(brighter_over(e.tiles[0], scene, *scene.objects, size, 256))
     assert sum(wins) >= 7, wins
 
@@ -196,7 +198,7 @@ def test_a_shape_word_tile_is_brighter_over_its_own_object(tmp_path):
     for k in range(30):
         scene, path = scene_file(folder, EVAL_SEED_BASE + 910_000 + k, n_objects=2)
         scenes[path.name] = scene
-    results = explain([folder], tmp_path / "ex", model="audit-demo", words=",".join(SHAPES), no_ascent=True,
+    results = explain([folder], tmp_path / "ex", model="audit-demo", words=",".join(SHAPES), opinion="probes",
                       quiet=True, tile=128, heatmap="occlusion")
     size = load_model("audit-demo", "auto", device="cpu").preprocess["size"]
     wins = []
@@ -212,7 +214,7 @@ def test_hostile_words_give_safe_file_names(tmp_path):
     words = tmp_path / "w.txt"
     words.write_text("\n".join(HOSTILE), encoding="utf-8")
     _, path = scene_file(tmp_path, 5, n_objects=1)
-    (e,) = explain([path], tmp_path / "ex", words_file=words, no_ascent=True, model="audit-tiny",
+    (e,) = explain([path], tmp_path / "ex", words_file=words, opinion="probes", model="audit-tiny",
                    pretrained="none", quiet=True)
     assert len(e.tiles) == len(HOSTILE)
     for p in e.tiles:

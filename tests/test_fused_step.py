@@ -1,4 +1,4 @@
-"""The fused Triton kernels of the ascent step (AUDIT_KERNEL=triton) against the eager step, on the CPU under
+"""The fused Triton kernels of the ascent step (--kernel triton) against the eager step, on the CPU under
 Triton's interpreter, and the switch that chooses the kernel."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from audit.errors import AuditError
-from audit.scanner.ascent import kernel_for
+from audit.scanner.ascent import resolve_kernel
 
 pytest.importorskip("triton")
 
@@ -53,37 +53,51 @@ def test_run_ascent_finds_the_same_sequences_with_either_kernel(measured):
     assert measured["ascent_score_max_diff"] < 1e-5 and measured["ascent_trace_max_diff"] < 1e-5
 
 
-def test_tiles_are_checked_and_read_from_the_environment(monkeypatch):
-    from audit.scanner.fused_step import Tiles, default_tiles
+def test_tiles_are_checked_where_they_are_parsed_and_given():
+    from audit.scanner.fused_step import Tiles
+    from audit.scanner.options import ScanOptions
 
-    monkeypatch.delenv("AUDIT_TRITON_TILES", raising=False)
-    assert default_tiles() == Tiles()
-    monkeypatch.setenv("AUDIT_TRITON_TILES", "32,64,256")
-    assert default_tiles() == Tiles(32, 64, 256, 8, 2) and str(default_tiles()) == "32,64,256,8,2"
+    assert Tiles.parse("32,64,256") == Tiles(32, 64, 256, 8, 2) and str(Tiles.parse("32,64,256")) == "32,64,256,8,2"
     for bad, message in (("32,48,256", "vocab=48: a power of two"), ("8,64,64", "rows=8"),
                          ("64,128", "rows,vocab,dim"), ("a,b,c", "rows,vocab,dim"), ("64,128,128,3", "warps")):
-        monkeypatch.setenv("AUDIT_TRITON_TILES", bad)
         with pytest.raises(AuditError, match=message):
-            default_tiles()
+            Tiles.parse(bad)
+    # The scan option is checked before a model loads (with a message of its own for the tile sizes).
+    for bad in ("32,48,256", "8,64,64", "64,128", "a,b,c"):
+        with pytest.raises(AuditError, match="--triton-tiles"):
+            ScanOptions(triton_tiles=bad).check()
+    ScanOptions(triton_tiles="32,64,256").check()
 
 
-def test_the_kernel_switch(monkeypatch):
+def test_the_kernel_is_a_setting_resolved_per_device(monkeypatch):
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    monkeypatch.delenv("AUDIT_KERNEL", raising=False)
-    monkeypatch.delenv("AUDIT_COMPILE", raising=False)
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    assert kernel_for(cpu) == "eager" and kernel_for(cuda) == "compile"
-    monkeypatch.setenv("AUDIT_COMPILE", "0")
-    assert kernel_for(cuda) == "eager"
-    monkeypatch.setenv("AUDIT_KERNEL", "Triton")
-    assert kernel_for(cuda) == "triton"
+    assert resolve_kernel("auto", cpu) == "eager" and resolve_kernel("auto", cuda) == "compile"
+    assert resolve_kernel("Triton", cuda) == "triton" and resolve_kernel("eager", cuda) == "eager"
     with pytest.raises(AuditError, match="TRITON_INTERPRET"):
-        kernel_for(cpu)
+        resolve_kernel("triton", cpu)
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    assert kernel_for(cpu) == "triton"
-    monkeypatch.setenv("AUDIT_KERNEL", "cuda-graphs")
-    with pytest.raises(AuditError, match="AUDIT_KERNEL must be one of triton, compile, eager"):
-        kernel_for(cpu)
+    assert resolve_kernel("triton", cpu) == "triton"
+    with pytest.raises(AuditError, match="--kernel must be auto or one of triton, compile, eager"):
+        resolve_kernel("cuda-graphs", cpu)
+
+
+def test_the_environment_is_read_at_the_edge_only(monkeypatch):
+    """AUDIT_KERNEL and AUDIT_COMPILE=0 are the API's (and the CLI's) defaults; the library never reads them."""
+    from audit.api import env_kernel
+
+    for name in ("AUDIT_KERNEL", "AUDIT_COMPILE"):
+        monkeypatch.delenv(name, raising=False)
+    assert env_kernel() == "auto"
+    monkeypatch.setenv("AUDIT_COMPILE", "0")
+    assert env_kernel() == "eager"
+    monkeypatch.setenv("AUDIT_KERNEL", "Triton")
+    assert env_kernel() == "triton"
+    root = Path(__file__).parents[1] / "audit"
+    readers = sorted(str(p.relative_to(root)) for p in root.rglob("*.py")
+                     if any(v in p.read_text(encoding="utf-8") for v in
+                            ('environ.get("AUDIT_KERNEL', 'environ.get("AUDIT_COMPILE', 'environ.get("AUDIT_TRITON')))
+    assert readers == ["api.py"], readers
 
 
 def test_the_fused_step_holds_what_the_batch_size_estimate_counts():

@@ -54,9 +54,16 @@ def _wait_for_parts(proc: subprocess.Popen, out: Path, n: int, timeout: float = 
         time.sleep(0.2)
 
 
-def test_ray_engine_gives_the_rows_of_the_local_engine(dataset, reference, tmp_path):
+def test_ray_engine_gives_the_rows_of_the_local_engine(dataset, reference, tmp_path, monkeypatch):
+    import logging
+
+    monkeypatch.delenv("RAY_BACKEND_LOG_LEVEL", raising=False)
+    levels = {name: logging.getLogger(name).level for name in ("ray", "ray.data")}
     got = audit.scan(dataset, tmp_path / "scan", engine="ray", workers=2, **KW)
     assert_same_rows(got, reference)
+    # The engine quiets Ray while it runs and gives the process's logging back afterwards.
+    assert "RAY_BACKEND_LOG_LEVEL" not in os.environ
+    assert {name: logging.getLogger(name).level for name in levels} == levels
     run = got.config["runs"][-1]
     assert run["engine"] == "ray" and run["images"] == 18 and run["errors"] == 1
     assert run["dataset_fingerprint"] == reference.config["runs"][-1]["dataset_fingerprint"]

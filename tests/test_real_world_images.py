@@ -10,12 +10,12 @@ import pytest
 from PIL import Image
 
 import audit
-from audit.scanner.decode import fit, open_rgb
-from audit.scanner.sources import printable_path
+from audit.sources import printable_path
+from audit.sources.decode import fit, open_rgb
 
 from .corpus import DROPPED_BEFORE, make_corpus, smooth
 
-PROBE_ONLY = dict(words=("a photo",), no_ascent=True, workers=0, quiet=True, device="cpu")
+PROBE_ONLY = dict(words=("a photo",), opinion="probes", workers=0, quiet=True, device="cpu")
 
 
 @pytest.fixture(scope="module")

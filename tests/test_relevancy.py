@@ -82,7 +82,8 @@ def test_batched_relevancy_matches_per_pair_reference(tiny, towers, start_layer,
     imgs = torch.randn(3, 3, 64, 64)
     words = ["red", "circle", "grass", "snow-covered hill", "dog", "a b c d"]
     pair_image = torch.tensor([0, 0, 1, 1, 2, 2])
-    got = relevancy(towers, imgs, pair_image, words, start_layer, start_layer_text, chunk=4)
+    got = relevancy(towers, imgs, pair_image, words, chunk=4, start_layer=start_layer,
+                    start_layer_text=start_layer_text)
     assert got.image.shape == (6, 4, 4)
     for p, w in enumerate(words):
         img_map, text_map, cos = reference(tiny.model, tiny.tokenizer, imgs[pair_image[p]], w, start_layer,

@@ -52,7 +52,7 @@ def test_word_cosine_is_the_words_own_cosine(small_folder, tmp_path, tiny):
     """word_cosine = cos(encode_image(image), encode_text(tokenize(word))) with open_clip's own calls."""
     import torch
 
-    from audit.scanner.decode import decode
+    from audit.sources.decode import decode
 
     scan = audit.scan(small_folder, tmp_path / "scan", **FAST)
     tokens = scan.tokens().head(6)
@@ -106,7 +106,7 @@ def test_bad_input_becomes_error_rows_and_the_scan_goes_on(tmp_path, monkeypatch
             raise PermissionError(13, "Permission denied", path)
         return real_open(path, *args, **kwargs)
 
-    monkeypatch.setattr("audit.scanner.decode.open", guarded_open, raising=False)
+    monkeypatch.setattr("audit.sources.decode.open", guarded_open, raising=False)
     scan = audit.scan(root, tmp_path / "scan", **FAST)
     errors = scan.errors().set_index("image_id").reason.to_dict()
     assert errors == {
@@ -276,7 +276,7 @@ def test_auto_batch_on_a_gpu_follows_free_memory(tiny, monkeypatch):
     assert fewer < sizes[2]
     # The fused kernels keep 12 of the separate passes' 40 bytes per logit: more images fit the same memory.
     monkeypatch.setattr(memory, "free_bytes", lambda device: int(8e9))
-    assert memory.cuda_batch_size(ScanOptions(), towers, cuda, kernel="triton") > sizes[1]
+    assert memory.cuda_batch_size(ScanOptions(kernel="triton"), towers, cuda) > sizes[1]
     assert memory.relevancy_chunk(towers, torch.device("cpu")) == 256
     assert 1 <= memory.relevancy_chunk(towers, cuda, free=int(1e9)) <= 256
 

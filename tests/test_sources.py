@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from audit.errors import AuditError
-from audit.scanner.sources import open_source
+from audit.sources import open_source
 
 from .helpers import save_noise
 

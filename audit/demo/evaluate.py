@@ -70,8 +70,8 @@ class Evaluation:
 
 
 def scene_pixels(images, preprocess, device):
-    from audit.scanner.decode import fit
     from audit.scanner.loader import to_model_input
+    from audit.sources.decode import fit
 
     mean = np.asarray(preprocess["mean"], dtype=np.float32)
     std = np.asarray(preprocess["std"], dtype=np.float32)
@@ -154,7 +154,8 @@ def pointing_game(towers: Towers, preprocess, scenes, method: str, start_layer: 
     boxes = np.array([[o.box[0] / size, o.box[1] / size, o.box[2] / size, o.box[3] / size]
                       for s in scenes for o in s.objects])
     window = profile("audit-demo").occlusion_window if window is None else window
-    rel = relevancy(towers, x, pair_image, words, start_layer=start_layer, method=method, window=window)
+    params = {"chefer": {"start_layer": start_layer}, "occlusion": {"window": window}}[method]
+    rel = relevancy(towers, x, pair_image, words, method=method, **params)
     stats = grid_stats(rel.image.numpy(), boxes)
     hits = np.array([bool(v) for v in stats["peak_in_box"]])
     return float(hits.mean()), float(np.nanmean(stats["box_mass"]))

@@ -19,6 +19,7 @@ from audit.outputs.check_output import md, plain
 from audit.outputs.files import write_text
 from audit.store.query import ScanQuery
 from audit.store.schema import ASCENT, CONCEPT
+from audit.store.settings import differences_note
 
 TOP_WORDS = 15
 SHOWN_IDS = 10
@@ -33,6 +34,7 @@ class Diff:
     min_count: int
     fdr: float
     kind: str = ASCENT
+    settings_note: str | None = None  # the settings the two scans differ in, one line (store.settings)
 
     @property
     def words_label(self) -> str:
@@ -59,7 +61,8 @@ def build_diff(old: str | os.PathLike, new: str | os.PathLike, group_by: list[st
     cols = [compare(qo, qn, c, min_count=min_count, fdr=fdr, kind=kind, keep=words) for c in group_by or []]
     # Every per-group comparison also holds the overall one; compute it again only without groups.
     overall = cols[0] if cols else compare(qo, qn, None, min_count=min_count, fdr=fdr, kind=kind, keep=words)
-    return Diff(str(old), str(new), overall, cols, min_count, fdr, kind)
+    note = differences_note(qo.scan.settings, qn.scan.settings, "the old scan")
+    return Diff(str(old), str(new), overall, cols, min_count, fdr, kind, note)
 
 
 def _ids(ids: list[str]) -> str:
@@ -72,6 +75,8 @@ def text(d: Diff) -> str:
     lines = [f"audit diff: {d.old} -> {d.new}",
              f"images: {o.images_old} -> {o.images_new} ({len(o.added)} added, {len(o.removed)} removed, "
              f"{o.kept} in both)"]
+    if d.settings_note:
+        lines.append(f"note: {d.settings_note}")
     if o.added:
         lines.append(f"  added: {_ids(o.added)}")
     if o.removed:
@@ -103,6 +108,8 @@ def markdown(d: Diff) -> str:
     lines = [f"## audit diff: {md(d.old)} → {md(d.new)}", "",
              f"**Images:** {o.images_old} → {o.images_new} ({len(o.added)} added, {len(o.removed)} removed, "
              f"{o.kept} in both).", ""]
+    if d.settings_note:
+        lines += [f"**Note:** {md(d.settings_note)}", ""]
     if o.added:
         lines += [f"Added: {md(_ids(o.added))}", ""]
     if o.removed:

@@ -19,7 +19,7 @@ import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 
 from audit.outputs.overlay import overlay
-from audit.scanner.decode import DecodeError, fit, open_rgb
+from audit.sources.decode import DecodeError, fit, open_rgb
 from audit.store.schema import ASCENT, CONCEPT, PROBE
 
 log = logging.getLogger("audit.explain")

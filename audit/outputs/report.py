@@ -26,7 +26,7 @@ from audit.outputs import TOP
 from audit.outputs.files import write_text
 from audit.outputs.html import environment
 from audit.outputs.overlay import overlay
-from audit.scanner.decode import DecodeError, fit, open_rgb
+from audit.sources.decode import DecodeError, fit, open_rgb
 from audit.store.query import ScanQuery
 from audit.store.schema import ASCENT, CONCEPT, PROBE
 
@@ -34,11 +34,11 @@ THUMB = 112
 MATRIX_WORDS = 30
 FLAGGED_WITH_EXAMPLES = 8
 EXAMPLES = 4
-SETTINGS_SHOWN = ("model", "pretrained", "opinion", "ascent", "steps", "candidates", "tokens_per_seq", "views", "seed",
-                  "prompt", "vocabulary", "concept_l1", "concepts_per_image", "concept_mean", "heatmap", "probe_words")
-# Settings of an opinion the scan did not run are stored (a resume compares them) but say nothing about its rows.
-ASCENT_SETTINGS = ("steps", "candidates", "tokens_per_seq", "views", "prompt")
-CONCEPT_SETTINGS = ("vocabulary", "concept_l1", "concepts_per_image", "concept_mean")
+# The overview's settings, of those the scan has (an opinion's own are stored only when it ran); a hand-made
+# scan may lack any of them, but these always have a line.
+ALWAYS_SHOWN = ("model", "pretrained", "heatmap")
+SETTINGS_SHOWN = ("model", "pretrained", "opinions", "steps", "candidates", "tokens_per_seq", "views", "seed", "prompt",
+                  "kernel", "vocabulary", "concept_l1", "concepts_per_image", "concept_mean", "heatmap", "probe_words")
 # The overview's count of each kind's rows.
 PAIR_NAMES = {ASCENT: "(image, word) pairs from the ascent", CONCEPT: "(image, concept) pairs",
               PROBE: "(image, probe word) scores"}
@@ -163,18 +163,13 @@ def render_report(scan_dir: str | os.PathLike, group_by: list[str], *, min_count
               for k in kinds for c in group_by]
     columns = [_column_view(q, a, top, preprocess) for a in tested]
     probe_columns = [_probe_view(q, c, fdr) for c in group_by] if q.probe_words() else []
-    settings = config.get("settings", {})
-    hidden = set()
-    if settings.get("ascent") is False:
-        hidden.update(ASCENT_SETTINGS)
-    if settings.get("opinion", "ascent") == "ascent":
-        hidden.update(CONCEPT_SETTINGS)
+    settings = q.scan.settings
     pairs = q.pairs_per_kind() or {ASCENT: 0}
     html = environment().get_template("report.html.j2").render(
         title=title or f"CLIP audit of {Path(scan_dir).resolve().name}",
         generated=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         counts=counts, internal_note=internal_errors_note(counts["internal"]) if counts["internal"] else None,
-        probe_columns=probe_columns, settings={k: settings.get(k) for k in SETTINGS_SHOWN if k not in hidden},
+        probe_columns=probe_columns, settings={k: settings.get(k) for k in SETTINGS_SHOWN if k in settings or k in ALWAYS_SHOWN},
         pairs=[(n, PAIR_NAMES[k]) for k, n in pairs.items()],
         columns=columns, procedure=procedure, words=words, stop_words=str(stop_words),
         min_count=min_count, fdr=fdr, top=top, tool_version=config.get("tool_version"),

@@ -20,12 +20,9 @@ from audit.formats import association, percent, ratio
 from audit.policy.parse import Policy, Rule
 from audit.store.query import ScanQuery, WordFilter
 from audit.store.schema import ASCENT, INTERNAL, PROBE
+from audit.store.settings import differences_note
 
 EVIDENCE_ROWS = 20  # per rule in the outputs; the count of all rows is always given
-COMPARED_SETTINGS = ("model", "pretrained", "weights_sha256", "steps", "candidates", "tokens_per_seq", "views",
-                     "lr", "prompt", "seed", "start_layer", "start_layer_text", "heatmap",
-                     "occlusion_window", "refine_rounds", "refine_top", "opinion", "vocabulary", "concept_l1",
-                     "concepts_per_image", "concept_mean")
 
 
 @dataclass
@@ -267,12 +264,8 @@ class _Checker:
 
 
 def _setting_notes(q: ScanQuery, base: ScanQuery) -> list[str]:
-    new, old = q.scan.config.get("settings", {}), base.scan.config.get("settings", {})
-    diffs = [f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in COMPARED_SETTINGS if old.get(k) != new.get(k)]
-    if not diffs:
-        return []
-    return ["the baseline was scanned with other settings (" + "; ".join(diffs) + "); drift may reflect the "
-            "settings rather than the data"]
+    note = differences_note(base.scan.settings, q.scan.settings)
+    return [note] if note else []
 
 
 def run_check(scan_dir: str | os.PathLike, policy: Policy, baseline: str | os.PathLike | None = None) -> CheckResult:

@@ -140,7 +140,7 @@ def relax(logits: torch.Tensor, keys: torch.Tensor, offs: torch.Tensor, tau: flo
     """One Gumbel-softmax draw: soft token weights [B, C, K, V] and the hard tokens [B, C, K].
 
     The step's only passes over vocabulary-sized tensors besides Adam: on CUDA they are compiled into one
-    fused kernel (`_relax_for`), which reads the logits once instead of some twenty times.
+    fused kernel (`_Relax`), which reads the logits once instead of some twenty times.
     """
     z = (logits + rng.gumbel_from_keys(keys, offs, tuple(logits.shape[1:]))) / tau
     return z.softmax(-1), z.detach().argmax(-1)
@@ -149,46 +149,39 @@ def relax(logits: torch.Tensor, keys: torch.Tensor, offs: torch.Tensor, tau: flo
 KERNELS = ("triton", "compile", "eager")
 
 
-def kernel_for(device: torch.device) -> str:
-    """Which implementation runs the ascent step: AUDIT_KERNEL=triton|compile|eager, by default "compile" on
-    CUDA (AUDIT_COMPILE=0: "eager") and "eager" elsewhere. "triton" (fused_step.py) runs on CUDA, or on a CPU
-    under Triton's interpreter (TRITON_INTERPRET=1: tests, slowly). It becomes the CUDA default once a GPU run
-    shows it faster with the same objective (bench/gpu.sh)."""
-    asked = os.environ.get("AUDIT_KERNEL", "").strip().lower()
-    if not asked:
-        return "compile" if device.type == "cuda" and os.environ.get("AUDIT_COMPILE", "1") != "0" else "eager"
+def resolve_kernel(kernel: str, device: torch.device) -> str:
+    """The implementation of the ascent step a scan runs (ScanOptions.kernel): "auto" is "compile" on CUDA and
+    "eager" elsewhere. "triton" (fused_step.py) runs on CUDA, or on a CPU under Triton's interpreter
+    (TRITON_INTERPRET=1: tests, slowly). It becomes the CUDA default once a GPU run shows it faster with the
+    same objective (bench/gpu.sh)."""
+    asked = kernel.strip().lower()
+    if asked == "auto":
+        return "compile" if device.type == "cuda" else "eager"
     if asked not in KERNELS:
-        raise AuditError(f"AUDIT_KERNEL must be one of {', '.join(KERNELS)}, not {asked!r}")
+        raise AuditError(f"--kernel must be auto or one of {', '.join(KERNELS)}, not {kernel!r}")
     if asked == "triton" and device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-        raise AuditError("AUDIT_KERNEL=triton runs on a CUDA device (or on the CPU under TRITON_INTERPRET=1, for "
-                         "tests); use AUDIT_KERNEL=eager here")
+        raise AuditError("--kernel triton runs on a CUDA device (or on the CPU under TRITON_INTERPRET=1, for "
+                         "tests); use --kernel eager here")
     return asked
 
 
-_compiled_relax = None
+class _Relax:
+    """`relax`, compiled on CUDA when the kernel is "compile"; eager where compiling is off or fails. One per
+    ascent call: a failed compile falls back for that call only, and nothing is kept between scans."""
 
+    def __init__(self, device: torch.device, kernel: str):
+        self.fn = torch.compile(relax, dynamic=None) if device.type == "cuda" and kernel == "compile" else relax
 
-def _relax_for(device: torch.device, kernel: str = "compile"):
-    """`relax`, compiled on CUDA when the kernel is "compile"; eager where compiling is off or fails."""
-    global _compiled_relax
-    if device.type != "cuda" or kernel != "compile":
-        return relax
-    if _compiled_relax is None:
-        _compiled_relax = torch.compile(relax, dynamic=None)
-
-    def run(logits, keys, offs, tau):
-        global _compiled_relax
+    def __call__(self, logits, keys, offs, tau):
         try:
-            return _compiled_relax(logits, keys, offs, tau)
+            return self.fn(logits, keys, offs, tau)
         except Exception as exc:  # no Triton, unsupported GPU, compiler bug: the eager path is exact
-            if _compiled_relax is relax:
+            if self.fn is relax:
                 raise
             warnings.warn(f"torch.compile of the ascent step failed ({type(exc).__name__}: {exc}); "
-                          "running uncompiled (set AUDIT_COMPILE=0 to skip the attempt)", stacklevel=2)
-            _compiled_relax = relax
+                          "running uncompiled (pass --kernel eager to skip the attempt)", stacklevel=2)
+            self.fn = relax
             return relax(logits, keys, offs, tau)
-
-    return run
 
 
 def make_optimizer(logits: torch.Tensor, lr: float) -> torch.optim.Optimizer:
@@ -246,9 +239,11 @@ def refine(seqs: _Sequences, emb: torch.Tensor, target: torch.Tensor, scores: to
 
 
 def run_ascent(towers: Towers, images: torch.Tensor, seeds: torch.Tensor, cfg: AscentConfig,
-               optimizer=make_optimizer) -> AscentResult:
+               optimizer=make_optimizer, kernel: str = "eager", tiles: str | None = None) -> AscentResult:
     """Optimise token sequences for a batch of preprocessed images [B, 3, H, W]; seeds [B] per image.
-    `optimizer(logits, lr)` builds the optimiser (benchmarks compare others against the default)."""
+    `optimizer(logits, lr)` builds the optimiser (benchmarks compare others against the default); `kernel`
+    (resolve_kernel) runs the step, with the Triton `tiles` ("rows,vocab,dim[,warps[,stages]]"; None: the
+    default) when it is "triton"."""
     b = images.shape[0]
     dev = images.device
     k, c, vocab = cfg.tokens_per_seq, cfg.candidates, towers.vocab_size
@@ -256,16 +251,18 @@ def run_ascent(towers: Towers, images: torch.Tensor, seeds: torch.Tensor, cfg: A
     seqs = _Sequences(towers, cfg)
     target = view_target(towers, images, seeds, _VIEW_STREAM, cfg)
     logits = rng.normal(seeds, _INIT_STREAM, (c, k, vocab), device=dev).requires_grad_(True)
-    kernel = kernel_for(dev)
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {', '.join(KERNELS)}, not {kernel!r}")
     if kernel == "triton":
         if optimizer is not make_optimizer:
-            raise ValueError("AUDIT_KERNEL=triton steps its own Adam inside the backward kernel")
-        from audit.scanner.fused_step import FusedStep
+            raise ValueError("the triton kernel steps its own Adam inside the backward kernel")
+        from audit.scanner.fused_step import FusedStep, Tiles
 
-        fused = FusedStep(logits.detach(), emb, cfg.tau, cfg.lr)  # steps `logits` in place
+        fused = FusedStep(logits.detach(), emb, cfg.tau, cfg.lr,  # steps `logits` in place
+                          tiles=Tiles.parse(tiles) if tiles else None)
     else:
         opt = optimizer(logits, cfg.lr)
-        step_relax = _relax_for(dev, kernel)
+        step_relax = _Relax(dev, kernel)
         offs = rng.offsets((c, k, vocab), dev)
     best_scores = torch.full((b, 0), float("-inf"), device=dev)
     best_seqs = torch.zeros((b, 0, k), dtype=torch.long, device=dev)

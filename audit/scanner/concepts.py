@@ -136,7 +136,7 @@ def dataset_mean(towers, records, decoder, autocast, limit: int = MEAN_IMAGES) -
     return ImageMean((total / seen).float().numpy(), "dataset", seen)
 
 
-class ConceptOpinion:
+class Decomposition:
     """Decomposes image embeddings over a vocabulary; built once per scanner (model, vocabulary, means)."""
 
     def __init__(self, words: tuple[str, ...], embeddings: torch.Tensor, text_mean: torch.Tensor,

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 
 import torch
@@ -92,6 +93,18 @@ class Towers:
         self.text_blocks = list(text.transformer.resblocks)
         self.grid_size = tuple(self.visual.grid_size)
         self.logit_scale = float(loaded.model.logit_scale.detach().exp())  # detached: training builds Towers too
+
+    def text_digest(self) -> str:
+        """sha256 of the text tower's weights as loaded (every parameter outside the image tower): names cached
+        text embeddings by the weights themselves, not by a tag or a file name that may change under them."""
+        h = hashlib.sha256()
+        with torch.no_grad():
+            for name, p in sorted(self.model.named_parameters()):
+                if name.startswith("visual."):
+                    continue
+                h.update(f"{name}:{tuple(p.shape)}:{p.dtype}".encode())
+                h.update(p.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()
 
     def shape(self) -> dict:
         """The sizes that memory estimates need (audit.memory)."""

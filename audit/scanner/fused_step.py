@@ -1,4 +1,4 @@
-"""The ascent's straight-through Gumbel-softmax step as two fused Triton kernels (AUDIT_KERNEL=triton).
+"""The ascent's straight-through Gumbel-softmax step as two fused Triton kernels (--kernel triton).
 
 Per row r (image, candidate, position) with logits l, counter-based noise g (audit.scanner.rng, bit for bit)
 and z = (l + g) / tau, the step needs p = softmax(z), its argmax, s = p . E (E the [V, D] token embeddings) and,
@@ -19,13 +19,12 @@ The tiles (`Tiles`) set the traffic that remains. Each program reads all of E on
 costs D * 2 / rows bytes per logit per kernel (bf16 E): 64 rows make that 16 bytes for a 512-wide model, 16
 rows 64. The forward splits D over programs (`dim` columns each) to bound its accumulator; each such program
 recomputes the noise and softmax of its rows, so fewer, wider ones trade registers for arithmetic. Which tiles
-are fastest is a GPU's to say: bench/fused_tiles.py sweeps them, and AUDIT_TRITON_TILES overrides the default.
+are fastest is a GPU's to say: bench/fused_tiles.py sweeps them, and --triton-tiles overrides the default.
 """
 
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 
 import torch
@@ -54,22 +53,17 @@ class Tiles:
 
     @classmethod
     def parse(cls, text: str) -> Tiles:
-        """"rows,vocab,dim[,warps[,stages]]", the form of AUDIT_TRITON_TILES and of bench/fused_tiles.py's answer."""
+        """"rows,vocab,dim[,warps[,stages]]", the form of --triton-tiles (AUDIT_TRITON_TILES) and of bench/fused_tiles.py's answer."""
         parts = text.split(",")
         try:
             if not 3 <= len(parts) <= 5:
                 raise ValueError
             return cls(*(int(x) for x in parts))
         except ValueError:
-            raise AuditError(f"AUDIT_TRITON_TILES must read rows,vocab,dim[,warps[,stages]], not {text!r}") from None
+            raise AuditError(f"--triton-tiles must read rows,vocab,dim[,warps[,stages]], not {text!r}") from None
 
     def __str__(self) -> str:
         return f"{self.rows},{self.vocab},{self.dim},{self.warps},{self.stages}"
-
-
-def default_tiles() -> Tiles:
-    text = os.environ.get("AUDIT_TRITON_TILES", "").strip()
-    return Tiles.parse(text) if text else Tiles()
 
 
 @triton.jit
@@ -207,7 +201,7 @@ class FusedStep:
         # E is read once per program: stored in the dots' precision, it costs half the traffic in bf16.
         self.emb = emb.detach().to(torch.bfloat16 if self.dot_bf16 else torch.float32).contiguous()
         self.dim = self.emb.shape[1]
-        self.tiles = tiles or default_tiles()
+        self.tiles = tiles or Tiles()
         self.exp_avg = torch.zeros_like(logits)
         self.exp_avg_sq = torch.zeros_like(logits)
         self.tau = tau

@@ -27,7 +27,7 @@ def grid_stats(grids: np.ndarray, boxes: np.ndarray | None = None) -> dict[str, 
     """
     grids = np.asarray(grids, dtype=np.float64)
     p, h, w = grids.shape
-    flat = np.clip(grids.reshape(p, -1), 0, None)
+    flat = np.clip(grids.reshape(p, h * w), 0, None)  # h * w, not -1: no pairs is a valid batch
     total = flat.sum(1, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
         prob = flat / total

@@ -15,10 +15,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
-from audit.scanner.decode import DecodeError, box_in_frame, decode
 from audit.scanner.options import DEFAULT_MAX_PIXELS
-from audit.scanner.sources import Record, Source
-from audit.scanner.sources.remote import is_url, read_bytes
+from audit.sources import Record, Source
+from audit.sources.decode import DecodeError, box_in_frame, decode
+from audit.sources.remote import is_url, read_bytes
 from audit.store.schema import DECODE, INTERNAL, INTERNAL_REASON
 
 SKIPPED_PER_ITEM = 4096  # skipped ids travel to the main process in lists of this many

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 # Bytes per element of the [candidates, tokens, vocabulary] logits that live at once during an ascent step.
-# Separate passes (AUDIT_KERNEL=compile|eager): the fp32 parameter, its gradient, Adam's two moments, the
+# Separate passes (--kernel compile|eager): the fp32 parameter, its gradient, Adam's two moments, the
 # Gumbel noise, the noisy logits, the softmax, its gradient, the logits' gradient and the bf16 copy that meets
 # the embedding matrix. The fused kernels (triton): the parameter and the two moments, nothing else
 # (tests/test_fused_step.py holds FusedStep to that).
@@ -41,7 +41,7 @@ def bytes_per_logit(kernel: str) -> int:
 
 def ascent_bytes_per_image(candidates: int, tokens: int, vocab: int, text_width: int, text_layers: int,
                            seq_len: int, kernel: str = "compile") -> int:
-    """Memory one image adds to an ascent step run by `kernel` (ascent.kernel_for): the vocabulary-sized
+    """Memory one image adds to an ascent step run by `kernel` (ascent.resolve_kernel): the vocabulary-sized
     tensors plus the text tower's activations kept for the backward pass (about 24 values per width per
     position per layer)."""
     logits = candidates * tokens * vocab * bytes_per_logit(kernel)
@@ -65,29 +65,25 @@ def fit_count(free: int, per_item: int, reserved: int = 0, cap: int = _MAX_BATCH
 # Sizing a scan's batches. `opts` is a ScanOptions and `towers` a Towers; neither is imported, so that this
 # module stays below both.
 
-def _words_per_image(opts, n_probes: int) -> int:
-    ascent = 5 * opts.tokens_per_seq if opts.runs_ascent else 0  # the ascent keeps 5 sequences
-    return ascent + n_probes + (opts.concept_heatmaps if opts.runs_concepts else 0)
-
-
 def _pair_bytes(towers) -> int:
     shape = towers.shape()
     return relevancy_bytes_per_pair(shape["vision_layers"], shape["vision_heads"], shape["grid_tokens"],
                                     shape["vision_width"])
 
 
-def cuda_batch_size(opts, towers, device: torch.device, n_probes: int = 0, kernel: str = "compile") -> int:
-    """The largest batch whose ascent (run by `kernel`) fits the free GPU memory, next to one relevancy
-    chunk."""
+def cuda_batch_size(opts, towers, device: torch.device, words_per_image: int = 0) -> int:
+    """The largest batch whose ascent (run by opts.kernel) fits the free GPU memory, next to one relevancy
+    chunk; without an ascent, what the relevancy of `words_per_image` words an image needs."""
     free = free_bytes(device) or 0
     per_pair = _pair_bytes(towers)
     reserved = relevancy_chunk(towers, device, free) * per_pair
     if not opts.runs_ascent:
-        per_image = max(1, _words_per_image(opts, n_probes)) * per_pair // 4
+        per_image = max(1, words_per_image) * per_pair // 4
     else:
         shape = towers.shape()
         per_image = ascent_bytes_per_image(opts.candidates, opts.tokens_per_seq, towers.vocab_size,
-                                           shape["text_width"], shape["text_layers"], opts.tokens_per_seq + 2, kernel)
+                                           shape["text_width"], shape["text_layers"], opts.tokens_per_seq + 2,
+                                           opts.kernel)
     return fit_count(free, per_image, reserved)
 
 

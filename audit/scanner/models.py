@@ -109,6 +109,13 @@ def _quiet_open_clip():
             logger.removeFilter(not_open_clip)
 
 
+def vocab_size(name: str) -> int:
+    """The size of the model's token vocabulary, from its config without loading it (CLIP's 49,408 where the
+    config does not say)."""
+    cfg = open_clip.get_model_config(name) or {}
+    return int(cfg.get("text_cfg", {}).get("vocab_size", 49408))
+
+
 def get_tokenizer(name: str):
     """The model's tokenizer, without loading the model."""
     try:

@@ -8,16 +8,26 @@ import dataclasses
 from dataclasses import dataclass
 
 from audit.errors import AuditError
+from audit.scanner.opinions import ALIASES, OPINIONS, parse_opinions
 from audit.scanner.profiles import profile
 from audit.scanner.relevancy import METHODS
+from audit.sources import SOURCE_KINDS
 
 DEFAULT_MODEL = "ViT-B-32"
 DEFAULT_PRETRAINED = "auto"
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb limit
 DEVICES = ("auto", "cpu", "cuda")  # and cuda:N
 ENGINES = ("local", "ray")
-SOURCE_KINDS = ("auto", "folder", "manifest", "webdataset", "hf", "parquet")  # audit.scanner.sources
-OPINIONS = ("ascent", "concepts", "both")
+KERNELS = ("auto", "eager", "compile", "triton")  # the ascent step's implementations (ascent.resolve_kernel)
+# ScanOptions fields that never change what a stored row says: where and how fast the scan runs, what it prints,
+# how the source is read (recorded in scan.json's "source"), and which files are refused as too large (error rows,
+# re-tried with --retry-errors). Every other field is a setting: recorded in scan.json, compared on resume, and
+# named by `audit check --baseline` and `audit diff` when two scans differ in it (tests/test_settings.py).
+RUN_OPTIONS = ("device", "batch_size", "workers", "engine", "ray_address", "retry_errors", "quiet", "overwrite",
+               "max_pixels", "source_kind", "path_column", "image_column", "id_column", "split")
+# Settings of every scan, whatever its opinions; each opinion adds its own (audit.scanner.opinions).
+SHARED_SETTINGS = ("model", "pretrained", "seed", "start_layer", "start_layer_text", "heatmap", "occlusion_window",
+                   "opinion", "no_ascent")
 
 
 @dataclass(frozen=True)
@@ -52,8 +62,11 @@ class ScanOptions:
     max_pixels: int = DEFAULT_MAX_PIXELS
     words: tuple[str, ...] | str = ()  # probe words (see probes.py)
     words_file: str | None = None
-    no_ascent: bool = False
-    opinion: str = "ascent"  # ascent (token search) | concepts (sparse decomposition, concepts.py) | both
+    no_ascent: bool = False  # deprecated: --opinion without ascent says it
+    # The opinion methods (audit.scanner.opinions), comma-separated: ascent (token search), concepts (sparse
+    # decomposition), probes (the probe words alone); `both` is ascent,concepts. Probe words given with --words are
+    # scored whatever this says.
+    opinion: str = "ascent"
     vocabulary: str | None = None  # concepts: a file, one word or phrase per line; None: the tokenizer's words
     concept_l1: float = 0.2  # concepts: the L1 penalty (larger: fewer concepts per image)
     concepts_per_image: int = 10  # concepts stored per image, largest weights first
@@ -64,27 +77,41 @@ class ScanOptions:
     engine: str = "local"  # local (one process) or ray (Ray Data actors); never changes a row
     ray_address: str | None = None  # a running Ray cluster to join; None: a local one
     retry_errors: bool = False  # re-attempt images whose last attempt failed (a run-time choice, not a setting)
+    # The ascent step's implementation (KERNELS); "auto" is resolved per device when the scan is planned. The
+    # command line and audit.scan() read AUDIT_KERNEL (and AUDIT_COMPILE=0) as its default.
+    kernel: str = "auto"
+    triton_tiles: str | None = None  # --kernel triton: "rows,vocab,dim[,warps[,stages]]"; None: fused_step.Tiles()
     quiet: bool = False
 
     @property
+    def opinions(self) -> tuple[str, ...]:
+        """The opinion methods --opinion names (--no-ascent takes the ascent away), in OPINIONS' order. Probes
+        join at planning when there are probe words."""
+        chosen = parse_opinions(self.opinion)
+        return tuple(o for o in chosen if not (self.no_ascent and o == "ascent"))
+
+    @property
     def runs_ascent(self) -> bool:
-        return self.opinion in ("ascent", "both") and not self.no_ascent
+        return "ascent" in self.opinions
 
     @property
     def runs_concepts(self) -> bool:
-        return self.opinion in ("concepts", "both")
+        return "concepts" in self.opinions
 
-    def resolved_batch_size(self, device) -> int:
-        """The batch size before the model is loaded; on a GPU, run_scan sizes "auto" from free memory."""
+    def resolved_batch_size(self, device, vocab_size: int | None = None) -> int:
+        """The batch size before the model is loaded, for a tokenizer of `vocab_size` tokens; on a GPU, the scan
+        sizes "auto" from free memory once the model is loaded."""
         if self.batch_size == "auto":
             if device.type == "cuda":
                 return 64
             if not self.runs_ascent:
                 return 16  # no vocabulary-sized tensors: image forwards and relevancy passes, which batch well
+            if vocab_size is None:
+                return 1  # not known yet; the scan sizes it again once the tokenizer is read
             # On CPU, a vocabulary-sized tensor above glibc's 32 MB mmap ceiling is unmapped when freed and
             # page-faulted again by the next op; batches that stay under it are 2-3x faster per image
             # (bench/cpu_batch.py).
-            per_image = self.candidates * self.tokens_per_seq * 49408 * 4
+            per_image = self.candidates * self.tokens_per_seq * vocab_size * 4
             return max(1, (32 << 20) // per_image)
         try:
             return int(self.batch_size)
@@ -111,15 +138,18 @@ class ScanOptions:
             raise AuditError(f"--engine must be one of {', '.join(ENGINES)}, not {self.engine!r}")
         if self.occlusion_window is not None and self.occlusion_window < 1:
             raise AuditError(f"--occlusion-window must be at least 1 patch, not {self.occlusion_window}")
-        if self.opinion not in OPINIONS:
-            raise AuditError(f"--opinion must be one of {', '.join(OPINIONS)}, not {self.opinion!r}")
+        self.opinions  # noqa: B018 - parses --opinion, raising its one-line error
+        if self.kernel not in KERNELS:
+            raise AuditError(f"--kernel must be one of {', '.join(KERNELS)}, not {self.kernel!r}")
+        if self.triton_tiles is not None:
+            check_tiles(self.triton_tiles)
         if not self.concept_l1 > 0:
             raise AuditError(f"--concept-l1 must be positive, not {self.concept_l1}")
         if self.concepts_per_image < 1 or self.concept_heatmaps < 0:
             raise AuditError("--concepts-per-image must be at least 1 and --concept-heatmaps at least 0")
         if not self.runs_concepts and (self.vocabulary is not None or self.concept_mean is not None):
-            raise AuditError("--vocabulary and --concept-mean shape the concept opinion: add --opinion concepts "
-                             "(or both)")
+            raise AuditError("--vocabulary and --concept-mean shape the concept opinion: add concepts to --opinion "
+                             "(--opinion concepts, or ascent,concepts)")
         if self.concept_heatmaps > self.concepts_per_image:
             raise AuditError(f"--concept-heatmaps {self.concept_heatmaps} is more than --concepts-per-image "
                              f"{self.concepts_per_image}: only stored concepts get heatmaps")
@@ -147,3 +177,20 @@ class ScanOptions:
                             lr=self.lr, views=self.views, resample_views=self.resample_views, prompt=self.prompt,
                             refine_rounds=self.refine_rounds, refine_top=self.refine_top,
                             refine_words=self.refine_words)
+
+
+def check_tiles(text: str) -> None:
+    """--triton-tiles reads rows,vocab,dim[,warps[,stages]]: powers of two (at least 16 for the three tiles)."""
+    parts = text.split(",")
+    try:
+        values = [int(x) for x in parts]
+        if not 3 <= len(values) <= 5:
+            raise ValueError
+    except ValueError:
+        raise AuditError(f"--triton-tiles must read rows,vocab,dim[,warps[,stages]], not {text!r}") from None
+    if any(v < 16 or v & (v - 1) for v in values[:3]) or any(v < 1 for v in values[3:]):
+        raise AuditError(f"--triton-tiles {text!r}: rows, vocab and dim are powers of two of at least 16")
+
+
+__all__ = ["ALIASES", "DEFAULT_MODEL", "DEVICES", "ENGINES", "KERNELS", "OPINIONS", "RUN_OPTIONS", "SHARED_SETTINGS",
+           "SOURCE_KINDS", "ScanOptions", "check_tiles", "parse_opinions"]

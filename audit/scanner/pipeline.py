@@ -1,4 +1,4 @@
-"""The scan: source -> loader -> model -> ascent -> relevancy -> statistics -> store."""
+"""The scan: source -> loader -> model -> opinions -> relevancy -> statistics -> store."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import functools
 import hashlib
 import logging
 import time
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,48 +17,35 @@ import torch
 
 from audit.errors import AuditError, internal_errors_note
 from audit.scanner import rng
-from audit.scanner.ascent import kernel_for, run_ascent, sequences_to_words
-from audit.scanner.concepts import MEAN_IMAGES, ConceptOpinion, ImageMean, dataset_mean, read_mean
+from audit.scanner.ascent import resolve_kernel
 from audit.scanner.device import autocast, resolve_device, tune_cpu_allocator
 from audit.scanner.encoders import Towers
 from audit.scanner.heatmap_stats import grid_stats
 from audit.scanner.loader import Batch, Decoder, StreamDataset, make_loader
 from audit.scanner.memory import cuda_batch_size, is_out_of_memory, release, relevancy_chunk
-from audit.scanner.models import get_tokenizer, load_model, resolve_weights, weights_identity
+from audit.scanner.models import load_model, resolve_weights, vocab_size, weights_identity
+from audit.scanner.opinions import OPINIONS, opinion_class
+from audit.scanner.opinions.base import OpinionBatch
 from audit.scanner.options import ScanOptions
-from audit.scanner.probes import check_lengths, parse_probe_words
 from audit.scanner.progress import Progress
-from audit.scanner.relevancy import relevancy
-from audit.scanner.sources import BOX_COLUMNS, Record, Source, open_source
-from audit.scanner.vocabulary import (
-    Vocabulary,
-    check_vocabulary,
-    default_vocabulary,
-    embeddings,
-    read_vocabulary,
-    text_mean,
-)
+from audit.scanner.relevancy import method_options, relevancy
+from audit.sources import BOX_COLUMNS, Record, Source, open_source
 from audit.store.reader import Scan
-from audit.store.schema import ASCENT, CONCEPT, IMAGES, INTERNAL, PROBE, conform
+from audit.store.schema import IMAGES, INTERNAL, conform
 from audit.store.writer import ScanWriter
 
 log = logging.getLogger("audit.scan")
 
 
-def _settings(opts: ScanOptions, weights: str | None, sha: str | None, probes: tuple[str, ...],
-              vocab: Vocabulary | None, mean: ImageMean | None) -> dict:
-    """Everything that changes a stored row; resume refuses to mix two different ones."""
-    asc = dataclasses.asdict(opts.ascent())
+def _settings(opts: ScanOptions, weights: str | None, sha: str | None, planned: dict) -> dict:
+    """Everything that changes a stored row (options.RUN_OPTIONS lists the options that do not): the shared
+    settings and each chosen opinion's own. A resume refuses to mix two different ones; check and diff name the
+    ones in which two scans differ."""
     settings = {"model": opts.model, "pretrained": weights_identity(weights, sha), "weights_sha256": sha,
-                "seed": opts.seed,
-                "start_layer": opts.start_layer, "start_layer_text": opts.start_layer_text, "heatmap": opts.heatmap,
-                "occlusion_window": opts.occlusion_window, **asc,
-                "ascent": opts.runs_ascent, "probe_words": list(probes), "opinion": opts.opinion}
-    if vocab is not None:
-        settings.update(vocabulary=vocab.identity, concept_l1=opts.concept_l1,
-                        concepts_per_image=opts.concepts_per_image, concept_heatmaps=opts.concept_heatmaps,
-                        concept_mean=opts.concept_mean if mean is None else
-                        mean.spec + (f":{mean.sha256[:16]}" if mean.sha256 else ""))
+                "seed": opts.seed, "start_layer": opts.start_layer, "start_layer_text": opts.start_layer_text,
+                "heatmap": opts.heatmap, "occlusion_window": opts.occlusion_window, "opinions": list(planned)}
+    for name, inputs in planned.items():
+        settings.update(opinion_class(name).settings(opts, inputs))
     return settings
 
 
@@ -80,17 +68,15 @@ class Fingerprint:
 
 
 class _BatchScanner:
-    """Turns one loader batch into the rows of one unit of work."""
+    """Turns one loader batch into the rows of one unit of work: each chosen opinion's words, a relevancy heatmap
+    for the words each opinion shows, and their statistics."""
 
-    def __init__(self, opts: ScanOptions, towers: Towers, meta_columns: list[str] | None,
-                 probes: tuple[str, ...], concepts: ConceptOpinion | None = None):
+    def __init__(self, opts: ScanOptions, towers: Towers, meta_columns: list[str] | None, opinions: list):
         self.opts = opts
         self.towers = towers
         self.meta_columns = meta_columns  # None: whatever each record carries (WebDataset JSON)
-        self.ascent_cfg = opts.ascent()
-        self.probes = [{"word": p, "kind": PROBE, "word_rank": i, "seq_rank": -1, "seq_text": p,
-                        "seq_cosine": None} for i, p in enumerate(probes)]
-        self.concepts = concepts
+        self.opinions = opinions  # built Opinion objects, in the registry's order
+        self.relevancy_params = method_options(opts.heatmap, opts)
         self.relevancy_chunk = relevancy_chunk(towers, towers.device)
 
     def error_rows(self, batch: Batch) -> dict:
@@ -98,15 +84,14 @@ class _BatchScanner:
         return {"image_id": [r.image_id for r in recs], "path": [r.display_path for r in recs],
                 "stage": [stage for *_, stage in batch.errors], "reason": [reason for _, reason, _ in batch.errors]}
 
-    def image_rows(self, recs: list[Record], sizes, concept_cosine=None) -> dict:
+    def image_rows(self, recs: list[Record], sizes, columns: dict) -> dict:
         rows = {"image_id": [r.image_id for r in recs], "path": [r.display_path for r in recs],
                 "label": [r.label for r in recs], "width": [w for w, _ in sizes], "height": [h for _, h in sizes]}
         for i, col in enumerate(BOX_COLUMNS):
             rows[col] = [r.box[i] if r.box else None for r in recs]
-        rows["concept_cosine"] = pa.array(concept_cosine if concept_cosine is not None else [None] * len(recs),
-                                          pa.float32())
-        columns = self.meta_columns if self.meta_columns is not None else sorted({k for r in recs for k in r.meta})
-        for col in columns:
+        rows["concept_cosine"] = pa.array(columns.get("concept_cosine", [None] * len(recs)), pa.float32())
+        meta = self.meta_columns if self.meta_columns is not None else sorted({k for r in recs for k in r.meta})
+        for col in meta:
             # A metadata key named like one of audit's own columns (a JSON "width") is kept beside it.
             rows[col if col not in IMAGES.names else f"meta_{col}"] = [r.meta.get(col) for r in recs]
         return rows
@@ -119,34 +104,21 @@ class _BatchScanner:
         recs = batch.records
         images = batch.pixels.to(t.device, non_blocking=True)
         seeds = torch.tensor([rng.image_seed(self.opts.seed, r.image_id) for r in recs], device=t.device)
-        concepts = [[] for _ in recs]
-        fit = None
+        view = OpinionBatch(t, images, seeds)
         with autocast(t.device):
-            if self.opts.runs_ascent:
-                found = run_ascent(t, images, seeds, self.ascent_cfg)
-                words = [[{**w, "kind": ASCENT} for w in sequences_to_words(t.tokenizer, found.seqs[i],
-                                                                             found.scores[i])]
-                         for i in range(len(recs))]
-            else:
-                words = [[] for _ in recs]
-            if self.concepts is not None:
-                with torch.no_grad():
-                    feats = t.encode_images(images)
-                concepts, fit = self.concepts(feats)
-            # Heatmaps: every ascent and probe word, and the concepts with the largest weights.
-            shown = self.concepts.settings.heatmaps if self.concepts is not None else 0
-            words = [ws + self.probes + cs[:shown] for ws, cs in zip(words, concepts, strict=True)]
-            pair_image = torch.tensor([i for i, ws in enumerate(words) for _ in ws], dtype=torch.long)
-            pair_words = [w["word"] for ws in words for w in ws]
-            rel = relevancy(t, images, pair_image, pair_words, self.opts.start_layer, self.opts.start_layer_text,
-                            chunk=self.relevancy_chunk, method=self.opts.heatmap, window=self.opts.occlusion_window)
-        pairs = [(recs[i], w) for i, ws in enumerate(words) for w in ws]
-        # A word's own cosine: the relevancy pass's, except for concepts, which all keep the decomposition's (the
-        # same quantity), also those without a heatmap.
-        cosine = [c if w["kind"] != CONCEPT else w["seq_cosine"]
-                  for (_, w), c in zip(pairs, rel.cosine.tolist(), strict=True)]
-        rows = pairs + [(recs[i], w) for i, cs in enumerate(concepts) for w in cs[shown:]]
-        cosine += [w["seq_cosine"] for _, w in rows[len(pairs):]]
+            found = [op.rows(view) for op in self.opinions]
+            # Per image, the words with a heatmap first (each opinion's in order), then the others.
+            shown = [[w for f in found for w in f.words[i][:f.heatmaps[i]]] for i in range(len(recs))]
+            pair_image = torch.tensor([i for i, ws in enumerate(shown) for _ in ws], dtype=torch.long)
+            pair_words = [w["word"] for ws in shown for w in ws]
+            rel = relevancy(t, images, pair_image, pair_words, self.opts.heatmap, self.relevancy_chunk,
+                            **self.relevancy_params)
+        pairs = [(recs[i], w) for i, ws in enumerate(shown) for w in ws]
+        rows = pairs + [(recs[i], w) for i in range(len(recs)) for f in found for w in f.words[i][f.heatmaps[i]:]]
+        # A word's own cosine: the relevancy pass's, unless its opinion measured it already (a concept's, from
+        # the decomposition: the same quantity, also for those without a heatmap).
+        cosine = [w.get("word_cosine", c) for (_, w), c in zip(pairs, rel.cosine.tolist(), strict=True)]
+        cosine += [w["word_cosine"] for _, w in rows[len(pairs):]]
         tokens = {
             "image_id": [r.image_id for r, _ in rows], "kind": [w["kind"] for _, w in rows],
             "word": [w["word"] for _, w in rows],
@@ -157,19 +129,20 @@ class _BatchScanner:
             "word_cosine": pa.array(cosine, pa.float32()),
             "weight": pa.array([w.get("weight") for _, w in rows], pa.float32()),
         }
-        grids = rel.image.numpy()
-        stats = grid_stats(grids, batch.boxes[pair_image.numpy()] if len(pairs) else np.zeros((0, 4)))
         gh, gw = t.grid_size
+        grids = rel.image.numpy().reshape(len(pairs), gh * gw)
+        stats = grid_stats(rel.image.numpy(), batch.boxes[pair_image.numpy()] if pairs else np.zeros((0, 4)))
         heat = {
             "image_id": tokens["image_id"][:len(pairs)], "kind": tokens["kind"][:len(pairs)],
             "word": tokens["word"][:len(pairs)],
             "grid_h": [gh] * len(pairs), "grid_w": [gw] * len(pairs),
-            "grid": pa.array(list(grids.reshape(len(pairs), -1)), type=pa.list_(pa.float32())),
+            "grid": pa.array(list(grids), type=pa.list_(pa.float32())),
             **{k: pa.array(list(v), type=pa.bool_()) if k == "peak_in_box" else pa.array(v, from_pandas=True)
                for k, v in stats.items()},
             "text_relevance": pa.array([x.numpy() for x in rel.text], type=pa.list_(pa.float32())),
         }
-        tables.update(images=pa.table(self.image_rows(recs, batch.sizes, fit)), tokens=pa.table(tokens),
+        columns = {k: v for f in found for k, v in f.image_columns.items()}
+        tables.update(images=pa.table(self.image_rows(recs, batch.sizes, columns)), tokens=pa.table(tokens),
                       heatmaps=pa.table(heat))
         return tables
 
@@ -214,24 +187,15 @@ class _Fitting:
 
 
 @dataclass
-class ConceptPlan:
-    """The concept opinion's inputs that are known before the model is loaded."""
-    vocabulary: Vocabulary
-    model_identity: str  # names the model's weights in the embedding cache
-    mean: ImageMean | None  # None: the dataset's mean, computed once the model is loaded and stored in scan.json
-
-
-@dataclass
 class ScanPlan:
     """What a scan will do, decided before any model is loaded or anything is written."""
     out: str
-    opts: ScanOptions  # with the model's defaults filled in
+    opts: ScanOptions  # with the model's defaults and the kernel filled in
     source: Source
-    probes: tuple[str, ...]
     device: torch.device
     batch_size: int  # before the model is loaded; on CUDA "auto" is sized from free memory in scan_pending
     settings: dict  # what the store compares on resume
-    concepts: ConceptPlan | None = None
+    opinions: dict  # opinion name -> what its plan() read (probe words, a vocabulary), in the registry's order
 
     @property
     def source_info(self) -> dict:
@@ -286,12 +250,18 @@ class Pending:
 
 
 def plan_scan(source, out, opts: ScanOptions) -> ScanPlan:
-    """Check the options, open the source, read the probe words and find the weights; every mistake a user can
-    make is an AuditError here, before a model is loaded."""
+    """Check the options, open the source, read each opinion's inputs and find the weights; every mistake a user
+    can make is an AuditError here, before a model is loaded."""
     opts.check()
+    if opts.no_ascent:
+        warnings.warn("--no-ascent is deprecated: name the opinions to run instead (--opinion probes, or "
+                      "--opinion concepts)", DeprecationWarning, stacklevel=3)
+        log.warning("audit scan: --no-ascent is deprecated; write --opinion probes (with --words) or --opinion "
+                    "concepts instead")
     opts = opts.with_model_defaults()
     device = resolve_device(opts.device)
-    batch_size = opts.resolved_batch_size(device)
+    opts = dataclasses.replace(opts, kernel=resolve_kernel(opts.kernel, device))
+    batch_size = opts.resolved_batch_size(device, vocab_size(opts.model))
     if batch_size < 1:
         raise AuditError(f"--batch-size must be at least 1, not {batch_size}")
     src = open_source(source, opts.path_column, kind=opts.source_kind, image_column=opts.image_column,
@@ -302,39 +272,40 @@ def plan_scan(source, out, opts: ScanOptions) -> ScanPlan:
     if empty:
         raise AuditError(f"no images found in {source} (looked for common image extensions, recursively)"
                          if src.kind == "folder" else f"{src.kind} source {source} lists no images")
-    probes = parse_probe_words(opts.words, opts.words_file)
-    if not opts.runs_ascent and not opts.runs_concepts and not probes:
-        raise AuditError("--no-ascent scores only probe words: pass --words or --words-file (or --opinion concepts)")
     weights, sha = resolve_weights(opts.model, opts.pretrained)
-    concepts = None
-    if opts.runs_concepts:
-        vocab = read_vocabulary(opts.vocabulary) if opts.vocabulary else default_vocabulary(get_tokenizer(opts.model))
-        identity = f"{opts.model}|{weights_identity(weights, sha)}|{sha}" + (f"|seed={opts.seed}" if weights is None else "")
-        concepts = ConceptPlan(vocab, identity, read_mean(opts.concept_mean))
-    return ScanPlan(str(out), opts, src, probes, device, batch_size,
-                    _settings(opts, weights, sha, probes, concepts and concepts.vocabulary, concepts and concepts.mean),
-                    concepts)
+    probes = opinion_class("probes").plan(opts, weights)
+    chosen = set(opts.opinions) | ({"probes"} if probes else set())  # --words are scored whatever --opinion says
+    if not probes and ("probes" in chosen or not chosen):
+        raise AuditError("--no-ascent scores only probe words: pass --words or --words-file (or --opinion concepts)"
+                         if opts.no_ascent else "--opinion probes scores probe words: pass --words or --words-file")
+    planned = {name: probes if name == "probes" else opinion_class(name).plan(opts, weights)
+               for name in OPINIONS if name in chosen}
+    return ScanPlan(str(out), opts, src, device, batch_size, _settings(opts, weights, sha, planned), planned)
 
 
-def concept_mean(plan: ScanPlan, writer: ScanWriter, towers: Towers | None = None,
-                 preprocess: dict | None = None) -> ImageMean | None:
-    """The image mean the concept opinion centres by: the one scan.json stores (a resume uses exactly it), else the
-    one --concept-mean names, else the dataset's, computed now (with `towers`, or a model loaded here) and stored."""
-    if plan.concepts is None:
-        return None
-    stored = writer.config.get("concept_mean")
-    if stored:
-        return ImageMean.from_json(stored)
-    mean = plan.concepts.mean
-    if mean is None:
-        if towers is None:
-            loaded = load_model(plan.opts.model, plan.opts.pretrained, device=str(plan.device), seed=plan.opts.seed)
-            towers, preprocess = Towers(loaded), loaded.preprocess
-        _say(plan.opts)(f"audit scan: averaging the embeddings of up to {MEAN_IMAGES} images of the source to "
-                        "centre the concept decomposition (once; stored in scan.json)")
-        mean = dataset_mean(towers, plan.source.records(), Decoder(preprocess, plan.opts.max_pixels), autocast)
-    writer.set_config("concept_mean", mean.to_json())
-    return mean
+class ScanSetup:
+    """What an opinion's before_scan may use: the scan directory's writer, the source, and the model (loaded on
+    first use, once)."""
+
+    def __init__(self, plan: ScanPlan, writer: ScanWriter, loaded: tuple[Towers, dict] | None = None):
+        self.plan, self.writer, self.source, self.loaded = plan, writer, plan.source, loaded
+        self.say = _say(plan.opts)
+        self.autocast = autocast
+
+    def model(self) -> tuple[Towers, dict]:
+        if self.loaded is None:
+            self.loaded = load_model_for(self.plan.opts, self.plan.device)
+        return self.loaded
+
+    def decoder(self, preprocess: dict) -> Decoder:
+        return Decoder(preprocess, self.plan.opts.max_pixels)
+
+
+def prepare_opinions(plan: ScanPlan, writer: ScanWriter, loaded: tuple[Towers, dict] | None = None) -> dict:
+    """Each opinion's last step of planning, once in the driver (the concept opinion's image mean, stored in
+    scan.json): what build() gets, by name."""
+    setup = ScanSetup(plan, writer, loaded)
+    return {name: opinion_class(name).before_scan(inputs, setup) for name, inputs in plan.opinions.items()}
 
 
 def pending_images(plan: ScanPlan, writer: ScanWriter) -> Pending:
@@ -362,22 +333,16 @@ def load_model_for(opts: ScanOptions, device: torch.device) -> tuple[Towers, dic
     return Towers(loaded), loaded.preprocess
 
 
-def load_scanner(opts: ScanOptions, probes: tuple[str, ...], meta_columns: list[str] | None, device: torch.device,
-                 batch_size: int, say, concepts: ConceptPlan | None = None, mean: ImageMean | None = None,
-                 loaded: tuple[Towers, dict] | None = None) -> tuple[_Fitting, dict, int]:
-    """The model, once (per process or Ray actor; or `loaded` already): the batch scanner inside its memory
-    fitting, the model's preprocessing, and the batch size (on CUDA with "auto", what the free memory holds)."""
+def load_scanner(opts: ScanOptions, opinions: dict, meta_columns: list[str] | None, device: torch.device,
+                 batch_size: int, say, loaded: tuple[Towers, dict] | None = None) -> tuple[_Fitting, dict, int]:
+    """The model, once (per process or Ray actor; or `loaded` already), and the chosen opinions built on it
+    (`opinions`: name -> what prepare_opinions gave): the batch scanner inside its memory fitting, the model's
+    preprocessing, and the batch size (on CUDA with "auto", what the free memory holds)."""
     towers, preprocess = loaded or load_model_for(opts, device)
-    check_lengths(probes, towers.tokenizer, towers.context_length)
-    opinion = None
-    if concepts is not None:
-        check_vocabulary(concepts.vocabulary, towers.tokenizer, towers.context_length)
-        embedded = embeddings(towers, concepts.vocabulary, concepts.model_identity)
-        opinion = ConceptOpinion(concepts.vocabulary.words, embedded, text_mean(towers, concepts.model_identity),
-                                 mean, opts.concepts())
+    built = [opinion_class(name).build(opts, towers, inputs) for name, inputs in opinions.items()]
     if opts.batch_size == "auto" and device.type == "cuda":
-        batch_size = cuda_batch_size(opts, towers, device, len(probes), kernel_for(device))
-    scanner = _BatchScanner(opts, towers, meta_columns, probes, opinion)
+        batch_size = cuda_batch_size(opts, towers, device, sum(op.words_per_image() for op in built))
+    scanner = _BatchScanner(opts, towers, meta_columns, built)
     return _Fitting(scanner, batch_size, device, say), preprocess, batch_size
 
 
@@ -396,9 +361,9 @@ def scan_pending(plan: ScanPlan, writer: ScanWriter, pending: Pending, counts: S
     opts, device = plan.opts, plan.device
     say = _say(opts)
     loaded = load_model_for(opts, device)
-    mean = concept_mean(plan, writer, *loaded)
-    fitting, preprocess, batch_size = load_scanner(opts, plan.probes, plan.source.meta_columns, device,
-                                                   plan.batch_size, say, plan.concepts, mean, loaded)
+    opinions = prepare_opinions(plan, writer, loaded)
+    fitting, preprocess, batch_size = load_scanner(opts, opinions, plan.source.meta_columns, device,
+                                                   plan.batch_size, say, loaded)
     counts.batch_size = batch_size
     say(_start_line(plan, pending, batch_size, str(device)))
     counts.preprocess = {k: (list(v) if isinstance(v, tuple) else v) for k, v in preprocess.items()}
@@ -445,6 +410,8 @@ def finish_scan(plan: ScanPlan, writer: ScanWriter, pending: Pending, counts: Sc
     writer.record_run({
         "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "device": str(plan.device), "engine": engine, "batch_size": batch_size,
+        # Which implementation ran the ascent's step (also a setting: a resume with another one is refused).
+        "kernel": plan.opts.kernel if "ascent" in plan.opinions else None,
         "batch_size_used": counts.batch_size_used, "workers": plan.opts.workers, "dataset_images": total,
         "dataset_fingerprint": fingerprint, "skipped": skipped,
         "images": counts.images, "errors": counts.errors, "internal_errors": counts.internal_errors,
@@ -497,9 +464,8 @@ def run_scan(source, out, **options) -> Scan:
             if plan.opts.engine == "ray":
                 from audit.scanner.engines.ray_data import scan_on_ray
 
-                make = functools.partial(load_scanner, plan.opts, plan.probes, plan.source.meta_columns,
-                                         batch_size=plan.batch_size, say=_ActorLog(), concepts=plan.concepts,
-                                         mean=concept_mean(plan, writer))
+                make = functools.partial(load_scanner, plan.opts, prepare_opinions(plan, writer),
+                                         plan.source.meta_columns, batch_size=plan.batch_size, say=_ActorLog())
                 scan_on_ray(plan, writer, pending, counts, make, functools.partial(_start_line, plan, pending))
             else:
                 scan_pending(plan, writer, pending, counts)

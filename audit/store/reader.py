@@ -11,6 +11,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from audit.errors import AuditError
+from audit.store import settings
 from audit.store.layout import committed_parts, read_config
 from audit.store.schema import SCHEMAS, TABLES, empty_table, upgrade
 
@@ -32,6 +33,11 @@ class Scan:
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
         self.config = read_config(self.root)
+
+    @property
+    def settings(self) -> dict:
+        """The settings that shaped the rows, in this audit's form whichever audit wrote them (store.settings)."""
+        return settings.upgrade(self.config.get("settings", {}), self.config.get("runs", []))
 
     def files(self, name: str) -> list[Path]:
         """The committed part files of a table (a unit whose images part is missing is not committed)."""

@@ -20,7 +20,8 @@ import pyarrow.parquet as pq
 
 from audit.errors import AuditError
 from audit.store.layout import CONFIG_FILE, PART, parts, read_config
-from audit.store.schema import SCHEMA_VERSION, SETTINGS_ADDED, TABLES, conform, empty_table
+from audit.store.schema import SCHEMA_VERSION, TABLES, conform, empty_table
+from audit.store.settings import upgrade as upgrade_settings
 from audit.version import __version__
 
 
@@ -95,15 +96,15 @@ class ScanWriter:
             config_path.unlink()
         if config_path.exists():
             config = read_config(root)
-            stored = config["settings"]
-            if config["schema_version"] != SCHEMA_VERSION:
-                stored = {**SETTINGS_ADDED, **stored}
+            stored = upgrade_settings(config["settings"], config.get("runs", []))
             if stored != settings:
                 raise AuditError(f"{root} holds a scan made with other settings ({_diff(stored, settings)}); "
                                  "resume with the same settings, pass another --out, or --overwrite to start over")
-            if config["schema_version"] != SCHEMA_VERSION:
-                # Resuming an older scan: its parts stay as they are (readers upgrade them), new ones are current.
-                config.setdefault("upgraded_from", config["schema_version"])
+            if config["schema_version"] != SCHEMA_VERSION or config["settings"] != settings:
+                # Resuming an older scan: its parts stay as they are (readers upgrade them), new ones are current;
+                # its settings are stored in this audit's form.
+                if config["schema_version"] != SCHEMA_VERSION:
+                    config.setdefault("upgraded_from", config["schema_version"])
                 config.update(schema_version=SCHEMA_VERSION, settings=settings)
                 _write_json(config_path, config)
             return config

@@ -13,6 +13,7 @@ importing the pipeline, which imports this module.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -21,8 +22,8 @@ import os
 from audit.errors import AuditError
 from audit.scanner.loader import Decoder, collate
 from audit.scanner.progress import Progress
-from audit.scanner.sources import Record
-from audit.scanner.sources.remote import require
+from audit.sources import Record
+from audit.sources.remote import require
 from audit.store.schema import TABLES
 
 log = logging.getLogger("audit.scan")
@@ -131,12 +132,33 @@ def scan_on_ray(plan, writer, pending, counts, make_scanner, start_line) -> None
     `start_line(batch_size=..., where=...)` words the scan's opening line as the local engine does."""
     ray = require("ray", "--engine ray")
     require("ray.data", "--engine ray")
-    opts = plan.opts
     started_here = not ray.is_initialized()
-    # Ray's own progress and start-up chatter would drown the scan's lines; its warnings and errors still show.
+    with _quiet_ray():
+        _scan(ray, plan, writer, pending, counts, make_scanner, start_line, started_here)
+
+
+@contextlib.contextmanager
+def _quiet_ray():
+    """Ray's own progress and start-up chatter would drown the scan's lines; its warnings and errors still show.
+    The process's settings are given back afterwards: a library must not change its caller's logging."""
+    env = os.environ.get("RAY_BACKEND_LOG_LEVEL")
+    loggers = {name: logging.getLogger(name).level for name in ("ray", "ray.data")}
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")
-    for name in ("ray", "ray.data"):
+    for name in loggers:
         logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        if env is None:
+            os.environ.pop("RAY_BACKEND_LOG_LEVEL", None)
+        else:
+            os.environ["RAY_BACKEND_LOG_LEVEL"] = env
+        for name, level in loggers.items():
+            logging.getLogger(name).setLevel(level)
+
+
+def _scan(ray, plan, writer, pending, counts, make_scanner, start_line, started_here) -> None:
+    opts = plan.opts
     if started_here:
         ray.init(address=opts.ray_address, include_dashboard=False, log_to_driver=False,
                  logging_level=logging.WARNING, configure_logging=False)

@@ -1,9 +1,10 @@
 """Relevancy methods behind one interface: a heatmap over the image patches (and a relevance per text token)
 for each (image, word) pair.
 
-A method is a module here with `compute(towers, images, pair_image, words, params, chunk) -> Relevancy`, listed
-in METHODS. The scanner only ever calls `relevancy(...)`, so a new method needs a module and a line below.
-This module stays free of torch: option parsing reads METHODS.
+A method is a module here with a frozen dataclass `Params` (its own settings, each with a default) and
+`compute(towers, images, pair_image, words, params, chunk) -> Relevancy`, listed in METHODS with the scan options
+that fill its parameters. The scanner only ever calls `relevancy(...)`, so a new method needs a module and a
+line below. This module stays free of torch: option parsing reads METHODS.
 
 - chefer: Chefer et al. (ICCV 2021), gradient-weighted attention (chefer.py);
 - occlusion: blank windows of patches and measure the fall of the score (occlusion.py).
@@ -11,29 +12,49 @@ This module stays free of torch: option parsing reads METHODS.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
+from dataclasses import dataclass
 
-from audit.scanner.relevancy.base import Params, Relevancy
+from audit.scanner.relevancy.base import Relevancy
 
-METHODS: dict[str, str] = {
-    "chefer": "audit.scanner.relevancy.chefer",
-    "occlusion": "audit.scanner.relevancy.occlusion",
+
+@dataclass(frozen=True)
+class Method:
+    module: str
+    options: dict[str, str]  # the method's parameter -> the ScanOptions field that sets it
+
+
+METHODS: dict[str, Method] = {
+    "chefer": Method("audit.scanner.relevancy.chefer",
+                     {"start_layer": "start_layer", "start_layer_text": "start_layer_text"}),
+    "occlusion": Method("audit.scanner.relevancy.occlusion", {"window": "occlusion_window"}),
 }
 
 
-def relevancy(towers, images, pair_image, words: list[str], start_layer: int = -1, start_layer_text: int = -1,
-              chunk: int = 256, method: str = "chefer", window: int = 3) -> Relevancy:
+def method_options(method: str, opts) -> dict:
+    """The method's parameters as a scan's options (a ScanOptions, model defaults filled in) set them."""
+    return {param: getattr(opts, field) for param, field in METHODS[method].options.items()}
+
+
+def relevancy(towers, images, pair_image, words: list[str], method: str = "chefer", chunk: int = 256,
+              **params) -> Relevancy:
     """Relevancy maps for pairs (images[pair_image[p]], words[p]); images are preprocessed [B, 3, H, W].
-    The start layers apply to method "chefer", `window` (in patches) to method "occlusion"."""
+    `params` are the method's own (chefer: start_layer, start_layer_text; occlusion: window); the rest keep
+    their defaults."""
     if method not in METHODS:
         raise ValueError(f"unknown relevancy method {method!r}; choose one of {', '.join(METHODS)}")
+    module = importlib.import_module(METHODS[method].module)
+    known = {f.name for f in dataclasses.fields(module.Params)}
+    if set(params) - known:
+        raise TypeError(f"relevancy method {method} takes {', '.join(sorted(known))}, not "
+                        f"{', '.join(sorted(set(params) - known))}")
     if not words:
         import torch
 
         gh, gw = towers.grid_size
         return Relevancy(torch.zeros(0, gh, gw), [], torch.zeros(0))
-    params = Params(start_layer=start_layer, start_layer_text=start_layer_text, window=window)
-    return importlib.import_module(METHODS[method]).compute(towers, images, pair_image, words, params, chunk)
+    return module.compute(towers, images, pair_image, words, module.Params(**params), chunk)
 
 
-__all__ = ["METHODS", "Params", "Relevancy", "relevancy"]
+__all__ = ["METHODS", "Method", "Relevancy", "method_options", "relevancy"]

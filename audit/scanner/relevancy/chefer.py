@@ -11,11 +11,19 @@ only on its own rows, so one backward of the summed logits gives every pair's gr
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
 from audit.scanner.encoders import Towers
-from audit.scanner.relevancy.base import Params, Relevancy
+from audit.scanner.relevancy.base import Relevancy
+
+
+@dataclass(frozen=True)
+class Params:
+    start_layer: int = -1  # first image layer (-1 = last)
+    start_layer_text: int = -1  # first text layer
 
 
 def _layer(start: int, n: int) -> int:

@@ -12,11 +12,18 @@ hurt).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
 from audit.scanner.encoders import Towers
-from audit.scanner.relevancy.base import Params, Relevancy
+from audit.scanner.relevancy.base import Relevancy
+
+
+@dataclass(frozen=True)
+class Params:
+    window: int = 3  # side of the blanked window, in patches
 
 
 def windows(gh: int, gw: int, window: int) -> list[tuple[int, int, int, int]]:

@@ -19,8 +19,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from audit.errors import AuditError
-from audit.scanner.sources.base import Record, Shard, Source, label_box_meta, printable_path, text
-from audit.scanner.sources.remote import expand, is_url, local_path, open_binary
+from audit.sources.base import Record, Shard, Source, label_box_meta, printable_path, text
+from audit.sources.location import Location
+from audit.sources.remote import expand, is_url, local_path, open_binary
 
 IMAGE_MEMBERS = ("jpg", "jpeg", "png", "webp")
 TEXT_MEMBERS = ("txt", "cls")
@@ -57,7 +58,9 @@ class TarShard(Shard):
         for ext in TEXT_MEMBERS:
             if ext in members:
                 meta[ext] = members[ext].decode("utf-8", "backslashreplace").strip()
-        label, box, meta = label_box_meta(meta, "cls")
+        # The label is the .cls member's; without one, the json's "label" (as a manifest's or a Parquet file's
+        # label column). With both, .cls wins and the json's stays beside it as meta_label.
+        label, box, meta = label_box_meta(meta, "cls" if "cls" in members else "label")
         image_id = f"{self.name}/{key}"
         image = next((ext for ext in IMAGE_MEMBERS if ext in members), None)
         if image is None:
@@ -134,3 +137,11 @@ def open_webdataset(location: str) -> Source:
     where = location if is_url(location) or "{" in location else os.path.abspath(local_path(location))
     return Source("webdataset", where, shards, meta_columns=None, options={"shards": len(shards)},
                   cheap_ids=not is_url(shards[0].location) if shards else True)
+
+
+def recognise(loc: Location) -> bool:
+    return "{" in loc.location or loc.suffix == ".tar" or (loc.is_dir and loc.folder.tars)
+
+
+def open_location(loc: Location) -> Source:
+    return open_webdataset(loc.location)

@@ -10,7 +10,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from audit.scanner.sources.base import IMAGE_EXTENSIONS, Record, Shard, Source, printable_path
+from audit.errors import AuditError
+from audit.sources.base import IMAGE_EXTENSIONS, Record, Shard, Source, printable_path
+from audit.sources.location import Location
 
 
 @dataclass
@@ -36,3 +38,17 @@ class FolderShard(Shard):
 def open_folder(root: str) -> Source:
     root = str(Path(root).resolve())
     return Source("folder", root, [FolderShard(root)], meta_columns=[])
+
+
+def recognise(loc: Location) -> bool:
+    return loc.is_dir  # asked last: a local folder that no other format claims
+
+
+def open_location(loc: Location) -> Source:
+    if not loc.url and not os.path.exists(loc.local):
+        raise AuditError(f"dataset {loc.shown} does not exist; pass an image folder or a manifest "
+                         "(.csv, .parquet, .jsonl)")
+    if not loc.is_dir:
+        raise AuditError(f"{loc.shown} is not a local folder; a remote dataset needs a manifest, WebDataset shards "
+                         "or Parquet files")
+    return open_folder(loc.local)

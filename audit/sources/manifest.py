@@ -9,8 +9,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from audit.errors import AuditError
-from audit.scanner.sources.base import BOX_COLUMNS, Record, Shard, Source, box_of, printable_path, text
-from audit.scanner.sources.remote import is_url, local_path, open_binary
+from audit.sources.base import BOX_COLUMNS, Record, Shard, Source, box_of, printable_path, text
+from audit.sources.location import Location
+from audit.sources.remote import exists, is_url, local_path, open_binary
 from audit.store.schema import IMAGES
 
 MANIFEST_SUFFIXES = {".csv", ".parquet", ".pq", ".jsonl", ".ndjson"}
@@ -127,3 +128,19 @@ def open_manifest(location: str, path_column: str = "path") -> Source:
     shard = ManifestShard(location, path_column, meta_cols, all(c in columns for c in BOX_COLUMNS))
     return Source("manifest", where, [shard], meta_columns=meta_cols, count=count,
                   options={"path_column": path_column})
+
+
+def recognise(loc: Location) -> bool:
+    """A .csv or .jsonl file; a Parquet file only when it has the path column (else it may hold image bytes)."""
+    if loc.suffix in (".parquet", ".pq"):
+        return loc.image_column is None and loc.path_column in loc.parquet_schema.names
+    return loc.suffix in MANIFEST_SUFFIXES
+
+
+def open_location(loc: Location) -> Source:
+    if not loc.url and not exists(loc.location):
+        raise AuditError(f"dataset {loc.shown} does not exist; pass an image folder or a manifest "
+                         "(.csv, .parquet, .jsonl)")
+    if loc.suffix not in MANIFEST_SUFFIXES:
+        raise AuditError(f"{loc.shown} is neither a folder nor a manifest (.csv, .parquet, .jsonl)")
+    return open_manifest(loc.location, loc.path_column)

@@ -15,8 +15,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from audit.errors import AuditError
-from audit.scanner.sources.base import BOX_COLUMNS, Record, Shard, Source, label_box_meta, text
-from audit.scanner.sources.remote import local_path, require
+from audit.sources.base import BOX_COLUMNS, Record, Shard, Source, label_box_meta, text
+from audit.sources.location import Location
+from audit.sources.remote import local_path, require
 from audit.store.schema import IMAGES
 
 ROWS = 512  # rows per shard: the unit loader workers and Ray read tasks split
@@ -141,3 +142,15 @@ def open_hf(location: str, split: str | None = None, image_column: str | None = 
                   count=n, options={"split": split, "image_column": column, "id_column": id_column,
                                     "image_id": "id column" if id_column else
                                     "split/row index: stable only while the dataset is not re-ordered"})
+
+
+def recognise(loc: Location) -> bool:
+    """A dataset saved with save_to_disk, or owner/name of a dataset on the hub (a path that does not exist)."""
+    if loc.is_dir:
+        return is_saved_dataset(loc.local)
+    return (not loc.url and not os.path.exists(loc.local) and loc.location.count("/") == 1
+            and not loc.location.startswith((".", "/")))
+
+
+def open_location(loc: Location) -> Source:
+    return open_hf(loc.location, loc.split, loc.image_column, loc.id_column)

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from audit.errors import AuditError
-from audit.scanner.sources.base import (
+from audit.sources.base import (
     BOX_COLUMNS,
     Record,
     Shard,
@@ -22,7 +22,8 @@ from audit.scanner.sources.base import (
     printable_path,
     text,
 )
-from audit.scanner.sources.remote import expand, is_url, local_path, open_binary
+from audit.sources.location import Location
+from audit.sources.remote import expand, is_url, local_path, open_binary
 from audit.store.schema import IMAGES
 
 ROWS = 256  # rows read at a time: a row group can hold far more images than fit in memory at once
@@ -153,3 +154,18 @@ def open_parquet(location: str, image_column: str | None = None, id_column: str 
     where = location if is_url(location) or "{" in location else os.path.abspath(local_path(location))
     return Source("parquet", where, shards, meta_columns=[c for c in meta if c not in ("label", *BOX_COLUMNS)],
                   count=count, options={"image_column": image_column, "id_column": id_column, "files": len(files)})
+
+
+def recognise(loc: Location) -> bool:
+    """A Parquet file of image bytes (a manifest's path column was looked for first), or a local folder of Parquet
+    files and no images."""
+    if loc.suffix in (".parquet", ".pq"):
+        if loc.image_column or image_columns(loc.parquet_schema):
+            return True
+        raise AuditError(f"{loc.shown} has neither a {loc.path_column!r} column (a manifest; --path-column) nor a "
+                         "column of image bytes (--source parquet --image-column)")
+    return loc.is_dir and loc.folder.tables and not loc.folder.images
+
+
+def open_location(loc: Location) -> Source:
+    return open_parquet(loc.location, loc.image_column, loc.id_column)

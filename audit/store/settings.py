@@ -1,0 +1,59 @@
+"""A scan's settings (scan.json "settings": everything that changes a stored row), read the same way whichever
+audit wrote them, and compared between two scans.
+
+audit 0.2 stored `opinion` (ascent | concepts | both) with an `ascent` flag, kept every opinion's settings whether
+it ran or not, and did not record the ascent's kernel. This audit stores `opinions` (the methods that ran) and
+only their settings; `upgrade` reads the older form as this one, so a resume, `audit check --baseline` and
+`audit diff` compare like with like.
+"""
+
+from __future__ import annotations
+
+from audit.store.schema import SETTINGS_ADDED
+
+# The ascent's settings as audit 0.2 stored them (its AscentConfig), which a scan without an ascent dropped.
+ASCENT_SETTINGS = ("tokens_per_seq", "candidates", "steps", "lr", "tau", "views", "resample_views", "prompt", "keep",
+                   "refine_rounds", "refine_top", "refine_words", "degrees", "translate", "p_affine")
+CONCEPT_SETTINGS = ("vocabulary", "concept_l1", "concepts_per_image", "concept_heatmaps", "concept_mean")
+
+
+def upgrade(settings: dict, runs: list[dict] | None = None) -> dict:
+    """Settings of any audit's scan in this audit's form. The kernel of an older scan's ascent is the default it
+    ran with then: compile on CUDA, eager elsewhere (from its runs' devices)."""
+    if "opinions" in settings or "model" not in settings:  # this audit's form, or no scan's settings at all
+        return dict(settings)
+    s = {**SETTINGS_ADDED, **settings}
+    opinion, ascent = s.pop("opinion"), s.pop("ascent", True)
+    names = [n for n, runs_it in (("ascent", opinion in ("ascent", "both") and ascent),
+                                  ("probes", bool(s.get("probe_words"))),
+                                  ("concepts", opinion in ("concepts", "both"))) if runs_it]
+    if "probes" not in names:
+        s.pop("probe_words", None)
+    if "ascent" in names:
+        on_gpu = any(str(r.get("device", "")).startswith("cuda") for r in runs or ())
+        s["kernel"] = "compile" if on_gpu else "eager"
+    else:
+        for key in ASCENT_SETTINGS:
+            s.pop(key, None)
+    if "concepts" not in names:
+        for key in CONCEPT_SETTINGS:
+            s.pop(key, None)
+    s["opinions"] = names
+    return s
+
+
+def differences(old: dict, new: dict) -> list[str]:
+    """"name old -> new" for each setting the two scans (upgraded) both have and set differently, and for the
+    opinions that ran; an opinion's own settings are compared only when both scans ran it."""
+    old, new = upgrade(old), upgrade(new)
+    keys = ["opinions"] + sorted(k for k in set(old) & set(new) if k != "opinions")
+    return [f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
+
+
+def differences_note(old: dict, new: dict, older: str = "the baseline") -> str | None:
+    """One line naming the settings two scans differ in, or None."""
+    found = differences(old, new)
+    if not found:
+        return None
+    return (f"{older} was scanned with other settings ({'; '.join(found)}); differences may reflect the settings "
+            "rather than the data")
