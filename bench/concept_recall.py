@@ -23,6 +23,7 @@ from audit.scanner.concepts import Decomposition, ImageMean
 from audit.scanner.encoders import Towers
 from audit.scanner.models import load_model
 from audit.scanner.options import ScanOptions
+from audit.scanner.profiles import profile
 from audit.scanner.vocabulary import default_vocabulary, embeddings, text_mean
 
 
@@ -46,7 +47,7 @@ def main() -> None:
     print(f"text mean norm (the default vocabulary's normalised embeddings): {float(mean_t.norm()):.3f}")
     print("| centring | l1 | colour | shape | background | concepts/image | other words/image |")
     print("|---|---|---|---|---|---|---|")
-    default = ScanOptions().concept_l1
+    default = profile("audit-demo").concept_l1
     for name, mean in (("uncentred", ImageMean(None, "none")), ("centred", ImageMean(ref.mean(0).numpy(), "ref"))):
         for l1 in map(float, args.l1.split(",")):
             opinion = Decomposition(vocab.words, emb, mean_t, mean, ScanOptions(concept_l1=l1).concepts())

@@ -44,6 +44,7 @@ ASCENT = ("tests/test_ascent.py",)
 DECODE = ("tests/test_decode.py", "tests/test_decode_geometry.py")
 STORE = ("tests/test_retry_errors.py", "tests/test_resume.py::test_crash_inside_a_commit_then_resume")
 CONCEPTS = ("tests/test_concepts.py",)
+REGISTRIES = ("tests/test_opinions.py", "tests/test_settings.py")
 
 MUTATIONS = [
     Mutation("stats.fisher-table-order", "audit/analysis/stats.py", "fisher_exact([[a, b], [c, d]])",
@@ -126,11 +127,28 @@ MUTATIONS = [
              'WHERE stage <> ?", [INTERNAL]', ("tests/test_retry_errors.py",)),
     Mutation("drift.permutation-p", "audit/analysis/drift.py", "p = (1 + int(np.sum(null >= observed - 1e-12))) / (rounds + 1)",
              "p = int(np.sum(null >= observed - 1e-12)) / (rounds + 1)", ("tests/test_check.py",)),
-    Mutation("policy.watch-bound", "audit/policy/parse.py", 'bound = t.get("min_odds_ratio", float, 1.0)',
+    Mutation("policy.watch-bound", "audit/policy/kinds/watch.py", 'bound = t.get("min_odds_ratio", float, 1.0)',
              'bound = t.get("min_odds_ratio", float, 2.0)', ("tests/test_check.py",)),
     Mutation("check.warn-is-fail", "audit/policy/rules.py",
              'status = ("fail" if rule.level == "fail" else "warn") if broken else "pass"',
              'status = "fail" if broken else "pass"', ("tests/test_check.py",)),
+    # The registries: opinions, their settings, sources, rule kinds.
+    Mutation("opinions.both-alias", "audit/scanner/opinions/__init__.py", 'ALIASES: dict[str, tuple[str, ...]] = {"both": ("ascent", "concepts")}',
+             'ALIASES: dict[str, tuple[str, ...]] = {"both": ("ascent",)}', REGISTRIES),
+    Mutation("opinions.every-word-a-heatmap", "audit/scanner/pipeline.py",
+             'shown = [[w for f in found for w in f.words[i][:f.heatmaps[i]]] for i in range(len(recs))]',
+             'shown = [[w for f in found for w in f.words[i]] for i in range(len(recs))]', CONCEPTS),
+    Mutation("settings.kernel-unrecorded", "audit/scanner/opinions/ascent.py",
+             'settings = {**dataclasses.asdict(opts.ascent()), "kernel": opts.kernel}',
+             'settings = {**dataclasses.asdict(opts.ascent())}', REGISTRIES),
+    Mutation("settings.old-kernel-guess", "audit/store/settings.py", 's["kernel"] = "compile" if on_gpu else "eager"',
+             's["kernel"] = "eager" if on_gpu else "compile"', REGISTRIES),
+    Mutation("sources.parquet-before-manifest", "audit/sources/__init__.py",
+             '    "manifest": "audit.sources.manifest",\n    "parquet": "audit.sources.parquet",',
+             '    "parquet": "audit.sources.parquet",\n    "manifest": "audit.sources.manifest",',
+             ("tests/test_dataset_sources.py", "tests/test_sources.py")),
+    Mutation("policy.drift-kind-unregistered", "audit/policy/kinds/drift.py", 'kinds = (*BOUNDS, "drift.new_associations")',
+             "kinds = (*BOUNDS,)", ("tests/test_check.py",)),
 ]
 
 

@@ -19,7 +19,8 @@ import xml.etree.ElementTree as ET
 
 from audit.formats import association
 from audit.outputs.files import write_text
-from audit.policy.rules import ASSOC_EVIDENCE, EVIDENCE_ROWS, CheckResult, RuleResult
+from audit.policy.base import ASSOC_EVIDENCE, EVIDENCE_ROWS, RuleResult
+from audit.policy.rules import CheckResult
 from audit.version import __version__
 
 MARK = {"pass": "PASS", "fail": "FAIL", "warn": "WARN", "skip": "SKIP"}

@@ -68,7 +68,9 @@ class ScanOptions:
     # scored whatever this says.
     opinion: str = "ascent"
     vocabulary: str | None = None  # concepts: a file, one word or phrase per line; None: the tokenizer's words
-    concept_l1: float = 0.2  # concepts: the L1 penalty (larger: fewer concepts per image)
+    # concepts: the L1 penalty l1 of 0.5·|Cᵀw − x|² + l1·Σw (larger: fewer concepts per image); SpLiCE's λ is
+    # 2·l1. None: the model's (profiles.py: 0.125, SpLiCE's published λ = 0.25).
+    concept_l1: float | None = None
     concepts_per_image: int = 10  # concepts stored per image, largest weights first
     concept_heatmaps: int = 3  # of those, how many get a relevancy heatmap
     # Image mean the decomposition centres by: dataset | none | FILE.npy | SCAN_DIR; None: the model's default.
@@ -143,7 +145,7 @@ class ScanOptions:
             raise AuditError(f"--kernel must be one of {', '.join(KERNELS)}, not {self.kernel!r}")
         if self.triton_tiles is not None:
             check_tiles(self.triton_tiles)
-        if not self.concept_l1 > 0:
+        if self.concept_l1 is not None and not self.concept_l1 > 0:
             raise AuditError(f"--concept-l1 must be positive, not {self.concept_l1}")
         if self.concepts_per_image < 1 or self.concept_heatmaps < 0:
             raise AuditError("--concepts-per-image must be at least 1 and --concept-heatmaps at least 0")
@@ -161,13 +163,15 @@ class ScanOptions:
             self, start_layer=prof.start_layer if self.start_layer is None else self.start_layer,
             heatmap=prof.heatmap if self.heatmap is None else self.heatmap,
             occlusion_window=prof.occlusion_window if self.occlusion_window is None else self.occlusion_window,
-            concept_mean=prof.concept_mean if self.concept_mean is None else self.concept_mean)
+            concept_mean=prof.concept_mean if self.concept_mean is None else self.concept_mean,
+            concept_l1=prof.concept_l1 if self.concept_l1 is None else self.concept_l1)
 
     def concepts(self):
         """The concept opinion's settings (an audit.scanner.concepts.ConceptSettings)."""
         from audit.scanner.concepts import ConceptSettings
 
-        return ConceptSettings(l1=self.concept_l1, per_image=self.concepts_per_image, heatmaps=self.concept_heatmaps)
+        l1 = profile(self.model).concept_l1 if self.concept_l1 is None else self.concept_l1
+        return ConceptSettings(l1=l1, per_image=self.concepts_per_image, heatmaps=self.concept_heatmaps)
 
     def ascent(self):
         """The ascent's settings (an audit.scanner.ascent.AscentConfig)."""

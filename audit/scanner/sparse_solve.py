@@ -2,8 +2,9 @@
 
     0.5 * |A^T w - x|^2 + l1 * sum(w)
 
-over a dictionary A [V, D] whose rows are the atoms (concept embeddings). SpLiCE's objective (Bhalla et al.
-2024) is twice this one with the same l1, so the two penalties mean the same.
+over a dictionary A [V, D] whose rows are the atoms (concept embeddings). SpLiCE's code (Bhalla et al. 2024, its
+ADMM and its scikit-learn path alike) minimises |A^T w - x|^2 + λ * sum(w): twice this objective when λ = 2 * l1.
+So SpLiCE's λ is 2 * l1 here, and its published λ = 0.25 is l1 = 0.125.
 
 V is large (tens of thousands of words) and the answers are sparse (tens of atoms), so each image is solved on a
 small working set and checked against all V atoms:
