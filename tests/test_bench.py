@@ -104,7 +104,7 @@ def test_the_step_time_measurement_runs_and_prints_what_cuda_graphs_could_save(c
     cpu = torch.device("cpu")
     x = bench.random_images(4, bench.input_size(loaded), cpu)
     small, full = bench.host_overhead("audit-tiny", Towers(loaded), x, AscentConfig(candidates=2, views=2), cpu,
-                                      "eager")
+                                      "eager", "eager")
     assert small >= 0 and full >= 0
     out = capsys.readouterr().out
     assert re.search(r"paths: audit-tiny eager: a step takes [\d.]+ ms at batch 2 .* and [\d.]+ ms at batch 4; "

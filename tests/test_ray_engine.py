@@ -57,6 +57,8 @@ def _wait_for_parts(proc: subprocess.Popen, out: Path, n: int, timeout: float = 
 def test_ray_engine_gives_the_rows_of_the_local_engine(dataset, reference, tmp_path, monkeypatch):
     import logging
 
+    import ray.data  # noqa: F401 - Ray sets its loggers' levels on import: what the engine must give back
+
     monkeypatch.delenv("RAY_BACKEND_LOG_LEVEL", raising=False)
     levels = {name: logging.getLogger(name).level for name in ("ray", "ray.data")}
     got = audit.scan(dataset, tmp_path / "scan", engine="ray", workers=2, **KW)
