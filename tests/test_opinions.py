@@ -113,7 +113,7 @@ def test_concept_embeddings_are_cached_by_the_weights_not_their_name(tmp_path, v
     monkeypatch.setenv("AUDIT_CACHE_DIR", str(tmp_path / "cache"))
     opts = ScanOptions(model="audit-tiny", pretrained="none", opinion="concepts", vocabulary=str(vocab),
                        concept_mean="none", device="cpu")
-    planned = ConceptOpinion.plan(opts, "none")
+    planned = ConceptOpinion.plan(opts)
     built = []
     for seed in (0, 1):  # the same model name and tag, other weights
         towers = Towers(load_model("audit-tiny", "none", device="cpu", seed=seed))

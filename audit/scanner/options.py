@@ -8,7 +8,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from audit.errors import AuditError
-from audit.scanner.opinions import ALIASES, OPINIONS, parse_opinions
+from audit.scanner.opinions import OPINIONS, parse_opinions
 from audit.scanner.profiles import profile
 from audit.scanner.relevancy import METHODS
 from audit.sources import SOURCE_KINDS
@@ -196,5 +196,5 @@ def check_tiles(text: str) -> None:
         raise AuditError(f"--triton-tiles {text!r}: rows, vocab and dim are powers of two of at least 16")
 
 
-__all__ = ["ALIASES", "DEFAULT_MODEL", "DEVICES", "ENGINES", "KERNELS", "OPINIONS", "RUN_OPTIONS", "SHARED_SETTINGS",
+__all__ = ["DEFAULT_MODEL", "DEVICES", "ENGINES", "KERNELS", "OPINIONS", "RUN_OPTIONS", "SHARED_SETTINGS",
            "SOURCE_KINDS", "ScanOptions", "check_tiles", "parse_opinions"]

@@ -273,12 +273,12 @@ def plan_scan(source, out, opts: ScanOptions) -> ScanPlan:
         raise AuditError(f"no images found in {source} (looked for common image extensions, recursively)"
                          if src.kind == "folder" else f"{src.kind} source {source} lists no images")
     weights, sha = resolve_weights(opts.model, opts.pretrained)
-    probes = opinion_class("probes").plan(opts, weights)
+    probes = opinion_class("probes").plan(opts)
     chosen = set(opts.opinions) | ({"probes"} if probes else set())  # --words are scored whatever --opinion says
     if not probes and ("probes" in chosen or not chosen):
         raise AuditError("--no-ascent scores only probe words: pass --words or --words-file (or --opinion concepts)"
                          if opts.no_ascent else "--opinion probes scores probe words: pass --words or --words-file")
-    planned = {name: probes if name == "probes" else opinion_class(name).plan(opts, weights)
+    planned = {name: probes if name == "probes" else opinion_class(name).plan(opts)
                for name in OPINIONS if name in chosen}
     return ScanPlan(str(out), opts, src, device, batch_size, _settings(opts, weights, sha, planned), planned)
 

@@ -1,7 +1,7 @@
 """The contract every opinion method keeps.
 
 A method is asked three things, at three moments of a scan:
-1. `plan(opts, weights)` before any model is loaded: read and check its inputs (a file of probe words, a
+1. `plan(opts)` before any model is loaded: read and check its inputs (a file of probe words, a
    vocabulary), so that every mistake a user can make is one AuditError before minutes of loading;
 2. `settings(opts, planned)`: the settings that change its rows, recorded in scan.json (a resume with other
    values is refused; `audit check --baseline` and `audit diff` say when two scans differ in them);
@@ -53,8 +53,8 @@ class Opinion:
     options: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
-    def plan(cls, opts, weights: str) -> Any:
-        """Inputs read and checked before the model loads; `weights` names the model's weights. None: none."""
+    def plan(cls, opts) -> Any:
+        """Inputs read and checked before the model loads; None: it needs none."""
         return None
 
     @classmethod

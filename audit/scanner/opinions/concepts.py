@@ -34,7 +34,7 @@ class ConceptOpinion(Opinion):
     options = ("vocabulary", "concept_l1", "concepts_per_image", "concept_heatmaps", "concept_mean")
 
     @classmethod
-    def plan(cls, opts, weights: str) -> ConceptPlan:
+    def plan(cls, opts) -> ConceptPlan:
         from audit.scanner.models import get_tokenizer
 
         vocab = read_vocabulary(opts.vocabulary) if opts.vocabulary else default_vocabulary(get_tokenizer(opts.model))

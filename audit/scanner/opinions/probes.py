@@ -13,7 +13,7 @@ class ProbeOpinion(Opinion):
     options = ("words", "words_file")
 
     @classmethod
-    def plan(cls, opts, weights: str) -> tuple[str, ...]:
+    def plan(cls, opts) -> tuple[str, ...]:
         return parse_probe_words(opts.words, opts.words_file)
 
     @classmethod
