@@ -41,8 +41,8 @@ def table_digest(scan: audit.Scan, name: str) -> dict:
 
 
 def scrub(text: str, roots: list[Path]) -> str:
-    for root in roots:
-        text = text.replace(str(root), "<root>")
+    for root in roots:  # as written, and as Markdown escapes it
+        text = text.replace(str(root), "<root>").replace(str(root).replace("_", "\\_"), "<root>")
     return re.sub(r"\d{4}-\d\d-\d\dT[\d:]+(\+00:00)?", "<time>", text)
 
 

@@ -11,7 +11,16 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from audit.analysis import FDR, MIN_COUNT, MIN_RELATIVE_COSINE, PROCEDURE, PROCEDURES, STOP_WORDS, stats
+from audit.analysis import (
+    FDR,
+    MIN_COUNT,
+    MIN_RELATIVE_COSINE,
+    PROCEDURE,
+    PROCEDURES,
+    STOP_WORDS,
+    stats,
+    tables,
+)
 from audit.errors import AuditError
 from audit.store.query import ScanQuery, WordFilter
 from audit.store.schema import ASCENT, PROBE
@@ -62,6 +71,15 @@ def _name_words(group: str) -> set[str]:
     return set(clean_words(str(group)))
 
 
+def _names_group(table: pd.DataFrame) -> pd.Series:
+    """Whether each pair's word is a word of its group's own name: each group's name read once."""
+    names = [(g, w) for g in table.grp.unique() for w in _name_words(g)]
+    if not names:
+        return pd.Series(False, index=table.index, dtype=bool)
+    own = pd.MultiIndex.from_tuples(names, names=["grp", "word"])
+    return pd.Series(pd.MultiIndex.from_frame(table[["grp", "word"]]).isin(own), index=table.index, dtype=bool)
+
+
 def associations(q: ScanQuery, column: str, min_count: int = MIN_COUNT, fdr: float = FDR, *, kind: str = ASCENT,
                  words: WordFilter | None = None, procedure: str = PROCEDURE) -> Associations:
     """Every (group, word) of one kind with at least min_count images overall, group vs the rest of the images,
@@ -91,18 +109,12 @@ def associations(q: ScanQuery, column: str, min_count: int = MIN_COUNT, fdr: flo
     b = (n_g - full.a).to_numpy()
     c = (full.word_total - full.a).to_numpy()
     d = (n_total - n_g - c).to_numpy()
-    rows = []
-    floors: dict[tuple[int, int, int], float] = {}  # margins repeat across words: each floor computed once
-    for ai, bi, ci, di in zip(a, b, c, d, strict=True):
-        p, test = stats.association_test(int(ai), int(bi), int(ci), int(di))
-        lor, lo, hi = stats.log_odds_ci(int(ai), int(bi), int(ci), int(di))
-        margins = (int(ai + bi), int(ci + di), int(ai + ci))
-        if margins not in floors:
-            floors[margins] = stats.min_attainable_p(*margins)
-        rows.append((p, test, floors[margins], lor, lo, hi, stats.lift(int(ai), int(bi), int(ci), int(di)),
-                     stats.npmi(int(ai), int(bi), int(ci), int(di))))
-    res = pd.DataFrame(rows, columns=["p", "test", "p_min", "log_odds", "log_odds_lo", "log_odds_hi", "lift",
-                                      "npmi"])
+    # Every pair at once (tables.py; stats.py's per-table functions give the same numbers, one call at a time).
+    p, test = tables.association_test(a, b, c, d)
+    lor, lo, hi = tables.log_odds_ci(a, b, c, d)
+    res = pd.DataFrame({"p": p, "test": test, "p_min": tables.min_attainable_p(a + b, c + d, a + c),
+                        "log_odds": lor, "log_odds_lo": lo, "log_odds_hi": hi, "lift": tables.lift(a, b, c, d),
+                        "npmi": tables.npmi(a, b, c, d)})
     table = pd.concat([full.reset_index(drop=True), res], axis=1)
     table["n_group"] = n_g.to_numpy()
     table["c"] = c  # images of the rest showing the word
@@ -122,8 +134,7 @@ def associations(q: ScanQuery, column: str, min_count: int = MIN_COUNT, fdr: flo
     table["q"] = key.map(dict(zip(key[one], q_one, strict=True))).astype(float)
     table["testable"] = key.map(dict(zip(key[one], testable_one, strict=True))).astype(bool)
     table["flagged"] = (table.q < fdr) & (table.log_odds_lo > 0)
-    table["names_group"] = pd.Series([w in _name_words(g) for g, w in zip(table.grp, table.word, strict=True)],
-                                     index=table.index, dtype=bool)  # bool also when nothing is tested
+    table["names_group"] = _names_group(table)
     table["flagged"] = table.flagged.astype(bool)
     table = table.sort_values(["log_odds_lo", "grp", "word"], ascending=[False, True, True]).reset_index(drop=True)
     result = Associations(column, groups, table, len(table), min_count, fdr, kind=kind, procedure=procedure,

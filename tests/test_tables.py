@@ -1,0 +1,77 @@
+"""The statistics of many 2x2 tables at once (analysis/tables.py) against the per-table reference (stats.py, one
+scipy call per table): every table with small cells, random large ones, and the associations of the demo scans."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from audit.analysis import stats, tables
+
+SMALL = np.array(list(itertools.product(range(9), repeat=4)))  # every table with cells 0..8: 6,561
+
+
+def reference(fn, rows) -> np.ndarray:
+    return np.array([fn(*map(int, r)) for r in rows], dtype=np.float64)
+
+
+def test_fisher_is_scipys_on_every_small_table():
+    """Bit for bit, ties included (scipy's relative tolerance decides which tables count as no more likely)."""
+    got = tables.fisher_exact(*SMALL.T)
+    assert np.array_equal(got, reference(stats.fisher_exact, SMALL))
+
+
+def test_chi_square_and_the_choice_between_the_tests_on_every_small_table():
+    assert np.array_equal(tables.chi_square(*SMALL.T), reference(stats.chi_square, SMALL[:, :]))
+    live = SMALL[SMALL.sum(1) > 0]
+    p, test = tables.association_test(*live.T)
+    want = [stats.association_test(*map(int, r)) for r in live]
+    assert np.array_equal(p, np.array([w[0] for w in want])) and list(test) == [w[1] for w in want]
+
+
+def test_random_large_tables_and_their_minimum_attainable_p():
+    rng = np.random.default_rng(7)
+    big = rng.integers(0, 4000, size=(1500, 4))
+    big[:500, 0] = rng.integers(0, 6, 500)  # a rare word in a large dataset: Fisher's side of the rule
+    p, test = tables.association_test(*big.T)
+    want = [stats.association_test(*map(int, r)) for r in big]
+    assert np.allclose(p, [w[0] for w in want], rtol=1e-12, atol=0) and list(test) == [w[1] for w in want]
+    group, rest = rng.integers(1, 400, 800), rng.integers(1, 40_000, 800)
+    total = rng.integers(1, np.minimum(group + rest, 3000))
+    got = tables.min_attainable_p(group, rest, total)
+    want = [stats.min_attainable_p(int(g), int(r), int(t)) for g, r, t in zip(group, rest, total, strict=True)]
+    assert np.allclose(got, want, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("name", ["lift", "npmi"])
+def test_effect_sizes_on_every_small_table(name):
+    live = SMALL[SMALL.sum(1) > 0]
+    got, want = getattr(tables, name)(*live.T), reference(getattr(stats, name), live)
+    assert np.array_equal(np.isnan(got), np.isnan(want))
+    assert np.allclose(got[~np.isnan(got)], want[~np.isnan(want)], rtol=1e-12, atol=1e-15)
+
+
+def test_log_odds_intervals_on_every_small_table():
+    got = np.stack(tables.log_odds_ci(*SMALL.T), axis=1)
+    assert np.allclose(got, reference(lambda *r: stats.log_odds_ci(*r), SMALL).reshape(-1, 3), rtol=1e-12,
+                       atol=1e-15)
+
+
+def test_the_demo_scans_associations_are_the_per_pair_ones(demo_run, unbiased_demo_scan):
+    """Every tested pair of both demo scans: p-values and floors as the per-pair reference gives them, so the same
+    q-values and flags."""
+    from audit.analysis.associations import associations
+    from audit.store.query import ScanQuery
+
+    for scan in (demo_run[0] / "scan", unbiased_demo_scan):
+        q = ScanQuery.open(scan)
+        for column in ("label", "shape"):
+            t = associations(q, column, min_count=3).table
+            n_total = int(q.group_sizes(column).n.sum())
+            rows = [(int(a), int(n - a), int(c), int(n_total - n - c)) for a, n, c in zip(t.a, t.n_group, t.c,
+                                                                                         strict=True)]
+            assert len(rows) and np.array_equal(t.p.to_numpy(), [stats.association_test(*r)[0] for r in rows])
+            floors = [stats.min_attainable_p(a + b, c + d, a + c) for a, b, c, d in rows]
+            assert np.array_equal(t.p_min.to_numpy(), floors), (scan, column)
