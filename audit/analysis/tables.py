@@ -8,9 +8,8 @@ Word-group association uses the 2x2 table of images, one per (group, word):
 A scan grouped by a column of a thousand values holds millions of such tables; one scipy call per table took
 minutes. Here every test is computed over all tables together with scipy's array-aware distributions, and each
 gives what stats.py's per-table functions give (those stay as the readable reference the tests compare with):
-- Fisher's two-sided p is scipy's definition step for step (the tables no more likely than the observed one,
-  with scipy's relative tolerance for ties, found by the same binary search on the far side of the mode), and
-  tables with the same margins share one hypergeometric distribution;
+- Fisher's two-sided p is scipy's definition (the tables no more likely than the observed one), with the tables
+  that share margins sharing one hypergeometric distribution;
 - chi-square is Pearson's without continuity correction, from the expected counts as scipy computes them;
 - the minimum attainable p-value (Tarone) is computed once per distinct margins, which repeat across words.
 """
@@ -22,77 +21,76 @@ import scipy.stats
 
 from audit.analysis.stats import Z95
 
-_TIE = 1 + 1e-14  # scipy.stats.fisher_exact's relative tolerance for ties
-
 
 def _ints(*arrays) -> list[np.ndarray]:
     return [np.asarray(x, dtype=np.int64) for x in arrays]
 
 
 def fisher_exact(a, b, c, d) -> np.ndarray:
-    """Two-sided Fisher exact p-values, as scipy.stats.fisher_exact gives them table by table."""
+    """Two-sided Fisher exact p-values, as scipy.stats.fisher_exact defines them: the probability, given the
+    table's margins, of the tables no more likely than the observed one.
+
+    scipy evaluates Boost's hypergeometric functions some twenty times a table, at about 0.1 ms each for a
+    dataset of 50,000 images: minutes for the millions of tables of a thousand groups. Here the tables that share
+    margins (a group's size and a word's count repeat across words and groups) share one distribution, computed
+    once over its whole support by the ratio of consecutive probabilities (accurate to about 1e-13 relative),
+    and each table's p-value is a masked sum over it. Ties count as "no more likely" within TIE, a tolerance
+    above that accuracy and far below the gap between two different probabilities of one distribution."""
     a, b, c, d = _ints(a, b, c, d)
     p = np.ones(a.shape, dtype=np.float64)
     # A table with an empty row or column says nothing: p = 1 (scipy's rule).
     live = (a + b > 0) & (c + d > 0) & (a + c > 0) & (b + d > 0)
     if not live.any():
         return p
-    a, b, c, d = a[live], b[live], c[live], d[live]
-    n1, k = a + b, a + c
-    total = n1 + c + d
-    hyper = scipy.stats.hypergeom
-
-    def pmf(x, j):
-        return hyper.pmf(x, total[j], n1[j], k[j])
-
-    every = np.arange(len(a))
-    mode = (k + 1) * (n1 + 1) // (total + 2)
-    pexact, pmode = pmf(a, every), pmf(mode, every)
-    out = np.ones(len(a), dtype=np.float64)  # the observed table is the most likely one: p = 1
-    at_mode = np.abs(pexact - pmode) / np.maximum(pexact, pmode) <= 1e-14
-    threshold = pexact * _TIE
-    # Below the mode: the lower tail up to a, plus the upper tail from the first x past the mode whose
-    # probability is at most the observed one's (none when even x = k is more likely).
-    j = np.flatnonzero(~at_mode & (a < mode))
-    if len(j):
-        lower = hyper.cdf(a[j], total[j], n1[j], k[j])
-        guess = _search(lambda x, i: -pmf(x, i), -threshold[j], mode[j], k[j], j)
-        both = lower + hyper.sf(guess, total[j], n1[j], k[j])
-        out[j] = np.where(pmf(k[j], j) > threshold[j], lower, both)
-    # At or above it: the mirror image.
-    j = np.flatnonzero(~at_mode & (a >= mode))
-    if len(j):
-        upper = hyper.sf(a[j] - 1, total[j], n1[j], k[j])
-        guess = _search(lambda x, i: pmf(x, i), threshold[j], np.zeros(len(j), dtype=np.int64), mode[j], j)
-        both = upper + hyper.cdf(guess, total[j], n1[j], k[j])
-        out[j] = np.where(pmf(np.zeros(len(j), dtype=np.int64), j) > threshold[j], upper, both)
+    obs, margins = a[live], np.stack([(a + b)[live], (c + d)[live], (a + c)[live]], axis=1)
+    unique, owner = np.unique(margins, axis=0, return_inverse=True)
+    owner = owner.reshape(-1)
+    n1, n2, k = unique[:, 0], unique[:, 1], unique[:, 2]
+    lo, hi = np.maximum(0, k - n2), np.minimum(k, n1)
+    out = np.empty(len(obs), dtype=np.float64)
+    # Distributions of similar support length together, and tables in blocks, to bound the padded arrays.
+    by_length = np.argsort(hi - lo, kind="stable")
+    rank = np.empty_like(by_length)
+    rank[by_length] = np.arange(len(by_length))
+    tables_in_order = np.argsort(rank[owner], kind="stable")
+    first_table = np.searchsorted(rank[owner][tables_in_order], np.arange(len(by_length) + 1))
+    start = 0
+    while start < len(by_length):
+        stop = start + 1
+        while stop < len(by_length) and (stop - start + 1) * (int(hi[by_length[stop]] - lo[by_length[stop]]) + 1) \
+                <= _BLOCK:
+            stop += 1
+        rows = by_length[start:stop]
+        pmf = _pmf(n1[rows], n2[rows], k[rows], lo[rows], hi[rows])  # [R, L]
+        for t0 in range(first_table[start], first_table[stop], max(1, _BLOCK // pmf.shape[1])):
+            t = tables_in_order[t0:min(t0 + max(1, _BLOCK // pmf.shape[1]), first_table[stop])]
+            row = rank[owner[t]] - start
+            dist = pmf[row]  # [T, L]
+            seen = dist[np.arange(len(t)), obs[t] - lo[owner[t]]]
+            out[t] = np.where(dist <= seen[:, None] * TIE, dist, 0.0).sum(1)
+        start = stop
     p[live] = np.minimum(out, 1.0)
     return p
 
 
-def _search(f, target: np.ndarray, lo: np.ndarray, hi: np.ndarray, tables: np.ndarray) -> np.ndarray:
-    """scipy's _binary_search_for_binom_tst for many tables at once: per table, the x in [lo, hi] with
-    f(x) <= target < f(x + 1), f ascending on that range (f(x, tables) evaluates it for those tables)."""
-    lo, hi = lo.astype(np.int64).copy(), hi.astype(np.int64).copy()
-    found = np.zeros(len(lo), dtype=np.int64)
-    done = np.zeros(len(lo), dtype=bool)
-    while True:
-        active = np.flatnonzero(~done & (lo < hi))
-        if not len(active):
-            break
-        mid = lo[active] + (hi[active] - lo[active]) // 2
-        val = f(mid, tables[active])
-        lt, gt = val < target[active], val > target[active]
-        eq = ~lt & ~gt
-        lo[active] = np.where(lt, mid + 1, lo[active])
-        hi[active] = np.where(gt, mid - 1, hi[active])
-        found[active[eq]] = mid[eq]
-        done[active[eq]] = True
-    rest = np.flatnonzero(~done)
-    if len(rest):
-        at = f(lo[rest], tables[rest])
-        found[rest] = np.where(at <= target[rest], lo[rest], lo[rest] - 1)
-    return found
+TIE = 1 + 1e-9
+_BLOCK = 1 << 21  # entries of a padded [rows, support] array
+
+
+def _pmf(n1, n2, k, lo, hi) -> np.ndarray:
+    """Hypergeometric probabilities [R, L] of x = lo + j white balls in a draw of n1 from an urn of n1 + n2 with
+    k white, for each row's margins (0 past its support): logs of consecutive ratios, summed, normalised."""
+    length = int((hi - lo).max()) + 1
+    j = np.arange(length)
+    x = lo[:, None] + j[None, :-1]  # the step from x to x + 1
+    inside = x < hi[:, None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        step = (np.log(np.where(inside, k[:, None] - x, 1)) + np.log(np.where(inside, n1[:, None] - x, 1))
+                - np.log(np.where(inside, x + 1, 1)) - np.log(np.where(inside, n2[:, None] - k[:, None] + x + 1, 1)))
+    logw = np.concatenate([np.zeros((len(lo), 1)), np.cumsum(step, axis=1)], axis=1)
+    logw[(lo[:, None] + j[None, :]) > hi[:, None]] = -np.inf
+    w = np.exp(logw - logw.max(1, keepdims=True))
+    return w / w.sum(1, keepdims=True)
 
 
 def chi_square(a, b, c, d) -> np.ndarray:
