@@ -56,21 +56,19 @@ def _between(low: float, high: float | None):
     return parse
 
 
-def _opinions(value: str) -> str:
-    """One opinion method or several, comma-separated (audit.scanner.opinions)."""
-    try:
-        parse_opinions(value)
-    except AuditError as e:
-        raise typer.BadParameter(str(e).removeprefix("--opinion: ")) from None
-    return value
+def _checked(check, prefix: str):
+    """A parser that keeps the value the library's `check` accepts, and otherwise says why as the CLI does."""
+    def parse(value: str) -> str:
+        try:
+            check(value)
+        except AuditError as e:
+            raise typer.BadParameter(str(e).removeprefix(prefix)) from None
+        return value
+    return parse
 
 
-def _tiles(value: str) -> str:
-    try:
-        check_tiles(value)
-    except AuditError as e:
-        raise typer.BadParameter(str(e).removeprefix("--triton-tiles ")) from None
-    return value
+_opinions = _checked(parse_opinions, "--opinion: ")  # one method or several, comma-separated
+_tiles = _checked(check_tiles, "--triton-tiles ")
 
 
 HeatmapMethod = Literal[tuple(METHODS)]  # the choices --help shows are the registries' entries
