@@ -153,15 +153,26 @@ def compare_looks(q: ScanQuery, column: str, pairs: list[tuple[str, str]], stat_
     words = sorted({w for _, w in pairs})
     rows = []
     for stat in stat_names if pairs else ():
-        values = q.heatmap_values(column, words, stat, kind, word_filter)
-        by_word = {w: v for w, v in values.groupby("word")}
+        values = q.heatmap_values(column, words, stat, kind, word_filter).dropna(subset=["value"])
+        # Per word, its values sorted by group once: a group's sample is a slice, the rest the other two slices
+        # (a boolean filter of the word's rows per pair cost seconds at thousands of pairs). The tests and
+        # medians do not depend on the order of a sample.
+        by_word = {}
+        for word, w in values.groupby("word", sort=False):
+            order = np.argsort(w.grp.to_numpy(dtype=object), kind="stable")
+            grps = w.grp.to_numpy(dtype=object)[order]
+            names, starts = np.unique(grps, return_index=True)
+            by_word[word] = (names, np.append(starts, len(grps)), w.value.to_numpy(dtype=float)[order])
         for grp, word in pairs:
-            w = by_word.get(word)
-            if w is None:
+            if word not in by_word:
                 continue
-            x = w[w.grp == grp].value.dropna().to_numpy(dtype=float)
-            y = w[w.grp != grp].value.dropna().to_numpy(dtype=float)
-            if len(x) == 0 or len(y) == 0:
+            names, bounds, value = by_word[word]
+            i = int(np.searchsorted(names, grp))
+            if i == len(names) or names[i] != grp:
+                continue
+            lo, hi = bounds[i], bounds[i + 1]
+            x, y = value[lo:hi], np.concatenate([value[:lo], value[hi:]])
+            if len(y) == 0:
                 continue
             p, effect = stats.mann_whitney(x, y)
             rows.append((grp, word, stat, float(np.median(x)), float(np.median(y)), len(x), len(y), p, effect))
