@@ -143,3 +143,14 @@ def test_check_and_diff_name_a_setting_the_scans_differ_in(tmp_path, capsys, key
     # And nothing is said when they agree.
     main(["diff", str(base), str(base)])
     assert "other settings" not in capsys.readouterr().out
+
+
+def test_the_upgrade_knows_each_opinions_settings_as_the_opinions_record_them():
+    """store/settings.py cannot import the scanner, so it lists the ascent's and the concepts' settings itself:
+    held here to what the opinions record, so the two lists cannot drift apart."""
+    from audit.scanner.ascent import AscentConfig
+
+    ascent = opinion_class("ascent").settings(ScanOptions(kernel="eager"), None)
+    assert set(stored_settings.ASCENT_SETTINGS) == {f.name for f in dataclasses.fields(AscentConfig)}
+    assert set(ascent) == set(stored_settings.ASCENT_SETTINGS) | {"kernel"}
+    assert set(stored_settings.CONCEPT_SETTINGS) == set(opinion_class("concepts").options)

@@ -62,8 +62,9 @@ def fisher_exact(a, b, c, d) -> np.ndarray:
             stop += 1
         rows = by_length[start:stop]
         pmf = _pmf(n1[rows], n2[rows], k[rows], lo[rows], hi[rows])  # [R, L]
-        for t0 in range(first_table[start], first_table[stop], max(1, _BLOCK // pmf.shape[1])):
-            t = tables_in_order[t0:min(t0 + max(1, _BLOCK // pmf.shape[1]), first_table[stop])]
+        per_block = max(1, _BLOCK // pmf.shape[1])
+        for t0 in range(first_table[start], first_table[stop], per_block):
+            t = tables_in_order[t0:min(t0 + per_block, first_table[stop])]
             row = rank[owner[t]] - start
             dist = pmf[row]  # [T, L]
             seen = dist[np.arange(len(t)), obs[t] - lo[owner[t]]]

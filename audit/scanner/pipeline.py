@@ -130,13 +130,13 @@ class _BatchScanner:
             "weight": pa.array([w.get("weight") for _, w in rows], pa.float32()),
         }
         gh, gw = t.grid_size
-        grids = rel.image.numpy().reshape(len(pairs), gh * gw)
-        stats = grid_stats(rel.image.numpy(), batch.boxes[pair_image.numpy()] if pairs else np.zeros((0, 4)))
+        image = rel.image.numpy()
+        stats = grid_stats(image, batch.boxes[pair_image.numpy()] if pairs else np.zeros((0, 4)))
         heat = {
             "image_id": tokens["image_id"][:len(pairs)], "kind": tokens["kind"][:len(pairs)],
             "word": tokens["word"][:len(pairs)],
             "grid_h": [gh] * len(pairs), "grid_w": [gw] * len(pairs),
-            "grid": pa.array(list(grids), type=pa.list_(pa.float32())),
+            "grid": pa.array(list(image.reshape(len(pairs), gh * gw)), type=pa.list_(pa.float32())),
             **{k: pa.array(list(v), type=pa.bool_()) if k == "peak_in_box" else pa.array(v, from_pandas=True)
                for k, v in stats.items()},
             "text_relevance": pa.array([x.numpy() for x in rel.text], type=pa.list_(pa.float32())),

@@ -39,8 +39,9 @@ class OpinionBatch:
 @dataclass
 class OpinionRows:
     """An opinion's rows for one batch: per image a list of word rows (the tokens table's columns: word, kind,
-    word_rank, seq_rank, seq_text, seq_cosine, weight) and how many of them, from the front, get a heatmap;
-    plus values of its own for the images table."""
+    word_rank, seq_rank, seq_text, seq_cosine, weight; word_cosine when the opinion measured it itself, else the
+    relevancy pass's is stored) and how many of them, from the front, get a heatmap; plus values of its own for
+    the images table."""
     words: list[list[dict]]
     heatmaps: list[int]
     image_columns: dict[str, np.ndarray] = field(default_factory=dict)
