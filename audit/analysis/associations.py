@@ -18,6 +18,7 @@ from audit.analysis import (
     PROCEDURE,
     PROCEDURES,
     STOP_WORDS,
+    ranks,
     stats,
     tables,
 )
@@ -149,51 +150,36 @@ LOOK_COLUMNS = ["grp", "word", "stat", "median_group", "median_rest", "n_group",
 def compare_looks(q: ScanQuery, column: str, pairs: list[tuple[str, str]], stat_names=LOOK_STATS,
                   kind: str = ASCENT, word_filter: WordFilter = WordFilter()) -> pd.DataFrame:
     """For each (group, word) and heatmap statistic: the word's heatmaps in the group vs in the rest
-    (medians, Mann-Whitney p, rank-biserial effect), with BH q-values over all rows."""
-    words = sorted({w for _, w in pairs})
-    rows = []
-    for stat in stat_names if pairs else ():
-        values = q.heatmap_values(column, words, stat, kind, word_filter).dropna(subset=["value"])
-        # Per word, its values sorted by group once: a group's sample is a slice, the rest the other two slices
-        # (a boolean filter of the word's rows per pair cost seconds at thousands of pairs). The tests and
-        # medians do not depend on the order of a sample.
-        by_word = {}
-        for word, w in values.groupby("word", sort=False):
-            order = np.argsort(w.grp.to_numpy(dtype=object), kind="stable")
-            grps = w.grp.to_numpy(dtype=object)[order]
-            names, starts = np.unique(grps, return_index=True)
-            by_word[word] = (names, np.append(starts, len(grps)), w.value.to_numpy(dtype=float)[order])
-        for grp, word in pairs:
-            if word not in by_word:
-                continue
-            names, bounds, value = by_word[word]
-            i = int(np.searchsorted(names, grp))
-            if i == len(names) or names[i] != grp:
-                continue
-            lo, hi = bounds[i], bounds[i + 1]
-            x, y = value[lo:hi], np.concatenate([value[:lo], value[hi:]])
-            if len(y) == 0:
-                continue
-            p, effect = stats.mann_whitney(x, y)
-            rows.append((grp, word, stat, float(np.median(x)), float(np.median(y)), len(x), len(y), p, effect))
-    looks = pd.DataFrame(rows, columns=LOOK_COLUMNS[:-1])
-    looks["q"] = stats.bh_qvalues(looks.p.to_numpy()) if len(looks) else []
+    (medians, Mann-Whitney p, rank-biserial effect), with BH q-values over all rows. Pairs without values in
+    the group or in the rest give no row; rows follow the order of the pairs, statistic by statistic."""
+    wanted = pd.DataFrame(pairs, columns=["grp", "word"], dtype=object).drop_duplicates()
+    frames = []
+    for stat in stat_names if len(wanted) else ():
+        values = q.heatmap_values(column, sorted(set(wanted.word)), stat, kind, word_filter)
+        cells = _rank_cells(values.word, values.grp, values.value)
+        cells = cells[(cells.n_group > 0) & (cells.n_rest > 0)]
+        frames.append(wanted.merge(cells, on=["grp", "word"], how="inner").assign(stat=stat))
+    looks = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=LOOK_COLUMNS[:-1])
+    looks = looks[LOOK_COLUMNS[:-1]]
+    looks["q"] = stats.bh_qvalues(looks.p.to_numpy(dtype=float)) if len(looks) else []
     return looks
+
+
+def _rank_cells(word: pd.Series, grp: pd.Series, values: pd.Series) -> pd.DataFrame:
+    """Every (word, group) with values: the group against the rest of the word's values (ranks.group_vs_rest)."""
+    word_code, word_names = pd.factorize(word)
+    group_code, group_names = pd.factorize(grp)
+    r = ranks.group_vs_rest(word_code, group_code, values.to_numpy(dtype=float), len(word_names), len(group_names))
+    return pd.DataFrame({"grp": np.asarray(group_names, dtype=object)[r.group],
+                         "word": np.asarray(word_names, dtype=object)[r.word], "median_group": r.median_group,
+                         "median_rest": r.median_rest, "n_group": r.n_group, "n_rest": r.n_rest, "p": r.p,
+                         "effect": r.effect, "mean": r.mean_group, "sd": r.sd_group, "mean_rest": r.mean_rest})
 
 
 def where_it_looks(q: ScanQuery, assoc: Associations, words: WordFilter) -> pd.DataFrame:
     """For each flagged (group, word): heatmap statistics of the word in the group vs the rest."""
     return compare_looks(q, assoc.column, list(zip(assoc.flagged.grp, assoc.flagged.word, strict=True)),
                          kind=assoc.kind, word_filter=words)
-
-
-def mean_with_interval(x: np.ndarray) -> tuple[float, float, float]:
-    """Mean and a 95% normal-approximation interval (NaN bounds for fewer than two values)."""
-    if len(x) == 0:
-        return float("nan"), float("nan"), float("nan")
-    mean = float(x.mean())
-    half = stats.Z95 * float(x.std(ddof=1)) / np.sqrt(len(x)) if len(x) > 1 else float("nan")
-    return mean, mean - half, mean + half
 
 
 def concept_weights(q: ScanQuery, column: str, concepts: list[str], words: WordFilter | None = None
@@ -242,17 +228,15 @@ def probes(q: ScanQuery, column: str, fdr: float = FDR) -> Probes:
     """
     words = q.probe_words()
     values = q.probe_cosines(column)
-    rows = []
-    for word, w in values.groupby("word", sort=False):
-        for grp in w.grp.unique():
-            x = w[w.grp == grp].cosine.dropna().to_numpy(dtype=float)
-            y = w[w.grp != grp].cosine.dropna().to_numpy(dtype=float)
-            mean, lo, hi = mean_with_interval(x)
-            p, effect = stats.mann_whitney(x, y) if len(y) else (float("nan"), float("nan"))
-            rest = float(y.mean()) if len(y) else float("nan")
-            rows.append((word, grp, len(x), mean, lo, hi, rest, mean - rest, p, effect))
-    table = pd.DataFrame(rows, columns=["word", "grp", "n", "mean", "ci_lo", "ci_hi", "mean_rest", "difference",
-                                        "p", "effect"])
+    # Every (word, group) that has rows, also one whose cosines are all missing (no values: NaN everywhere).
+    table = values[["word", "grp"]].drop_duplicates().merge(_rank_cells(values.word, values.grp, values.cosine),
+                                                            on=["word", "grp"], how="left")
+    n = table.n_group.fillna(0).astype(np.int64)
+    half = stats.Z95 * table.sd / np.sqrt(n.where(n > 0))
+    table = pd.DataFrame({"word": table.word, "grp": table.grp, "n": n, "mean": table["mean"],
+                          "ci_lo": table["mean"] - half, "ci_hi": table["mean"] + half,
+                          "mean_rest": table.mean_rest, "difference": table["mean"] - table.mean_rest,
+                          "p": table.p.where(table.n_rest > 0), "effect": table.effect.where(table.n_rest > 0)})
     tested = table.p.notna()
     table["q"] = np.nan
     table.loc[tested, "q"] = stats.bh_qvalues(table.p[tested].to_numpy())
