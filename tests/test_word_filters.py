@@ -132,12 +132,12 @@ def snow_scan(tmp_path, rare_words: int, seed: int) -> ScanQuery:
 
 
 def test_associations_count_each_two_group_table_once_and_gain_power(tmp_path):
-    """Two groups: 'snow' in 11 of 30 A against 6 of 60 B (chi-square p = 0.0023), and 40 words seen in 5 images
-    each. BH over the 41 words cannot flag snow (q = 0.095); a table with 5 images can reach p = 0.0032 at
-    best, above 0.05 / 16, so Tarone-BH counts snow alone and flags it."""
+    """Two groups, tested two-sided (audit 0.2): 'snow' in 11 of 30 A against 6 of 60 B (chi-square p = 0.0023),
+    and 40 words seen in 5 images each. BH over the 41 words cannot flag snow (q = 0.095); a table with 5 images
+    can reach p = 0.0032 at best, above 0.05 / 16, so Tarone-BH counts snow alone and flags it."""
     q = snow_scan(tmp_path, rare_words=40, seed=1)
-    bh = associations(q, "label", min_count=5, procedure="bh")
-    tarone = associations(q, "label", min_count=5, procedure="tarone-bh")
+    bh = associations(q, "label", min_count=5, procedure="bh", alternative="two-sided")
+    tarone = associations(q, "label", min_count=5, procedure="tarone-bh", alternative="two-sided")
     t = tarone.table.set_index(["grp", "word"])
     assert t.loc[("A", "snow"), "q"] == t.loc[("B", "snow"), "q"]  # one hypothesis, two rows
     assert ("A", "snow") not in set(zip(bh.flagged.grp, bh.flagged.word, strict=True))
@@ -147,6 +147,25 @@ def test_associations_count_each_two_group_table_once_and_gain_power(tmp_path):
     # BH counts the 41 words once each as well: its q-values equal BH over one p-value per word.
     one = bh.table.drop_duplicates("word")
     assert np.allclose(one.sort_values("word").q, stats.bh_qvalues(one.sort_values("word").p))
+
+
+def test_one_sided_tests_of_two_groups_are_two_hypotheses_with_the_same_answer(tmp_path):
+    """One-sided (the default), "snow over-represented in A" and "in B" are two hypotheses: A's p is half the
+    two-sided chi-square p, B's near 1. Counted both, Tarone-BH gives A's snow the two-sided p as its q, the
+    same flag as counting the table once; the rare words' pairs in A can reach 0.0032 at best (5 of 5 images in
+    A), in B 0.12, so neither counts."""
+    q = snow_scan(tmp_path, rare_words=40, seed=1)
+    one_sided = associations(q, "label", min_count=5)
+    two_sided = associations(q, "label", min_count=5, alternative="two-sided").table.set_index(["grp", "word"])
+    t = one_sided.table.set_index(["grp", "word"])
+    assert one_sided.alternative == "greater"
+    assert math.isclose(t.loc[("A", "snow"), "p"], two_sided.loc[("A", "snow"), "p"] / 2, rel_tol=1e-12)
+    assert t.loc[("B", "snow"), "p"] > 0.99
+    assert one_sided.testable == 2 and t.q.notna().sum() == 2
+    assert math.isclose(t.loc[("A", "snow"), "q"], two_sided.loc[("A", "snow"), "p"], rel_tol=1e-12)
+    assert list(zip(one_sided.flagged.grp, one_sided.flagged.word, strict=True)) == [("A", "snow")]
+    bh = associations(q, "label", min_count=5, procedure="bh")
+    assert bh.flagged.empty and bh.testable == 82
 
 
 # ---- kinds in policies, check and diff ---------------------------------------------------------------------
@@ -214,12 +233,18 @@ def test_diff_compares_the_kind_asked_for(tmp_path, capsys):
 def test_a_two_group_table_counts_once_in_tarones_k(tmp_path):
     """Snow as above and 10 words in 5 images each: counted once per word, 11 tables can each reach 0.05 / 11
     (a 5-image table reaches 0.0032 < 0.0045), so all are testable and snow's q is BH over 11 words. Counted
-    per row (22), none of the 5-image tables could reach 0.05 / 16 and only snow would count."""
-    a = associations(snow_scan(tmp_path, rare_words=10, seed=2), "label", min_count=5)
+    per row (22), none of the 5-image tables could reach 0.05 / 16 and only snow would count. One-sided, each row
+    is its own hypothesis: a rare word's pair in A (30 of 90 images) can reach 0.0032, in B 0.12, so K = 12
+    counts snow's two rows and the ten rare words' rows in A."""
+    q = snow_scan(tmp_path, rare_words=10, seed=2)
+    a = associations(q, "label", min_count=5, alternative="two-sided")
     assert a.testable == 22 and a.tested == 22
     snow = a.table.set_index(["grp", "word"]).loc[("A", "snow")]
     one = a.table.drop_duplicates("word")
     assert math.isclose(snow.q, float(stats.bh_qvalues(one.p)[list(one.word).index("snow")]))
+    one_sided = associations(q, "label", min_count=5).table
+    counted = one_sided[one_sided.testable]
+    assert len(counted) == 12 and set(counted[counted.word != "snow"].grp) == {"A"}
 
 
 def test_mean_concept_weight_per_group_counts_absent_concepts_as_zero(tmp_path):

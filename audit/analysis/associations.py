@@ -12,6 +12,8 @@ import numpy as np
 import pandas as pd
 
 from audit.analysis import (
+    ALTERNATIVE,
+    ALTERNATIVES,
     FDR,
     MIN_COUNT,
     MIN_RELATIVE_COSINE,
@@ -50,6 +52,7 @@ class Associations:
     looks: pd.DataFrame = field(default_factory=pd.DataFrame)  # flagged word x statistic comparisons
     kind: str = ASCENT
     procedure: str = PROCEDURE
+    alternative: str = ALTERNATIVE
     testable: int = 0  # pairs counted by the multiplicity correction (all tested pairs with "bh")
     filtered: dict = field(default_factory=dict)  # what the word filter left out (ScanQuery.filter_counts)
     words: WordFilter = field(default_factory=WordFilter)  # the filter the counts were made with
@@ -82,16 +85,21 @@ def _names_group(table: pd.DataFrame) -> pd.Series:
 
 
 def associations(q: ScanQuery, column: str, min_count: int = MIN_COUNT, fdr: float = FDR, *, kind: str = ASCENT,
-                 words: WordFilter | None = None, procedure: str = PROCEDURE) -> Associations:
+                 words: WordFilter | None = None, procedure: str = PROCEDURE,
+                 alternative: str = ALTERNATIVE) -> Associations:
     """Every (group, word) of one kind with at least min_count images overall, group vs the rest of the images,
     over the words the filter keeps (default: word_filter()'s).
 
-    A pair is flagged when its q-value (procedure "tarone-bh" or "bh") is below fdr and the lower 95% bound of
-    its log odds ratio is above 0 (the word is over-represented in the group, with evidence). Rows are ranked by
-    that bound.
+    Each pair tests whether the word is over-represented in the group (alternative "greater", one-sided: the
+    claim a flag makes), and is flagged when its q-value (procedure "tarone-bh" or "bh") is below fdr. A word
+    seen less often in a group than elsewhere keeps its row (odds ratio below 1, p near 1), never flagged.
+    With alternative "two-sided" (audit 0.2's test), a pair is flagged when q < fdr and the lower 95% bound of
+    its log odds ratio is above 0. Rows are ranked by that bound.
     """
     if procedure not in PROCEDURES:
         raise AuditError(f"unknown testing procedure {procedure!r}; choose one of {', '.join(PROCEDURES)}")
+    if alternative not in ALTERNATIVES:
+        raise AuditError(f"unknown alternative {alternative!r}; choose one of {', '.join(ALTERNATIVES)}")
     if kind == PROBE:
         raise AuditError("probe words are compared by their cosines (audit.analysis.associations.probes), not by "
                          "presence")
@@ -111,9 +119,9 @@ def associations(q: ScanQuery, column: str, min_count: int = MIN_COUNT, fdr: flo
     c = (full.word_total - full.a).to_numpy()
     d = (n_total - n_g - c).to_numpy()
     # Every pair at once (tables.py; stats.py's per-table functions give the same numbers, one call at a time).
-    p, test = tables.association_test(a, b, c, d)
+    p, test = tables.association_test(a, b, c, d, alternative)
     lor, lo, hi = tables.log_odds_ci(a, b, c, d)
-    res = pd.DataFrame({"p": p, "test": test, "p_min": tables.min_attainable_p(a + b, c + d, a + c),
+    res = pd.DataFrame({"p": p, "test": test, "p_min": tables.min_attainable_p(a + b, c + d, a + c, alternative),
                         "log_odds": lor, "log_odds_lo": lo, "log_odds_hi": hi, "lift": tables.lift(a, b, c, d),
                         "npmi": tables.npmi(a, b, c, d)})
     table = pd.concat([full.reset_index(drop=True), res], axis=1)
@@ -124,21 +132,27 @@ def associations(q: ScanQuery, column: str, min_count: int = MIN_COUNT, fdr: flo
     table["share_rest"] = c / np.maximum(rest, 1)
     for col in ("", "_lo", "_hi"):
         table[f"odds_ratio{col}"] = np.exp(table[f"log_odds{col}"])
-    # With two groups, "group A vs the rest" and "group B vs the rest" are one table, transposed: one hypothesis,
-    # counted once by the correction and given to both pairs (BH's q-values are the same either way).
-    one = ~table.duplicated("word") if len(groups) == 2 else np.ones(len(table), dtype=bool)
+    # Two-sided with two groups, "group A vs the rest" and "group B vs the rest" are one table, transposed: one
+    # hypothesis, counted once by the correction and given to both pairs. One-sided they are two hypotheses
+    # (over-represented in A, in B), and at most one of the two p-values is small.
+    paired = len(groups) == 2 and alternative == "two-sided"
+    one = ~table.duplicated("word") if paired else np.ones(len(table), dtype=bool)
     if procedure == "bh":
         q_one, testable_one = stats.bh_qvalues(table.p[one].to_numpy()), np.ones(int(one.sum()), dtype=bool)
     else:
         q_one, testable_one = stats.tarone_bh(table.p[one].to_numpy(), table.p_min[one].to_numpy(), fdr)
-    key = table.word if len(groups) == 2 else pd.Series(np.arange(len(table)), index=table.index)
-    table["q"] = key.map(dict(zip(key[one], q_one, strict=True))).astype(float)
-    table["testable"] = key.map(dict(zip(key[one], testable_one, strict=True))).astype(bool)
-    table["flagged"] = (table.q < fdr) & (table.log_odds_lo > 0)
+    if paired:
+        table["q"] = table.word.map(dict(zip(table.word[one], q_one, strict=True))).astype(float)
+        table["testable"] = table.word.map(dict(zip(table.word[one], testable_one, strict=True))).astype(bool)
+    else:
+        table["q"], table["testable"] = q_one, testable_one
+    direction = table.log_odds_lo > 0 if alternative == "two-sided" else True
+    table["flagged"] = (table.q < fdr) & direction
     table["names_group"] = _names_group(table)
     table["flagged"] = table.flagged.astype(bool)
     table = table.sort_values(["log_odds_lo", "grp", "word"], ascending=[False, True, True]).reset_index(drop=True)
     result = Associations(column, groups, table, len(table), min_count, fdr, kind=kind, procedure=procedure,
+                          alternative=alternative,
                           testable=int(table.testable.sum()), filtered=q.filter_counts(kind, words), words=words)
     result.looks = where_it_looks(q, result, words)
     return result

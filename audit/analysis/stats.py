@@ -21,27 +21,43 @@ import scipy.stats
 Z95 = 1.959963984540054
 
 
-def fisher_exact(a: int, b: int, c: int, d: int) -> float:
-    """Two-sided Fisher exact p-value: the probability of tables with the same margins that are no more
-    likely than the observed one (scipy's, with its relative tolerance for ties of 1e-7)."""
-    return float(min(1.0, scipy.stats.fisher_exact([[a, b], [c, d]]).pvalue))
+ALTERNATIVES = ("greater", "two-sided")
 
 
-def chi_square(a: int, b: int, c: int, d: int) -> float:
+def _alternative(alternative: str) -> str:
+    if alternative not in ALTERNATIVES:
+        raise ValueError(f"alternative must be one of {ALTERNATIVES}, not {alternative!r}")
+    return alternative
+
+
+def fisher_exact(a: int, b: int, c: int, d: int, alternative: str = "two-sided") -> float:
+    """Fisher exact p-value. Two-sided: the probability of tables with the same margins that are no more likely
+    than the observed one (scipy's, with its relative tolerance for ties of 1e-7). "greater": the probability
+    of a table with at least `a` (the word over-represented in the group at least as much as observed)."""
+    res = scipy.stats.fisher_exact([[a, b], [c, d]], alternative=_alternative(alternative))
+    return float(min(1.0, res.pvalue))
+
+
+def chi_square(a: int, b: int, c: int, d: int, alternative: str = "two-sided") -> float:
     """Pearson chi-square p-value (1 degree of freedom, no continuity correction); 1 when a margin is 0, where
-    the test is undefined and scipy refuses."""
+    the test is undefined and scipy refuses. "greater" is the one-sided test of the signed statistic (half the
+    two-sided p when a is above its expected count, one minus that half below it)."""
+    _alternative(alternative)
     if (a + b) * (c + d) * (a + c) * (b + d) == 0:
         return 1.0
-    return float(scipy.stats.chi2_contingency([[a, b], [c, d]], correction=False).pvalue)
+    p = float(scipy.stats.chi2_contingency([[a, b], [c, d]], correction=False).pvalue)
+    if alternative == "two-sided":
+        return p
+    return p / 2 if a * d > b * c else 1 - p / 2
 
 
-def association_test(a: int, b: int, c: int, d: int) -> tuple[float, str]:
-    """Fisher exact when any expected cell count is below 5, chi-square otherwise."""
+def association_test(a: int, b: int, c: int, d: int, alternative: str = "two-sided") -> tuple[float, str]:
+    """Fisher exact when any expected cell count is below 5, chi-square otherwise (a rule of the margins only)."""
     n = a + b + c + d
     expected = [(a + b) * (a + c) / n, (a + b) * (b + d) / n, (c + d) * (a + c) / n, (c + d) * (b + d) / n]
     if min(expected) < 5:
-        return fisher_exact(a, b, c, d), "fisher"
-    return chi_square(a, b, c, d), "chi2"
+        return fisher_exact(a, b, c, d, alternative), "fisher"
+    return chi_square(a, b, c, d, alternative), "chi2"
 
 
 def bh_qvalues(pvalues) -> np.ndarray:
@@ -110,13 +126,15 @@ def jensen_shannon(p, q) -> float:
     return min(1.0, max(0.0, float(distance) ** 2))
 
 
-def min_attainable_p(n_group: int, n_rest: int, total: int) -> float:
+def min_attainable_p(n_group: int, n_rest: int, total: int, alternative: str = "two-sided") -> float:
     """The smallest p-value association_test can give any 2x2 table with these margins (a group of n_group
-    images, the rest n_rest, the word seen in `total` of them): the word's images all inside the group, or as
-    few there as the rest allows. Depends on the margins alone, never on where the word actually fell."""
+    images, the rest n_rest, the word seen in `total` of them): the word's images all inside the group, or
+    (two-sided only) as few there as the rest allows. Depends on the margins alone, never on where the word
+    actually fell."""
     high = min(total, n_group)
     low = max(0, total - n_rest)
-    return min(association_test(a, n_group - a, total - a, n_rest - total + a)[0] for a in (low, high))
+    ends = (low, high) if _alternative(alternative) == "two-sided" else (high,)
+    return min(association_test(a, n_group - a, total - a, n_rest - total + a, alternative)[0] for a in ends)
 
 
 def tarone_bh(pvalues, p_min, fdr: float) -> tuple[np.ndarray, np.ndarray]:

@@ -8,10 +8,14 @@ Word-group association uses the 2x2 table of images, one per (group, word):
 A scan grouped by a column of a thousand values holds millions of such tables; one scipy call per table took
 minutes. Here every test is computed over all tables together with scipy's array-aware distributions, and each
 gives what stats.py's per-table functions give (those stay as the readable reference the tests compare with):
-- Fisher's two-sided p is scipy's definition (the tables no more likely than the observed one), with the tables
-  that share margins sharing one hypergeometric distribution;
-- chi-square is Pearson's without continuity correction, from the expected counts as scipy computes them;
+- Fisher's two-sided p is scipy's definition (the tables no more likely than the observed one), its one-sided
+  ("greater") p the probability of a table with at least the observed `a`, with the tables that share margins
+  sharing one hypergeometric distribution;
+- chi-square is Pearson's without continuity correction, from the expected counts as scipy computes them, and
+  its one-sided p half the two-sided one in the direction of over-representation;
 - the minimum attainable p-value (Tarone) is computed once per distinct margins, which repeat across words.
+
+`alternative` is "greater" (the word over-represented in the group: the hypothesis a flag states) or "two-sided".
 """
 
 from __future__ import annotations
@@ -19,16 +23,17 @@ from __future__ import annotations
 import numpy as np
 import scipy.stats
 
-from audit.analysis.stats import Z95
+from audit.analysis.stats import Z95, _alternative
 
 
 def _ints(*arrays) -> list[np.ndarray]:
     return [np.asarray(x, dtype=np.int64) for x in arrays]
 
 
-def fisher_exact(a, b, c, d) -> np.ndarray:
-    """Two-sided Fisher exact p-values, as scipy.stats.fisher_exact defines them: the probability, given the
-    table's margins, of the tables no more likely than the observed one.
+def fisher_exact(a, b, c, d, alternative: str = "two-sided") -> np.ndarray:
+    """Fisher exact p-values, as scipy.stats.fisher_exact defines them: given the table's margins, the
+    probability of the tables no more likely than the observed one (two-sided), or of the tables with at least
+    the observed `a` ("greater").
 
     scipy evaluates Boost's hypergeometric functions some twenty times a table, at about 0.1 ms each for a
     dataset of 50,000 images: minutes for the millions of tables of a thousand groups. Here the tables that share
@@ -36,6 +41,7 @@ def fisher_exact(a, b, c, d) -> np.ndarray:
     once over its whole support by the ratio of consecutive probabilities (accurate to about 1e-13 relative),
     and each table's p-value is a masked sum over it. Ties count as "no more likely" within TIE, a tolerance
     above that accuracy and far below the gap between two different probabilities of one distribution."""
+    greater = _alternative(alternative) == "greater"
     a, b, c, d = _ints(a, b, c, d)
     p = np.ones(a.shape, dtype=np.float64)
     # A table with an empty row or column says nothing: p = 1 (scipy's rule).
@@ -43,8 +49,7 @@ def fisher_exact(a, b, c, d) -> np.ndarray:
     if not live.any():
         return p
     obs, margins = a[live], np.stack([(a + b)[live], (c + d)[live], (a + c)[live]], axis=1)
-    unique, owner = np.unique(margins, axis=0, return_inverse=True)
-    owner = owner.reshape(-1)
+    unique, owner = _unique_rows(margins)
     n1, n2, k = unique[:, 0], unique[:, 1], unique[:, 2]
     lo, hi = np.maximum(0, k - n2), np.minimum(k, n1)
     out = np.empty(len(obs), dtype=np.float64)
@@ -67,11 +72,27 @@ def fisher_exact(a, b, c, d) -> np.ndarray:
             t = tables_in_order[t0:min(t0 + per_block, first_table[stop])]
             row = rank[owner[t]] - start
             dist = pmf[row]  # [T, L]
-            seen = dist[np.arange(len(t)), obs[t] - lo[owner[t]]]
-            out[t] = np.where(dist <= seen[:, None] * TIE, dist, 0.0).sum(1)
+            at = obs[t] - lo[owner[t]]
+            if greater:
+                out[t] = np.where(np.arange(dist.shape[1])[None, :] >= at[:, None], dist, 0.0).sum(1)
+            else:
+                seen = dist[np.arange(len(t)), at]
+                out[t] = np.where(dist <= seen[:, None] * TIE, dist, 0.0).sum(1)
         start = stop
     p[live] = np.minimum(out, 1.0)
     return p
+
+
+def _unique_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """np.unique(rows, axis=0, return_inverse=True) for rows of three non-negative counts, as one integer key per
+    row where the counts fit (sorting a million keys is far faster than sorting rows; same order, same result)."""
+    span = rows.max(axis=0) + 1
+    if float(span[0]) * float(span[1]) * float(span[2]) >= 2.0 ** 62:
+        unique, inverse = np.unique(rows, axis=0, return_inverse=True)
+        return unique, inverse.reshape(-1)
+    keys, inverse = np.unique((rows[:, 0] * span[1] + rows[:, 1]) * span[2] + rows[:, 2], return_inverse=True)
+    unique = np.stack([keys // (span[1] * span[2]), keys // span[2] % span[1], keys % span[2]], axis=1)
+    return unique, inverse.reshape(-1)
 
 
 TIE = 1 + 1e-9
@@ -94,9 +115,11 @@ def _pmf(n1, n2, k, lo, hi) -> np.ndarray:
     return w / w.sum(1, keepdims=True)
 
 
-def chi_square(a, b, c, d) -> np.ndarray:
+def chi_square(a, b, c, d, alternative: str = "two-sided") -> np.ndarray:
     """Pearson chi-square p-values (1 degree of freedom, no continuity correction) from the expected counts as
-    scipy.stats.chi2_contingency computes them; 1 where a margin is 0."""
+    scipy.stats.chi2_contingency computes them; 1 where a margin is 0. "greater": half the two-sided p where a is
+    above its expected count, one minus that half where it is not."""
+    greater = _alternative(alternative) == "greater"
     obs = np.stack(_ints(a, b, c, d), axis=-1).astype(np.float64)  # [..., 4]: a, b, c, d
     rows = np.stack([obs[..., 0] + obs[..., 1], obs[..., 2] + obs[..., 3]], axis=-1)
     cols = np.stack([obs[..., 0] + obs[..., 2], obs[..., 1] + obs[..., 3]], axis=-1)
@@ -107,7 +130,10 @@ def chi_square(a, b, c, d) -> np.ndarray:
         r, k, o, m = rows[live], cols[live], obs[live], n[live]
         expected = np.stack([r[:, 0] * k[:, 0], r[:, 0] * k[:, 1], r[:, 1] * k[:, 0], r[:, 1] * k[:, 1]], -1) / m[:, None]
         stat = ((o - expected) ** 2 / expected).sum(-1)
-        p[live] = scipy.stats.chi2.sf(stat, 1)
+        two = scipy.stats.chi2.sf(stat, 1)
+        if greater:
+            two = np.where(o[:, 0] * o[:, 3] > o[:, 1] * o[:, 2], two / 2, 1 - two / 2)
+        p[live] = two
     return p
 
 
@@ -117,15 +143,15 @@ def expected_min(a, b, c, d) -> np.ndarray:
     return np.minimum.reduce([(a + b) * (a + c), (a + b) * (b + d), (c + d) * (a + c), (c + d) * (b + d)]) / n
 
 
-def association_test(a, b, c, d) -> tuple[np.ndarray, np.ndarray]:
+def association_test(a, b, c, d, alternative: str = "two-sided") -> tuple[np.ndarray, np.ndarray]:
     """Per table: Fisher exact when any expected cell count is below 5, chi-square otherwise (the p-values and
     "fisher" / "chi2"). Each test runs only on the tables it is chosen for."""
     a, b, c, d = _ints(a, b, c, d)
     fisher = expected_min(a, b, c, d) < 5
     p = np.empty(a.shape, dtype=np.float64)
-    p[fisher] = fisher_exact(a[fisher], b[fisher], c[fisher], d[fisher])
+    p[fisher] = fisher_exact(a[fisher], b[fisher], c[fisher], d[fisher], alternative)
     chi = ~fisher
-    p[chi] = chi_square(a[chi], b[chi], c[chi], d[chi])
+    p[chi] = chi_square(a[chi], b[chi], c[chi], d[chi], alternative)
     return p, np.where(fisher, "fisher", "chi2")
 
 
@@ -158,16 +184,19 @@ def npmi(a, b, c, d) -> np.ndarray:
     return np.where(pwg == 0, -1.0, np.where(pwg == 1, 1.0, out))
 
 
-def min_attainable_p(n_group, n_rest, total) -> np.ndarray:
+def min_attainable_p(n_group, n_rest, total, alternative: str = "two-sided") -> np.ndarray:
     """Per table's margins, the smallest p-value association_test can give any table with them (stats.
-    min_attainable_p), each distinct margins computed once."""
+    min_attainable_p), each distinct margins computed once. One-sided, only the word's images all in the group
+    can reach it: which test applies depends on the margins alone, and each test's p falls as `a` grows."""
     margins = np.stack(_ints(n_group, n_rest, total), axis=-1).reshape(-1, 3)
     if not len(margins):
         return np.zeros(np.shape(n_group), dtype=np.float64)
-    unique, back = np.unique(margins, axis=0, return_inverse=True)
+    unique, back = _unique_rows(margins)
     g, r, t = unique[:, 0], unique[:, 1], unique[:, 2]
     high, low = np.minimum(t, g), np.maximum(0, t - r)
     ends = []
-    for x in (low, high):
-        ends.append(association_test(x, g - x, t - x, r - t + x)[0])
+    for x in (low, high) if _alternative(alternative) == "two-sided" else (high,):
+        ends.append(association_test(x, g - x, t - x, r - t + x, alternative)[0])
+    if len(ends) == 1:
+        return ends[0][back.reshape(-1)].reshape(np.shape(n_group))
     return np.minimum(*ends)[back.reshape(-1)].reshape(np.shape(n_group))
