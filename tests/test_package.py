@@ -15,7 +15,7 @@ def test_wheel_carries_model_configs_and_entry_point(tmp_path):
         assert "audit/scanner/model_configs/audit-tiny.json" in names
         assert "audit/demo/__init__.py" in names
         assert "audit/scanner/model_configs/audit-demo.json" in names
-        assert "audit/outputs/templates/report.html.j2" in names
+        assert "audit/outputs/templates/report.html.j2" in names and "audit/outputs/templates/report.js" in names
         assert "audit/outputs/templates/diff.html.j2" in names and "audit/outputs/templates/_style.html.j2" in names
         assert "audit/demo/audit-policy.toml" in names  # `audit demo` checks with it
         assert "audit/outputs/fonts/DejaVuSans-Bold.ttf" in names and "audit/outputs/fonts/DejaVu-LICENSE.txt" in names

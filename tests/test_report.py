@@ -7,7 +7,7 @@ import pytest
 
 import audit
 from audit.analysis.associations import associations
-from audit.analysis.stats import bh_qvalues, fisher_exact, log_odds_ci
+from audit.analysis.stats import association_test, bh_qvalues, fisher_exact, log_odds_ci
 from audit.cli import main
 from audit.outputs.report import build_report
 from audit.store.query import ScanQuery
@@ -35,17 +35,20 @@ def planted(tmp_path, label_b="B", word="grass", image_dir=None):
 
 
 def test_associations_match_hand_computed_values(tmp_path):
+    """One-sided Fisher (is the word over-represented in the group?), each (group, word) its own hypothesis."""
     result = associations(ScanQuery.open(planted(tmp_path)), "label", min_count=3, fdr=0.05, procedure="bh")
     t = result.table.set_index(["grp", "word"])
     assert set(t.index) == {("A", "grass"), ("B", "grass"), ("A", "sky"), ("B", "sky")}  # 'rare' < 3 images
     row = t.loc[("A", "grass")]
     assert (row.a, row.n_group, row.c) == (8, 10, 1)
     assert row.test == "fisher"  # expected counts 4.5 / 5.5: below 5
-    assert math.isclose(row.p, fisher_exact(8, 2, 1, 9))
+    assert math.isclose(row.p, fisher_exact(8, 2, 1, 9, "greater"))
+    assert math.isclose(row.p, sum(math.comb(9, x) * math.comb(11, 10 - x) for x in (8, 9)) / math.comb(20, 10))
     lor, lo, hi = log_odds_ci(8, 2, 1, 9)
     assert math.isclose(row.log_odds, lor) and math.isclose(row.log_odds_lo, lo)
     assert math.isclose(row.lift, 0.8 / 0.45)
-    ps = [fisher_exact(8, 2, 1, 9), fisher_exact(1, 9, 8, 2), fisher_exact(5, 5, 5, 5), fisher_exact(5, 5, 5, 5)]
+    ps = [association_test(*t, "greater")[0] for t in ((8, 2, 1, 9), (1, 9, 8, 2), (5, 5, 5, 5), (5, 5, 5, 5))]
+    assert ps[2] == 0.5  # sky: chi-square (expected counts 5), no difference: half the mass either way
     q = dict(zip([("A", "grass"), ("B", "grass"), ("A", "sky"), ("B", "sky")], bh_qvalues(ps), strict=True))
     for key, qv in q.items():
         assert math.isclose(t.loc[key].q, qv)
@@ -62,7 +65,19 @@ def test_report_escapes_hostile_strings_and_embeds_everything(tmp_path):
     assert HOSTILE_LABEL not in html and HOSTILE_WORD not in html
     assert "&lt;script&gt;document.title=" in html
     assert "&#34;&gt;&lt;img src=x onerror=" in html
-    assert "<script" not in html.lower()
+    # The only scripts are the report's own two: its data (JSON that no '<' can close) and its code, which the
+    # Content-Security-Policy names by hash, so nothing else could run even if a string escaped.
+    assert html.lower().count("<script") == 2
+    data = html.split('<script type="application/json" id="report-data">')[1].split("</script>")[0]
+    assert "<" not in data and ">" not in data and "&" not in data
+    groups = json.loads(data)["sections"]["s1"]["groups"]
+    assert HOSTILE_LABEL in [g["name"] for g in groups]
+    code = html.split("<script>")[1].split("</script>")[0]
+    import base64
+    import hashlib
+
+    digest = base64.b64encode(hashlib.sha256(code.encode()).digest()).decode()
+    assert f"script-src 'sha256-{digest}'" in html and "innerHTML" not in code
     assert "http://" not in html and "https://" not in html and "src=\"x\"" not in html
     # One flagged association (grass with A, 8 images): the report embeds its first EXAMPLES images.
     from audit.outputs.report import EXAMPLES
@@ -114,14 +129,16 @@ def test_a_groups_own_name_is_flagged_but_not_a_finding(tmp_path):
 
 def test_a_significant_word_is_flagged_only_when_its_interval_excludes_no_association(tmp_path):
     """A word in all 4 images of A and none of the 3 of B: Fisher p = 1/35 < 0.05, yet the 95% interval of its
-    odds ratio still reaches 1 (lower log-odds bound -0.02), so nothing is flagged, in A or in B."""
+    odds ratio still reaches 1 (lower log-odds bound -0.02), so the two-sided test (audit 0.2's) flags nothing,
+    in A or in B. One-sided, "snow over-represented in A" and "sky in B" (p = 1/35 each) are two of four
+    hypotheses: q = 2/35, not flagged either."""
 
     images = [{"image_id": f"a{i}", "label": "A"} for i in range(4)] + [{"image_id": f"b{i}", "label": "B"}
                                                                          for i in range(3)]
     words = {im["image_id"]: ["snow"] if im["label"] == "A" else ["sky"] for im in images}
     # Plain BH: the point here is the interval (under Tarone-BH these tables could not reach significance at all).
-    result = associations(ScanQuery.open(write_scan(tmp_path / "scan", images, words)), "label", min_count=3,
-                          fdr=0.05, procedure="bh")
+    q = ScanQuery.open(write_scan(tmp_path / "scan", images, words))
+    result = associations(q, "label", min_count=3, fdr=0.05, procedure="bh", alternative="two-sided")
     t = result.table.set_index(["grp", "word"])
     a_snow = t.loc[("A", "snow")]
     assert math.isclose(a_snow.p, 1 / 35, rel_tol=1e-9) and a_snow.q < 0.05
@@ -129,3 +146,5 @@ def test_a_significant_word_is_flagged_only_when_its_interval_excludes_no_associ
     assert -0.05 < lo < 0 and math.isclose(a_snow.log_odds_lo, lo)
     assert t.loc[("B", "snow")].log_odds_hi > 0  # the mirror image: significant, interval reaches 1 from below
     assert not result.table.flagged.any()
+    one_sided = associations(q, "label", min_count=3, fdr=0.05, procedure="bh").table.set_index(["grp", "word"])
+    assert math.isclose(one_sided.loc[("A", "snow")].q, 2 / 35, rel_tol=1e-9) and not one_sided.flagged.any()

@@ -1,17 +1,27 @@
-"""`audit report`: one self-contained HTML file from a scan's findings (no network, no scripts)."""
+"""`audit report`: one self-contained HTML file from a scan's findings (no network; one script of its own).
+
+Findings first: every flagged association of every grouping in one table, then per grouping a table of its
+groups, each group's detail drawn by the report's script from data embedded in the page when the reader opens
+it. The page grows with findings and groups, not groups times words, so a grouping with a thousand values
+stays readable and small."""
 
 from __future__ import annotations
 
 import base64
 import datetime as _dt
+import hashlib
 import io
+import json
 import os
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from markupsafe import Markup
 
+from audit import formats
 from audit.analysis import FDR, MIN_COUNT, MIN_RELATIVE_COSINE, PROCEDURE, STOP_WORDS
 from audit.analysis.associations import (
     LOOK_STATS,
@@ -32,8 +42,11 @@ from audit.store.schema import ASCENT, CONCEPT, PROBE
 
 THUMB = 112
 MATRIX_WORDS = 30
-FLAGGED_WITH_EXAMPLES = 8
-EXAMPLES = 4
+FLAGGED_WITH_EXAMPLES = 8  # per grouping and kind of word: the first findings get example thumbnails
+EXAMPLES = 4  # thumbnails per finding
+# With at most this many groups every group's detail is open on load and the word x group matrix is drawn: the
+# page reads as a short report. With more, the reader searches the groups table and opens the groups they want.
+OPEN_GROUPS = 12
 # The overview's settings, of those the scan has (an opinion's own are stored only when it ran); a hand-made
 # scan may lack any of them, but these always have a line.
 ALWAYS_SHOWN = ("model", "pretrained", "heatmap")
@@ -60,74 +73,115 @@ def _thumbnail(path: str, grid, gh: int, gw: int, preprocess: dict) -> str | Non
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def _chart(rows) -> dict:
-    """Geometry of one horizontal log-odds chart (bars with 95% whiskers), computed here so the template
-    only places numbers."""
-    if not rows:
-        return {"rows": [], "height": 0}
-    span = max(1e-9, max(max(abs(r["log_odds_lo"]), abs(r["log_odds_hi"])) for r in rows))
-    left, width, row_h = 150, 300, 18
-    zero = left + width / 2
-    scale = (width / 2) / span
-    out = []
-    for i, r in enumerate(rows):
-        y = 6 + i * row_h
-        x0, x1 = sorted((zero, zero + r["log_odds"] * scale))
-        out.append({"word": r["word"], "y": y, "bar_x": x0, "bar_w": max(1.0, x1 - x0),
-                    "lo": zero + r["log_odds_lo"] * scale, "hi": zero + r["log_odds_hi"] * scale,
-                    "flagged": r["flagged"]})
-    return {"rows": out, "height": 12 + len(rows) * row_h, "zero": zero, "width": left + width + 10}
+def _detail_rows(t: pd.DataFrame, top: int) -> dict[str, list[dict]]:
+    """Per group, its `top` most distinctive words as the detail shows them: numbers formatted here (one format
+    for every output), the chart's three numbers raw."""
+    head = t.groupby("grp", sort=False).head(top)
+    cells = zip(
+        [f"{a} ({formats.percent(s)})" for a, s in zip(head.a, head.share_group, strict=True)],
+        [f"{c} ({formats.percent(s)})" for c, s in zip(head.c, head.share_rest, strict=True)],
+        [f"{formats.number(v)} ({formats.number(lo)} to {formats.number(hi)})"
+         for v, lo, hi in zip(head.log_odds, head.log_odds_lo, head.log_odds_hi, strict=True)],
+        map(formats.number, head.lift), map(formats.number, head.npmi), map(formats.p_value, head.p), head.test,
+        map(formats.p_value, head.q), strict=True)
+    rows = [{"word": w, "flagged": bool(f), "lor": _finite(v), "lo": _finite(lo), "hi": _finite(hi),
+             "cells": list(c)}
+            for w, f, v, lo, hi, c in zip(head.word, head.flagged, head.log_odds, head.log_odds_lo, head.log_odds_hi,
+                                          cells, strict=True)]
+    out: dict[str, list[dict]] = {}
+    for grp, row in zip(head.grp, rows, strict=True):
+        out.setdefault(grp, []).append(row)
+    return out
 
 
-def _column_view(q: ScanQuery, assoc: Associations, top: int, preprocess: dict) -> dict:
+def _finite(v) -> float:
+    return round(float(v), 4) if np.isfinite(v) else 0.0
+
+
+def _looks_text(looks: list[dict]) -> list[str]:
+    return [f"{lk['stat']} {formats.number(lk['median_group'])} vs {formats.number(lk['median_rest'])} "
+            f"(q {formats.p_value(lk['q'])})" for lk in looks]
+
+
+def _column_view(q: ScanQuery, assoc: Associations, top: int, preprocess: dict, section: str) -> tuple[dict, dict]:
+    """One (kind of word, grouping column): its summary, findings, groups table and matrix for the template,
+    and the data its groups' details are drawn from."""
     t = assoc.table
+    name, singular = KIND_NAMES[assoc.kind]
+    n_groups = len(assoc.groups)
+    few = n_groups <= OPEN_GROUPS
+    # The groups table: size, findings, and the strongest word (rows are ranked by the interval's lower bound).
+    strongest = t.drop_duplicates("grp").set_index("grp")
+    findings_per = assoc.findings.grp.value_counts()
     groups = []
-    for grp, n in zip(assoc.groups.grp, assoc.groups.n, strict=True):
-        rows = t[t.grp == grp].head(top).to_dict("records")
-        groups.append({"name": grp, "n": int(n), "rows": rows, "chart": _chart(rows)})
-    ranked = t.groupby("word").log_odds_lo.max().sort_values(ascending=False)
-    flagged_words = list(dict.fromkeys(assoc.flagged.word))
-    words = (flagged_words + [w for w in ranked.index if w not in flagged_words])[:MATRIX_WORDS]
-    share = t.pivot_table(index="word", columns="grp", values="share_group", aggfunc="first")
-    flagged_set = set(zip(assoc.flagged.grp, assoc.flagged.word, strict=True))
-    matrix = [{"word": w, "cells": [{"share": float(share.loc[w, g]) if w in share.index and g in share.columns
-                                     else 0.0, "flagged": (g, w) in flagged_set} for g in assoc.groups.grp]}
-              for w in words]
+    for i, (grp, n) in enumerate(zip(assoc.groups.grp, assoc.groups.n, strict=True)):
+        top_row = strongest.loc[grp] if grp in strongest.index else None
+        groups.append({"index": i, "name": grp, "n": int(n), "findings": int(findings_per.get(grp, 0)),
+                       "word": None if top_row is None else top_row.word,
+                       "word_flagged": False if top_row is None else bool(top_row.flagged),
+                       "share": None if top_row is None else float(top_row.share_group)})
+    details = _detail_rows(t, top)
+    data = {"singular": singular, "open": few, "groups": [{"name": g["name"], "n": g["n"]} for g in groups],
+            "rows": [details.get(g["name"], []) for g in groups]}
     flagged = []
     ordered = pd.concat([assoc.findings, assoc.flagged[assoc.flagged.names_group]])
+    looks = assoc.looks
+    by_pair = {k: v.to_dict("records") for k, v in looks.groupby(["grp", "word"], sort=False)} if len(looks) else {}
     for i, r in enumerate(ordered.to_dict("records")):
-        looks = assoc.looks
-        look_rows = looks[(looks.grp == r["grp"]) & (looks.word == r["word"])].to_dict("records") if len(looks) else []
         examples = []
         if i < FLAGGED_WITH_EXAMPLES:
             for ex in q.examples(assoc.column, r["grp"], r["word"], EXAMPLES, assoc.kind, assoc.words).to_dict("records"):
                 examples.append({"image_id": ex["image_id"], "cosine": ex["word_cosine"],
                                  "src": _thumbnail(ex["path"], ex["grid"], ex["grid_h"], ex["grid_w"], preprocess)})
-        flagged.append({**r, "looks": look_rows, "examples": examples})
-    weights = []
-    if assoc.kind == CONCEPT:
-        # Mean weight per group of the matrix's concepts: how much of the images' embeddings each one carries.
-        w = concept_weights(q, assoc.column, words, assoc.words)
-        for word in words:
-            rows = w[w.word == word].to_dict("records")
-            weights.append({"word": word, "cells": {r["grp"]: r for r in rows}})
-    name, singular = KIND_NAMES[assoc.kind]
-    return {"column": assoc.column, "groups": groups, "group_names": list(assoc.groups.grp), "matrix": matrix,
-            "flagged": flagged, "tested": assoc.tested, "n_flagged": len(flagged),
-            "n_findings": len(assoc.findings), "testable": assoc.testable, "kind": assoc.kind,
+        flagged.append({**r, "column": assoc.column, "kind_name": singular,
+                        "looks": _looks_text(by_pair.get((r["grp"], r["word"]), [])), "examples": examples})
+    matrix, weights, words = [], [], []
+    if few:
+        ranked = t.groupby("word").log_odds_lo.max().sort_values(ascending=False)
+        flagged_words = list(dict.fromkeys(assoc.flagged.word))
+        words = (flagged_words + [w for w in ranked.index if w not in flagged_words])[:MATRIX_WORDS]
+        share = t.pivot_table(index="word", columns="grp", values="share_group", aggfunc="first")
+        flagged_set = set(zip(assoc.flagged.grp, assoc.flagged.word, strict=True))
+        matrix = [{"word": w, "cells": [{"share": float(share.loc[w, g]) if w in share.index and g in share.columns
+                                         else 0.0, "flagged": (g, w) in flagged_set} for g in assoc.groups.grp]}
+                  for w in words]
+        if assoc.kind == CONCEPT:
+            # Mean weight per group of the matrix's concepts: how much of the images' embeddings each one carries.
+            w = concept_weights(q, assoc.column, words, assoc.words)
+            for word in words:
+                weights.append({"word": word, "cells": {r["grp"]: r for r in w[w.word == word].to_dict("records")}})
+    view = {"id": section, "column": assoc.column, "groups": groups, "group_names": list(assoc.groups.grp),
+            "matrix": matrix, "flagged": flagged, "tested": assoc.tested, "n_flagged": len(flagged),
+            "n_findings": len(assoc.findings), "testable": assoc.testable, "kind": assoc.kind, "few": few,
             "kind_name": name, "singular": singular, "filtered": assoc.filtered, "weights": weights,
-            "matrix_capped": len(ranked) > MATRIX_WORDS,
-            "examples_capped": len(flagged) > FLAGGED_WITH_EXAMPLES}
-
+            "matrix_capped": t.word.nunique() > MATRIX_WORDS, "examples_capped": len(flagged) > FLAGGED_WITH_EXAMPLES}
+    return view, data
 
 
 def _probe_view(q: ScanQuery, column: str, fdr: float) -> dict:
+    """Every (probe, group) row with a handful of groups; with more, the flagged rows (the page grows with
+    findings, not groups times probes)."""
     p = probes(q, column, fdr)
+    n_groups = p.cosines.grp.nunique()
+    shown = p.cosines if n_groups <= OPEN_GROUPS else p.flagged
     looks = {(r["grp"], r["word"], r["stat"]): r for r in p.looks.to_dict("records")}
     rows = [{**r, "looks": {s: looks.get((r["grp"], r["word"], s)) for s in LOOK_STATS}}
-            for r in p.cosines.to_dict("records")]
-    shown = [s for s in LOOK_STATS if any(r["looks"][s] for r in rows)]
-    return {"column": column, "rows": rows, "stats": shown}
+            for r in shown.to_dict("records")]
+    stats_shown = [s for s in LOOK_STATS if any(r["looks"][s] for r in rows)]
+    return {"column": column, "rows": rows, "stats": stats_shown, "all": len(shown) == len(p.cosines),
+            "tested": int(p.cosines.p.notna().sum()), "groups": n_groups}
+
+
+def _script() -> tuple[str, str]:
+    """The report's script and its Content-Security-Policy hash: the page runs that script and nothing else."""
+    text = resources.files("audit.outputs").joinpath("templates/report.js").read_text(encoding="utf-8")
+    return text, "sha256-" + base64.b64encode(hashlib.sha256(text.encode("utf-8")).digest()).decode("ascii")
+
+
+def _json_block(data: dict) -> Markup:
+    """Data for the script, safe inside <script type="application/json">: no '<', '>' or '&' can end the block."""
+    text = json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    return Markup(text.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e"))
 
 
 @dataclass
@@ -161,7 +215,11 @@ def render_report(scan_dir: str | os.PathLike, group_by: list[str], *, min_count
     kinds = [k for k in q.kinds() if k in KIND_NAMES] or [ASCENT]
     tested = [associations(q, c, min_count, fdr, kind=k, words=words, procedure=procedure)
               for k in kinds for c in group_by]
-    columns = [_column_view(q, a, top, preprocess) for a in tested]
+    views = [_column_view(q, a, top, preprocess, f"s{i + 1}") for i, a in enumerate(tested)]
+    columns = [v for v, _ in views]
+    data = {"sections": {v["id"]: d for v, d in views}}
+    findings = [f for c in columns for f in c["flagged"]]
+    script, script_hash = _script()
     probe_columns = [_probe_view(q, c, fdr) for c in group_by] if q.probe_words() else []
     settings = q.scan.settings
     pairs = q.pairs_per_kind() or {ASCENT: 0}
@@ -171,7 +229,8 @@ def render_report(scan_dir: str | os.PathLike, group_by: list[str], *, min_count
         counts=counts, internal_note=internal_errors_note(counts["internal"]) if counts["internal"] else None,
         probe_columns=probe_columns, settings={k: settings.get(k) for k in SETTINGS_SHOWN if k in settings or k in ALWAYS_SHOWN},
         pairs=[(n, PAIR_NAMES[k]) for k, n in pairs.items()],
-        columns=columns, procedure=procedure, words=words, stop_words=str(stop_words),
+        columns=columns, findings=findings, data=_json_block(data), script=Markup(script),
+        script_hash=script_hash, open_groups=OPEN_GROUPS, procedure=procedure, words=words, stop_words=str(stop_words),
         min_count=min_count, fdr=fdr, top=top, tool_version=config.get("tool_version"),
         matrix_words=MATRIX_WORDS, examples_per_word=EXAMPLES, flagged_with_examples=FLAGGED_WITH_EXAMPLES,
     )
