@@ -9,7 +9,7 @@ import audit
 from audit.analysis.associations import associations
 from audit.analysis.stats import association_test, bh_qvalues, fisher_exact, log_odds_ci
 from audit.cli import main
-from audit.outputs.report import build_report
+from audit.outputs.report import build_report, render_report
 from audit.store.query import ScanQuery
 
 from .scanfactory import write_scan
@@ -148,3 +148,29 @@ def test_a_significant_word_is_flagged_only_when_its_interval_excludes_no_associ
     assert not result.table.flagged.any()
     one_sided = associations(q, "label", min_count=3, fdr=0.05, procedure="bh").table.set_index(["grp", "word"])
     assert math.isclose(one_sided.loc[("A", "snow")].q, 2 / 35, rel_tol=1e-9) and not one_sided.flagged.any()
+
+
+def test_a_report_of_many_groups_grows_with_findings_not_groups_times_words(tmp_path):
+    """40 groups of 8 images, 30 words spread at random, 'snow' on group g07's images only, and two probes, one
+    scoring g07 higher: past 12 groups no matrix and no per-group section is written; the page lists the groups
+    once, the findings, and the flagged probe rows; each group's top words travel as data for its detail."""
+    import numpy as np
+
+    rs = np.random.default_rng(0)
+    images = [{"image_id": f"{k}-{i}", "label": f"g{k:02d}"} for k in range(40) for i in range(8)]
+    words = {im["image_id"]: [f"w{rs.integers(30)}", f"w{rs.integers(30)}"] for im in images}
+    for i in range(8):
+        words[f"7-{i}"].append("snow")
+    probes = {im["image_id"]: [("doctor", 0.3 if im["label"] == "g07" else float(rs.normal(0.2, 0.01))),
+                               ("nurse", float(rs.normal(0.2, 0.01)))] for im in images}
+    scan = write_scan(tmp_path / "scan", images, words, probes=probes)
+    rendered = render_report(scan, ["label"], min_count=3)
+    html = rendered.html
+    assert "Word × group matrix" not in html and html.count("<button type=\"button\" class=\"open\"") == 40
+    flagged = rendered.associations[0].flagged
+    assert ("g07", "snow") in set(zip(flagged.grp, flagged.word, strict=True))
+    assert "80 (probe, group) comparisons tested" in html
+    probe_rows = html.split('id="probes"')[1].split('id="methods"')[0].count("<tr>") - 1
+    assert probe_rows == 1  # doctor with g07, the one flagged
+    data = json.loads(html.split('id="report-data">')[1].split("</script>")[0])["sections"]["s1"]
+    assert len(data["groups"]) == 40 and not data["open"] and all(len(r) <= 10 for r in data["rows"])
