@@ -35,20 +35,22 @@ def planted(tmp_path, label_b="B", word="grass", image_dir=None):
 
 
 def test_associations_match_hand_computed_values(tmp_path):
-    """One-sided Fisher (is the word over-represented in the group?), each (group, word) its own hypothesis."""
+    """One-sided (is the word over-represented in the group?): Fisher's mid-p, each (group, word) its own
+    hypothesis."""
     result = associations(ScanQuery.open(planted(tmp_path)), "label", min_count=3, fdr=0.05, procedure="bh")
     t = result.table.set_index(["grp", "word"])
     assert set(t.index) == {("A", "grass"), ("B", "grass"), ("A", "sky"), ("B", "sky")}  # 'rare' < 3 images
     row = t.loc[("A", "grass")]
     assert (row.a, row.n_group, row.c) == (8, 10, 1)
-    assert row.test == "fisher"  # expected counts 4.5 / 5.5: below 5
-    assert math.isclose(row.p, fisher_exact(8, 2, 1, 9, "greater"))
-    assert math.isclose(row.p, sum(math.comb(9, x) * math.comb(11, 10 - x) for x in (8, 9)) / math.comb(20, 10))
+    assert row.test == "fisher-mid-p"
+    assert math.isclose(row.p, fisher_exact(8, 2, 1, 9, "greater", mid=True))
+    # P(X > 8) + P(X = 8) / 2, X the images of A among the 9 with grass
+    assert math.isclose(row.p, (math.comb(9, 8) * math.comb(11, 2) / 2 + math.comb(11, 1)) / math.comb(20, 10))
     lor, lo, hi = log_odds_ci(8, 2, 1, 9)
     assert math.isclose(row.log_odds, lor) and math.isclose(row.log_odds_lo, lo)
     assert math.isclose(row.lift, 0.8 / 0.45)
     ps = [association_test(*t, "greater")[0] for t in ((8, 2, 1, 9), (1, 9, 8, 2), (5, 5, 5, 5), (5, 5, 5, 5))]
-    assert ps[2] == 0.5  # sky: chi-square (expected counts 5), no difference: half the mass either way
+    assert math.isclose(ps[2], 0.5)  # sky: no difference, half the mass either way
     q = dict(zip([("A", "grass"), ("B", "grass"), ("A", "sky"), ("B", "sky")], bh_qvalues(ps), strict=True))
     for key, qv in q.items():
         assert math.isclose(t.loc[key].q, qv)
@@ -130,8 +132,8 @@ def test_a_groups_own_name_is_flagged_but_not_a_finding(tmp_path):
 def test_a_significant_word_is_flagged_only_when_its_interval_excludes_no_association(tmp_path):
     """A word in all 4 images of A and none of the 3 of B: Fisher p = 1/35 < 0.05, yet the 95% interval of its
     odds ratio still reaches 1 (lower log-odds bound -0.02), so the two-sided test (audit 0.2's) flags nothing,
-    in A or in B. One-sided, "snow over-represented in A" and "sky in B" (p = 1/35 each) are two of four
-    hypotheses: q = 2/35, not flagged either."""
+    in A or in B. One-sided, "snow over-represented in A" and "sky in B" are two of four hypotheses with a
+    mid-p of 0.5/35 each: q = 1/35, and both are flagged (every image of A and none of B has snow)."""
 
     images = [{"image_id": f"a{i}", "label": "A"} for i in range(4)] + [{"image_id": f"b{i}", "label": "B"}
                                                                          for i in range(3)]
@@ -147,7 +149,8 @@ def test_a_significant_word_is_flagged_only_when_its_interval_excludes_no_associ
     assert t.loc[("B", "snow")].log_odds_hi > 0  # the mirror image: significant, interval reaches 1 from below
     assert not result.table.flagged.any()
     one_sided = associations(q, "label", min_count=3, fdr=0.05, procedure="bh").table.set_index(["grp", "word"])
-    assert math.isclose(one_sided.loc[("A", "snow")].q, 2 / 35, rel_tol=1e-9) and not one_sided.flagged.any()
+    assert math.isclose(one_sided.loc[("A", "snow")].q, 1 / 35, rel_tol=1e-9)
+    assert set(one_sided.index[one_sided.flagged]) == {("A", "snow"), ("B", "sky")}
 
 
 def test_a_report_of_many_groups_grows_with_findings_not_groups_times_words(tmp_path):

@@ -150,19 +150,18 @@ def test_associations_count_each_two_group_table_once_and_gain_power(tmp_path):
 
 
 def test_one_sided_tests_of_two_groups_are_two_hypotheses_with_the_same_answer(tmp_path):
-    """One-sided (the default), "snow over-represented in A" and "in B" are two hypotheses: A's p is half the
-    two-sided chi-square p, B's near 1. Counted both, Tarone-BH gives A's snow the two-sided p as its q, the
-    same flag as counting the table once; the rare words' pairs in A can reach 0.0032 at best (5 of 5 images in
-    A), in B 0.12, so neither counts."""
+    """One-sided (the default), "snow over-represented in A" and "in B" are two hypotheses: A's p is Fisher's
+    mid-p, B's near 1. Counted both, Tarone-BH gives A's snow twice its p as q, and flags it as counting the
+    table once did; the rare words' pairs in A can reach a mid-p of 0.0016 at best (5 of 5 images in A), in B
+    0.06, above 0.05 / 32, so neither counts."""
     q = snow_scan(tmp_path, rare_words=40, seed=1)
     one_sided = associations(q, "label", min_count=5)
-    two_sided = associations(q, "label", min_count=5, alternative="two-sided").table.set_index(["grp", "word"])
     t = one_sided.table.set_index(["grp", "word"])
     assert one_sided.alternative == "greater"
-    assert math.isclose(t.loc[("A", "snow"), "p"], two_sided.loc[("A", "snow"), "p"] / 2, rel_tol=1e-12)
-    assert t.loc[("B", "snow"), "p"] > 0.99
+    assert math.isclose(t.loc[("A", "snow"), "p"], stats.fisher_exact(11, 19, 6, 54, "greater", mid=True))
+    assert t.loc[("A", "snow"), "test"] == "fisher-mid-p" and t.loc[("B", "snow"), "p"] > 0.99
     assert one_sided.testable == 2 and t.q.notna().sum() == 2
-    assert math.isclose(t.loc[("A", "snow"), "q"], two_sided.loc[("A", "snow"), "p"], rel_tol=1e-12)
+    assert math.isclose(t.loc[("A", "snow"), "q"], 2 * t.loc[("A", "snow"), "p"], rel_tol=1e-12)
     assert list(zip(one_sided.flagged.grp, one_sided.flagged.word, strict=True)) == [("A", "snow")]
     bh = associations(q, "label", min_count=5, procedure="bh")
     assert bh.flagged.empty and bh.testable == 82
@@ -234,8 +233,8 @@ def test_a_two_group_table_counts_once_in_tarones_k(tmp_path):
     """Snow as above and 10 words in 5 images each: counted once per word, 11 tables can each reach 0.05 / 11
     (a 5-image table reaches 0.0032 < 0.0045), so all are testable and snow's q is BH over 11 words. Counted
     per row (22), none of the 5-image tables could reach 0.05 / 16 and only snow would count. One-sided, each row
-    is its own hypothesis: a rare word's pair in A (30 of 90 images) can reach 0.0032, in B 0.12, so K = 12
-    counts snow's two rows and the ten rare words' rows in A."""
+    is its own hypothesis: a rare word's pair in A (30 of 90 images) can reach a mid-p of 0.0016, in B 0.06, so
+    K = 12 counts snow's two rows and the ten rare words' rows in A."""
     q = snow_scan(tmp_path, rare_words=10, seed=2)
     a = associations(q, "label", min_count=5, alternative="two-sided")
     assert a.testable == 22 and a.tested == 22
@@ -268,8 +267,8 @@ def test_mean_concept_weight_per_group_counts_absent_concepts_as_zero(tmp_path):
 def test_a_weak_plant_missed_two_sided_is_found_one_sided(tmp_path):
     """The issue's held-out plant: 300 images in groups of 100, snow on 38 of A's images against 41 of the other
     200, and 20 words spread evenly (10 images in each group): 63 pairs. Two-sided, snow with A has p = 0.0012 and
-    q = 0.074, missed at FDR 0.05; tested for over-representation, the claim a flag makes, p = 0.00059 and
-    q = 0.037: found, and nothing else is flagged."""
+    q = 0.074, missed at FDR 0.05; tested for over-representation, the claim a flag makes (Fisher's mid-p),
+    p = 0.00076 and q = 0.048: found, and nothing else is flagged."""
     images = [{"image_id": f"{g}{i}", "label": g} for g in "ABC" for i in range(100)]
     words = {im["image_id"]: [] for im in images}
     for g, n in (("A", 38), ("B", 20), ("C", 21)):
@@ -286,5 +285,5 @@ def test_a_weak_plant_missed_two_sided_is_found_one_sided(tmp_path):
     row = two.table.set_index(["grp", "word"]).loc[("A", "snow")]
     assert math.isclose(row.p, 0.0011779, rel_tol=1e-4) and math.isclose(row.q, row.p * 63) and two.flagged.empty
     row = one.table.set_index(["grp", "word"]).loc[("A", "snow")]
-    assert math.isclose(row.p, 0.00058896, rel_tol=1e-4) and math.isclose(row.q, row.p * 63)
+    assert math.isclose(row.p, 0.00076390, rel_tol=1e-4) and math.isclose(row.q, row.p * 63)
     assert list(zip(one.flagged.grp, one.flagged.word, strict=True)) == [("A", "snow")]

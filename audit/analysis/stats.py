@@ -30,12 +30,19 @@ def _alternative(alternative: str) -> str:
     return alternative
 
 
-def fisher_exact(a: int, b: int, c: int, d: int, alternative: str = "two-sided") -> float:
+def fisher_exact(a: int, b: int, c: int, d: int, alternative: str = "two-sided", mid: bool = False) -> float:
     """Fisher exact p-value. Two-sided: the probability of tables with the same margins that are no more likely
     than the observed one (scipy's, with its relative tolerance for ties of 1e-7). "greater": the probability
-    of a table with at least `a` (the word over-represented in the group at least as much as observed)."""
+    of a table with at least `a` (the word over-represented in the group at least as much as observed); with
+    `mid`, Lancaster's mid-p: the observed table's own probability counted half."""
     res = scipy.stats.fisher_exact([[a, b], [c, d]], alternative=_alternative(alternative))
-    return float(min(1.0, res.pvalue))
+    p = float(res.pvalue)
+    if mid:
+        if alternative != "greater":
+            raise ValueError("the mid-p is computed for the one-sided test")
+        if (a + b) * (c + d) * (a + c) * (b + d):
+            p -= 0.5 * float(scipy.stats.hypergeom.pmf(a, a + b + c + d, a + b, a + c))
+    return float(min(1.0, p))
 
 
 def chi_square(a: int, b: int, c: int, d: int, alternative: str = "two-sided") -> float:
@@ -51,10 +58,24 @@ def chi_square(a: int, b: int, c: int, d: int, alternative: str = "two-sided") -
     return p / 2 if a * d > b * c else 1 - p / 2
 
 
+# One-sided, the chi-square's normal approximation is liberal in the upper tail where a word is rare (its
+# distribution is skewed): on null data shaped like bench/power.py's, 1.1-1.4x the nominal rate below p = 0.001,
+# and 6.0% of 4,000 null datasets got a flag at FDR 0.05. The mid-p of Fisher's test (Lancaster 1961) gave 4.85%
+# (Fisher's plain p 3.25%, and less power). So the one-sided test is the mid-p wherever its distribution has at
+# most this many values (cheap to compute), the chi-square only beyond, where the counts are large.
+FISHER_SUPPORT = 10_000
+
+
 def association_test(a: int, b: int, c: int, d: int, alternative: str = "two-sided") -> tuple[float, str]:
-    """Fisher exact when any expected cell count is below 5, chi-square otherwise (a rule of the margins only)."""
+    """Two-sided: Fisher exact when any expected cell count is below 5, chi-square otherwise. "greater": Fisher's
+    mid-p unless the table's hypergeometric distribution has more than FISHER_SUPPORT values, then chi-square.
+    Both rules read the margins only."""
     n = a + b + c + d
     expected = [(a + b) * (a + c) / n, (a + b) * (b + d) / n, (c + d) * (a + c) / n, (c + d) * (b + d) / n]
+    if _alternative(alternative) == "greater":
+        if min(a + b, a + c) - max(0, (a + c) - (c + d)) + 1 <= FISHER_SUPPORT or min(expected) < 5:
+            return fisher_exact(a, b, c, d, alternative, mid=True), "fisher-mid-p"
+        return chi_square(a, b, c, d, alternative), "chi2"
     if min(expected) < 5:
         return fisher_exact(a, b, c, d, alternative), "fisher"
     return chi_square(a, b, c, d, alternative), "chi2"

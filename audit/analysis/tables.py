@@ -12,7 +12,8 @@ gives what stats.py's per-table functions give (those stay as the readable refer
   ("greater") p the probability of a table with at least the observed `a`, with the tables that share margins
   sharing one hypergeometric distribution;
 - chi-square is Pearson's without continuity correction, from the expected counts as scipy computes them, and
-  its one-sided p half the two-sided one in the direction of over-representation;
+  its one-sided p half the two-sided one in the direction of over-representation (used one-sided only for
+  tables too large for the mid-p: see stats.FISHER_SUPPORT);
 - the minimum attainable p-value (Tarone) is computed once per distinct margins, which repeat across words.
 
 `alternative` is "greater" (the word over-represented in the group: the hypothesis a flag states) or "two-sided".
@@ -23,25 +24,28 @@ from __future__ import annotations
 import numpy as np
 import scipy.stats
 
-from audit.analysis.stats import Z95, _alternative
+from audit.analysis.stats import FISHER_SUPPORT, Z95, _alternative
 
 
 def _ints(*arrays) -> list[np.ndarray]:
     return [np.asarray(x, dtype=np.int64) for x in arrays]
 
 
-def fisher_exact(a, b, c, d, alternative: str = "two-sided") -> np.ndarray:
+def fisher_exact(a, b, c, d, alternative: str = "two-sided", mid: bool = False) -> np.ndarray:
     """Fisher exact p-values, as scipy.stats.fisher_exact defines them: given the table's margins, the
     probability of the tables no more likely than the observed one (two-sided), or of the tables with at least
-    the observed `a` ("greater").
+    the observed `a` ("greater"; with `mid`, the observed table's own probability counted half: the mid-p).
 
     scipy evaluates Boost's hypergeometric functions some twenty times a table, at about 0.1 ms each for a
     dataset of 50,000 images: minutes for the millions of tables of a thousand groups. Here the tables that share
     margins (a group's size and a word's count repeat across words and groups) share one distribution, computed
-    once over its whole support by the ratio of consecutive probabilities (accurate to about 1e-13 relative),
+    once over its whole support by the ratio of consecutive probabilities (accurate to about 1e-13 relative,
+    1e-11 over supports of thousands of values),
     and each table's p-value is a masked sum over it. Ties count as "no more likely" within TIE, a tolerance
     above that accuracy and far below the gap between two different probabilities of one distribution."""
     greater = _alternative(alternative) == "greater"
+    if mid and not greater:
+        raise ValueError("the mid-p is computed for the one-sided test")
     a, b, c, d = _ints(a, b, c, d)
     p = np.ones(a.shape, dtype=np.float64)
     # A table with an empty row or column says nothing: p = 1 (scipy's rule).
@@ -74,7 +78,9 @@ def fisher_exact(a, b, c, d, alternative: str = "two-sided") -> np.ndarray:
             dist = pmf[row]  # [T, L]
             at = obs[t] - lo[owner[t]]
             if greater:
-                out[t] = np.where(np.arange(dist.shape[1])[None, :] >= at[:, None], dist, 0.0).sum(1)
+                j = np.arange(dist.shape[1])[None, :]
+                weight = np.where(j > at[:, None], 1.0, np.where(j == at[:, None], 0.5 if mid else 1.0, 0.0))
+                out[t] = (dist * weight).sum(1)
             else:
                 seen = dist[np.arange(len(t)), at]
                 out[t] = np.where(dist <= seen[:, None] * TIE, dist, 0.0).sum(1)
@@ -144,15 +150,20 @@ def expected_min(a, b, c, d) -> np.ndarray:
 
 
 def association_test(a, b, c, d, alternative: str = "two-sided") -> tuple[np.ndarray, np.ndarray]:
-    """Per table: Fisher exact when any expected cell count is below 5, chi-square otherwise (the p-values and
-    "fisher" / "chi2"). Each test runs only on the tables it is chosen for."""
+    """Per table, the test stats.association_test chooses from the margins (two-sided: Fisher exact when any
+    expected cell count is below 5, chi-square otherwise; "greater": Fisher's mid-p up to FISHER_SUPPORT values,
+    chi-square beyond): the p-values and the tests' names. Each test runs only on the tables it is chosen for."""
     a, b, c, d = _ints(a, b, c, d)
     fisher = expected_min(a, b, c, d) < 5
+    greater = _alternative(alternative) == "greater"
+    if greater:  # stats.FISHER_SUPPORT: the mid-p wherever its distribution is small enough to sum
+        support = np.minimum(a + b, a + c) - np.maximum(0, (a + c) - (c + d)) + 1
+        fisher |= support <= FISHER_SUPPORT
     p = np.empty(a.shape, dtype=np.float64)
-    p[fisher] = fisher_exact(a[fisher], b[fisher], c[fisher], d[fisher], alternative)
+    p[fisher] = fisher_exact(a[fisher], b[fisher], c[fisher], d[fisher], alternative, mid=greater)
     chi = ~fisher
     p[chi] = chi_square(a[chi], b[chi], c[chi], d[chi], alternative)
-    return p, np.where(fisher, "fisher", "chi2")
+    return p, np.where(fisher, "fisher-mid-p" if greater else "fisher", "chi2")
 
 
 def log_odds_ci(a, b, c, d, z: float = Z95) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
