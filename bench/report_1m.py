@@ -3,9 +3,11 @@ synthetically, for each number of groups asked.
 
 Prints, per number of groups, the time to build the report and its HTML size, and the time of `audit check` with
 the example policy (audit/demo/audit-policy.toml) on the same scan. Targets on a 2-core CPU: 1,000 groups: report
-<= 30 s, HTML <= 20 MB, check <= 30 s; 5 groups: no slower than before.
+<= 30 s, HTML <= 20 MB, check <= 30 s; 5 groups: no slower than before. With --diff, a second snapshot (another
+seed, the same groups) is built and `audit diff` (to HTML) and `audit check --baseline` (the drift rules too) are
+timed against it.
 
-    .venv/bin/python bench/report_1m.py [--groups 5,100,1000] [--images 50000] [--words-per-image 20]
+    .venv/bin/python bench/report_1m.py [--groups 5,100,1000] [--images 50000] [--words-per-image 20] [--diff]
 """
 
 from __future__ import annotations
@@ -71,14 +73,16 @@ def main() -> None:
     ap.add_argument("--groups", default="5", help="comma-separated numbers of groups, one scan each")
     ap.add_argument("--skip-report", action="store_true", help="time only the check")
     ap.add_argument("--skip-check", action="store_true", help="time only the report")
+    ap.add_argument("--diff", action="store_true", help="also time diff and check --baseline against a second scan")
     args = ap.parse_args()
     from audit.demo import POLICY
     from audit.policy.parse import load_policy
     from audit.policy.rules import run_check
 
     rows = args.images * args.words_per_image
-    print("| groups | report s | HTML MiB | check s | findings (check's watch) |")
-    print("|---:|---:|---:|---:|---|")
+    extra = " diff s | diff MiB | check --baseline s |" if args.diff else ""
+    print("| groups | report s | HTML MiB | check s | findings (check's watch) |" + extra)
+    print("|---:|---:|---:|---:|---|" + ("---:|---:|---:|" if args.diff else ""))
     for groups in map(int, args.groups.split(",")):
         with tempfile.TemporaryDirectory() as tmp:
             scan = Path(tmp) / "scan"
@@ -95,7 +99,19 @@ def main() -> None:
                 check = time.perf_counter() - t0
                 watch = next(r for r in checked.results if r.rule.id == "watch:backgrounds")
                 said = f"{watch.status}: {watch.summary[:60]}"
-        print(f"| {groups} | {report:.2f} | {size:.2f} | {check:.2f} | {said} |", flush=True)
+            line = f"| {groups} | {report:.2f} | {size:.2f} | {check:.2f} | {said} |"
+            if args.diff:
+                from audit.outputs.diff import build_diff, write_diff
+
+                old = Path(tmp) / "old"
+                synthetic_scan(old, args.images, args.words_per_image, groups=groups, seed=1)
+                t0 = time.perf_counter()
+                page = write_diff(build_diff(old, scan, ["label"]), Path(tmp) / "diff.html")
+                diff = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                run_check(scan, load_policy(POLICY), baseline=old)
+                line += f" {diff:.2f} | {page.stat().st_size / 2**20:.2f} | {time.perf_counter() - t0:.2f} |"
+        print(line, flush=True)
     print(f"({args.images} images, {rows} token rows each)")
 
 

@@ -18,13 +18,12 @@ import numpy as np
 import scipy.spatial.distance
 import scipy.stats
 
+from audit.analysis import ALTERNATIVES
+
 Z95 = 1.959963984540054
 
 
-ALTERNATIVES = ("greater", "two-sided")
-
-
-def _alternative(alternative: str) -> str:
+def check_alternative(alternative: str) -> str:
     if alternative not in ALTERNATIVES:
         raise ValueError(f"alternative must be one of {ALTERNATIVES}, not {alternative!r}")
     return alternative
@@ -35,7 +34,7 @@ def fisher_exact(a: int, b: int, c: int, d: int, alternative: str = "two-sided",
     than the observed one (scipy's, with its relative tolerance for ties of 1e-7). "greater": the probability
     of a table with at least `a` (the word over-represented in the group at least as much as observed); with
     `mid`, Lancaster's mid-p: the observed table's own probability counted half."""
-    res = scipy.stats.fisher_exact([[a, b], [c, d]], alternative=_alternative(alternative))
+    res = scipy.stats.fisher_exact([[a, b], [c, d]], alternative=check_alternative(alternative))
     p = float(res.pvalue)
     if mid:
         if alternative != "greater":
@@ -49,7 +48,7 @@ def chi_square(a: int, b: int, c: int, d: int, alternative: str = "two-sided") -
     """Pearson chi-square p-value (1 degree of freedom, no continuity correction); 1 when a margin is 0, where
     the test is undefined and scipy refuses. "greater" is the one-sided test of the signed statistic (half the
     two-sided p when a is above its expected count, one minus that half below it)."""
-    _alternative(alternative)
+    check_alternative(alternative)
     if (a + b) * (c + d) * (a + c) * (b + d) == 0:
         return 1.0
     p = float(scipy.stats.chi2_contingency([[a, b], [c, d]], correction=False).pvalue)
@@ -72,7 +71,7 @@ def association_test(a: int, b: int, c: int, d: int, alternative: str = "two-sid
     Both rules read the margins only."""
     n = a + b + c + d
     expected = [(a + b) * (a + c) / n, (a + b) * (b + d) / n, (c + d) * (a + c) / n, (c + d) * (b + d) / n]
-    if _alternative(alternative) == "greater":
+    if check_alternative(alternative) == "greater":
         if min(a + b, a + c) - max(0, (a + c) - (c + d)) + 1 <= FISHER_SUPPORT or min(expected) < 5:
             return fisher_exact(a, b, c, d, alternative, mid=True), "fisher-mid-p"
         return chi_square(a, b, c, d, alternative), "chi2"
@@ -154,7 +153,7 @@ def min_attainable_p(n_group: int, n_rest: int, total: int, alternative: str = "
     actually fell."""
     high = min(total, n_group)
     low = max(0, total - n_rest)
-    ends = (low, high) if _alternative(alternative) == "two-sided" else (high,)
+    ends = (low, high) if check_alternative(alternative) == "two-sided" else (high,)
     return min(association_test(a, n_group - a, total - a, n_rest - total + a, alternative)[0] for a in ends)
 
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.stats
 
-from audit.analysis.stats import FISHER_SUPPORT, Z95, _alternative
+from audit.analysis.stats import FISHER_SUPPORT, Z95, check_alternative
 
 
 def _ints(*arrays) -> list[np.ndarray]:
@@ -43,7 +43,7 @@ def fisher_exact(a, b, c, d, alternative: str = "two-sided", mid: bool = False) 
     1e-11 over supports of thousands of values),
     and each table's p-value is a masked sum over it. Ties count as "no more likely" within TIE, a tolerance
     above that accuracy and far below the gap between two different probabilities of one distribution."""
-    greater = _alternative(alternative) == "greater"
+    greater = check_alternative(alternative) == "greater"
     if mid and not greater:
         raise ValueError("the mid-p is computed for the one-sided test")
     a, b, c, d = _ints(a, b, c, d)
@@ -125,7 +125,7 @@ def chi_square(a, b, c, d, alternative: str = "two-sided") -> np.ndarray:
     """Pearson chi-square p-values (1 degree of freedom, no continuity correction) from the expected counts as
     scipy.stats.chi2_contingency computes them; 1 where a margin is 0. "greater": half the two-sided p where a is
     above its expected count, one minus that half where it is not."""
-    greater = _alternative(alternative) == "greater"
+    greater = check_alternative(alternative) == "greater"
     obs = np.stack(_ints(a, b, c, d), axis=-1).astype(np.float64)  # [..., 4]: a, b, c, d
     rows = np.stack([obs[..., 0] + obs[..., 1], obs[..., 2] + obs[..., 3]], axis=-1)
     cols = np.stack([obs[..., 0] + obs[..., 2], obs[..., 1] + obs[..., 3]], axis=-1)
@@ -155,7 +155,7 @@ def association_test(a, b, c, d, alternative: str = "two-sided") -> tuple[np.nda
     chi-square beyond): the p-values and the tests' names. Each test runs only on the tables it is chosen for."""
     a, b, c, d = _ints(a, b, c, d)
     fisher = expected_min(a, b, c, d) < 5
-    greater = _alternative(alternative) == "greater"
+    greater = check_alternative(alternative) == "greater"
     if greater:  # stats.FISHER_SUPPORT: the mid-p wherever its distribution is small enough to sum
         support = np.minimum(a + b, a + c) - np.maximum(0, (a + c) - (c + d)) + 1
         fisher |= support <= FISHER_SUPPORT
@@ -206,7 +206,7 @@ def min_attainable_p(n_group, n_rest, total, alternative: str = "two-sided") -> 
     g, r, t = unique[:, 0], unique[:, 1], unique[:, 2]
     high, low = np.minimum(t, g), np.maximum(0, t - r)
     ends = []
-    for x in (low, high) if _alternative(alternative) == "two-sided" else (high,):
+    for x in (low, high) if check_alternative(alternative) == "two-sided" else (high,):
         ends.append(association_test(x, g - x, t - x, r - t + x, alternative)[0])
     if len(ends) == 1:
         return ends[0][back.reshape(-1)].reshape(np.shape(n_group))
