@@ -5,6 +5,7 @@ import math
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import xmlschema
@@ -370,3 +371,35 @@ def test_a_watch_rule_without_a_bound_flags_any_association(tmp_path):
     (rule,) = load_policy(pol).rules
     assert rule.kind == "watch" and rule.params["min_odds_ratio"] == 1.0
     assert "1 when not given" in (Path(__file__).parents[1] / "examples" / "audit-policy.toml").read_text()
+
+
+def test_each_groups_drift_is_the_divergence_of_its_own_images(tmp_path):
+    """compare() codes every pair once and slices a group's; each group's divergence, noise and p must be what
+    divergence() gives on that group's own images and pairs, with groups that appear, vanish, or show no word."""
+    from audit.analysis.associations import word_filter
+    from audit.analysis.drift import compare, divergence
+    from audit.store.query import ScanQuery
+
+    rs = np.random.default_rng(4)
+
+    def snapshot(name, groups, shift):
+        images = [{"image_id": f"{name}{g}-{i}", "label": g} for g in groups for i in range(int(rs.integers(3, 12)))]
+        words = {im["image_id"]: [f"w{int(rs.integers(0, 6 + shift * (im['label'] == 'c')))}"] for im in images}
+        words[images[0]["image_id"]] = []
+        return ScanQuery.open(write_scan(tmp_path / name, images, words))
+
+    old, new = snapshot("o", ["a", "b", "c", "gone"], 0), snapshot("n", ["a", "b", "c", "new", "zz"], 4)
+    keep = word_filter()
+    drift = compare(old, new, "label", min_count=1, keep=keep)
+    images_old, images_new = old.images_groups("label"), new.images_groups("label")
+    pairs_old, pairs_new = old.word_pairs("ascent", keep), new.word_pairs("ascent", keep)
+    vocab = sorted(set(pairs_old.word) | set(pairs_new.word))
+    for row in drift.groups.itertuples():
+        if not (row.n_old and row.n_new):
+            assert math.isnan(row.jsd) and math.isnan(row.p)
+            continue
+        io, inew = images_old[images_old.grp == row.grp], images_new[images_new.grp == row.grp]
+        want = divergence(list(io.image_id), list(inew.image_id), pairs_old[pairs_old.image_id.isin(io.image_id)],
+                          pairs_new[pairs_new.image_id.isin(inew.image_id)], vocab)
+        assert (row.jsd, row.p) == (want.jsd, want.p) and math.isclose(row.noise, want.noise, rel_tol=1e-12)
+    assert set(drift.groups.grp) == {"a", "b", "c", "gone", "new", "zz"}
