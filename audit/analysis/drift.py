@@ -67,7 +67,7 @@ def _js(a: np.ndarray, b: np.ndarray) -> float:
     return stats.jensen_shannon(a, b)
 
 
-_CHUNK_PAIRS = 20_000_000  # (round, pair) cells of one chunk of permutations
+_CHUNK_PAIRS = 2_000_000  # (round, pair) cells of one chunk of permutations
 
 
 def _js_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -123,8 +123,11 @@ def _divergence(img: np.ndarray, word: np.ndarray, n_old: int, n_new: int, n_wor
         split = np.zeros((rr, n), dtype=bool)
         for r in range(rr):
             split[r, rng.permutation(n)[:n_old]] = True
-        row, pair = np.nonzero(split[:, img])
-        c = np.bincount(row * n_words + word[pair], minlength=rr * n_words).reshape(rr, n_words)
+        if rr == 1:  # a snapshot's worth of pairs: one round at a time, as before
+            c = np.bincount(word[split[0, img]], minlength=n_words)[None, :]
+        else:
+            row, pair = np.nonzero(split[:, img])
+            c = np.bincount(row * n_words + word[pair], minlength=rr * n_words).reshape(rr, n_words)
         null[r0:r0 + rr] = _js_rows(c, total[None, :] - c)
     p = (1 + int(np.sum(null >= observed - 1e-12))) / (rounds + 1)
     return Divergence(observed, p, float(np.quantile(null, 0.95)), rounds)
