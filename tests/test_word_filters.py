@@ -80,6 +80,11 @@ def test_min_attainable_p_is_the_most_extreme_table():
     # Chi-square margins (every expected count at least 5) use the same test as the data would.
     assert stats.association_test(50, 50, 0, 100)[1] == "chi2"
     assert math.isclose(stats.min_attainable_p(100, 100, 50), stats.association_test(50, 50, 0, 100)[0])
+    # One-sided, only the over-represented end counts: a word in 38 of 40 reaches its floor with all 10 in the
+    # group, not with 8 (where it is under-represented: p near 1).
+    greater = stats.min_attainable_p(10, 30, 38, "greater")
+    assert math.isclose(greater, stats.association_test(10, 0, 28, 2, "greater")[0]) and greater < 0.5
+    assert stats.association_test(8, 2, 30, 0, "greater")[0] > 0.9
 
 
 def test_tarone_bh_counts_only_the_tests_that_can_reach_significance():
