@@ -147,9 +147,8 @@ def associations(q: ScanQuery, column: str, min_count: int = MIN_COUNT, fdr: flo
     else:
         table["q"], table["testable"] = q_one, testable_one
     direction = table.log_odds_lo > 0 if alternative == "two-sided" else True
-    table["flagged"] = (table.q < fdr) & direction
+    table["flagged"] = ((table.q < fdr) & direction).astype(bool)
     table["names_group"] = _names_group(table)
-    table["flagged"] = table.flagged.astype(bool)
     # Strongest evidence first, then by group and word: sorted on codes (sorting millions of strings took seconds).
     grp_code, word_code = pd.factorize(table.grp, sort=True)[0], pd.factorize(table.word, sort=True)[0]
     table = table.iloc[np.lexsort((word_code, grp_code, -table.log_odds_lo.to_numpy()))].reset_index(drop=True)

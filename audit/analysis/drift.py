@@ -89,7 +89,7 @@ def divergence(ids_old, ids_new, pairs_old: pd.DataFrame, pairs_new: pd.DataFram
     img_old, word_old = _codes(pd.Index(ids_old), words, pairs_old)
     img_new, word_new = _codes(pd.Index(ids_new), words, pairs_new)
     return _divergence(np.concatenate([img_old, len(ids_old) + img_new]), np.concatenate([word_old, word_new]),
-                       len(ids_old), len(ids_new), len(vocab), seed)
+                       len(ids_old), len(ids_new), seed)
 
 
 def _codes(images: pd.Index, words: pd.Index, pairs: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -100,9 +100,9 @@ def _codes(images: pd.Index, words: pd.Index, pairs: pd.DataFrame) -> tuple[np.n
     return img[keep].astype(np.int64), word[keep].astype(np.int64)
 
 
-def _divergence(img: np.ndarray, word: np.ndarray, n_old: int, n_new: int, n_words: int, seed: int) -> Divergence:
-    """divergence() over codes: images 0..n_old-1 are the old set, n_old.. the new; words 0..n_words-1."""
-    # Only the words these images show take part: a word neither set shows adds exactly 0 to the divergence.
+def _divergence(img: np.ndarray, word: np.ndarray, n_old: int, n_new: int, seed: int) -> Divergence:
+    """divergence() over codes: images 0..n_old-1 are the old set, n_old.. the new; words as vocabulary codes.
+    Only the words these images show take part: a word neither set shows adds exactly 0 to the divergence."""
     present, word = np.unique(word, return_inverse=True)
     n_words = len(present)
     total = np.bincount(word, minlength=n_words)
@@ -198,7 +198,7 @@ def compare(old: ScanQuery, new: ScanQuery, column: str | None = None, *, min_co
             continue
         d = _divergence(np.concatenate([place_old[b_old[k]:b_old[k + 1]], no + place_new[b_new[k]:b_new[k + 1]]]),
                         np.concatenate([word_old[b_old[k]:b_old[k + 1]], word_new[b_new[k]:b_new[k + 1]]]),
-                        int(no), int(nn), len(vocab), 0)
+                        int(no), int(nn), 0)
         rows.append((d.jsd, d.noise, d.p))
     groups[["jsd", "noise", "p"]] = pd.DataFrame(rows, index=groups.index)
     tested = groups.p.notna()

@@ -70,8 +70,7 @@ def group_vs_rest(word, group, values, n_words: int, n_groups: int) -> RankTests
     flat = np.bincount(w[new_run], minlength=n_words) == 1  # every value of the word the same
 
     cell = w * n_groups + g
-    present = np.flatnonzero(np.bincount(cell, minlength=n_words * n_groups))
-    idx = np.searchsorted(present, cell)  # dense cell index per value
+    present, idx = np.unique(cell, return_inverse=True)  # the cells with values; each value's cell
     cw, cg = present // n_groups, present % n_groups
     n1 = np.bincount(idx, minlength=len(present)).astype(np.float64)
     big_n = per_word[cw].astype(np.float64)

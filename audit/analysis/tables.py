@@ -208,6 +208,4 @@ def min_attainable_p(n_group, n_rest, total, alternative: str = "two-sided") -> 
     ends = []
     for x in (low, high) if check_alternative(alternative) == "two-sided" else (high,):
         ends.append(association_test(x, g - x, t - x, r - t + x, alternative)[0])
-    if len(ends) == 1:
-        return ends[0][back.reshape(-1)].reshape(np.shape(n_group))
-    return np.minimum(*ends)[back.reshape(-1)].reshape(np.shape(n_group))
+    return np.minimum.reduce(ends)[back].reshape(np.shape(n_group))

@@ -230,7 +230,7 @@ def render_report(scan_dir: str | os.PathLike, group_by: list[str], *, min_count
         probe_columns=probe_columns, settings={k: settings.get(k) for k in SETTINGS_SHOWN if k in settings or k in ALWAYS_SHOWN},
         pairs=[(n, PAIR_NAMES[k]) for k, n in pairs.items()],
         columns=columns, findings=findings, data=_json_block(data), script=Markup(script),
-        script_hash=script_hash, open_groups=OPEN_GROUPS, procedure=procedure, words=words, stop_words=str(stop_words),
+        script_hash=script_hash, procedure=procedure, words=words, stop_words=str(stop_words),
         min_count=min_count, fdr=fdr, top=top, tool_version=config.get("tool_version"),
         matrix_words=MATRIX_WORDS, examples_per_word=EXAMPLES, flagged_with_examples=FLAGGED_WITH_EXAMPLES,
     )
