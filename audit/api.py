@@ -241,11 +241,15 @@ TILE = 256  # width of an explain tile in pixels
 
 
 def explain(inputs: list[str | os.PathLike], out: str | os.PathLike, *, tile: int = TILE,
+            stop_words: str | os.PathLike = STOP_WORDS, min_relative_cosine: float = MIN_RELATIVE_COSINE,
             options: ScanOptions | None = None, **overrides) -> list[Explained]:
-    """Scan the given images (files or folders) into out/scan and draw their tiles and mosaics into out/.
+    """Scan the given images (files or folders) into out/scan and draw, per image, its tiles, its mosaic and
+    its opinion.txt into out/<image>/. Words the statistics would leave out (stop_words, min_relative_cosine:
+    as `audit report` takes them) come after the counted ones, marked, with the reason.
 
     The scan options are `options` (default: ScanOptions() with no DataLoader workers, which a few images do
     not pay for) with ScanOptions fields given as keywords on top: explain(paths, out, model="audit-demo")."""
+    from audit.analysis.associations import word_filter
     from audit.outputs.explain import render
     from audit.scanner.pipeline import run_scan
 
@@ -254,6 +258,7 @@ def explain(inputs: list[str | os.PathLike], out: str | os.PathLike, *, tile: in
         raise AuditError(f"--out {out} is a file; pass a folder")
     if tile < 64:
         raise AuditError(f"--tile must be at least 64 pixels, not {tile}")
+    words = word_filter(str(stop_words), min_relative_cosine)
     paths = collect_images(inputs)
     unknown = set(overrides) - {f.name for f in dataclasses.fields(ScanOptions)}
     if unknown:
@@ -262,7 +267,7 @@ def explain(inputs: list[str | os.PathLike], out: str | os.PathLike, *, tile: in
     # One scan per output folder: its manifest is rewritten for this call, and images scanned before under
     # the same folder stay (resume); --overwrite starts the folder's scan over.
     run_scan(str(_manifest(paths, out)), str(out / "scan"), **dataclasses.asdict(opts))
-    return render(out / "scan", out, tile, only={str(p) for p in paths})
+    return render(out / "scan", out, tile, only={str(p) for p in paths}, words=words)
 
 
 def collect_images(inputs: list[str | os.PathLike]) -> list[Path]:

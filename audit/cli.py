@@ -292,11 +292,17 @@ def explain(
     vocabulary: Vocabulary = _D.vocabulary,
     concept_mean: ConceptMean = _D.concept_mean,
     tile: int = typer.Option(256, min=64, help="Width of a tile in pixels."),
+    stop_words: StopWords = STOP_WORDS,
+    min_relative_cosine: MinRelativeCosine = MIN_RELATIVE_COSINE,
+    json_out: Path = typer.Option(None, "--json", help="Write what is printed (sequences, words, files) as JSON here; - for standard output, instead of the text."),
     overwrite: Overwrite = _D.overwrite,
     quiet: Quiet = _D.quiet,
 ) -> None:
-    """The single-image view: each word's heatmap as a labelled overlay, and one mosaic per image."""
+    """The single-image view: CLIP's best token sequences and words for each image (printed and written to
+    opinion.txt), each word's heatmap as a labelled overlay, and one mosaic per image. Words the statistics
+    leave out come last, marked, with the reason."""
     import audit
+    from audit.outputs.explain import explained_json, explained_text, write_json
 
     done = audit.explain(inputs, out, tile=tile, words=tuple(words or ()), words_file=words_file,
                          no_ascent=no_ascent, model=model, pretrained=pretrained, device=device, seed=seed,
@@ -305,10 +311,14 @@ def explain(
                          start_layer=start_layer,
                          start_layer_text=start_layer_text, heatmap=heatmap, occlusion_window=occlusion_window,
                          opinion=opinion, vocabulary=None if vocabulary is None else str(vocabulary),
-                         concept_mean=concept_mean, overwrite=overwrite, quiet=quiet)
-    for e in done:
-        words_text = ", ".join(f"{w} ({c:.2f})" for _, w, c in e.words) or "no words"
-        typer.echo(f"{e.image_id}\n  {words_text}\n  mosaic: {e.mosaic} ({len(e.tiles)} tiles)")
+                         concept_mean=concept_mean, stop_words=stop_words,
+                         min_relative_cosine=min_relative_cosine, overwrite=overwrite, quiet=quiet)
+    if json_out is not None and str(json_out) == "-":
+        sys.stdout.write(explained_json(done))
+        return
+    if json_out is not None:
+        write_json(done, json_out)
+    sys.stdout.write(explained_text(done))
 
 
 demo_app = typer.Typer(help="The offline demo: a planted-bias dataset scanned with the project's own CLIP.")

@@ -1,6 +1,7 @@
 """Probe words (scan --words, --opinion probes, the report's section) and `audit explain` (tiles and mosaics)."""
 
 import itertools
+import json
 import math
 import re
 from pathlib import Path
@@ -144,8 +145,9 @@ def test_explain_writes_one_tile_per_word_and_a_mosaic(tmp_path, capsys):
                    quiet=True, tile=128)  # the second call resumes: nothing is scanned again
     tokens = audit.Scan(out / "scan").tokens()
     assert len(e.tiles) == len(tokens) and len(tokens) >= 3 and {"red", "blue circle"} <= set(tokens.word)
-    assert [p.name for p in e.tiles][-2:] == [f"{len(e.tiles) - 1:02d}-probe-red.png",
-                                             f"{len(e.tiles):02d}-probe-blue-circle.png"]
+    counted = sum(w.counted for w in e.words)  # the probes close the counted words; left-out ones follow
+    assert [p.name for p in e.tiles][counted - 2:counted] == [f"{counted - 1:02d}-probe-red.png",
+                                                             f"{counted:02d}-probe-blue-circle.png"]
     tile = Image.open(e.tiles[0])
     assert tile.size == (128, 128 + LABEL_H)
     n = len(e.tiles) + 1
@@ -155,8 +157,61 @@ def test_explain_writes_one_tile_per_word_and_a_mosaic(tmp_path, capsys):
     assert str(e.mosaic) in capsys.readouterr().out
 
 
+def test_explain_counts_words_as_the_statistics_do_and_writes_the_opinion(tmp_path, capsys):
+    """Counted words first, then the ones the statistics leave out, each with its reason, by the same rule the
+    report applies (recomputed here from the stored rows); opinion.txt and --json say the same."""
+    _, path = scene_file(tmp_path, EVAL_SEED_BASE + 5, n_objects=1)
+    out = tmp_path / "ex"
+    run = dict(model="audit-demo", steps=6, candidates=4, views=2, words="red, the", quiet=True, tile=64)
+    explain([path], out, min_relative_cosine=0, stop_words="none", **run)
+    tokens = audit.Scan(out / "scan").tokens()
+    ascent = tokens[tokens.kind == "ascent"]
+    best = ascent.seq_cosine.max()
+    ratios = np.sort(ascent.word_cosine.to_numpy() / best)
+    assert len(ratios) >= 3 and ratios[-2] > 0
+    relative = float((max(ratios[-3], 0) + ratios[-2]) / 2)  # the two strongest words stay, the rest fall
+    stopped = ascent.sort_values("word_cosine").word.iloc[-1]  # and the strongest one is made a stop word
+    (tmp_path / "stop.txt").write_text(f"{stopped}\nthe\n", encoding="utf-8")
+    code = main(["explain", str(path), "--out", str(out), "--model", "audit-demo", "--steps", "6", "--candidates",
+                 "4", "--views", "2", "--words", "red, the", "--quiet", "--tile", "64", "--stop-words",
+                 str(tmp_path / "stop.txt"), "--min-relative-cosine", str(relative), "--json", "-"])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    shown = json.loads(printed.out)["images"][0]  # JSON only: nothing else on standard output
+    (e,) = explain([path], out, min_relative_cosine=relative, stop_words=tmp_path / "stop.txt", **run)
+    assert shown == json.loads(json.dumps(e.as_dict()))
+
+    expected = {}
+    for r in tokens.itertuples():
+        if r.kind == "probe":
+            expected[r.kind, r.word] = None  # probes are compared by cosine over every image: never filtered
+        elif r.word in (stopped, "the"):
+            expected[r.kind, r.word] = "stop word"
+        else:
+            expected[r.kind, r.word] = None if r.word_cosine >= relative * best else "cosine"
+    assert {(w.kind, w.word): w.filtered for w in e.words} == expected
+    assert "stop word" in expected.values() and "cosine" in expected.values()
+    counted = [w.counted for w in e.words]
+    assert counted == sorted(counted, reverse=True)  # every counted word before every left-out one
+    for w in e.words:
+        assert ("not-counted-" in w.tile.name) != w.counted
+        assert w.reason == ("" if w.counted else "stop word" if w.filtered == "stop word"
+                            else f"cosine {w.cosine:.3f} < {relative:g} × best {best:.3f}")
+
+    text = e.opinion.read_text(encoding="utf-8")
+    sequences = ascent.drop_duplicates("seq_rank").sort_values("seq_rank")
+    assert [s.text for s in e.sequences] == list(sequences.seq_text) and len(e.sequences) >= 1
+    for k, s in enumerate(e.sequences):
+        assert f"{k + 1:>3}. {s.cosine:.3f}  {s.text}" in text
+    for w in e.words:
+        assert re.search(rf"^  {re.escape(w.word)} +{w.cosine:.3f}.*  "
+                         + ("counted$" if w.counted else f"not counted: {re.escape(w.reason)}$"), text, re.M), w
+    assert f"{stopped} (not counted)" in text
+
+
 def test_tile_captions():
     assert caption("ascent", 0.5123, np.ones((2, 2))) == "cosine 0.512"
+    assert caption("ascent", 0.01, np.ones((2, 2)), reason="stop word") == "not counted: stop word"
     assert caption("probe", 0.2, np.zeros((2, 2))) == "probe · cosine 0.200 · no positive relevance"
 
 
@@ -204,7 +259,7 @@ def test_a_shape_word_tile_is_brighter_over_its_own_object(tmp_path):
     wins = []
     for e in results:
         scene = scenes[Path(e.image_id).name]
-        tiles = {word: path for (_, word, _), path in zip(e.words, e.tiles, strict=True)}
+        tiles = {w.word: w.tile for w in e.words}
         for obj, other in itertools.permutations(scene.objects):
             wins.append(brighter_over(tiles[obj.shape], scene, obj, other, size, 128))
     assert len(wins) == 60 and np.mean(wins) >= SHAPE_TILE_FLOOR, np.mean(wins)

@@ -96,7 +96,8 @@ def run_demo(out: str | Path, images: int = 60, quiet: bool = False, device: str
         q = ScanQuery.open(out / "scan")
         ids = set(q.examples("label", top.grp, top.word, 2, kind=kind).image_id)
         for e in render(out / "scan", out / "explain", only=ids):
-            log.info(f"Mosaic of every word's heatmap on {e.image_id}: {e.mosaic}")
+            log.info(f"Mosaic of every word's heatmap on {e.image_id}: {e.mosaic}; its best token sequences "
+                     f"as text: {e.opinion}")
     else:
         log.info("No association beyond the labels' own names was flagged.")
     log.info(f"Report: {report} (open it in a browser)")

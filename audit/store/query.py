@@ -81,38 +81,56 @@ class ScanQuery:
             con.execute(f"CREATE VIEW probe_{name} AS SELECT * FROM all_{name} WHERE kind = '{PROBE}'")
         return cls(scan, con)
 
-    def kept(self, kind: str, words: WordFilter = WordFilter()) -> str:
-        """The name of a view of the token rows of `kind` that `words` keeps (made once per connection)."""
+    def _judged_sql(self, kind: str, words: WordFilter) -> str:
+        """A SELECT of the token rows of `kind` with `filtered`, why `words` leaves each row out of the
+        statistics ('stop word', 'cosine'; null where it counts), and `best`, the image's best sequence
+        cosine the cosine rule compares with (null where the rule does not apply). The one definition of the
+        filter: the statistics read the rows it keeps, explain shows the ones it leaves out."""
         if kind not in KINDS:
             raise AuditError(f"unknown word kind {kind!r}; kinds are {', '.join(KINDS)}")
-        name = f"kept_{kind}_{words.key}"
-        if name in self._views:
-            return name
         stop = f"stop_{words.key}"
-        self.con.register(stop, pa.table({"word": pa.array(sorted(words.stop_words), pa.string())}))
+        if stop not in self._views:
+            self.con.register(stop, pa.table({"word": pa.array(sorted(words.stop_words), pa.string())}))
+            self._views.add(stop)
         relative = float(words.min_relative_cosine)
-        best, cosine = "", ""
+        best, rule = "CAST(NULL AS FLOAT) AS best", ""
+        join = ""
         if kind == ASCENT and relative > 0:
-            best = (f"JOIN (SELECT image_id, max(seq_cosine) AS best FROM all_tokens WHERE kind = '{ASCENT}' "
+            join = (f"JOIN (SELECT image_id, max(seq_cosine) AS best FROM all_tokens WHERE kind = '{ASCENT}' "
                     "GROUP BY image_id) b USING (image_id)")
-            cosine = f"AND t.word_cosine >= {relative!r} * b.best"
-        self.con.execute(f"CREATE TEMP VIEW {name} AS SELECT t.* FROM all_tokens t {best} WHERE t.kind = '{kind}' "
-                         f"AND t.word NOT IN (SELECT word FROM {stop}) {cosine}")
-        self._views.add(name)
+            best, rule = "b.best", f"WHEN t.word_cosine < {relative!r} * b.best THEN 'cosine'"
+        return (f"SELECT t.*, {best}, CASE WHEN t.word IN (SELECT word FROM {stop}) THEN 'stop word' {rule} "
+                f"END AS filtered FROM all_tokens t {join} WHERE t.kind = '{kind}'")
+
+    def kept(self, kind: str, words: WordFilter = WordFilter()) -> str:
+        """The name of a view of the token rows of `kind` that `words` keeps (made once per connection)."""
+        name = f"kept_{kind}_{words.key}"
+        if name not in self._views:
+            self.con.execute(f"CREATE TEMP VIEW {name} AS SELECT * EXCLUDE (best, filtered) "
+                             f"FROM ({self._judged_sql(kind, words)}) WHERE filtered IS NULL")
+            self._views.add(name)
         return name
+
+    def judged(self, words: WordFilter, image_ids: list[str] | None = None) -> pd.DataFrame:
+        """Every token row (of every kind; of the given images only, if named) with `filtered` and `best` as
+        _judged_sql defines them."""
+        where = "" if image_ids is None else "WHERE image_id IN (SELECT unnest(?::VARCHAR[]))"
+        union = " UNION ALL ".join(self._judged_sql(kind, words) for kind in KINDS)
+        return self.df(f"SELECT * FROM ({union}) {where} ORDER BY image_id, kind, word_rank",
+                       [] if image_ids is None else [list(image_ids)])
 
     def filter_counts(self, kind: str, words: WordFilter) -> dict[str, int]:
         """What `words` leaves out of the statistics for one kind: (image, word) pairs and distinct words,
         before and after, and the pairs each filter removed (stop words first, then the cosine rule)."""
-        stopped = self.kept(kind, WordFilter(words.stop_words))
-        total = self.df("SELECT count(DISTINCT (image_id, word)) AS pairs, count(DISTINCT word) AS words "
-                        "FROM all_tokens WHERE kind = ?", [kind]).iloc[0]
-        after_stop = self.df(f"SELECT count(DISTINCT (image_id, word)) AS pairs FROM {stopped}").iloc[0]
-        kept = self.df(f"SELECT count(DISTINCT (image_id, word)) AS pairs, count(DISTINCT word) AS words "
-                       f"FROM {self.kept(kind, words)}").iloc[0]
-        return {"pairs": int(total.pairs), "words": int(total.words), "kept_pairs": int(kept.pairs),
-                "kept_words": int(kept.words), "stop_pairs": int(total.pairs - after_stop.pairs),
-                "cosine_pairs": int(after_stop.pairs - kept.pairs)}
+        row = self.df(f"""
+            SELECT count(DISTINCT (image_id, word)) AS pairs, count(DISTINCT word) AS words,
+                   count(DISTINCT (image_id, word)) FILTER (WHERE filtered IS NULL) AS kept_pairs,
+                   count(DISTINCT word) FILTER (WHERE filtered IS NULL) AS kept_words,
+                   count(DISTINCT (image_id, word)) FILTER (WHERE filtered = 'stop word') AS stop_pairs,
+                   count(DISTINCT (image_id, word)) FILTER (WHERE filtered = 'cosine') AS cosine_pairs
+            FROM ({self._judged_sql(kind, words)})""").iloc[0]
+        return {k: int(row[k]) for k in ("pairs", "words", "kept_pairs", "kept_words", "stop_pairs",
+                                         "cosine_pairs")}
 
     def columns(self, table: str) -> list[str]:
         return [r[0] for r in self.con.execute(f"DESCRIBE {table}").fetchall()]
