@@ -1,8 +1,10 @@
-"""The command line as documented: every command and option has help text and every command is in README
-(in the style of sqlite-utils' docs test), plus the conventions a user of a Python tool relies on."""
+"""The command line as documented: every command and option has help text, every command has a page of the
+documentation with a worked example and a section of the generated reference, every policy key and scan column
+is documented (in the style of sqlite-utils' docs test), plus the conventions a user of a Python tool relies on."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import subprocess
@@ -15,7 +17,17 @@ import typer
 import audit
 from audit.cli import app, main
 
-README = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+DOCS = ROOT / "docs"
+
+
+def docs_hooks():
+    """docs/hooks.py, which generates the reference pages when the site is built."""
+    spec = importlib.util.spec_from_file_location("docs_hooks", DOCS / "hooks.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def commands() -> list[tuple[str, object]]:
@@ -40,8 +52,55 @@ def test_every_command_and_option_has_help(path, cmd):
 
 
 @pytest.mark.parametrize("path", [p for p, _ in commands() if p != "audit"])
-def test_every_command_is_in_readme(path):
-    assert re.search(rf"`?{re.escape(path)}\b", README), f"README does not show `{path}`"
+def test_every_command_has_a_page_with_a_worked_example(path):
+    """docs/commands/<command>.md shows the command at work: a line of a shell block that runs it."""
+    page = DOCS / "commands" / f"{path.split()[1]}.md"
+    assert page.is_file(), f"no page {page.relative_to(ROOT)} for `{path}`"
+    blocks = re.findall(r"```sh\n(.*?)```", page.read_text(encoding="utf-8"), re.S)
+    assert any(re.search(rf"^{re.escape(path)}( |$)", b, re.M) for b in blocks), f"{page.name} has no example of `{path}`"
+
+
+def test_the_generated_cli_reference_has_every_command_and_option():
+    text = docs_hooks().cli_reference()
+    for path, cmd in commands():
+        section = text.split(f"## `{path}`\n", 1)[1].split("\n## `", 1)[0]
+        for param in cmd.params:
+            name = (param.opts or [param.name])[0] if hasattr(param, "opts") else param.name
+            assert name in section, f"`{path}` {name} is missing from the command-line reference"
+
+
+def test_the_generated_schema_page_has_every_column():
+    from audit.store.schema import COLUMN_DOCS, SCHEMAS
+
+    hooks = docs_hooks()
+    text = hooks.schema_reference()
+    for table, schema in SCHEMAS.items():
+        section = text.split(f"## `{table}`\n", 1)[1].split("\n## ", 1)[0]
+        for field in schema:
+            assert f"| `{field.name}` |" in section and hooks.cell(COLUMN_DOCS[table][field.name]) in section
+
+
+def test_the_policy_reference_names_every_rule_and_key():
+    from audit.analysis.associations import LOOK_STATS
+    from audit.policy.kinds import KINDS
+
+    text = (DOCS / "reference" / "policy.md").read_text(encoding="utf-8")
+    top = text.split("## Top-level keys", 1)[1].split("\n## ", 1)[0]
+    for key in ("group_by", "min_count", "fdr", "stop_words", "min_relative_cosine"):
+        assert f"| `{key}` |" in top, key
+    for name, kind in KINDS.items():
+        section = text.split(f"### {name}\n", 1)[1].split("\n### ", 1)[0].split("\n## ", 1)[0]
+        for key in kind.keys:
+            assert f"| `{key}` |" in section, f"[{name}].{key} is not in the policy reference"
+    heatmap = text.split("### heatmap\n", 1)[1]
+    assert all(f'"{stat}"' in heatmap for stat in LOOK_STATS)
+
+
+def test_the_readme_is_short_and_its_links_exist():
+    assert len(README.splitlines()) <= 120
+    assert "make demo" in README and "make test" in README
+    for target in re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", README):
+        assert (ROOT / target).exists(), f"README links to {target}, which does not exist"
 
 
 def test_version_from_the_command_and_from_python_m(capsys):

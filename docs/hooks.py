@@ -1,0 +1,168 @@
+"""MkDocs hooks: the pages and pictures that are made from the code and the demo at build time, so that they
+cannot drift from what `audit` does.
+
+- reference/cli.md: every command and option, read from the Typer app (the text `--help` shows);
+- reference/schema.md: every table and column of a scan directory, read from audit/store/schema.py;
+- images/report.png, images/explain-mosaic.png and snippets/opinion.txt: `audit demo` run once (cached in
+  build/docs-assets under a hash of the package's files), its report photographed in headless Chromium.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import logging
+import shutil
+import subprocess
+from pathlib import Path
+
+from mkdocs.structure.files import File
+
+ROOT = Path(__file__).resolve().parents[1]
+ASSETS = ROOT / "build" / "docs-assets"
+log = logging.getLogger("mkdocs.hooks.audit")
+
+
+# ---- the command line ---------------------------------------------------------------------------------
+
+def cell(text: str) -> str:
+    """Text for a Markdown table cell: HTML escaped, pipes escaped, on one line."""
+    return html.escape(" ".join(str(text).split()), quote=False).replace("|", "\\|")
+
+
+def code_cell(text: str) -> str:
+    """Text as code in a Markdown table cell: a code span shows its text as it is (no escapes), and the table
+    does not split a row at a pipe inside one."""
+    return f"``{' '.join(str(text).split())}``"
+
+
+def commands() -> list[tuple[str, object]]:
+    """Every command of the Typer app, as click sees it: ("audit scan", command), depth first."""
+    import typer
+
+    from audit.cli import app
+
+    found = []
+
+    def walk(path: str, cmd) -> None:
+        found.append((path, cmd))
+        for name, sub in getattr(cmd, "commands", {}).items():
+            walk(f"{path} {name}", sub)
+
+    walk("audit", typer.main.get_command(app))
+    return found
+
+
+def cli_reference() -> str:
+    lines = ["# Command-line reference", "",
+             "Generated from the command line itself when the documentation is built: the same text as "
+             "`audit COMMAND --help`. Options that can come from the environment say so (`env var`).", ""]
+    for path, cmd in commands():
+        ctx = cmd.make_context(path.split()[-1], [], resilient_parsing=True)
+        lines += [f"## `{path}`", "", (cmd.help or "").strip(), "", "```text",
+                  f"{path} {' '.join(cmd.collect_usage_pieces(ctx))}", "```", ""]
+        params = [p for p in cmd.params if not getattr(p, "hidden", False)]
+        if params:
+            panels: dict[str, list] = {}
+            for p in params:
+                panels.setdefault(getattr(p, "rich_help_panel", None) or "", []).append(p)
+            for panel, members in panels.items():
+                if panel:
+                    lines += [f"**{panel}**", ""]
+                lines += ["| argument or option | what it does |", "|---|---|"]
+                for p in members:
+                    name, help_text = p.get_help_record(ctx) or (p.name, "")
+                    lines.append(f"| {code_cell(name)} | {cell(help_text)} |")
+                lines.append("")
+        subs = getattr(cmd, "commands", {})
+        if subs:
+            lines += ["Commands: " + ", ".join(f"`{path} {n}`" for n in subs), ""]
+    return "\n".join(lines)
+
+
+# ---- the scan directory ---------------------------------------------------------------------------------
+
+def schema_reference() -> str:
+    from audit.store import schema
+
+    lines = ["# The scan directory", "",
+             f"Generated from `audit/store/schema.py` when the documentation is built. Schema version "
+             f"{schema.SCHEMA_VERSION}; versions {', '.join(map(str, schema.READABLE_VERSIONS))} are read (and "
+             "resumed) as this one, every column added since being null in their rows.", "",
+             "```text", "scan-dir/",
+             "  scan.json                 settings, tool and schema version, one record per run",
+             *[f"  {name}/part-*.parquet" for name in schema.TABLES], "```", "",
+             "Each table is a folder of Parquet part files; a part counts once its commit marker is written, so "
+             "a reader never sees half a batch. Read them with `audit.Scan(path)` (pandas or Arrow), DuckDB "
+             "(`read_parquet('scan-dir/tokens/*.parquet')`) or any Parquet reader.", ""]
+    for name in schema.TABLES:
+        lines += [f"## `{name}`", "", "| column | type | meaning |", "|---|---|---|"]
+        for field in schema.SCHEMAS[name]:
+            kind = f"{field.type}" + ("" if field.nullable else ", never null")
+            lines.append(f"| `{field.name}` | {cell(kind)} | {cell(schema.COLUMN_DOCS[name][field.name])} |")
+        lines.append("")
+    lines += ["An `images` table also holds the source's metadata columns (a manifest's other columns, a "
+              "WebDataset sample's JSON keys), stored as strings after these.", ""]
+    return "\n".join(lines)
+
+
+# ---- pictures from the demo -----------------------------------------------------------------------------
+
+def _package_key() -> str:
+    """A hash of every file of the package: the demo's pictures are made again when any of them changes."""
+    digest = hashlib.sha256()
+    for p in sorted((ROOT / "audit").rglob("*")):
+        if p.is_file() and "__pycache__" not in p.parts:
+            digest.update(str(p.relative_to(ROOT)).encode() + b"\0" + p.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _chromium() -> str:
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        raise RuntimeError("the docs photograph the demo's report with headless Chromium: run `make browser` "
+                           "(Debian's chromium package) first")
+    return path
+
+
+def demo_assets() -> Path:
+    """The demo run once per version of the package: its report photographed, an explain mosaic and its
+    opinion.txt. Returns the folder holding report.png, explain-mosaic.png and opinion.txt."""
+    from audit.demo import run_demo
+
+    done = ASSETS / _package_key()
+    if (done / "complete").exists():
+        return done
+    if ASSETS.exists():
+        shutil.rmtree(ASSETS)
+    log.info("running `audit demo` for the documentation's pictures (a minute or two, once per version)")
+    report = run_demo(done / "demo", quiet=True, device="cpu")
+    subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                    "--no-first-run", "--disable-background-networking", f"--user-data-dir={done / 'profile'}",
+                    "--window-size=1200,1500", f"--screenshot={done / 'report.png'}", report.resolve().as_uri()],
+                   check=True, capture_output=True, timeout=180)
+    shutil.rmtree(done / "profile", ignore_errors=True)
+    folder = sorted(p for p in (done / "demo" / "explain").iterdir() if (p / "mosaic.png").exists())[0]
+    shutil.copy(folder / "mosaic.png", done / "explain-mosaic.png")
+    shutil.copy(folder / "opinion.txt", done / "opinion.txt")
+    (done / "complete").touch()
+    return done
+
+
+# ---- MkDocs ---------------------------------------------------------------------------------------------
+
+def on_files(files, config):
+    files.append(File.generated(config, "reference/cli.md", content=cli_reference()))
+    files.append(File.generated(config, "reference/schema.md", content=schema_reference()))
+    assets = demo_assets()
+    for name in ("report.png", "explain-mosaic.png"):
+        files.append(File.generated(config, f"images/{name}", abs_src_path=str(assets / name)))
+    return files
+
+
+def on_page_markdown(markdown: str, page, config, files) -> str:
+    """`{{ demo_opinion }}` in a page: the opinion.txt that `audit demo` wrote for one of its photos."""
+    if "{{ demo_opinion }}" in markdown:
+        text = (demo_assets() / "opinion.txt").read_text(encoding="utf-8")
+        markdown = markdown.replace("{{ demo_opinion }}", text.rstrip("\n"))
+    return markdown
