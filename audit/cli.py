@@ -101,7 +101,8 @@ Prompt = Annotated[str, typer.Option(rich_help_panel=ASCENT, help="Text placed b
 StartLayer = Annotated[Optional[int], typer.Option(rich_help_panel=RELEVANCY, help="First image layer in the relevancy (-1 = last; default: the model's, last or 0 for audit-demo).")]  # noqa: UP045 - typer reads it
 StartLayerText = Annotated[int, typer.Option(rich_help_panel=RELEVANCY, help="First text layer in the relevancy (-1 = last).")]
 Heatmap = Annotated[Optional[HeatmapMethod], typer.Option(rich_help_panel=RELEVANCY,  # noqa: UP045
-                                                help="Relevancy method: chefer (gradient-weighted attention) or occlusion (blank windows, measure the fall); default: the model's, chefer.")]
+                                                help="Relevancy method: chefer (gradient-weighted attention), occlusion (blank windows, measure the fall) or legrad (the rectified gradient of each last layer's own score with respect to its attention maps); default: the model's, chefer.")]
+LegradLayers = Annotated[Optional[int], typer.Option(min=1, rich_help_panel=RELEVANCY, help="The last image layers LeGrad explains, for --heatmap legrad (default: the model's, its authors' 2; 4 for audit-demo).")]  # noqa: UP045
 OcclusionWindow = Annotated[Optional[int], typer.Option(min=1, rich_help_panel=RELEVANCY, help="Side of the blanked window in patches, for --heatmap occlusion (default: the model's, 3 or 4 for audit-demo).")]  # noqa: UP045
 Words = Annotated[Optional[list[str]], typer.Option("--words", "-w", rich_help_panel=INPUT, help="Probe words or phrases scored on every image, comma-separated (repeatable).")]  # noqa: UP045
 WordsFile = Annotated[Optional[Path], typer.Option("--words-file", rich_help_panel=INPUT, help="Probe words, one per line (phrases may contain commas; # starts a comment).")]  # noqa: UP045
@@ -161,6 +162,7 @@ def scan(
     start_layer_text: StartLayerText = _D.start_layer_text,
     heatmap: Heatmap = _D.heatmap,
     occlusion_window: OcclusionWindow = _D.occlusion_window,
+    legrad_layers: LegradLayers = _D.legrad_layers,
     source_kind: SourceKind = typer.Option(_D.source_kind, "--source", rich_help_panel=INPUT, help="What SOURCE is; auto decides from the location."),
     path_column: str = typer.Option(_D.path_column, rich_help_panel=INPUT, help="Manifest column holding image paths."),
     image_column: Optional[str] = typer.Option(_D.image_column, rich_help_panel=INPUT, help="Parquet / Hugging Face: the column of encoded images (default: the Image feature, or the first bytes column)."),  # noqa: UP045
@@ -192,7 +194,8 @@ def scan(
                lr=lr, views=views, resample_views=resample_views, refine_rounds=refine_rounds,
                refine_words=refine_words, prompt=prompt,
                start_layer=start_layer, start_layer_text=start_layer_text, heatmap=heatmap,
-               occlusion_window=occlusion_window, source_kind=source_kind, path_column=path_column,
+               occlusion_window=occlusion_window, legrad_layers=legrad_layers, source_kind=source_kind,
+               path_column=path_column,
                image_column=image_column, id_column=id_column, split=split, max_pixels=max_pixels,
                engine=engine, ray_address=ray_address,
                words=tuple(words or ()), words_file=words_file, no_ascent=no_ascent, opinion=opinion,
@@ -288,6 +291,7 @@ def explain(
     start_layer_text: StartLayerText = _D.start_layer_text,
     heatmap: Heatmap = _D.heatmap,
     occlusion_window: OcclusionWindow = _D.occlusion_window,
+    legrad_layers: LegradLayers = _D.legrad_layers,
     opinion: OpinionOption = _D.opinion,
     vocabulary: Vocabulary = _D.vocabulary,
     concept_mean: ConceptMean = _D.concept_mean,
@@ -310,7 +314,7 @@ def explain(
                          refine_rounds=refine_rounds, refine_words=refine_words, prompt=prompt,
                          start_layer=start_layer,
                          start_layer_text=start_layer_text, heatmap=heatmap, occlusion_window=occlusion_window,
-                         opinion=opinion, vocabulary=None if vocabulary is None else str(vocabulary),
+                         legrad_layers=legrad_layers, opinion=opinion, vocabulary=None if vocabulary is None else str(vocabulary),
                          concept_mean=concept_mean, stop_words=stop_words,
                          min_relative_cosine=min_relative_cosine, overwrite=overwrite, quiet=quiet)
     if json_out is not None and str(json_out) == "-":

@@ -65,6 +65,17 @@ def test_shape_word_heatmaps_land_on_their_object(demo_model, two_object_scenes)
     assert hits >= 0.8 and box_mass >= 0.35, (hits, box_mass)  # v2: 98.3% and 44.2%
 
 
+def test_legrad_heatmaps_find_colours_with_all_of_the_demos_layers(demo_model, two_object_scenes):
+    """LeGrad on the same scenes: with the demo's 4 layers (its profile's default) colour words land on their
+    object; with its authors' 2, which suit 12-layer models, far less often. Guards the profile's choice and the
+    method's gradient path."""
+    loaded, towers = demo_model
+    hits, _ = pointing_game(towers, loaded.preprocess, two_object_scenes, "legrad", kind="colour")
+    assert hits >= 0.85, hits  # v2: 98.3% on these 60 scenes (96.5% on 200)
+    last_two, _ = pointing_game(towers, loaded.preprocess, two_object_scenes, "legrad", kind="colour", layers=2)
+    assert last_two < hits - 0.15, (last_two, hits)  # v2: 71.7%
+
+
 def test_chefer_heatmaps_find_colours_but_not_shapes(demo_model, two_object_scenes):
     """Chefer's method (the default) on the same scenes: colour words land on their object, shape words barely
     better than either object. Guards the gradient path (a broken rollout loses the colour figure)."""

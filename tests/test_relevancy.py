@@ -181,3 +181,55 @@ def test_unknown_method_and_bad_window_are_refused(towers):
         relevancy(towers, imgs, torch.tensor([0]), ["red"], method="lime")
     with pytest.raises(ValueError, match="at least 1 patch"):
         relevancy(towers, imgs, torch.tensor([0]), ["red"], method="occlusion", window=0)
+
+
+def legrad_reference(model, tokenizer, image, word, layers):
+    """LeGrad for one pair as its paper states it, every layer written out by hand: each of the last `layers`
+    blocks gets its own score (the mean of its output tokens through ln_post and the projection, cosine with the
+    word), whose rectified gradient with respect to that block's attention probabilities is averaged over heads
+    and query rows, the class token's key dropped; the layers' maps summed, then scaled to 0-1."""
+    visual = model.visual
+    txt = F.normalize(model.encode_text(tokenizer([word])).detach()[0], dim=-1)
+    blocks = list(visual.transformer.resblocks)
+    x = visual._embeds(image[None]).detach().requires_grad_(True)
+    total = None
+    for i, blk in enumerate(blocks):
+        x, probs = manual_attention_block(blk, x)
+        if i < len(blocks) - layers:
+            x = x.detach().requires_grad_(True)
+            continue
+        vector = F.normalize(visual.ln_post(x[0].mean(dim=0)) @ visual.proj, dim=-1)
+        score = (vector * txt).sum()
+        grads = torch.autograd.grad(score, probs, retain_graph=True)
+        layer_map = sum(g.clamp(min=0).mean(dim=0) for g in grads) / len(grads)  # rows, then heads
+        total = layer_map[1:] if total is None else total + layer_map[1:]
+    cos = F.cosine_similarity(visual._pool(x)[0] @ visual.proj, txt[None])[0]
+    return (total - total.min()) / (total.max() - total.min()), cos.detach()
+
+
+@pytest.mark.parametrize("layers", [1, 2])  # audit-tiny has 2 image layers
+def test_legrad_matches_per_pair_reference(tiny, towers, layers):
+    torch.manual_seed(2)
+    imgs = torch.randn(3, 3, 64, 64)
+    words = ["red", "circle", "grass", "snow-covered hill", "dog", "a b c d"]
+    pair_image = torch.tensor([0, 0, 1, 1, 2, 2])
+    got = relevancy(towers, imgs, pair_image, words, method="legrad", chunk=4, layers=layers)
+    assert got.image.shape == (6, 4, 4) and all(t.numel() == 0 for t in got.text)  # the image only
+    for p, w in enumerate(words):
+        grid, cos = legrad_reference(tiny.model, tiny.tokenizer, imgs[pair_image[p]], w, layers)
+        assert torch.allclose(got.image[p].flatten(), grid, atol=1e-5), (w, got.image[p].flatten(), grid)
+        assert got.image[p].min() == 0 and abs(float(got.image[p].max()) - 1) < 1e-6
+        assert abs(float(got.cosine[p]) - float(cos)) < 1e-5
+
+
+def test_legrad_does_not_depend_on_batch_or_chunk(towers):
+    torch.manual_seed(3)
+    imgs = torch.randn(2, 3, 64, 64)
+    both = relevancy(towers, imgs, torch.tensor([0, 1, 1]), ["red", "blue", "sky"], method="legrad", chunk=2)
+    alone = relevancy(towers, imgs[1:], torch.tensor([0, 0]), ["blue", "sky"], method="legrad")
+    assert torch.allclose(both.image[1:], alone.image, atol=1e-6)
+
+
+def test_legrad_layers_are_checked(towers):
+    with pytest.raises(ValueError, match="LeGrad explains 1 to"):
+        relevancy(towers, torch.randn(1, 3, 64, 64), torch.tensor([0]), ["red"], method="legrad", layers=99)

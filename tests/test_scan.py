@@ -191,7 +191,7 @@ def test_cli_user_errors_are_one_line_and_exit_2(tmp_path, capsys, small_folder)
         (["scan", str(small_folder), "--out", str(tmp_path / "o5"), *base, "--batch-size", "many"], "--batch-size"),
         (["scan", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o6"), *base], "does not exist"),
         (["scan", str(small_folder), "--out", str(tmp_path / "o7"), *base, "--heatmap", "lime"],
-         "'--heatmap': Value error, 'lime' is not one of 'chefer', 'occlusion'"),
+         "'--heatmap': Value error, 'lime' is not one of 'chefer', 'occlusion', 'legrad'"),
         (["scan", str(small_folder), "--out", str(tmp_path / "o8"), *base, "--occlusion-window", "0"],
          "'--occlusion-window': Input should be greater than or equal to 1"),
     ]
@@ -279,6 +279,22 @@ def test_auto_batch_on_a_gpu_follows_free_memory(tiny, monkeypatch):
     assert memory.cuda_batch_size(ScanOptions(kernel="triton"), towers, cuda) > sizes[1]
     assert memory.relevancy_chunk(towers, torch.device("cpu")) == 256
     assert 1 <= memory.relevancy_chunk(towers, cuda, free=int(1e9)) <= 256
+
+
+def test_legrad_heatmaps_are_stored_scaled_and_without_text_relevance(small_folder, tmp_path, capsys):
+    """--heatmap legrad: the same rows, each grid scaled to 0-1, no text relevance (LeGrad explains the image);
+    a layer count the model does not have is refused in one line before any image is scanned."""
+    scan = audit.scan(small_folder, tmp_path / "l", **FAST, heatmap="legrad", legrad_layers=1)
+    assert scan.config["settings"]["heatmap"] == "legrad" and scan.config["settings"]["legrad_layers"] == 1
+    heat = scan.heatmaps()
+    assert len(heat) == len(scan.tokens()) > 0
+    assert (heat.grid.map(min) == 0).all() and heat.grid.map(max).max() <= 1 and (heat.grid.map(max) > 0.999).all()
+    assert (heat.text_relevance.map(len) == 0).all()
+    code = main(["scan", str(small_folder), "--out", str(tmp_path / "bad"), "--model", "audit-tiny", "--pretrained",
+                 "none", "--heatmap", "legrad", "--legrad-layers", "3", "--workers", "0", "-q"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--legrad-layers 3: this model's image tower has 2 layers" in err, err
+    assert not (tmp_path / "bad" / "scan.json").exists()  # refused before a scan was started
 
 
 def test_occlusion_heatmaps_are_stored_like_chefer_ones(small_folder, tmp_path):

@@ -154,3 +154,12 @@ def test_the_upgrade_knows_each_opinions_settings_as_the_opinions_record_them():
     assert set(stored_settings.ASCENT_SETTINGS) == {f.name for f in dataclasses.fields(AscentConfig)}
     assert set(ascent) == set(stored_settings.ASCENT_SETTINGS) | {"kernel"}
     assert set(stored_settings.CONCEPT_SETTINGS) == set(opinion_class("concepts").options)
+
+
+def test_legrad_layers_are_a_setting_only_where_legrad_runs(folder):
+    """Scans made before LeGrad existed (or with another method) resume as they were: no new setting appears."""
+    chefer = _settings(folder, opinion="ascent")
+    assert "legrad_layers" not in chefer and _settings(folder, opinion="ascent", legrad_layers=1) == chefer
+    legrad = _settings(folder, opinion="ascent", heatmap="legrad")
+    assert legrad["legrad_layers"] == 2  # the model's default: its authors' 2 layers
+    assert _settings(folder, opinion="ascent", heatmap="legrad", legrad_layers=1) != legrad

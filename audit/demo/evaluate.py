@@ -143,10 +143,10 @@ def concept_recall(scenes, model: str, pretrained: str, device: str, quiet: bool
 
 
 def pointing_game(towers: Towers, preprocess, scenes, method: str, start_layer: int = -1,
-                  window: int | None = None, kind: str = "shape") -> tuple[float, float]:
+                  window: int | None = None, kind: str = "shape", layers: int | None = None) -> tuple[float, float]:
     """For each two-object scene and each of its objects: is the heatmap peak of the object's shape word (or
     colour word, kind="colour") inside that object's box, and how much of the relevance lies inside it. The
-    method and its settings as in a scan (window: audit-demo's unless given)."""
+    method and its settings as in a scan (window, layers: audit-demo's unless given)."""
     x = scene_pixels([s.image for s in scenes], preprocess, towers.device)
     pair_image = torch.tensor([i for i, s in enumerate(scenes) for _ in s.objects])
     words = [getattr(o, kind) for s in scenes for o in s.objects]
@@ -154,7 +154,9 @@ def pointing_game(towers: Towers, preprocess, scenes, method: str, start_layer: 
     boxes = np.array([[o.box[0] / size, o.box[1] / size, o.box[2] / size, o.box[3] / size]
                       for s in scenes for o in s.objects])
     window = profile("audit-demo").occlusion_window if window is None else window
-    params = {"chefer": {"start_layer": start_layer}, "occlusion": {"window": window}}[method]
+    layers = profile("audit-demo").legrad_layers if layers is None else layers
+    params = {"chefer": {"start_layer": start_layer}, "occlusion": {"window": window}, "legrad": {"layers": layers}}
+    params = params[method]
     rel = relevancy(towers, x, pair_image, words, method=method, **params)
     stats = grid_stats(rel.image.numpy(), boxes)
     hits = np.array([bool(v) for v in stats["peak_in_box"]])
@@ -172,8 +174,9 @@ def evaluate(scenes: int = 200, recall_scenes: int | None = None, model: str = "
     n_recall = scenes if recall_scenes is None else recall_scenes
     rec = word_recall(singles[:n_recall], model, pretrained, steps, candidates, device, seed, quiet)
     concepts, per_image = concept_recall(singles, model, pretrained, device, quiet)
-    point = {method: {kind: pointing_game(towers, loaded.preprocess, doubles, method, profile(model).start_layer,
-                                          profile(model).occlusion_window, kind)
+    prof = profile(model)
+    point = {method: {kind: pointing_game(towers, loaded.preprocess, doubles, method, prof.start_layer,
+                                          prof.occlusion_window, kind, prof.legrad_layers)
                       for kind in ("shape", "colour")}
              for method in METHODS}
     return Evaluation(scenes, zs, rec, point, profile(model).heatmap, n_recall, len(doubles), steps, candidates,

@@ -179,10 +179,14 @@ class Towers:
                 probs.append(p)
             else:
                 x = blk(x)
+        return self.pool(x), probs
+
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        """The image features (unnormalized) of the last block's output [N, L, D]: pooled, normed, projected."""
         pooled, _ = self.visual._pool(x)
         if self.visual.proj is not None:
             pooled = pooled @ self.visual.proj
-        return pooled, probs
+        return pooled
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         return self.vision_suffix(self.vision_prefix(images, len(self.vision_blocks)), len(self.vision_blocks),

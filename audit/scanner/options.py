@@ -27,7 +27,7 @@ RUN_OPTIONS = ("device", "batch_size", "workers", "engine", "ray_address", "retr
                "max_pixels", "source_kind", "path_column", "image_column", "id_column", "split")
 # Settings of every scan, whatever its opinions; each opinion adds its own (audit.scanner.opinions).
 SHARED_SETTINGS = ("model", "pretrained", "seed", "start_layer", "start_layer_text", "heatmap", "occlusion_window",
-                   "opinion", "no_ascent")
+                   "legrad_layers", "opinion", "no_ascent")
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,7 @@ class ScanOptions:
     start_layer_text: int = -1
     heatmap: str | None = None  # relevancy method; None: the model's default
     occlusion_window: int | None = None  # patches per side of the blanked window; None: the model's default
+    legrad_layers: int | None = None  # LeGrad: the last image blocks explained; None: the model's default
     source_kind: str = "auto"  # --source: folder | manifest | webdataset | hf | parquet; auto decides from the location
     path_column: str = "path"
     image_column: str | None = None  # parquet / hf: the column of encoded images (default: detected)
@@ -140,6 +141,8 @@ class ScanOptions:
             raise AuditError(f"--engine must be one of {', '.join(ENGINES)}, not {self.engine!r}")
         if self.occlusion_window is not None and self.occlusion_window < 1:
             raise AuditError(f"--occlusion-window must be at least 1 patch, not {self.occlusion_window}")
+        if self.legrad_layers is not None and self.legrad_layers < 1:
+            raise AuditError(f"--legrad-layers must be at least 1, not {self.legrad_layers}")
         self.opinions  # noqa: B018 - parses --opinion, raising its one-line error
         if self.kernel not in KERNELS:
             raise AuditError(f"--kernel must be one of {', '.join(KERNELS)}, not {self.kernel!r}")
@@ -163,6 +166,7 @@ class ScanOptions:
             self, start_layer=prof.start_layer if self.start_layer is None else self.start_layer,
             heatmap=prof.heatmap if self.heatmap is None else self.heatmap,
             occlusion_window=prof.occlusion_window if self.occlusion_window is None else self.occlusion_window,
+            legrad_layers=prof.legrad_layers if self.legrad_layers is None else self.legrad_layers,
             concept_mean=prof.concept_mean if self.concept_mean is None else self.concept_mean,
             concept_l1=prof.concept_l1 if self.concept_l1 is None else self.concept_l1)
 

@@ -28,7 +28,7 @@ from audit.scanner.opinions import OPINIONS, opinion_class
 from audit.scanner.opinions.base import OpinionBatch
 from audit.scanner.options import ScanOptions
 from audit.scanner.progress import Progress
-from audit.scanner.relevancy import method_options, relevancy
+from audit.scanner.relevancy import check_method, method_options, relevancy
 from audit.sources import BOX_COLUMNS, Record, Source, open_source
 from audit.store.reader import Scan
 from audit.store.schema import IMAGES, INTERNAL, conform
@@ -44,6 +44,8 @@ def _settings(opts: ScanOptions, weights: str | None, sha: str | None, planned: 
     settings = {"model": opts.model, "pretrained": weights_identity(weights, sha), "weights_sha256": sha,
                 "seed": opts.seed, "start_layer": opts.start_layer, "start_layer_text": opts.start_layer_text,
                 "heatmap": opts.heatmap, "occlusion_window": opts.occlusion_window, "opinions": list(planned)}
+    if opts.heatmap == "legrad":  # a setting only where LeGrad runs: scans made before it existed resume as they were
+        settings["legrad_layers"] = opts.legrad_layers
     for name, inputs in planned.items():
         settings.update(opinion_class(name).settings(opts, inputs))
     return settings
@@ -77,6 +79,7 @@ class _BatchScanner:
         self.meta_columns = meta_columns  # None: whatever each record carries (WebDataset JSON)
         self.opinions = opinions  # built Opinion objects, in the registry's order
         self.relevancy_params = method_options(opts.heatmap, opts)
+        check_method(towers, opts.heatmap, self.relevancy_params)
         self.relevancy_chunk = relevancy_chunk(towers, towers.device)
 
     def error_rows(self, batch: Batch) -> dict:

@@ -134,9 +134,10 @@ COLUMN_DOCS: dict[str, dict[str, str]] = {
         "word": "The word the heatmap explains (same text and kind as in tokens).",
         "grid_h": "Rows of the relevancy grid (the ViT patch grid).",
         "grid_w": "Columns of the relevancy grid.",
-        "grid": "Raw relevancy of each patch for logit(image, word), row-major, not normalized; the method "
-                "(scan.json settings.heatmap) is 'chefer' (gradient-weighted attention) or 'occlusion' (mean fall "
-                "of the logit when windows covering the patch are blanked).",
+        "grid": "Relevancy of each patch for the word, row-major; the method (scan.json settings.heatmap) is "
+                "'chefer' (gradient-weighted attention, raw, not normalized), 'occlusion' (mean fall of the logit "
+                "when windows covering the patch are blanked, raw) or 'legrad' (rectified gradients of the last "
+                "layers' own scores with respect to their attention, summed, scaled to 0-1 per word).",
         "peak_x": "Centre of the most relevant cell, 0 = left edge, 1 = right edge of the model's input.",
         "peak_y": "Centre of the most relevant cell, 0 = top, 1 = bottom.",
         "entropy": "Entropy of the normalized grid divided by log(cells): 1 = spread evenly, 0 = one cell.",
@@ -146,7 +147,8 @@ COLUMN_DOCS: dict[str, dict[str, str]] = {
         "box_mass": "Share of relevance inside the source's object box (cells weighted by overlap); null without box.",
         "peak_in_box": "Whether the peak cell's centre lies inside the object box; null without box.",
         "text_relevance": "Relevancy of each of the word's (or phrase's) tokens in the text tower (between SOT "
-                          "and EOT): Chefer's, or with heatmap 'occlusion' the logit's fall without the token.",
+                          "and EOT): Chefer's, or with heatmap 'occlusion' the logit's fall without the token; "
+                          "empty with heatmap 'legrad', which explains the image only.",
     },
     "errors": {
         "image_id": "The image that could not be scanned.",

@@ -7,7 +7,9 @@ that fill its parameters. The scanner only ever calls `relevancy(...)`, so a new
 line below. This module stays free of torch: option parsing reads METHODS.
 
 - chefer: Chefer et al. (ICCV 2021), gradient-weighted attention (chefer.py);
-- occlusion: blank windows of patches and measure the fall of the score (occlusion.py).
+- occlusion: blank windows of patches and measure the fall of the score (occlusion.py);
+- legrad: Bousselham et al. (2024), the rectified gradient of each last layer's own score with respect to its
+  attention maps (legrad.py).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ METHODS: dict[str, Method] = {
     "chefer": Method("audit.scanner.relevancy.chefer",
                      {"start_layer": "start_layer", "start_layer_text": "start_layer_text"}),
     "occlusion": Method("audit.scanner.relevancy.occlusion", {"window": "occlusion_window"}),
+    "legrad": Method("audit.scanner.relevancy.legrad", {"layers": "legrad_layers"}),
 }
 
 
@@ -37,10 +40,19 @@ def method_options(method: str, opts) -> dict:
     return {param: getattr(opts, field) for param, field in METHODS[method].options.items()}
 
 
+def check_method(towers, method: str, params: dict) -> None:
+    """Refuse, in one line and before any image is read, parameters the loaded model cannot take (a method's
+    optional `check(towers, params)`)."""
+    module = importlib.import_module(METHODS[method].module)
+    check = getattr(module, "check", None)
+    if check is not None:
+        check(towers, module.Params(**params))
+
+
 def relevancy(towers, images, pair_image, words: list[str], method: str = "chefer", chunk: int = 256,
               **params) -> Relevancy:
     """Relevancy maps for pairs (images[pair_image[p]], words[p]); images are preprocessed [B, 3, H, W].
-    `params` are the method's own (chefer: start_layer, start_layer_text; occlusion: window); the rest keep
+    `params` are the method's own (chefer: start_layer, start_layer_text; occlusion: window; legrad: layers); the rest keep
     their defaults."""
     if method not in METHODS:
         raise ValueError(f"unknown relevancy method {method!r}; choose one of {', '.join(METHODS)}")
@@ -57,4 +69,4 @@ def relevancy(towers, images, pair_image, words: list[str], method: str = "chefe
     return module.compute(towers, images, pair_image, words, module.Params(**params), chunk)
 
 
-__all__ = ["METHODS", "Method", "Relevancy", "method_options", "relevancy"]
+__all__ = ["METHODS", "Method", "Relevancy", "check_method", "method_options", "relevancy"]
