@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from audit.analysis import FDR, MIN_COUNT, MIN_RELATIVE_COSINE, PROCEDURE, STOP_WORDS
 from audit.errors import AuditError
 from audit.outputs import TOP
-from audit.scanner.options import ScanOptions
+from audit.scanner.options import ScanOptions, VerifyOptions
 from audit.store.reader import Scan
 
 if TYPE_CHECKING:
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from audit.analysis.associations import Associations
     from audit.outputs.diff import Diff
     from audit.outputs.explain import Explained
+    from audit.outputs.verification import VerificationSummary
     from audit.policy.rules import CheckResult
 
 log = logging.getLogger("audit")
@@ -237,6 +238,45 @@ def diff(old: str | os.PathLike, new: str | os.PathLike, *, group_by: str | list
     columns = [group_by] if isinstance(group_by, str) else list(group_by or [])
     return DiffOutcome(build_diff(old, new, columns, min_count=min_count, fdr=fdr, kind=kind,
                                   stop_words=str(stop_words), min_relative_cosine=min_relative_cosine))
+
+
+_V = VerifyOptions()
+
+
+def verify(scan_dir: str | os.PathLike, *, group_by: str | list[str] | None = None,
+           faithfulness_images: int = _V.faithfulness_images, words_per_kind: int = _V.words_per_kind,
+           steps: int = _V.steps, random_orders: int = _V.random_orders, grounding_images: int = _V.grounding_images,
+           random_draws: int = _V.random_draws, seed: int = _V.seed, pretrained: str | None = None,
+           device: str = "auto", min_count: int = MIN_COUNT, fdr: float = FDR,
+           stop_words: str | os.PathLike = STOP_WORDS, min_relative_cosine: float = MIN_RELATIVE_COSINE,
+           overwrite: bool = False, quiet: bool = False) -> VerificationSummary:
+    """How far to trust a scan's maps and findings: loads the scan's model, reads a sample of its images again,
+    writes scan-dir/verification/ (resumable; the scan's own tables are never touched) and returns the summary.
+
+    Faithfulness: deletion and insertion areas per relevancy method and kind of word, against random orders, on
+    a fixed seeded sample of `faithfulness_images` images (0 skips it). Grounding: for each finding of the
+    `group_by` columns (the report's associations, with its word filters), whether blanking the cells that hold
+    the top half of the word's relevance lowers its cosine more than blanking as many cells at random.
+    `pretrained`: the weights, when the scan's record (a file name) does not say where they are."""
+    from audit.analysis.associations import word_filter
+    from audit.analysis.verification import faithfulness_summary, grounding_summary
+    from audit.outputs.verification import VerificationSummary
+    from audit.scanner.verify import BLANK, run_verify
+
+    columns = [group_by] if isinstance(group_by, str) else list(group_by or [])
+    opts = VerifyOptions(faithfulness_images=faithfulness_images, words_per_kind=words_per_kind, steps=steps,
+                         random_orders=random_orders, group_by=tuple(columns), grounding_images=grounding_images,
+                         random_draws=random_draws, seed=seed)
+    for name in ("faithfulness_images", "grounding_images"):
+        if getattr(opts, name) < 0:
+            raise AuditError(f"--{name.replace('_', '-')} cannot be negative")
+    if min(words_per_kind, steps, random_orders, random_draws) < 1:
+        raise AuditError("words_per_kind, steps, random_orders and random_draws must be at least 1")
+    words = word_filter(str(stop_words), min_relative_cosine)
+    run_verify(scan_dir, opts, pretrained=pretrained, device=device, words=words, min_count=min_count, fdr=fdr,
+               overwrite=overwrite, quiet=quiet)
+    rows = Scan(scan_dir).verification()
+    return VerificationSummary(faithfulness_summary(rows), grounding_summary(rows, fdr), BLANK)
 
 
 TILE = 256  # width of an explain tile in pixels

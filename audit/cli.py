@@ -25,6 +25,7 @@ from audit.scanner.options import (
     OPINIONS,
     SOURCE_KINDS,
     ScanOptions,
+    VerifyOptions,
     check_tiles,
     parse_opinions,
 )
@@ -323,6 +324,38 @@ def explain(
     if json_out is not None:
         write_json(done, json_out)
     sys.stdout.write(explained_text(done))
+
+
+_V = VerifyOptions()
+
+
+@app.command()
+def verify(
+    scan_dir: Path = typer.Argument(..., help="A scan directory written by `audit scan`."),
+    group_by: list[str] = typer.Option(None, "--group-by", "-g", help="Verify the findings of this image column (repeatable): is each flagged word grounded in the region its map shows?"),
+    faithfulness_images: int = typer.Option(_V.faithfulness_images, min=0, help="Images (a fixed, seeded sample) for the deletion and insertion curves of every relevancy method; 0 skips them."),
+    grounding_images: int = typer.Option(_V.grounding_images, min=1, help="Per finding, the group's images with the word (highest cosine first) that are blanked."),
+    pretrained: Optional[str] = typer.Option(None, help="The scan's weights, when its record (a file name) does not say where they are; default: what the scan recorded."),  # noqa: UP045
+    device: Device = "auto",
+    json_out: Path = typer.Option(None, "--json", help="Write the summary (faithfulness per method and kind; each finding's verdict and numbers) as JSON here."),
+    min_count: MinCount = MIN_COUNT,
+    fdr: Fdr = FDR,
+    stop_words: StopWords = STOP_WORDS,
+    min_relative_cosine: MinRelativeCosine = MIN_RELATIVE_COSINE,
+    overwrite: bool = typer.Option(False, "--overwrite", help="Delete an earlier verification of this scan and verify again."),
+    quiet: Quiet = False,
+) -> None:
+    """How far to trust the maps and the findings: deletion and insertion curves per relevancy method, and
+    whether each finding's word is grounded in its region. Writes scan-dir/verification/; resumable."""
+    import audit
+
+    summary = audit.verify(scan_dir, group_by=group_by or [], faithfulness_images=faithfulness_images,
+                           grounding_images=grounding_images, pretrained=pretrained, device=device,
+                           min_count=min_count, fdr=fdr, stop_words=stop_words,
+                           min_relative_cosine=min_relative_cosine, overwrite=overwrite, quiet=quiet)
+    if json_out is not None:
+        summary.write_json(json_out)
+    sys.stdout.write(summary.text())
 
 
 demo_app = typer.Typer(help="The offline demo: a planted-bias dataset scanned with the project's own CLIP.")

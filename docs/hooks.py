@@ -91,7 +91,9 @@ def schema_reference() -> str:
              "resumed) as this one, every column added since being null in their rows.", "",
              "```text", "scan-dir/",
              "  scan.json                 settings, tool and schema version, one record per run",
-             *[f"  {name}/part-*.parquet" for name in schema.TABLES], "```", "",
+             *[f"  {name}/part-*.parquet" for name in schema.TABLES],
+             f"  {schema.VERIFICATION_FOLDER}/part-*.parquet  written by `audit verify`, with its settings.json",
+             "```", "",
              "Each table is a folder of Parquet part files; a part counts once its commit marker is written, so "
              "a reader never sees half a batch. Read them with `audit.Scan(path)` (pandas or Arrow), DuckDB "
              "(`read_parquet('scan-dir/tokens/*.parquet')`) or any Parquet reader.", ""]
@@ -102,8 +104,14 @@ def schema_reference() -> str:
             lines.append(f"| `{field.name}` | {cell(kind)} | {cell(schema.COLUMN_DOCS[name][field.name])} |")
         lines.append("")
     lines += ["An `images` table also holds the source's metadata columns (a manifest's other columns, a "
-              "WebDataset sample's JSON keys), stored as strings after these.", ""]
-    return "\n".join(lines)
+              "WebDataset sample's JSON keys), stored as strings after these.", "",
+              f"## `{schema.VERIFICATION_FOLDER}`", "",
+              "Written by `audit verify` (a folder of part files and the settings they were made with), never by "
+              "the scan itself; read it with `audit.Scan(path).verification()`.", "",
+              "| column | type | meaning |", "|---|---|---|"]
+    for field in schema.VERIFICATION:
+        lines.append(f"| `{field.name}` | {cell(str(field.type))} | {cell(schema.VERIFICATION_DOCS[field.name])} |")
+    return "\n".join(lines) + "\n"
 
 
 # ---- pictures from the demo -----------------------------------------------------------------------------

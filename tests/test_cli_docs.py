@@ -70,7 +70,7 @@ def test_the_generated_cli_reference_has_every_command_and_option():
 
 
 def test_the_generated_schema_page_has_every_column():
-    from audit.store.schema import COLUMN_DOCS, SCHEMAS
+    from audit.store.schema import COLUMN_DOCS, SCHEMAS, VERIFICATION, VERIFICATION_DOCS, VERIFICATION_FOLDER
 
     hooks = docs_hooks()
     text = hooks.schema_reference()
@@ -78,6 +78,9 @@ def test_the_generated_schema_page_has_every_column():
         section = text.split(f"## `{table}`\n", 1)[1].split("\n## ", 1)[0]
         for field in schema:
             assert f"| `{field.name}` |" in section and hooks.cell(COLUMN_DOCS[table][field.name]) in section
+    section = text.split(f"## `{VERIFICATION_FOLDER}`\n", 1)[1]
+    for field in VERIFICATION:
+        assert f"| `{field.name}` |" in section and hooks.cell(VERIFICATION_DOCS[field.name]) in section
 
 
 def test_the_policy_reference_names_every_rule_and_key():

@@ -187,6 +187,23 @@ class ScanOptions:
                             refine_words=self.refine_words)
 
 
+@dataclass(frozen=True)
+class VerifyOptions:
+    """`audit verify`'s settings (audit.scanner.verify), recorded beside its rows: a re-run with others is refused."""
+    faithfulness_images: int = 64  # a fixed, seeded sample of the scan's images; 0 skips faithfulness
+    words_per_kind: int = 3  # each sampled image's first words of each kind (by rank)
+    # Points of each curve after the first: 8 steps gave the demo's areas within 0.002 of 16 steps' at half the cost.
+    steps: int = 8
+    random_orders: int = 2  # random orders per image, the faithfulness baseline (averaged)
+    group_by: tuple[str, ...] = ()  # grounding of the findings of these columns; none skips grounding
+    grounding_images: int = 32  # per finding, the group's images with the word, highest cosine first
+    random_draws: int = 8  # random blankings per image, the grounding baseline
+    seed: int = 0
+
+    def settings(self) -> dict:
+        return dataclasses.asdict(self) | {"group_by": list(self.group_by)}
+
+
 def check_tiles(text: str) -> None:
     """--triton-tiles reads rows,vocab,dim[,warps[,stages]]: powers of two (at least 16 for the three tiles)."""
     parts = text.split(",")
@@ -201,4 +218,4 @@ def check_tiles(text: str) -> None:
 
 
 __all__ = ["DEFAULT_MODEL", "DEVICES", "ENGINES", "KERNELS", "OPINIONS", "RUN_OPTIONS", "SHARED_SETTINGS",
-           "SOURCE_KINDS", "ScanOptions", "check_tiles", "parse_opinions"]
+           "SOURCE_KINDS", "ScanOptions", "VerifyOptions", "check_tiles", "parse_opinions"]

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 from audit.errors import AuditError
 from audit.store import settings
 from audit.store.layout import committed_parts, read_config
-from audit.store.schema import SCHEMAS, TABLES, empty_table, upgrade
+from audit.store.schema import SCHEMAS, TABLES, VERIFICATION, VERIFICATION_FOLDER, empty_table, upgrade
 
 
 def _latest_errors(attempts: pa.Table, scanned: pa.Array) -> pa.Table:
@@ -83,6 +83,16 @@ class Scan:
 
     def errors(self) -> pd.DataFrame:
         return self.df("errors")
+
+    def verification_table(self) -> pa.Table:
+        """The rows `audit verify` wrote into the scan directory (none before it ran)."""
+        files = sorted((self.root / VERIFICATION_FOLDER).glob("part-*.parquet"))
+        if not files:
+            return VERIFICATION.empty_table()
+        return pa.concat_tables([pq.read_table(p) for p in files]).cast(VERIFICATION)
+
+    def verification(self) -> pd.DataFrame:
+        return self.verification_table().to_pandas()
 
     def __repr__(self) -> str:
         return f"Scan({str(self.root)!r})"

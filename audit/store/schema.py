@@ -93,6 +93,32 @@ ERRORS = pa.schema(
     ]
 )
 
+VERIFICATION_FOLDER = "verification"
+# Written by `audit verify` into scan-dir/verification/ (never part of a scan's own commit): one row per
+# (image, method, word) of the faithfulness part, one per (finding, image) of the grounding part.
+VERIFICATION = pa.schema(
+    [
+        pa.field("part", pa.string(), nullable=False),
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("kind", pa.string(), nullable=False),
+        pa.field("word", pa.string(), nullable=False),
+        pa.field("method", pa.string()),
+        pa.field("deletion", pa.float32()),
+        pa.field("insertion", pa.float32()),
+        pa.field("deletion_curve", pa.list_(pa.float32())),
+        pa.field("insertion_curve", pa.list_(pa.float32())),
+        pa.field("column", pa.string()),
+        pa.field("grp", pa.string()),
+        pa.field("cells", pa.int16()),
+        pa.field("cosine", pa.float32()),
+        pa.field("drop_own", pa.float32()),
+        pa.field("drop_random", pa.float32()),
+        pa.field("drop_complement", pa.float32()),
+        pa.field("drop_box", pa.float32()),
+        pa.field("drop_outside_box", pa.float32()),
+    ]
+)
+
 SCHEMAS: dict[str, pa.Schema] = {"images": IMAGES, "tokens": TOKENS, "heatmaps": HEATMAPS, "errors": ERRORS}
 
 COLUMN_DOCS: dict[str, dict[str, str]] = {
@@ -159,6 +185,34 @@ COLUMN_DOCS: dict[str, dict[str, str]] = {
         "reason": "What went wrong, in one line. Only an image's latest failed attempt is read back, and none "
                   "for an image that a later run (--retry-errors) scanned.",
     },
+}
+
+
+VERIFICATION_DOCS: dict[str, str] = {
+    "part": "'faithfulness' (deletion and insertion curves of one word on one image) or 'grounding' (one image of "
+            "one flagged finding).",
+    "image_id": "The image.",
+    "kind": "The word's kind, as in tokens.",
+    "word": "The word.",
+    "method": "Faithfulness: the relevancy method whose order blanked the cells (chefer, occlusion, legrad), or "
+              "'random' (random orders, the baseline). Grounding: the scan's method, whose stored map chose the "
+              "cells.",
+    "deletion": "Faithfulness: area under the deletion curve (the word's cosine as cells are blanked in the "
+                "order, over the blanked share 0 to 1); lower means a more faithful map.",
+    "insertion": "Faithfulness: area under the insertion curve (cells revealed in the order on a blank image); "
+                 "higher means a more faithful map.",
+    "deletion_curve": "Faithfulness: the word's cosine at each step of deletion, from the whole image to a blank one.",
+    "insertion_curve": "Faithfulness: the word's cosine at each step of insertion, from a blank image to the whole.",
+    "column": "Grounding: the grouping column of the finding.",
+    "grp": "Grounding: the finding's group.",
+    "cells": "Grounding: how many cells hold the top half of the word's relevance (the cells blanked).",
+    "cosine": "Grounding: the word's cosine with the whole image.",
+    "drop_own": "Grounding: the cosine's fall when the word's own cells are blanked.",
+    "drop_random": "Grounding: the mean fall when as many cells are blanked at random (seeded draws).",
+    "drop_complement": "Grounding: the fall when every other cell is blanked.",
+    "drop_box": "Grounding: the fall when the cells mostly inside the source's object box are blanked (null "
+                "without a box).",
+    "drop_outside_box": "Grounding: the fall when the other cells are blanked (null without a box).",
 }
 
 

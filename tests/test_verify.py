@@ -1,0 +1,133 @@
+"""`audit verify`: the deletion and insertion curves on a score whose answer is known, the seeded baselines,
+the stored rows (resume, re-run, refusals), and the demo's planted finding."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+import audit
+from audit.cli import main
+from audit.errors import AuditError
+from audit.scanner.verify import area, blank, curves, random_orders, sample, step_counts, top_half
+
+from .helpers import FAST
+
+GRID = (4, 4)
+
+
+def one_cell_score(cell: int):
+    """A score that depends on one cell only: the mean of the image's pixels in that cell (of a 32 x 32 image
+    on a 4 x 4 grid), so blanking it (to 0) is all that changes the score."""
+    def score(images):
+        y, x = divmod(cell, GRID[1])
+        return images[:, :, y * 8:(y + 1) * 8, x * 8:(x + 1) * 8].mean(dim=(1, 2, 3))
+    return score
+
+
+def test_deletion_in_relevance_order_drops_at_the_first_step():
+    image = torch.rand(3, 32, 32) + 0.5
+    score = one_cell_score(5)
+    relevant_first = torch.tensor([[5, *[c for c in range(16) if c != 5]]])
+    dele, ins = curves(score, image, relevant_first, GRID, 16)
+    full = float(score(image[None]))
+    assert dele[0, 0] == pytest.approx(full) and (dele[0, 1:] == 0).all()  # gone at the first step
+    assert ins[0, 0] == 0 and (ins[0, 1:] == pytest.approx(full))  # back at the first step
+    assert float(area(dele[0])) == pytest.approx(full / 32)  # half a step of 1/16 at full height
+    last = torch.tensor([[*[c for c in range(16) if c != 5], 5]])
+    late, _ = curves(score, image, last, GRID, 16)
+    assert (late[0, :-1] == pytest.approx(full)) and late[0, -1] == 0  # the worst order drops at the end
+    randoms = random_orders(16, 50, "image", 0)
+    rdel, rins = curves(score, image, randoms, GRID, 16)
+    assert float(area(dele[0])) < float(area(rdel).mean()) < float(area(late[0]))
+    assert float(area(ins[0])) > float(area(rins).mean())
+
+
+def test_steps_blank_whole_cells_from_none_to_all():
+    assert step_counts(16, 4) == [0, 4, 8, 12, 16] and step_counts(49, 8)[-1] == 49
+    image = torch.ones(1, 3, 32, 32)
+    mask = torch.zeros(1, 16, dtype=torch.bool)
+    mask[0, 6] = True  # row 1, column 2
+    out = blank(image, mask, GRID)
+    assert out[0, :, 8:16, 16:24].abs().sum() == 0 and out.sum() == 3 * (32 * 32 - 64)
+
+
+def test_areas_of_known_curves():
+    assert float(area(torch.linspace(1, 0, 9))) == pytest.approx(0.5)
+    assert float(area(torch.full((5,), 0.3))) == pytest.approx(0.3)
+
+
+def test_random_baselines_and_samples_are_seeded_and_order_free():
+    a = random_orders(49, 3, "img/1.png", 0)
+    assert torch.equal(a, random_orders(49, 3, "img/1.png", 0))
+    assert not torch.equal(a, random_orders(49, 3, "img/2.png", 0))
+    assert not torch.equal(a, random_orders(49, 3, "img/1.png", 1))
+    assert sorted(a[0].tolist()) == list(range(49))
+    ids = [f"{i:03d}.png" for i in range(100)]
+    picked = sample(ids, 10, 0)
+    assert len(picked) == 10 and picked == sample(list(reversed(ids)), 10, 0) and picked != sample(ids, 10, 1)
+    assert sample(ids[:5], 10, 0) == ids[:5]
+
+
+def test_top_half_takes_the_fewest_cells_holding_half_the_relevance():
+    grid = np.array([0.1, 0.5, 0.2, -1.0, 0.2])  # positive total 1.0
+    assert top_half(grid).tolist() == [False, True, False, False, False]
+    assert top_half(np.array([0.3, 0.3, 0.4])).tolist() == [True, False, True]  # ties: the first cell first
+    assert top_half(np.zeros(4)).sum() == 1
+
+
+@pytest.fixture
+def tiny_scan(small_folder, tmp_path):
+    return audit.scan(small_folder, tmp_path / "scan", **FAST, words=("red", "blue")).root
+
+
+def test_verify_writes_resumes_and_refuses_other_settings(tiny_scan, tmp_path, capsys):
+    own_tables = sorted(str(p.relative_to(tiny_scan)) for p in tiny_scan.rglob("*") if p.is_file())
+    code = main(["verify", str(tiny_scan), "--faithfulness-images", "3", "--device", "cpu", "-q",
+                 "--json", str(tmp_path / "v.json")])
+    assert code == 0, capsys.readouterr().err
+    first = json.loads((tmp_path / "v.json").read_text())
+    rows = audit.Scan(tiny_scan).verification()
+    assert set(rows.part) == {"faithfulness"} and rows.image_id.nunique() == 3
+    methods = {m["method"] for m in first["faithfulness"]}
+    assert methods == {"chefer", "occlusion", "legrad", "random"}
+    assert {m["kind"] for m in first["faithfulness"]} >= {"probe"}
+    assert all(len(c) == 9 for c in rows.deletion_curve)  # 8 steps after the whole image
+    # An interrupted run (its last part never renamed into place) resumes to the same rows.
+    parts = sorted((tiny_scan / "verification").glob("part-*.parquet"))
+    assert len(parts) == 1
+    parts[-1].unlink()
+    again = audit.verify(tiny_scan, faithfulness_images=3, device="cpu", quiet=True)
+    assert json.loads(again.to_json()) == first
+    before = sorted(p.name for p in (tiny_scan / "verification").iterdir())
+    audit.verify(tiny_scan, faithfulness_images=3, device="cpu", quiet=True)  # nothing left to do
+    assert sorted(p.name for p in (tiny_scan / "verification").iterdir()) == before
+    with pytest.raises(AuditError, match="other settings .*faithfulness_images"):
+        audit.verify(tiny_scan, faithfulness_images=4, device="cpu", quiet=True)
+    assert len(audit.verify(tiny_scan, faithfulness_images=2, device="cpu", quiet=True, overwrite=True)
+               .faithfulness.iloc[0:1]) == 1
+    assert audit.Scan(tiny_scan).verification().image_id.nunique() == 2
+    after = sorted(str(p.relative_to(tiny_scan)) for p in tiny_scan.rglob("*") if p.is_file())
+    assert [f for f in after if not f.startswith("verification/")] == own_tables  # the scan's own files untouched
+
+
+def test_the_demos_planted_finding_and_the_maps_faithfulness(demo_run, tmp_path):
+    """On the demo: every relevancy method beats random orders (deletion lower, insertion higher), and the grass
+    finding is carried by the background (the cosine falls far more when the cells outside the object's box go
+    than when the box's go). The verdict reads the scan's own (Chefer) maps, whose top half of a background
+    word's relevance sits on or near the object: blanking it barely moves "grass", so it is not localised there."""
+    scan = tmp_path / "scan"
+    shutil.copytree(demo_run[0] / "scan", scan)
+    summary = audit.verify(scan, group_by="label", faithfulness_images=16, min_count=3, device="cpu", quiet=True)
+    faith = summary.faithfulness.set_index("method")
+    for method in ("chefer", "occlusion", "legrad"):
+        assert faith.at[method, "deletion"] < faith.at["random", "deletion"], summary.text()
+        assert faith.at[method, "insertion"] > faith.at["random", "insertion"], summary.text()
+    (grass,) = summary.grounding.itertuples()
+    assert (grass.grp, grass.word, grass.images) == ("north", "grass", 18)
+    assert grass.drop_outside_box > grass.drop_box + 0.1, summary.text()  # 0.160 against 0.008
+    assert grass.verdict == "not localised" and grass.drop_own < 0.02, summary.text()
+    finding = json.loads(summary.to_json())["findings"][0]
+    assert {"column", "group", "kind", "word", "verdict", "effect", "effect_lo", "effect_hi", "q"} <= set(finding)
