@@ -131,3 +131,22 @@ def test_the_demos_planted_finding_and_the_maps_faithfulness(demo_run, tmp_path)
     assert grass.verdict == "not localised" and grass.drop_own < 0.02, summary.text()
     finding = json.loads(summary.to_json())["findings"][0]
     assert {"column", "group", "kind", "word", "verdict", "effect", "effect_lo", "effect_hi", "q"} <= set(finding)
+
+
+def test_policies_read_the_verdicts(demo_run, tmp_path, capsys):
+    """[grounding] fails on a finding verified as not localised (skipped before `audit verify` ran), and
+    [[watch]] grounded_only lets such a finding off, where a plain [[watch]] fails on it."""
+    scan = tmp_path / "scan"
+    shutil.copytree(demo_run[0] / "scan", scan)
+    policy = tmp_path / "policy.toml"
+    policy.write_text('group_by = "label"\nmin_count = 3\n[grounding]\nlevel = "fail"\n'
+                      '[[watch]]\nname = "plain"\nwords = ["grass"]\n'
+                      '[[watch]]\nname = "grounded"\nwords = ["grass"]\ngrounded_only = true\n', encoding="utf-8")
+    assert main(["check", str(scan), "--policy", str(policy)]) == 1
+    out = capsys.readouterr().out
+    assert "SKIP  grounding" in out and "FAIL  watch:plain" in out and "FAIL  watch:grounded" in out
+    audit.verify(scan, group_by="label", faithfulness_images=0, min_count=3, device="cpu", quiet=True)
+    assert main(["check", str(scan), "--policy", str(policy)]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL  grounding" in out and "'grass' with label=north" in out, out
+    assert "FAIL  watch:plain" in out and "PASS  watch:grounded" in out, out

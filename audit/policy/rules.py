@@ -50,6 +50,15 @@ class Checker:
         self.words = word_filter(policy.stop_words, policy.min_relative_cosine)
         self._assoc: dict[tuple[str, str, str], Associations] = {}
         self._drift: dict[tuple[str | None, str], Drift] = {}
+        self._grounding: pd.DataFrame | None = None
+
+    def grounding(self) -> pd.DataFrame:
+        """The verdicts of `audit verify` on this scan's findings (none when it has not run)."""
+        if self._grounding is None:
+            from audit.analysis.verification import grounding_summary
+
+            self._grounding = grounding_summary(self.q.scan.verification(), self.policy.fdr)
+        return self._grounding
 
     def assoc(self, column: str, which: str = "new", kind: str = ASCENT) -> Associations:
         key = (which, column, kind)

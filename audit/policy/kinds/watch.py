@@ -23,7 +23,7 @@ from audit.store.schema import PROBE
 
 class Watch(RuleKind):
     table = "watch"
-    keys = ("name", "words", "min_odds_ratio", "kind", "level")
+    keys = ("name", "words", "min_odds_ratio", "grounded_only", "kind", "level")
 
     @classmethod
     def parse(cls, where: str, t: Table, ctx: ParseContext, index: int) -> list[Rule]:
@@ -36,7 +36,11 @@ class Watch(RuleKind):
         bound = t.get("min_odds_ratio", float, 1.0)
         if bound < 1:
             raise t.fail("min_odds_ratio", f"must be at least 1 (no association), not {bound}")
-        return [Rule(cls.table, name, t.level(), {"words": watched, "min_odds_ratio": bound, "kind": kind})]
+        grounded_only = t.get("grounded_only", bool, False)
+        if grounded_only and kind == "probe":
+            raise t.fail("grounded_only", "applies to ascent and concept words, whose findings `audit verify` judges")
+        return [Rule(cls.table, name, t.level(), {"words": watched, "min_odds_ratio": bound, "kind": kind,
+                                                  "grounded_only": grounded_only})]
 
     @classmethod
     def evaluate(cls, check, rule: Rule) -> RuleResult:
@@ -46,14 +50,28 @@ class Watch(RuleKind):
         hits = check.assoc_rows(lambda t: t.word.isin(watched) & t.flagged & (t.odds_ratio_lo > bound), kind)
         tested = set().union(*(set(check.assoc(c, kind=kind).table.word) for c in check.policy.group_by))
         untested = [w for w in watched if w not in tested]
+        excused = 0
+        if rule.params.get("grounded_only") and len(hits):
+            # Only a finding `audit verify` judged not localised is let off; one never verified still counts.
+            judged = check.grounding()
+            loose = set(zip(*(judged[judged.verdict != "grounded"][c] for c in ("column", "kind", "grp", "word")),
+                            strict=True))
+            keep = [(c, kind, g, w) not in loose for c, g, w in zip(hits.column, hits.grp, hits.word, strict=True)]
+            excused = len(hits) - sum(keep)
+            hits = hits[keep]
         rows = records(hits, ASSOC_EVIDENCE)
         if rows:
             summary = f"{len(rows)} watched association(s); strongest: {association(rows[0])}"
+            if excused:
+                summary += f"; {excused} more verified as not localised"
         else:
             summary = (f"no watched word is linked to a group (q<{check.policy.fdr}, odds ratio CI above "
                        f"{ratio(bound)}); {len(watched) - len(untested)} of {len(watched)} words seen in at least "
                        f"{check.policy.min_count} images and tested")
-        return check.result(rule, bool(rows), summary, rows, {"associations": len(rows), "untested_words": untested})
+        if excused and not rows:
+            summary = f"{excused} watched association(s), each verified as not localised in its images"
+        return check.result(rule, bool(rows), summary, rows, {"associations": len(rows), "untested_words": untested,
+                                                              "not_localised": excused})
 
     @classmethod
     def evaluate_probes(cls, check, rule: Rule) -> RuleResult:
