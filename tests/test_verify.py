@@ -131,6 +131,15 @@ def test_the_demos_planted_finding_and_the_maps_faithfulness(demo_run, tmp_path)
     assert grass.verdict == "not localised" and grass.drop_own < 0.02, summary.text()
     finding = json.loads(summary.to_json())["findings"][0]
     assert {"column", "group", "kind", "word", "verdict", "effect", "effect_lo", "effect_hi", "q"} <= set(finding)
+    # The report shows both: the maps' faithfulness with its curves, and the verdict beside the finding.
+    html = audit.report(scan, "label", min_count=3).html
+    trust = html.split('<h2 id="trust">', 1)[1].split("<h2", 1)[0]
+    assert trust.count("<svg") == 2 and trust.count("<polyline") == 8  # deletion and insertion, 4 orders each
+    assert f"{faith.at['chefer', 'deletion']:.2f}" in trust
+    row = html.split('id="findings-table"', 1)[1].split("</table>", 1)[0]
+    assert "grounded in the image?" in row and "<b>not localised</b>" in row
+    shutil.rmtree(scan / "verification")
+    assert 'id="trust"' not in audit.report(scan, "label", min_count=3).html
 
 
 def test_policies_read_the_verdicts(demo_run, tmp_path, capsys):

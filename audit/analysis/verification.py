@@ -72,3 +72,18 @@ def grounding_summary(rows: pd.DataFrame, fdr: float = FDR) -> pd.DataFrame:
     falls = (table.q < fdr) & (table.effect > 0) & (table.drop_own > 0)
     table["verdict"] = np.where(falls, GROUNDED, NOT_LOCALISED)
     return table
+
+
+def mean_curves(rows: pd.DataFrame) -> dict[tuple[str, str], dict[str, np.ndarray]]:
+    """The mean deletion and insertion curves per (method, kind), over images (each image's words averaged
+    first, as the areas are)."""
+    rows = rows[(rows.part == "faithfulness") & (rows.word != "")]
+    out = {}
+    for (method, kind), g in rows.groupby(["method", "kind"], sort=True):
+        per_image = {}
+        for name in ("deletion_curve", "insertion_curve"):
+            curves = np.stack(g[name].map(np.asarray).to_numpy())
+            frame = pd.DataFrame(curves).groupby(g.image_id.to_numpy()).mean()
+            per_image[name.removesuffix("_curve")] = frame.mean().to_numpy()
+        out[method, kind] = per_image
+    return out

@@ -31,6 +31,7 @@ from audit.analysis.associations import (
     probes,
     word_filter,
 )
+from audit.analysis.verification import faithfulness_summary, grounding_summary, mean_curves
 from audit.errors import AuditError, internal_errors_note
 from audit.outputs import TOP
 from audit.outputs.files import write_text
@@ -133,7 +134,7 @@ def _column_view(q: ScanQuery, assoc: Associations, top: int, preprocess: dict, 
             for ex in q.examples(assoc.column, r["grp"], r["word"], EXAMPLES, assoc.kind, assoc.words).to_dict("records"):
                 examples.append({"image_id": ex["image_id"], "cosine": ex["word_cosine"],
                                  "src": _thumbnail(ex["path"], ex["grid"], ex["grid_h"], ex["grid_w"], preprocess)})
-        flagged.append({**r, "column": assoc.column, "kind_name": singular,
+        flagged.append({**r, "column": assoc.column, "kind": assoc.kind, "kind_name": singular,
                         "looks": _looks_text(by_pair.get((r["grp"], r["word"]), [])), "examples": examples})
     matrix, weights, words = [], [], []
     if few:
@@ -190,6 +191,50 @@ class RenderedReport:
     associations: list[Associations]  # one per kind of word (ascent, concept) and --group-by column, as tested
 
 
+METHOD_COLOURS = {"chefer": "#1f77b4", "occlusion": "#d62728", "legrad": "#2ca02c", "random": "#7f7f7f"}
+
+
+def _curve_svg(curves: dict[str, np.ndarray], width: int = 220, height: int = 110) -> Markup:
+    """A small plot of one kind of curve (deletion or insertion) per method: the word's mean cosine against the
+    share of cells blanked (or shown). Numbers only go into it, so it needs no escaping."""
+    pad = 6
+    values = np.concatenate([c for c in curves.values()]) if curves else np.zeros(1)
+    low, high = float(values.min()), float(values.max())
+    span = high - low if high > low else 1.0
+    lines = []
+    for method, curve in curves.items():
+        xs = np.linspace(pad, width - pad, len(curve))
+        ys = height - pad - (curve - low) / span * (height - 2 * pad)
+        points = " ".join(f"{x:.1f},{y:.1f}" for x, y in zip(xs, ys, strict=True))
+        dash = ' stroke-dasharray="4 3"' if method == "random" else ""
+        lines.append(f'<polyline fill="none" stroke="{METHOD_COLOURS.get(method, "#000")}" stroke-width="2"'
+                     f'{dash} points="{points}"/>')
+    frame = (f'<rect x="{pad}" y="{pad}" width="{width - 2 * pad}" height="{height - 2 * pad}" fill="none" '
+             'stroke="#ccc"/>')
+    return Markup(f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+                  f'viewBox="0 0 {width} {height}" role="img">{frame}{"".join(lines)}</svg>')
+
+
+def _trust_view(rows: pd.DataFrame, fdr: float) -> dict | None:
+    """The report's "How far to trust these maps": faithfulness per method and kind with its curves, and each
+    finding's grounding verdict by (column, kind, group, word). None when `audit verify` has not run."""
+    if not len(rows):
+        return None
+    faith = faithfulness_summary(rows)
+    curves = mean_curves(rows)
+    kinds = []
+    for kind in sorted(faith.kind.unique()):
+        methods = [m for m in ("chefer", "occlusion", "legrad", "random") if (m, kind) in curves]
+        kinds.append({"kind": kind, "name": KIND_NAMES.get(kind, (kind, kind))[0],
+                      "rows": faith[faith.kind == kind].to_dict("records"),
+                      "deletion": _curve_svg({m: curves[m, kind]["deletion"] for m in methods}),
+                      "insertion": _curve_svg({m: curves[m, kind]["insertion"] for m in methods})})
+    grounding = grounding_summary(rows, fdr)
+    verdicts = {(r["column"], r["kind"], r["grp"], r["word"]): r for r in grounding.to_dict("records")}
+    return {"kinds": kinds, "verdicts": verdicts, "grounded": bool(len(grounding)),
+            "colours": METHOD_COLOURS}
+
+
 def render_report(scan_dir: str | os.PathLike, group_by: list[str], *, min_count: int = MIN_COUNT, fdr: float = FDR,
                   top: int = TOP, title: str | None = None, stop_words=STOP_WORDS,
                   min_relative_cosine: float = MIN_RELATIVE_COSINE, procedure: str = PROCEDURE) -> RenderedReport:
@@ -219,6 +264,9 @@ def render_report(scan_dir: str | os.PathLike, group_by: list[str], *, min_count
     columns = [v for v, _ in views]
     data = {"sections": {v["id"]: d for v, d in views}}
     findings = [f for c in columns for f in c["flagged"]]
+    trust = _trust_view(q.scan.verification(), fdr)
+    for f in findings:
+        f["grounding"] = None if trust is None else trust["verdicts"].get((f["column"], f["kind"], f["grp"], f["word"]))
     script, script_hash = _script()
     probe_columns = [_probe_view(q, c, fdr) for c in group_by] if q.probe_words() else []
     settings = q.scan.settings
@@ -229,7 +277,7 @@ def render_report(scan_dir: str | os.PathLike, group_by: list[str], *, min_count
         counts=counts, internal_note=internal_errors_note(counts["internal"]) if counts["internal"] else None,
         probe_columns=probe_columns, settings={k: settings.get(k) for k in SETTINGS_SHOWN if k in settings or k in ALWAYS_SHOWN},
         pairs=[(n, PAIR_NAMES[k]) for k, n in pairs.items()],
-        columns=columns, findings=findings, data=_json_block(data), script=Markup(script),
+        columns=columns, findings=findings, trust=trust, data=_json_block(data), script=Markup(script),
         script_hash=script_hash, procedure=procedure, words=words, stop_words=str(stop_words),
         min_count=min_count, fdr=fdr, top=top, tool_version=config.get("tool_version"),
         matrix_words=MATRIX_WORDS, examples_per_word=EXAMPLES, flagged_with_examples=FLAGGED_WITH_EXAMPLES,
