@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 
@@ -22,6 +23,7 @@ from audit.scanner.profiles import profile
 from audit.scanner.relevancy import METHODS, relevancy
 
 # Word recall counts the words a scan finds, so it runs the scan's own ascent settings by default.
+FAITHFULNESS_SCENES = 64  # as audit verify's default sample
 RECALL_STEPS = ScanOptions.steps
 RECALL_CANDIDATES = ScanOptions.candidates
 
@@ -45,6 +47,9 @@ class Evaluation:
     recall_candidates: int
     concept_recall: dict[str, float] | None = None  # colour, shape, background among a scan's stored concepts
     concepts_per_image: float | None = None
+    # method (and "random") -> word kind -> (deletion area, insertion area), audit verify's measure
+    faithfulness: dict[str, dict[str, tuple[float, float]]] | None = None
+    faithfulness_scenes: int = 0
 
     def lines(self) -> list[str]:
         z, r = self.zero_shot, self.recall
@@ -66,6 +71,11 @@ class Evaluation:
                 f"{self.concepts_per_image:.1f} concepts per image): colour {self.concept_recall['colour']:.1%}, "
                 f"shape {self.concept_recall['shape']:.1%}, background {self.concept_recall['background']:.1%}"]),
             *point,
+            *([] if not self.faithfulness else [
+                f"faithfulness on {self.faithfulness_scenes} single-object scenes (audit verify's deletion / "
+                f"insertion areas of the scene's own words; lower / higher is better), {method}: " + ", ".join(
+                    f"{kind} {d:.3f} / {i:.3f}" for kind, (d, i) in self.faithfulness[method].items())
+                for method in self.faithfulness]),
         ]
 
 
@@ -163,6 +173,50 @@ def pointing_game(towers: Towers, preprocess, scenes, method: str, start_layer: 
     return float(hits.mean()), float(np.nanmean(stats["box_mass"]))
 
 
+def faithfulness(towers: Towers, preprocess, scenes, model: str = "audit-demo", steps: int = 8, orders: int = 2,
+                 seed: int = 0) -> dict[str, dict[str, tuple[float, float]]]:
+    """audit verify's deletion and insertion areas on single-object scenes, for each scene's own colour, shape
+    and background words, per relevancy method (the model's settings) and for random orders."""
+    from audit.analysis.verification import faithfulness_summary
+    from audit.scanner.relevancy import relevancy
+    from audit.scanner.verify import (
+        area,
+        curve_embeddings,
+        method_params,
+        random_orders,
+        unit_embedder,
+        unit_texts,
+    )
+
+    x = scene_pixels([s.image for s in scenes], preprocess, towers.device)
+    kinds = ("colour", "shape", "background")
+    pair_image = torch.arange(len(scenes)).repeat_interleave(len(kinds))
+    words = [getattr(s.objects[0], k) if k != "background" else s.background for s in scenes for k in kinds]
+    texts = unit_texts(towers, words)
+    embed = unit_embedder(towers)
+    grid = towers.grid_size
+    rows = []
+
+    def add(method, cos):
+        for j, (w, kind) in enumerate(zip(words, kinds * len(scenes), strict=True)):
+            rows.append({"part": "faithfulness", "image_id": str(int(pair_image[j])), "kind": kind, "word": w,
+                         "method": method, "deletion": float(area(cos[j, 0])), "insertion": float(area(cos[j, 1]))})
+
+    for method, kw in method_params({"model": model}).items():
+        maps = relevancy(towers, x, pair_image, words, method, **kw).image.flatten(1)
+        order = torch.argsort(maps, dim=1, descending=True, stable=True)
+        emb = curve_embeddings(embed, x[pair_image.to(x.device)], order, grid, steps)
+        add(method, (emb * texts[:, None, None, :].to(emb.device)).sum(-1).cpu())
+    cells = grid[0] * grid[1]
+    randoms = torch.cat([random_orders(cells, orders, str(i), seed) for i in range(len(scenes))])
+    emb = curve_embeddings(embed, x.repeat_interleave(orders, dim=0), randoms, grid, steps)
+    emb = emb.reshape(len(scenes), orders, *emb.shape[1:])[pair_image.to(emb.device)]
+    add("random", (emb * texts[:, None, None, None, :].to(emb.device)).sum(-1).mean(1).cpu())
+    table = faithfulness_summary(pd.DataFrame(rows))
+    return {m: {k: (float(r.deletion), float(r.insertion)) for k, r in g.set_index("kind").iterrows()}
+            for m, g in table.groupby("method", sort=False)}
+
+
 def evaluate(scenes: int = 200, recall_scenes: int | None = None, model: str = "audit-demo",
              pretrained: str = "auto", steps: int = RECALL_STEPS, candidates: int = RECALL_CANDIDATES,
              device: str = "cpu", seed: int = 0, quiet: bool = True) -> Evaluation:
@@ -179,5 +233,7 @@ def evaluate(scenes: int = 200, recall_scenes: int | None = None, model: str = "
                                           prof.occlusion_window, kind, prof.legrad_layers)
                       for kind in ("shape", "colour")}
              for method in METHODS}
+    faith_scenes = singles[:min(scenes, FAITHFULNESS_SCENES)]
+    faith = faithfulness(towers, loaded.preprocess, faith_scenes, model, seed=seed)
     return Evaluation(scenes, zs, rec, point, profile(model).heatmap, n_recall, len(doubles), steps, candidates,
-                      concepts, per_image)
+                      concepts, per_image, faith, len(faith_scenes))
