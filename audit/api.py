@@ -249,7 +249,7 @@ def verify(scan_dir: str | os.PathLike, *, group_by: str | list[str] | None = No
            random_draws: int = _V.random_draws, seed: int = _V.seed, pretrained: str | None = None,
            device: str = "auto", min_count: int = MIN_COUNT, fdr: float = FDR,
            stop_words: str | os.PathLike = STOP_WORDS, min_relative_cosine: float = MIN_RELATIVE_COSINE,
-           overwrite: bool = False, quiet: bool = False) -> VerificationSummary:
+           policy: str | os.PathLike | None = None, overwrite: bool = False, quiet: bool = False) -> VerificationSummary:
     """How far to trust a scan's maps and findings: loads the scan's model, reads a sample of its images again,
     writes scan-dir/verification/ (resumable; the scan's own tables are never touched) and returns the summary.
 
@@ -257,13 +257,21 @@ def verify(scan_dir: str | os.PathLike, *, group_by: str | list[str] | None = No
     a fixed seeded sample of `faithfulness_images` images (0 skips it). Grounding: for each finding of the
     `group_by` columns (the report's associations, with its word filters), whether blanking the cells that hold
     the top half of the word's relevance lowers its cosine more than blanking as many cells at random.
-    `pretrained`: the weights, when the scan's record (a file name) does not say where they are."""
+    `pretrained`: the weights, when the scan's record (a file name) does not say where they are. `policy`: a
+    policy file whose group_by, min_count, fdr and word filters replace those arguments, so that `audit check`
+    with it reads verdicts made with its own settings."""
     from audit.analysis.associations import word_filter
     from audit.analysis.verification import faithfulness_summary, grounding_summary
     from audit.outputs.verification import VerificationSummary
     from audit.scanner.verify import BLANK, run_verify
 
     columns = [group_by] if isinstance(group_by, str) else list(group_by or [])
+    if policy is not None:
+        from audit.policy.parse import load_policy
+
+        rules = load_policy(policy)
+        columns, min_count, fdr = list(rules.group_by), rules.min_count, rules.fdr
+        stop_words, min_relative_cosine = rules.stop_words, rules.min_relative_cosine
     opts = VerifyOptions(faithfulness_images=faithfulness_images, words_per_kind=words_per_kind, steps=steps,
                          random_orders=random_orders, group_by=tuple(columns), grounding_images=grounding_images,
                          random_draws=random_draws, seed=seed)

@@ -342,6 +342,7 @@ def verify(
     fdr: Fdr = FDR,
     stop_words: StopWords = STOP_WORDS,
     min_relative_cosine: MinRelativeCosine = MIN_RELATIVE_COSINE,
+    policy: Path = typer.Option(None, "--policy", "-p", help="A policy file: its group_by, min_count, fdr and word filters replace the options above, so `audit check` with it reads verdicts made with its settings."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Delete an earlier verification of this scan and verify again."),
     quiet: Quiet = False,
 ) -> None:
@@ -352,7 +353,7 @@ def verify(
     summary = audit.verify(scan_dir, group_by=group_by or [], faithfulness_images=faithfulness_images,
                            grounding_images=grounding_images, pretrained=pretrained, device=device,
                            min_count=min_count, fdr=fdr, stop_words=stop_words,
-                           min_relative_cosine=min_relative_cosine, overwrite=overwrite, quiet=quiet)
+                           min_relative_cosine=min_relative_cosine, policy=policy, overwrite=overwrite, quiet=quiet)
     if json_out is not None:
         summary.write_json(json_out)
     sys.stdout.write(summary.text())

@@ -78,6 +78,30 @@ def test_top_half_takes_the_fewest_cells_holding_half_the_relevance():
     assert top_half(np.zeros(4)).sum() == 1
 
 
+def test_verdicts_need_a_fall_beyond_random_cells():
+    """grounded: the cosine falls when the word's cells go, more than with as many random cells, in most images.
+    not localised: a fall no larger than random's, or a difference in favour of the word's cells while the
+    cosine does not fall at all."""
+    import pandas as pd
+
+    from audit.analysis.verification import grounding_summary
+
+    rs = np.random.RandomState(0)
+    rows = []
+    for word, own, rand in (("grass", 0.10, 0.02), ("sky", 0.02, 0.02), ("dog", -0.01, -0.05)):
+        for i in range(12):
+            rows.append({"part": "grounding", "image_id": f"{i}.png", "kind": "ascent", "word": word,
+                         "method": "chefer", "column": "label", "grp": "north", "drop_own": own + rs.normal(0, 0.01),
+                         "drop_random": rand + rs.normal(0, 0.01), "drop_complement": 0.3, "drop_box": np.nan,
+                         "drop_outside_box": np.nan})
+    verdicts = grounding_summary(pd.DataFrame(rows)).set_index("word")
+    assert verdicts.at["grass", "verdict"] == "grounded" and verdicts.at["grass", "q"] < 0.01
+    assert verdicts.at["sky", "verdict"] == "not localised"
+    assert verdicts.at["dog", "verdict"] == "not localised" and verdicts.at["dog", "effect"] > 0.03  # no fall
+    lo, hi = verdicts.at["grass", "effect_lo"], verdicts.at["grass", "effect_hi"]
+    assert lo < verdicts.at["grass", "effect"] < hi and lo > 0.05
+
+
 @pytest.fixture
 def tiny_scan(small_folder, tmp_path):
     return audit.scan(small_folder, tmp_path / "scan", **FAST, words=("red", "blue")).root
@@ -154,7 +178,9 @@ def test_policies_read_the_verdicts(demo_run, tmp_path, capsys):
     assert main(["check", str(scan), "--policy", str(policy)]) == 1
     out = capsys.readouterr().out
     assert "SKIP  grounding" in out and "FAIL  watch:plain" in out and "FAIL  watch:grounded" in out
-    audit.verify(scan, group_by="label", faithfulness_images=0, min_count=3, device="cpu", quiet=True)
+    assert main(["verify", str(scan), "--policy", str(policy), "--faithfulness-images", "0", "--device", "cpu",
+                 "-q"]) == 0  # group_by and min_count from the policy
+    assert "label=north 'grass'" in capsys.readouterr().out
     assert main(["check", str(scan), "--policy", str(policy)]) == 1
     out = capsys.readouterr().out
     assert "FAIL  grounding" in out and "'grass' with label=north" in out, out
