@@ -173,45 +173,24 @@ def pointing_game(towers: Towers, preprocess, scenes, method: str, start_layer: 
     return float(hits.mean()), float(np.nanmean(stats["box_mass"]))
 
 
-def faithfulness(towers: Towers, preprocess, scenes, model: str = "audit-demo", steps: int = 8, orders: int = 2,
+def faithfulness(towers: Towers, preprocess, scenes, model: str = "audit-demo",
                  seed: int = 0) -> dict[str, dict[str, tuple[float, float]]]:
-    """audit verify's deletion and insertion areas on single-object scenes, for each scene's own colour, shape
-    and background words, per relevancy method (the model's settings) and for random orders."""
+    """audit verify's deletion and insertion areas (its default steps and random orders) on single-object scenes,
+    for each scene's own colour, shape and background words, per relevancy method (the model's settings) and for
+    random orders."""
     from audit.analysis.verification import faithfulness_summary
-    from audit.scanner.relevancy import relevancy
-    from audit.scanner.verify import (
-        area,
-        curve_embeddings,
-        method_params,
-        random_orders,
-        unit_embedder,
-        unit_texts,
-    )
+    from audit.scanner.options import VerifyOptions
+    from audit.scanner.verify import area, method_curves, method_params
 
     x = scene_pixels([s.image for s in scenes], preprocess, towers.device)
     kinds = ("colour", "shape", "background")
     pair_image = torch.arange(len(scenes)).repeat_interleave(len(kinds))
     words = [getattr(s.objects[0], k) if k != "background" else s.background for s in scenes for k in kinds]
-    texts = unit_texts(towers, words)
-    embed = unit_embedder(towers)
-    grid = towers.grid_size
-    rows = []
-
-    def add(method, cos):
-        for j, (w, kind) in enumerate(zip(words, kinds * len(scenes), strict=True)):
-            rows.append({"part": "faithfulness", "image_id": str(int(pair_image[j])), "kind": kind, "word": w,
-                         "method": method, "deletion": float(area(cos[j, 0])), "insertion": float(area(cos[j, 1]))})
-
-    for method, kw in method_params({"model": model}).items():
-        maps = relevancy(towers, x, pair_image, words, method, **kw).image.flatten(1)
-        order = torch.argsort(maps, dim=1, descending=True, stable=True)
-        emb = curve_embeddings(embed, x[pair_image.to(x.device)], order, grid, steps)
-        add(method, (emb * texts[:, None, None, :].to(emb.device)).sum(-1).cpu())
-    cells = grid[0] * grid[1]
-    randoms = torch.cat([random_orders(cells, orders, str(i), seed) for i in range(len(scenes))])
-    emb = curve_embeddings(embed, x.repeat_interleave(orders, dim=0), randoms, grid, steps)
-    emb = emb.reshape(len(scenes), orders, *emb.shape[1:])[pair_image.to(emb.device)]
-    add("random", (emb * texts[:, None, None, None, :].to(emb.device)).sum(-1).mean(1).cpu())
+    found = method_curves(towers, x, pair_image, words, method_params({"model": model}),
+                          [str(i) for i in range(len(scenes))], VerifyOptions(seed=seed))
+    rows = [{"part": "faithfulness", "image_id": str(int(pair_image[j])), "kind": kind, "word": w, "method": method,
+             "deletion": float(area(cos[j, 0])), "insertion": float(area(cos[j, 1]))}
+            for method, cos in found.items() for j, (w, kind) in enumerate(zip(words, kinds * len(scenes), strict=True))]
     table = faithfulness_summary(pd.DataFrame(rows))
     return {m: {k: (float(r.deletion), float(r.insertion)) for k, r in g.set_index("kind").iterrows()}
             for m, g in table.groupby("method", sort=False)}

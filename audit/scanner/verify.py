@@ -74,10 +74,17 @@ def curve_embeddings(embed: Callable[[torch.Tensor], torch.Tensor], images: torc
     out[none] = whole[rows[none]]
     out[every] = embed(torch.zeros_like(images[:1])).float()
     middle = torch.nonzero(~(none | every))[:, 0]
-    for lo in range(0, len(middle), chunk):
-        pick = middle[lo:lo + chunk]
-        out[pick] = embed(blank(images[rows[pick]], masks[pick].to(images.device), grid)).float()
+    if len(middle):
+        out[middle] = blanked_embeddings(embed, images, masks[middle], rows[middle], grid, chunk)
     return out.reshape(n_rows, 2, steps + 1, -1)
+
+
+def blanked_embeddings(embed: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, masks: torch.Tensor,
+                       owner: torch.Tensor, grid: tuple[int, int], chunk: int = 256) -> torch.Tensor:
+    """embed(images[owner[m]] with the cells of masks[m] blanked) for every m, made `chunk` images at a time."""
+    return torch.cat([embed(blank(images[owner[lo:lo + chunk].to(images.device)],
+                                  masks[lo:lo + chunk].to(images.device), grid)).float()
+                      for lo in range(0, len(masks), chunk)])
 
 
 def curves(score: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor, orders: torch.Tensor,
@@ -225,6 +232,33 @@ def _pixels(path: str, preprocess: dict):
     return to_model_input(d.pixels, mean, std), d.frame
 
 
+def method_curves(towers, images: torch.Tensor, pair_image: torch.Tensor, words: list[str], params: dict[str, dict],
+                  keys: list[str], opts: VerifyOptions) -> dict[str, torch.Tensor]:
+    """Each pair's (images[pair_image[p]], words[p]) deletion and insertion cosines [P, 2, steps + 1], per relevancy
+    method (its parameters in `params`) and for "random": the mean over random orders of each image (seeded by
+    its key in `keys`), shared by all its words."""
+    from audit.scanner.relevancy import relevancy
+
+    images = images.to(towers.device)
+    grid = towers.grid_size
+    embed = unit_embedder(towers)
+    texts = unit_texts(towers, words)
+    on_device = pair_image.to(images.device)
+    out = {}
+    for method, kw in params.items():
+        maps = relevancy(towers, images, pair_image, words, method, **kw).image.flatten(1)
+        orders = torch.argsort(maps, dim=1, descending=True, stable=True)
+        emb = curve_embeddings(embed, images[on_device], orders, grid, opts.steps)
+        out[method] = (emb * texts[:, None, None, :].to(emb.device)).sum(-1).cpu()
+    # The baseline: random orders of each image, whatever its words, scored against each of them.
+    randoms = torch.cat([random_orders(grid[0] * grid[1], opts.random_orders, k, opts.seed) for k in keys])
+    owner = torch.arange(len(keys)).repeat_interleave(opts.random_orders)
+    emb = curve_embeddings(embed, images[owner.to(images.device)], randoms, grid, opts.steps)
+    emb = emb.reshape(len(keys), opts.random_orders, *emb.shape[1:])[on_device.to(emb.device)]
+    out["random"] = (emb * texts[:, None, None, None, :].to(emb.device)).sum(-1).mean(1).cpu()
+    return out
+
+
 IMAGES_PER_BATCH = 8  # images verified together: their pairs share the relevancy calls and the encodes
 
 
@@ -232,7 +266,6 @@ def faithfulness(scan_dir, towers, preprocess: dict, store: Store, opts: VerifyO
     """Deletion and insertion rows for the sampled images not yet verified, IMAGES_PER_BATCH images at a time;
     returns how many were done now. An image's words are the first words_per_kind of each kind that the
     statistics count (`words`, the report's filter; every probe)."""
-    from audit.scanner.relevancy import relevancy
     from audit.store.query import ScanQuery
 
     q = ScanQuery.open(scan_dir)
@@ -243,9 +276,6 @@ def faithfulness(scan_dir, towers, preprocess: dict, store: Store, opts: VerifyO
     tokens = q.judged(words, todo)
     tokens = tokens[tokens.filtered.isna() | (tokens.kind == PROBE)].sort_values(["image_id", "kind", "word_rank"])
     tokens = tokens.groupby(["image_id", "kind"]).head(opts.words_per_kind)
-    grid = towers.grid_size
-    cells = grid[0] * grid[1]
-    embed = unit_embedder(towers)
     for lo in range(0, len(todo), IMAGES_PER_BATCH):
         batch, pixels = [], []
         for image_id in todo[lo:lo + IMAGES_PER_BATCH]:
@@ -258,23 +288,11 @@ def faithfulness(scan_dir, towers, preprocess: dict, store: Store, opts: VerifyO
         rows = [{"part": "faithfulness", "image_id": i, "kind": "", "word": ""}  # verified, no words to show
                 for i in batch if i not in set(pairs.image_id)]
         if len(pairs):
-            stack = torch.stack(pixels).to(towers.device)
             position = {image_id: k for k, image_id in enumerate(batch)}
             pair_image = torch.tensor([position[i] for i in pairs.image_id])
-            texts = unit_texts(towers, list(pairs.word))
-            for method, kw in params.items():
-                maps = relevancy(towers, stack, pair_image, list(pairs.word), method, **kw).image.flatten(1)
-                orders = torch.argsort(maps, dim=1, descending=True, stable=True)
-                emb = curve_embeddings(embed, stack[pair_image.to(stack.device)], orders, grid, opts.steps)
-                cos = (emb * texts[:, None, None, :].to(emb.device)).sum(-1).cpu()  # [P, 2, steps + 1]
-                rows += [_faith_row(w, method, cos[j, 0], cos[j, 1]) for j, w in enumerate(pairs.itertuples())]
-            # The baseline: random orders of each image, whatever its words, scored against each of them.
-            randoms = torch.cat([random_orders(cells, opts.random_orders, i, opts.seed) for i in batch])
-            owner = torch.arange(len(batch)).repeat_interleave(opts.random_orders)
-            emb = curve_embeddings(embed, stack[owner.to(stack.device)], randoms, grid, opts.steps)
-            emb = emb.reshape(len(batch), opts.random_orders, *emb.shape[1:])[pair_image.to(emb.device)]
-            cos = (emb * texts[:, None, None, None, :].to(emb.device)).sum(-1).mean(1).cpu()
-            rows += [_faith_row(w, "random", cos[j, 0], cos[j, 1]) for j, w in enumerate(pairs.itertuples())]
+            found = method_curves(towers, torch.stack(pixels), pair_image, list(pairs.word), params, batch, opts)
+            rows += [_faith_row(w, method, cos[j, 0], cos[j, 1])
+                     for method, cos in found.items() for j, w in enumerate(pairs.itertuples())]
         store.write(rows)
         progress(len(batch))
     return len(todo)
@@ -291,8 +309,6 @@ def grounding(scan_dir, towers, preprocess: dict, store: Store, opts: VerifyOpti
     """Grounding rows for the images of each flagged finding (of the group_by columns, ascent and concept words)
     not yet verified; returns how many (finding, image) pairs were done now."""
     from audit.analysis.associations import associations
-    from audit.scanner.heatmap_stats import cell_box_overlap
-    from audit.sources.decode import box_in_frame
     from audit.store.query import ScanQuery
 
     q = ScanQuery.open(scan_dir)
@@ -300,6 +316,7 @@ def grounding(scan_dir, towers, preprocess: dict, store: Store, opts: VerifyOpti
     images = q.scan.images().set_index("image_id")
     grid = towers.grid_size
     cells = grid[0] * grid[1]
+    method = scan_method(q.scan)
     count = 0
     for column in opts.group_by:
         for kind in (ASCENT, CONCEPT):
@@ -309,42 +326,49 @@ def grounding(scan_dir, towers, preprocess: dict, store: Store, opts: VerifyOpti
             for f in found.itertuples():
                 examples = q.examples(column, f.grp, f.word, opts.grounding_images, kind=kind, words=words)
                 text = unit_texts(towers, [f.word])[0]
-                rows = []
+                todo, pixels, frames = [], [], []
                 for ex in examples.itertuples():
                     if (column, kind, f.grp, f.word, ex.image_id) in done:
                         continue
                     try:
-                        pixels, frame = _pixels(ex.path, preprocess)
+                        pixel, frame = _pixels(ex.path, preprocess)
                     except Exception as e:  # noqa: BLE001 - an unreadable image is skipped, said once
                         log.warning(f"audit verify: cannot read {ex.path}: {e}")
                         continue
+                    todo.append(ex)
+                    pixels.append(pixel)
+                    frames.append(frame)
+                if not todo:
+                    continue
+                # Every image's blankings of this finding in one batch: none, its own cells, the rest, the random
+                # draws, and (with a box) the box's cells and the others.
+                masks, owner, spans = [], [], []
+                for i, (ex, frame) in enumerate(zip(todo, frames, strict=True)):
                     own = torch.from_numpy(top_half(np.asarray(ex.grid, dtype=np.float32)))
-                    k = int(own.sum())
                     draws = random_orders(cells, opts.random_draws, f"{ex.image_id}\0{f.word}", opts.seed)
                     randoms = torch.zeros(opts.random_draws, cells, dtype=torch.bool)
-                    randoms.scatter_(1, draws[:, :k], True)
-                    masks = [torch.zeros(cells, dtype=torch.bool), own, ~own, *randoms]
-                    im = images.loc[ex.image_id]
-                    box = None if any(_missing(im.get(c)) for c in ("x0", "y0", "x1", "y1")) else \
-                        box_in_frame((im["x0"], im["y0"], im["x1"], im["y1"]), frame)
-                    inside = None
-                    if box is not None and not np.isnan(box).any():
-                        cover = cell_box_overlap(grid[0], grid[1], np.array([box]))[0].ravel() >= 0.5
-                        if cover.any() and not cover.all():
-                            inside = torch.from_numpy(cover)
-                            masks += [inside, ~inside]
-                    batch = blank(pixels.to(towers.device).expand(len(masks), *pixels.shape),
-                                  torch.stack(masks).to(towers.device), grid)
-                    cos = (unit_embedder(towers)(batch) @ text.to(batch.device)).cpu()
-                    full = float(cos[0])
+                    randoms.scatter_(1, draws[:, :int(own.sum())], True)
+                    mine = [torch.zeros(cells, dtype=torch.bool), own, ~own, *randoms]
+                    inside = box_cells(images.loc[ex.image_id], frame, grid)
+                    if inside is not None:
+                        mine += [inside, ~inside]
+                    spans.append((len(masks), len(mine), inside is not None, int(own.sum())))
+                    masks += mine
+                    owner += [i] * len(mine)
+                emb = blanked_embeddings(unit_embedder(towers), torch.stack(pixels), torch.stack(masks),
+                                         torch.tensor(owner), grid)
+                cos = (emb @ text.to(emb.device)).cpu()
+                rows = []
+                for ex, (start, n, has_box, k) in zip(todo, spans, strict=True):
+                    c = cos[start:start + n]
+                    full = float(c[0])
                     rows.append({"part": "grounding", "image_id": ex.image_id, "kind": kind, "word": f.word,
-                                 "method": scan_method(q.scan), "column": column, "grp": f.grp, "cells": k,
-                                 "cosine": full, "drop_own": full - float(cos[1]),
-                                 "drop_complement": full - float(cos[2]),
-                                 "drop_random": full - float(cos[3:3 + opts.random_draws].mean()),
-                                 "drop_box": None if inside is None else full - float(cos[-2]),
-                                 "drop_outside_box": None if inside is None else full - float(cos[-1])})
-                    progress(1)
+                                 "method": method, "column": column, "grp": f.grp, "cells": k, "cosine": full,
+                                 "drop_own": full - float(c[1]), "drop_complement": full - float(c[2]),
+                                 "drop_random": full - float(c[3:3 + opts.random_draws].mean()),
+                                 "drop_box": full - float(c[-2]) if has_box else None,
+                                 "drop_outside_box": full - float(c[-1]) if has_box else None})
+                progress(len(rows))
                 store.write(rows)
                 count += len(rows)
     return count
@@ -352,6 +376,21 @@ def grounding(scan_dir, towers, preprocess: dict, store: Store, opts: VerifyOpti
 
 def _missing(value) -> bool:
     return value is None or (isinstance(value, float) and np.isnan(value))
+
+
+def box_cells(image, frame, grid: tuple[int, int]) -> torch.Tensor | None:
+    """The cells mostly (half or more) inside an image's object box, as a mask; None without a box, or when the
+    box covers no cell or every cell (nothing to compare)."""
+    from audit.scanner.heatmap_stats import cell_box_overlap
+    from audit.sources.decode import box_in_frame
+
+    if any(_missing(image.get(c)) for c in ("x0", "y0", "x1", "y1")):
+        return None
+    box = box_in_frame((image["x0"], image["y0"], image["x1"], image["y1"]), frame)
+    if np.isnan(box).any():
+        return None
+    cover = cell_box_overlap(grid[0], grid[1], np.array([box]))[0].ravel() >= 0.5
+    return torch.from_numpy(cover) if cover.any() and not cover.all() else None
 
 
 def scan_method(scan) -> str:
