@@ -3,6 +3,7 @@ the stored rows (resume, re-run, refusals), and the demo's planted finding."""
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -185,3 +186,14 @@ def test_policies_read_the_verdicts(demo_run, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "FAIL  grounding" in out and "'grass' with label=north" in out, out
     assert "FAIL  watch:plain" in out and "PASS  watch:grounded" in out, out
+
+
+def test_an_image_gone_since_the_scan_is_skipped_and_said(tiny_scan, caplog):
+    images = audit.Scan(tiny_scan).images()
+    gone = images.path.iloc[0]
+    Path(gone).rename(Path(gone).with_suffix(".moved"))
+    with caplog.at_level("WARNING", logger="audit.verify"):
+        audit.verify(tiny_scan, faithfulness_images=len(images), device="cpu", quiet=True)
+    rows = audit.Scan(tiny_scan).verification()
+    assert images.image_id.iloc[0] not in set(rows.image_id) and rows.image_id.nunique() == len(images) - 1
+    assert f"cannot read {gone}" in caplog.text

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from audit.errors import AuditError
 from audit.scanner.options import VerifyOptions
+from audit.sources.decode import DecodeError, decode
 from audit.store.schema import ASCENT, CONCEPT, PROBE, VERIFICATION, VERIFICATION_FOLDER
 
 log = logging.getLogger("audit.verify")
@@ -224,7 +225,6 @@ def method_params(settings: dict) -> dict[str, dict]:
 
 def _pixels(path: str, preprocess: dict):
     from audit.scanner.loader import to_model_input
-    from audit.sources.decode import decode
 
     d = decode(path, preprocess, None)
     mean = np.asarray(preprocess["mean"], dtype=np.float32)
@@ -282,7 +282,7 @@ def faithfulness(scan_dir, towers, preprocess: dict, store: Store, opts: VerifyO
             try:
                 pixels.append(_pixels(images.at[image_id, "path"], preprocess)[0])
                 batch.append(image_id)
-            except Exception as e:  # noqa: BLE001 - an unreadable image is skipped, said once
+            except (DecodeError, OSError) as e:  # moved or changed since the scan: skipped, said once
                 log.warning(f"audit verify: cannot read {images.at[image_id, 'path']}: {e}")
         pairs = tokens[tokens.image_id.isin(batch)]
         rows = [{"part": "faithfulness", "image_id": i, "kind": "", "word": ""}  # verified, no words to show
@@ -332,7 +332,7 @@ def grounding(scan_dir, towers, preprocess: dict, store: Store, opts: VerifyOpti
                         continue
                     try:
                         pixel, frame = _pixels(ex.path, preprocess)
-                    except Exception as e:  # noqa: BLE001 - an unreadable image is skipped, said once
+                    except (DecodeError, OSError) as e:  # moved or changed since the scan: skipped, said once
                         log.warning(f"audit verify: cannot read {ex.path}: {e}")
                         continue
                     todo.append(ex)
