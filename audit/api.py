@@ -281,8 +281,18 @@ def verify(scan_dir: str | os.PathLike, *, group_by: str | list[str] | None = No
     if min(words_per_kind, steps, random_orders, random_draws) < 1:
         raise AuditError("words_per_kind, steps, random_orders and random_draws must be at least 1")
     words = word_filter(str(stop_words), min_relative_cosine)
-    run_verify(scan_dir, opts, pretrained=pretrained, device=device, words=words, min_count=min_count, fdr=fdr,
-               overwrite=overwrite, quiet=quiet)
+    findings = []
+    if columns:
+        from audit.analysis.associations import associations
+        from audit.store.query import ScanQuery
+
+        q = ScanQuery.open(scan_dir)
+        for column in columns:
+            for kind in (k for k in q.kinds() if k in ("ascent", "concept")):
+                found = associations(q, column, min_count, fdr, kind=kind, words=words).findings
+                findings += [(column, kind, grp, word) for grp, word in zip(found.grp, found.word, strict=True)]
+    run_verify(scan_dir, opts, words, findings, {"min_count": min_count, "fdr": fdr}, pretrained=pretrained,
+               device=device, overwrite=overwrite, quiet=quiet)
     rows = Scan(scan_dir).verification()
     return VerificationSummary(faithfulness_summary(rows), grounding_summary(rows, fdr), BLANK)
 

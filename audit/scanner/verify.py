@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from audit.errors import AuditError
 from audit.scanner.options import VerifyOptions
 from audit.sources.decode import DecodeError, decode
-from audit.store.schema import ASCENT, CONCEPT, PROBE, VERIFICATION, VERIFICATION_FOLDER
+from audit.store.schema import PROBE, VERIFICATION, VERIFICATION_FOLDER
 
 log = logging.getLogger("audit.verify")
 BLANK = "each blanked cell is set to the preprocessing mean (0 after normalisation), for every method alike"
@@ -304,11 +304,11 @@ def _faith_row(w, method: str, deletion: torch.Tensor, insertion: torch.Tensor) 
             "deletion_curve": deletion.tolist(), "insertion_curve": insertion.tolist()}
 
 
-def grounding(scan_dir, towers, preprocess: dict, store: Store, opts: VerifyOptions, words, min_count: int,
-              fdr: float, progress) -> int:
-    """Grounding rows for the images of each flagged finding (of the group_by columns, ascent and concept words)
-    not yet verified; returns how many (finding, image) pairs were done now."""
-    from audit.analysis.associations import associations
+def grounding(scan_dir, towers, preprocess: dict, store: Store, opts: VerifyOptions, words,
+              findings: list[tuple[str, str, str, str]], progress) -> int:
+    """Grounding rows for the images of each finding (column, kind, group, word) not yet verified: the group's
+    images with the word that `words` counts, highest cosine first; returns how many (finding, image) pairs were
+    done now."""
     from audit.store.query import ScanQuery
 
     q = ScanQuery.open(scan_dir)
@@ -318,59 +318,54 @@ def grounding(scan_dir, towers, preprocess: dict, store: Store, opts: VerifyOpti
     cells = grid[0] * grid[1]
     method = scan_method(q.scan)
     count = 0
-    for column in opts.group_by:
-        for kind in (ASCENT, CONCEPT):
-            if not q.scalar("SELECT count(*) FROM all_tokens WHERE kind = ?", [kind]):
+    for column, kind, grp, word in findings:
+        examples = q.examples(column, grp, word, opts.grounding_images, kind=kind, words=words)
+        text = unit_texts(towers, [word])[0]
+        todo, pixels, frames = [], [], []
+        for ex in examples.itertuples():
+            if (column, kind, grp, word, ex.image_id) in done:
                 continue
-            found = associations(q, column, min_count, fdr, kind=kind, words=words).findings
-            for f in found.itertuples():
-                examples = q.examples(column, f.grp, f.word, opts.grounding_images, kind=kind, words=words)
-                text = unit_texts(towers, [f.word])[0]
-                todo, pixels, frames = [], [], []
-                for ex in examples.itertuples():
-                    if (column, kind, f.grp, f.word, ex.image_id) in done:
-                        continue
-                    try:
-                        pixel, frame = _pixels(ex.path, preprocess)
-                    except (DecodeError, OSError) as e:  # moved or changed since the scan: skipped, said once
-                        log.warning(f"audit verify: cannot read {ex.path}: {e}")
-                        continue
-                    todo.append(ex)
-                    pixels.append(pixel)
-                    frames.append(frame)
-                if not todo:
-                    continue
-                # Every image's blankings of this finding in one batch: none, its own cells, the rest, the random
-                # draws, and (with a box) the box's cells and the others.
-                masks, owner, spans = [], [], []
-                for i, (ex, frame) in enumerate(zip(todo, frames, strict=True)):
-                    own = torch.from_numpy(top_half(np.asarray(ex.grid, dtype=np.float32)))
-                    draws = random_orders(cells, opts.random_draws, f"{ex.image_id}\0{f.word}", opts.seed)
-                    randoms = torch.zeros(opts.random_draws, cells, dtype=torch.bool)
-                    randoms.scatter_(1, draws[:, :int(own.sum())], True)
-                    mine = [torch.zeros(cells, dtype=torch.bool), own, ~own, *randoms]
-                    inside = box_cells(images.loc[ex.image_id], frame, grid)
-                    if inside is not None:
-                        mine += [inside, ~inside]
-                    spans.append((len(masks), len(mine), inside is not None, int(own.sum())))
-                    masks += mine
-                    owner += [i] * len(mine)
-                emb = blanked_embeddings(unit_embedder(towers), torch.stack(pixels), torch.stack(masks),
-                                         torch.tensor(owner), grid)
-                cos = (emb @ text.to(emb.device)).cpu()
-                rows = []
-                for ex, (start, n, has_box, k) in zip(todo, spans, strict=True):
-                    c = cos[start:start + n]
-                    full = float(c[0])
-                    rows.append({"part": "grounding", "image_id": ex.image_id, "kind": kind, "word": f.word,
-                                 "method": method, "column": column, "grp": f.grp, "cells": k, "cosine": full,
-                                 "drop_own": full - float(c[1]), "drop_complement": full - float(c[2]),
-                                 "drop_random": full - float(c[3:3 + opts.random_draws].mean()),
-                                 "drop_box": full - float(c[-2]) if has_box else None,
-                                 "drop_outside_box": full - float(c[-1]) if has_box else None})
-                progress(len(rows))
-                store.write(rows)
-                count += len(rows)
+            try:
+                pixel, frame = _pixels(ex.path, preprocess)
+            except (DecodeError, OSError) as e:  # moved or changed since the scan: skipped, said once
+                log.warning(f"audit verify: cannot read {ex.path}: {e}")
+                continue
+            todo.append(ex)
+            pixels.append(pixel)
+            frames.append(frame)
+        if not todo:
+            continue
+        # Every image's blankings of this finding in one batch: none, its own cells, the rest, the random
+        # draws, and (with a box) the box's cells and the others.
+        masks, owner, spans = [], [], []
+        for i, (ex, frame) in enumerate(zip(todo, frames, strict=True)):
+            own = torch.from_numpy(top_half(np.asarray(ex.grid, dtype=np.float32)))
+            draws = random_orders(cells, opts.random_draws, f"{ex.image_id}\0{word}", opts.seed)
+            randoms = torch.zeros(opts.random_draws, cells, dtype=torch.bool)
+            randoms.scatter_(1, draws[:, :int(own.sum())], True)
+            mine = [torch.zeros(cells, dtype=torch.bool), own, ~own, *randoms]
+            inside = box_cells(images.loc[ex.image_id], frame, grid)
+            if inside is not None:
+                mine += [inside, ~inside]
+            spans.append((len(masks), len(mine), inside is not None, int(own.sum())))
+            masks += mine
+            owner += [i] * len(mine)
+        emb = blanked_embeddings(unit_embedder(towers), torch.stack(pixels), torch.stack(masks),
+                                 torch.tensor(owner), grid)
+        cos = (emb @ text.to(emb.device)).cpu()
+        rows = []
+        for ex, (start, n, has_box, k) in zip(todo, spans, strict=True):
+            c = cos[start:start + n]
+            full = float(c[0])
+            rows.append({"part": "grounding", "image_id": ex.image_id, "kind": kind, "word": word,
+                         "method": method, "column": column, "grp": grp, "cells": k, "cosine": full,
+                         "drop_own": full - float(c[1]), "drop_complement": full - float(c[2]),
+                         "drop_random": full - float(c[3:3 + opts.random_draws].mean()),
+                         "drop_box": full - float(c[-2]) if has_box else None,
+                         "drop_outside_box": full - float(c[-1]) if has_box else None})
+        progress(len(rows))
+        store.write(rows)
+        count += len(rows)
     return count
 
 
@@ -400,18 +395,18 @@ def scan_method(scan) -> str:
     return settings.get("heatmap") or profile(settings["model"]).heatmap
 
 
-def run_verify(scan_dir: str | os.PathLike, opts: VerifyOptions, *, pretrained: str | None = None,
-               device: str = "auto", words=None, min_count: int = 5, fdr: float = 0.05, overwrite: bool = False,
+def run_verify(scan_dir: str | os.PathLike, opts: VerifyOptions, words, findings: list[tuple[str, str, str, str]],
+               tested_with: dict, *, pretrained: str | None = None, device: str = "auto", overwrite: bool = False,
                quiet: bool = False) -> Path:
-    """Verify a scan (see the module's docstring); returns the verification folder."""
-    from audit.analysis.associations import word_filter
+    """Verify a scan (see the module's docstring); returns the verification folder. `words` is the statistics'
+    word filter (a store.query.WordFilter), `findings` the (column, kind, group, word) to ground and
+    `tested_with` the settings they were found with (min_count, fdr), recorded with the rows."""
     from audit.scanner.encoders import Towers
     from audit.scanner.progress import Progress
     from audit.store.reader import Scan
 
     scan = Scan(scan_dir)
-    words = word_filter() if words is None else words
-    settings = {**opts.settings(), "blank": BLANK, "min_count": min_count, "fdr": fdr, "stop_words": sorted(words.stop_words),
+    settings = {**opts.settings(), **tested_with, "blank": BLANK, "stop_words": sorted(words.stop_words),
                 "min_relative_cosine": words.min_relative_cosine}
     loaded = scan_model(scan, pretrained, device)
     towers = Towers(loaded)
@@ -423,6 +418,6 @@ def run_verify(scan_dir: str | os.PathLike, opts: VerifyOptions, *, pretrained: 
         bar.close()
         log.info(f"audit verify: faithfulness of {n} image(s) measured now")
     if opts.group_by:
-        n = grounding(scan_dir, towers, loaded.preprocess, store, opts, words, min_count, fdr, lambda k: None)
+        n = grounding(scan_dir, towers, loaded.preprocess, store, opts, words, findings, lambda k: None)
         log.info(f"audit verify: grounding of {n} (finding, image) pair(s) measured now")
     return store.root
