@@ -285,10 +285,11 @@ def verify(scan_dir: str | os.PathLike, *, group_by: str | list[str] | None = No
     if columns:
         from audit.analysis.associations import associations
         from audit.store.query import ScanQuery
+        from audit.store.schema import ASCENT, CONCEPT
 
         q = ScanQuery.open(scan_dir)
         for column in columns:
-            for kind in (k for k in q.kinds() if k in ("ascent", "concept")):
+            for kind in (k for k in q.kinds() if k in (ASCENT, CONCEPT)):  # the association findings
                 found = associations(q, column, min_count, fdr, kind=kind, words=words).findings
                 findings += [(column, kind, grp, word) for grp, word in zip(found.grp, found.word, strict=True)]
     run_verify(scan_dir, opts, words, findings, {"min_count": min_count, "fdr": fdr}, pretrained=pretrained,

@@ -36,9 +36,14 @@ def _interval(values: np.ndarray) -> tuple[float, float, float]:
     return mean, mean - half, mean + half
 
 
+def _faithfulness_rows(rows: pd.DataFrame) -> pd.DataFrame:
+    """The faithfulness rows with a word (an image verified without any word is marked by a row with none)."""
+    return rows[(rows.part == "faithfulness") & (rows.word != "")]
+
+
 def faithfulness_summary(rows: pd.DataFrame) -> pd.DataFrame:
     """One row per (method, kind): images, deletion and insertion areas (mean, 95% interval)."""
-    rows = rows[(rows.part == "faithfulness") & (rows.word != "")]
+    rows = _faithfulness_rows(rows)
     out = []
     per_image = rows.groupby(["method", "kind", "image_id"], sort=True)[["deletion", "insertion"]].mean()
     for (method, kind), g in per_image.groupby(level=["method", "kind"], sort=True):
@@ -77,7 +82,7 @@ def grounding_summary(rows: pd.DataFrame, fdr: float = FDR) -> pd.DataFrame:
 def mean_curves(rows: pd.DataFrame) -> dict[tuple[str, str], dict[str, np.ndarray]]:
     """The mean deletion and insertion curves per (method, kind), over images (each image's words averaged
     first, as the areas are)."""
-    rows = rows[(rows.part == "faithfulness") & (rows.word != "")]
+    rows = _faithfulness_rows(rows)
     out = {}
     for (method, kind), g in rows.groupby(["method", "kind"], sort=True):
         per_image = {}

@@ -213,13 +213,19 @@ def scan_model(scan, pretrained: str | None, device: str):
     return loaded
 
 
+def _scan_options(settings: dict):
+    """The scan's relevancy options as its settings recorded them, its model's defaults filled in."""
+    from audit.scanner.options import ScanOptions
+
+    keep = {"heatmap", "start_layer", "start_layer_text", "occlusion_window", "legrad_layers"}
+    return ScanOptions(model=settings["model"], **{k: v for k, v in settings.items() if k in keep}).with_model_defaults()
+
+
 def method_params(settings: dict) -> dict[str, dict]:
     """Each relevancy method's parameters as the scan's settings (its model's defaults filled in) set them."""
-    from audit.scanner.options import ScanOptions
     from audit.scanner.relevancy import METHODS, method_options
 
-    keep = {"start_layer", "start_layer_text", "occlusion_window", "legrad_layers"}
-    opts = ScanOptions(model=settings["model"], **{k: v for k, v in settings.items() if k in keep}).with_model_defaults()
+    opts = _scan_options(settings)
     return {method: method_options(method, opts) for method in METHODS}
 
 
@@ -369,19 +375,13 @@ def grounding(scan_dir, towers, preprocess: dict, store: Store, opts: VerifyOpti
     return count
 
 
-def _missing(value) -> bool:
-    return value is None or (isinstance(value, float) and np.isnan(value))
-
-
 def box_cells(image, frame, grid: tuple[int, int]) -> torch.Tensor | None:
     """The cells mostly (half or more) inside an image's object box, as a mask; None without a box, or when the
     box covers no cell or every cell (nothing to compare)."""
     from audit.scanner.heatmap_stats import cell_box_overlap
     from audit.sources.decode import box_in_frame
 
-    if any(_missing(image.get(c)) for c in ("x0", "y0", "x1", "y1")):
-        return None
-    box = box_in_frame((image["x0"], image["y0"], image["x1"], image["y1"]), frame)
+    box = box_in_frame(tuple(float(image[c]) for c in ("x0", "y0", "x1", "y1")), frame)  # NaN without a box
     if np.isnan(box).any():
         return None
     cover = cell_box_overlap(grid[0], grid[1], np.array([box]))[0].ravel() >= 0.5
@@ -389,10 +389,7 @@ def box_cells(image, frame, grid: tuple[int, int]) -> torch.Tensor | None:
 
 
 def scan_method(scan) -> str:
-    from audit.scanner.profiles import profile
-
-    settings = scan.settings
-    return settings.get("heatmap") or profile(settings["model"]).heatmap
+    return _scan_options(scan.settings).heatmap
 
 
 def run_verify(scan_dir: str | os.PathLike, opts: VerifyOptions, words, findings: list[tuple[str, str, str, str]],
