@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 
@@ -13,6 +14,7 @@ import audit
 from audit.cli import main
 from audit.errors import AuditError
 from audit.scanner.verify import area, blank, curves, random_orders, sample, step_counts, top_half
+from audit.store.schema import VERIFICATION
 
 from .helpers import FAST
 
@@ -79,28 +81,58 @@ def test_top_half_takes_the_fewest_cells_holding_half_the_relevance():
     assert top_half(np.zeros(4)).sum() == 1
 
 
-def test_verdicts_need_a_fall_beyond_random_cells():
-    """grounded: the cosine falls when the word's cells go, more than with as many random cells, in most images.
-    not localised: a fall no larger than random's, or a difference in favour of the word's cells while the
-    cosine does not fall at all."""
+def test_verdicts_need_the_words_cells_to_carry_it_beyond_random_cells():
+    """grounded: its cells are needed (blanking them costs more than blanking as many random cells) or enough
+    (keeping only them keeps more than keeping random cells), in most images. not localised: neither, or a
+    difference in favour of its cells where no blanking makes the cosine fall (a rise is no evidence)."""
     import pandas as pd
 
     from audit.analysis.verification import grounding_summary
 
     rs = np.random.RandomState(0)
     rows = []
-    for word, own, rand in (("grass", 0.10, 0.02), ("sky", 0.02, 0.02), ("dog", -0.01, -0.05)):
+    # word: (drop_own, drop_random, drop_complement, drop_keep_random)
+    for word, own, rand, comp, keep in (("dog", 0.10, 0.02, 0.30, 0.30),      # needed, not enough
+                                        ("grass", -0.01, -0.01, 0.02, 0.06),  # spread out: enough, not needed
+                                        ("sky", 0.02, 0.02, 0.30, 0.30),      # neither
+                                        ("cat", -0.02, -0.06, 0.30, 0.30)):   # its cells "cost" a smaller rise only
         for i in range(12):
+            noise = rs.normal(0, 0.01, 4)
             rows.append({"part": "grounding", "image_id": f"{i}.png", "kind": "ascent", "word": word,
-                         "method": "chefer", "column": "label", "grp": "north", "drop_own": own + rs.normal(0, 0.01),
-                         "drop_random": rand + rs.normal(0, 0.01), "drop_complement": 0.3, "drop_box": np.nan,
-                         "drop_outside_box": np.nan})
+                         "method": "chefer", "column": "label", "grp": "north", "drop_own": own + noise[0],
+                         "drop_random": rand + noise[1], "drop_complement": comp + noise[2],
+                         "drop_keep_random": keep + noise[3], "drop_box": np.nan, "drop_outside_box": np.nan})
     verdicts = grounding_summary(pd.DataFrame(rows)).set_index("word")
-    assert verdicts.at["grass", "verdict"] == "grounded" and verdicts.at["grass", "q"] < 0.01
+    assert verdicts.at["dog", "verdict"] == "grounded" and verdicts.at["dog", "q"] < 0.01
+    assert abs(verdicts.at["dog", "needed"] - 0.08) < 0.02 and abs(verdicts.at["dog", "enough"]) < 0.02
+    assert verdicts.at["grass", "verdict"] == "grounded" and abs(verdicts.at["grass", "enough"] - 0.04) < 0.02
     assert verdicts.at["sky", "verdict"] == "not localised"
-    assert verdicts.at["dog", "verdict"] == "not localised" and verdicts.at["dog", "effect"] > 0.03  # no fall
-    lo, hi = verdicts.at["grass", "effect_lo"], verdicts.at["grass", "effect_hi"]
-    assert lo < verdicts.at["grass", "effect"] < hi and lo > 0.05
+    assert verdicts.at["cat", "verdict"] == "not localised" and abs(verdicts.at["cat", "effect"]) < 0.01
+    lo, hi = verdicts.at["dog", "effect_lo"], verdicts.at["dog", "effect_hi"]
+    assert lo < verdicts.at["dog", "effect"] < hi and lo > 0.05
+    # Rows from before the second side was measured count it as nothing.
+    old = grounding_summary(pd.DataFrame(rows).drop(columns="drop_keep_random")).set_index("word")
+    assert old.at["grass", "verdict"] == "not localised" and old.at["dog", "verdict"] == "grounded"
+
+
+def test_verdicts_keep_their_level_when_no_cells_carry_the_word():
+    """Own and random cells exchangeable (no grounding): p < 0.05 in about 5% of findings, and BH's q almost
+    never below 0.05 (the whole null: any discovery at all happens with probability at most 0.05)."""
+    import pandas as pd
+
+    from audit.analysis.verification import grounding_summary
+
+    rs = np.random.RandomState(1)
+    n, images = 400, 16
+    drops = rs.normal(0, 0.03, (4, n * images))  # own, random, complement, keep random: one distribution
+    rows = pd.DataFrame({"part": "grounding", "image_id": np.tile(np.arange(images).astype(str), n),
+                         "kind": "ascent", "word": np.repeat([f"w{i}" for i in range(n)], images),
+                         "method": "chefer", "column": "label", "grp": "g", "drop_own": drops[0],
+                         "drop_random": drops[1], "drop_complement": drops[2], "drop_keep_random": drops[3],
+                         "drop_box": np.nan, "drop_outside_box": np.nan})
+    table = grounding_summary(rows)
+    assert 0.02 < (table.p < 0.05).mean() < 0.08
+    assert (table.verdict == "grounded").sum() <= 1
 
 
 @pytest.fixture
@@ -141,8 +173,9 @@ def test_verify_writes_resumes_and_refuses_other_settings(tiny_scan, tmp_path, c
 def test_the_demos_planted_finding_and_the_maps_faithfulness(demo_run, tmp_path):
     """On the demo: every relevancy method beats random orders (deletion lower, insertion higher), and the grass
     finding is carried by the background (the cosine falls far more when the cells outside the object's box go
-    than when the box's go). The verdict reads the scan's own (Chefer) maps, whose top half of a background
-    word's relevance sits on or near the object: blanking it barely moves "grass", so it is not localised there."""
+    than when the box's go). It is grounded in the cells of the scan's own (Chefer) map, on the side of keeping
+    them: grass is spread over the background, so blanking its top cells leaves enough grass elsewhere (measured:
+    needed 0.003), while keeping only them keeps "grass" better than as many random cells (enough 0.037)."""
     scan = tmp_path / "scan"
     shutil.copytree(demo_run[0] / "scan", scan)
     summary = audit.verify(scan, group_by="label", faithfulness_images=16, min_count=3, device="cpu", quiet=True)
@@ -153,7 +186,8 @@ def test_the_demos_planted_finding_and_the_maps_faithfulness(demo_run, tmp_path)
     (grass,) = summary.grounding.itertuples()
     assert (grass.grp, grass.word, grass.images) == ("north", "grass", 18)
     assert grass.drop_outside_box > grass.drop_box + 0.1, summary.text()  # 0.160 against 0.008
-    assert grass.verdict == "not localised" and grass.drop_own < 0.02, summary.text()
+    assert grass.verdict == "grounded" and grass.q < 0.05, summary.text()
+    assert grass.enough > 0.02 and abs(grass.needed) < 0.02, summary.text()
     finding = json.loads(summary.to_json())["findings"][0]
     assert {"column", "group", "kind", "word", "verdict", "effect", "effect_lo", "effect_hi", "q"} <= set(finding)
     # The report shows both: the maps' faithfulness with its curves, and the verdict beside the finding.
@@ -162,14 +196,17 @@ def test_the_demos_planted_finding_and_the_maps_faithfulness(demo_run, tmp_path)
     assert trust.count("<svg") == 2 and trust.count("<polyline") == 8  # deletion and insertion, 4 orders each
     assert f"{faith.at['chefer', 'deletion']:.2f}" in trust
     row = html.split('id="findings-table"', 1)[1].split("</table>", 1)[0]
-    assert "grounded in the image?" in row and "<b>not localised</b>" in row
+    assert "grounded in the image?" in row and "<b>grounded</b>" in row
     shutil.rmtree(scan / "verification")
     assert 'id="trust"' not in audit.report(scan, "label", min_count=3).html
 
 
 def test_policies_read_the_verdicts(demo_run, tmp_path, capsys):
-    """[grounding] fails on a finding verified as not localised (skipped before `audit verify` ran), and
-    [[watch]] grounded_only lets such a finding off, where a plain [[watch]] fails on it."""
+    """[grounding] is skipped before `audit verify` ran and passes on the demo's grounded finding, which a
+    [[watch]] with grounded_only still fails on; once the finding reads as not localised, [grounding] fails and
+    grounded_only lets it off, where a plain [[watch]] still fails."""
+    import pyarrow.parquet as pq
+
     scan = tmp_path / "scan"
     shutil.copytree(demo_run[0] / "scan", scan)
     policy = tmp_path / "policy.toml"
@@ -182,6 +219,14 @@ def test_policies_read_the_verdicts(demo_run, tmp_path, capsys):
     assert main(["verify", str(scan), "--policy", str(policy), "--faithfulness-images", "0", "--device", "cpu",
                  "-q"]) == 0  # group_by and min_count from the policy
     assert "label=north 'grass'" in capsys.readouterr().out
+    assert main(["check", str(scan), "--policy", str(policy)]) == 1
+    out = capsys.readouterr().out
+    assert "PASS  grounding" in out and "FAIL  watch:plain" in out and "FAIL  watch:grounded" in out, out
+    # The same finding with rows saying its cells carry nothing that random cells do not.
+    (part,) = (scan / "verification").glob("part-*.parquet")
+    rows = pq.read_table(part).to_pandas()
+    rows["drop_own"], rows["drop_keep_random"] = rows.drop_random, rows.drop_complement
+    pq.write_table(pa.Table.from_pandas(rows, schema=VERIFICATION, preserve_index=False), part)
     assert main(["check", str(scan), "--policy", str(policy)]) == 1
     out = capsys.readouterr().out
     assert "FAIL  grounding" in out and "'grass' with label=north" in out, out

@@ -40,13 +40,14 @@ class VerificationSummary:
                              f"{_num(r.deletion)} ({_num(r.deletion_lo)}-{_num(r.deletion_hi)}){'':<5} "
                              f"{_num(r.insertion)} ({_num(r.insertion_lo)}-{_num(r.insertion_hi)})")
         if len(self.grounding):
-            lines += ["", "Grounding of findings (cosine's fall when the word's own cells are blanked, against as "
-                      "many random cells):"]
+            lines += ["", "Grounding of findings (do the word's own cells carry it better than as many random cells? "
+                      "needed: the extra fall when they are blanked; enough: the smaller fall when only they are "
+                      "kept; effect: the two summed):"]
             for r in self.grounding.itertuples():
                 box = ("" if math.isnan(r.drop_box) else
                        f"; box cells {_num(r.drop_box)}, the others {_num(r.drop_outside_box)}")
-                lines.append(f"  {r.column}={r.grp} '{r.word}' ({r.kind}, {r.images} images): {r.verdict}; own "
-                             f"{_num(r.drop_own)} vs random {_num(r.drop_random)}, effect {_num(r.effect)} "
+                lines.append(f"  {r.column}={r.grp} '{r.word}' ({r.kind}, {r.images} images): {r.verdict}; needed "
+                             f"{_num(r.needed)}, enough {_num(r.enough)}, effect {_num(r.effect)} "
                              f"({_num(r.effect_lo)}-{_num(r.effect_hi)}), q={r.q:.2g}{box}")
         return "\n".join(lines) + "\n" if lines else "Nothing verified: no faithfulness sample and no --group-by.\n"
 

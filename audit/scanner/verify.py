@@ -8,9 +8,12 @@ touching the scan's own tables. Resumable: the images and findings already verif
   and each relevancy method the model supports, the word's cosine as the image's cells are blanked in the map's
   order of relevance (deletion), and as they are revealed on a blank image (insertion), against random orders
   (the baseline, seeded by the image). A faithful map makes the cosine fall faster than a random order.
-- Grounding of findings: for each flagged (group, word), on the group's images that carry the word, the fall of
-  the cosine when the cells holding the top half of the word's relevance (the scan's stored map) are blanked,
-  against as many cells blanked at random and against every other cell blanked.
+- Grounding of findings: for each flagged (group, word), on the group's images that carry the word, whether the
+  cells holding the top half of the word's relevance (the scan's stored map) carry it, both ways: the fall of
+  the cosine when those cells are blanked against as many cells blanked at random (are they needed?), and the
+  fall when every other cell is blanked against keeping as many random cells (are they enough?). Both sides,
+  because a word whose evidence is spread over the image (grass all over a background) survives the loss of any
+  part of it and is only seen on the second side; a word read from one small part is only seen on the first.
 
 A blanked cell is set to the preprocessing mean (0 after normalisation) for every method, as occlusion does.
 """
@@ -36,6 +39,7 @@ from audit.sources.decode import DecodeError, decode
 from audit.store.schema import PROBE, VERIFICATION, VERIFICATION_FOLDER
 
 log = logging.getLogger("audit.verify")
+GROUNDING_SIDES = ["own cells blanked vs as many random", "only own cells kept vs as many random"]
 BLANK = "each blanked cell is set to the preprocessing mean (0 after normalisation), for every method alike"
 
 
@@ -342,14 +346,14 @@ def grounding(scan_dir, towers, preprocess: dict, store: Store, opts: VerifyOpti
         if not todo:
             continue
         # Every image's blankings of this finding in one batch: none, its own cells, the rest, the random
-        # draws, and (with a box) the box's cells and the others.
+        # draws, their complements (as many random cells kept), and (with a box) the box's cells and the others.
         masks, owner, spans = [], [], []
         for i, (ex, frame) in enumerate(zip(todo, frames, strict=True)):
             own = torch.from_numpy(top_half(np.asarray(ex.grid, dtype=np.float32)))
             draws = random_orders(cells, opts.random_draws, f"{ex.image_id}\0{word}", opts.seed)
             randoms = torch.zeros(opts.random_draws, cells, dtype=torch.bool)
             randoms.scatter_(1, draws[:, :int(own.sum())], True)
-            mine = [torch.zeros(cells, dtype=torch.bool), own, ~own, *randoms]
+            mine = [torch.zeros(cells, dtype=torch.bool), own, ~own, *randoms, *~randoms]
             inside = box_cells(images.loc[ex.image_id], frame, grid)
             if inside is not None:
                 mine += [inside, ~inside]
@@ -363,10 +367,12 @@ def grounding(scan_dir, towers, preprocess: dict, store: Store, opts: VerifyOpti
         for ex, (start, n, has_box, k) in zip(todo, spans, strict=True):
             c = cos[start:start + n]
             full = float(c[0])
+            draws = opts.random_draws
             rows.append({"part": "grounding", "image_id": ex.image_id, "kind": kind, "word": word,
                          "method": method, "column": column, "grp": grp, "cells": k, "cosine": full,
                          "drop_own": full - float(c[1]), "drop_complement": full - float(c[2]),
-                         "drop_random": full - float(c[3:3 + opts.random_draws].mean()),
+                         "drop_random": full - float(c[3:3 + draws].mean()),
+                         "drop_keep_random": full - float(c[3 + draws:3 + 2 * draws].mean()),
                          "drop_box": full - float(c[-2]) if has_box else None,
                          "drop_outside_box": full - float(c[-1]) if has_box else None})
         progress(len(rows))
@@ -403,7 +409,7 @@ def run_verify(scan_dir: str | os.PathLike, opts: VerifyOptions, words, findings
     from audit.store.reader import Scan
 
     scan = Scan(scan_dir)
-    settings = {**opts.settings(), **tested_with, "blank": BLANK, "stop_words": sorted(words.stop_words),
+    settings = {**opts.settings(), **tested_with, "blank": BLANK, "grounding_sides": GROUNDING_SIDES, "stop_words": sorted(words.stop_words),
                 "min_relative_cosine": words.min_relative_cosine}
     loaded = scan_model(scan, pretrained, device)
     towers = Towers(loaded)

@@ -89,10 +89,18 @@ class Scan:
         files = sorted((self.root / VERIFICATION_FOLDER).glob("part-*.parquet"))
         if not files:
             return VERIFICATION.empty_table()
-        return pa.concat_tables([pq.read_table(p) for p in files]).cast(VERIFICATION)
+        return pa.concat_tables([_with_columns(pq.read_table(p), VERIFICATION) for p in files]).cast(VERIFICATION)
 
     def verification(self) -> pd.DataFrame:
         return self.verification_table().to_pandas()
 
     def __repr__(self) -> str:
         return f"Scan({str(self.root)!r})"
+
+
+def _with_columns(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """A table with the schema's columns it lacks (written by an older version) added as nulls."""
+    for field in schema:
+        if field.name not in table.column_names:
+            table = table.append_column(field, pa.nulls(len(table), field.type))
+    return table.select(schema.names)

@@ -114,6 +114,7 @@ VERIFICATION = pa.schema(
         pa.field("drop_own", pa.float32()),
         pa.field("drop_random", pa.float32()),
         pa.field("drop_complement", pa.float32()),
+        pa.field("drop_keep_random", pa.float32()),
         pa.field("drop_box", pa.float32()),
         pa.field("drop_outside_box", pa.float32()),
     ]
@@ -209,7 +210,9 @@ VERIFICATION_DOCS: dict[str, str] = {
     "cosine": "Grounding: the word's cosine with the whole image.",
     "drop_own": "Grounding: the cosine's fall when the word's own cells are blanked.",
     "drop_random": "Grounding: the mean fall when as many cells are blanked at random (seeded draws).",
-    "drop_complement": "Grounding: the fall when every other cell is blanked.",
+    "drop_complement": "Grounding: the fall when every other cell is blanked (only the word's own cells kept).",
+    "drop_keep_random": "Grounding: the mean fall when only as many cells, drawn at random, are kept (the same draws "
+                        "as drop_random, the other way round).",
     "drop_box": "Grounding: the fall when the cells mostly inside the source's object box are blanked (null "
                 "without a box).",
     "drop_outside_box": "Grounding: the fall when the other cells are blanked (null without a box).",

@@ -24,12 +24,13 @@ class Grounding(RuleKind):
             return RuleResult(rule, "skip", "no finding was verified: run `audit verify SCAN --group-by "
                               f"{' --group-by '.join(check.policy.group_by)}` first", [], {})
         loose = judged[judged.verdict != "grounded"]
-        rows = records(loose, ["column", "grp", "word", "images", "drop_own", "drop_random", "effect", "q", "verdict"])
+        rows = records(loose, ["column", "grp", "word", "images", "needed", "enough", "effect", "q",
+                                "verdict"])
         summary = f"{len(loose)} of {len(judged)} verified finding(s) not localised"
         if rows:
             r = rows[0]
-            summary += (f"; first: '{r['word']}' with {r['column']}={r['grp']} (own cells {r['drop_own']:.3f} vs "
-                        f"random {r['drop_random']:.3f})")
+            summary += (f"; first: '{r['word']}' with {r['column']}={r['grp']} (its cells needed "
+                        f"{r['needed']:.3f}, enough {r['enough']:.3f} beyond random cells)")
         return check.result(rule, bool(rows), summary, rows, {"verified": len(judged), "not_localised": len(loose)})
 
 
