@@ -4,7 +4,7 @@ target: within a minute on a 2-core CPU).
 
 The dataset is the demo's (60 photos, the planted grass bias). audit-demo scans it with the concept opinion (quick,
 and the planted finding to ground); ViT-B-32 with random weights with three probe words (it finds no concepts and
-no findings), so its grounding cost is measured as what a (finding, image) pair encodes: 3 + random_draws blanked
+no findings), so its grounding cost is measured as what a (finding, image) pair encodes: 3 + 2 * random_draws blanked
 images (2 more with an object box), timed on the model.
 
     .venv/bin/python bench/verify_cost.py [--images 60] [--vit-images 8]
@@ -46,7 +46,7 @@ def measure(scan: Path, faith_images: int, **kw) -> dict:
 
 
 def pair_seconds(model: str, repeats: int = 3) -> float:
-    """What one grounding (finding, image) pair encodes, timed: 3 + random_draws images (2 more with a box)."""
+    """What one grounding (finding, image) pair encodes, timed: 3 + 2 * random_draws images (2 more with a box)."""
     import torch
 
     from audit.scanner.encoders import Towers
@@ -57,7 +57,7 @@ def pair_seconds(model: str, repeats: int = 3) -> float:
     towers = Towers(loaded)
     size = loaded.preprocess["size"]
     size = (size, size) if isinstance(size, int) else tuple(int(x) for x in size)
-    images = torch.randn(3 + VerifyOptions().random_draws + 2, 3, *size)
+    images = torch.randn(3 + 2 * VerifyOptions().random_draws + 2, 3, *size)
     with torch.no_grad():
         towers.encode_images(images)  # warm
         start = time.perf_counter()
