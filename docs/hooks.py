@@ -133,6 +133,29 @@ def _chromium() -> str:
     return path
 
 
+def _logged(call, path: Path):
+    """call() with the "audit" logger's messages (what the command prints on stderr) also written to path, which
+    the tests' demo fixture reads when it takes this run instead of making its own."""
+    logger = logging.getLogger("audit")
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        return call()
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        handler.close()
+
+
+def demo_run_for_this_package() -> Path | None:
+    """The demo folder of the run made for this very version of the package, when one is complete."""
+    done = ASSETS / _package_key()
+    return done / "demo" if (done / "complete").exists() and (done / "demo.log").exists() else None
+
+
 def demo_assets() -> Path:
     """The demo run once per version of the package: its report photographed, an explain mosaic and its
     opinion.txt. Returns the folder holding report.png, explain-mosaic.png and opinion.txt."""
@@ -144,7 +167,8 @@ def demo_assets() -> Path:
     if ASSETS.exists():
         shutil.rmtree(ASSETS)
     log.info("running `audit demo` for the documentation's pictures (a minute or two, once per version)")
-    report = run_demo(done / "demo", quiet=True, device="cpu")
+    done.mkdir(parents=True)
+    report = _logged(lambda: run_demo(done / "demo", quiet=True, device="cpu"), done / "demo.log")
     subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
                     "--no-first-run", "--disable-background-networking", f"--user-data-dir={done / 'profile'}",
                     "--window-size=1200,1500", f"--screenshot={done / 'report.png'}", report.resolve().as_uri()],

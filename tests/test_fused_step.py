@@ -37,9 +37,9 @@ def test_the_noise_is_rngs_bit_for_bit(measured):
 
 @pytest.mark.parametrize("tiles", ["64,128,128,8,2", "16,128,32,8,2"])
 def test_fused_steps_match_the_eager_step_and_torchs_adam(measured, tiles):
-    """Four steps on one loss, with fp32 dots and either tiling: the same hard tokens every step, the soft
-    embeddings and log-sum-exp to float precision, and logits and both Adam moments after the steps within fp32
-    tolerance of torch.optim.Adam's."""
+    """Steps on one loss (four with the default tiles, two with small ones), with fp32 dots: the same hard tokens
+    every step, the soft embeddings and log-sum-exp to float precision, and logits and both Adam moments after the
+    steps within fp32 tolerance of torch.optim.Adam's."""
     m = measured["fp32"][tiles]
     assert m["same_tokens"]
     assert m["soft_emb_max_diff"] < 1e-5 and m["lse_max_diff"] < 1e-4
