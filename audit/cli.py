@@ -107,6 +107,8 @@ LegradLayers = Annotated[Optional[int], typer.Option(min=1, rich_help_panel=RELE
 OcclusionWindow = Annotated[Optional[int], typer.Option(min=1, rich_help_panel=RELEVANCY, help="Side of the blanked window in patches, for --heatmap occlusion (default: the model's, 3 or 4 for audit-demo).")]  # noqa: UP045
 Words = Annotated[Optional[list[str]], typer.Option("--words", "-w", rich_help_panel=INPUT, help="Probe words or phrases scored on every image, comma-separated (repeatable).")]  # noqa: UP045
 WordsFile = Annotated[Optional[Path], typer.Option("--words-file", rich_help_panel=INPUT, help="Probe words, one per line (phrases may contain commas; # starts a comment).")]  # noqa: UP045
+Templates = Annotated[Optional[str], typer.Option(rich_help_panel=INPUT, help="Prompt templates probe words are scored in, as CLIP is used zero-shot: openai (CLIP's 80 ImageNet templates), simple (7 of them), none (the bare word), or a file with one template per line holding {} where the word goes. Default: the model's, openai.")]  # noqa: UP045
+EmbeddingsOption = Annotated[str, typer.Option(rich_help_panel=RUN, help="Keep each image's embedding in the scan, for `audit ask` to answer later questions without the images: float16 (about 1 KB an image for ViT-B-32), float32, or none.")]
 NoAscent = Annotated[bool, typer.Option("--no-ascent", rich_help_panel=ASCENT, help="Deprecated: leaves the ascent out; write --opinion probes (with --words) or --opinion concepts instead.")]
 OpinionOption = Annotated[str, typer.Option(parser=_opinions, metavar=OPINION_METAVAR, rich_help_panel=CONCEPTS, help="What CLIP thinks of each image, one method or several separated by commas: ascent (search for the token sequences closest to it: open vocabulary, seconds per image), concepts (a sparse, non-negative decomposition of its embedding over a vocabulary: milliseconds per image), probes (only the probe words of --words, which are scored with any method); both means ascent,concepts.")]
 Vocabulary = Annotated[Optional[Path], typer.Option(rich_help_panel=CONCEPTS, help="Concept vocabulary: a file with one word or phrase per line; default: the tokenizer's whole-word tokens of 3+ letters, stop words left out.")]  # noqa: UP045
@@ -172,6 +174,8 @@ def scan(
     max_pixels: int = typer.Option(_D.max_pixels, min=1, rich_help_panel=INPUT, help="Refuse images with more pixels (decompression-bomb guard)."),
     words: Words = None,
     words_file: WordsFile = None,
+    templates: Templates = _D.templates,
+    embeddings: EmbeddingsOption = _D.embeddings,
     no_ascent: NoAscent = _D.no_ascent,
     opinion: OpinionOption = _D.opinion,
     vocabulary: Vocabulary = _D.vocabulary,
@@ -199,8 +203,8 @@ def scan(
                path_column=path_column,
                image_column=image_column, id_column=id_column, split=split, max_pixels=max_pixels,
                engine=engine, ray_address=ray_address,
-               words=tuple(words or ()), words_file=words_file, no_ascent=no_ascent, opinion=opinion,
-               vocabulary=vocabulary, concept_l1=concept_l1, concepts_per_image=concepts_per_image,
+               words=tuple(words or ()), words_file=words_file, templates=templates, embeddings=embeddings,
+               no_ascent=no_ascent, opinion=opinion, vocabulary=vocabulary, concept_l1=concept_l1, concepts_per_image=concepts_per_image,
                concept_heatmaps=concept_heatmaps, concept_mean=concept_mean, overwrite=overwrite,
                retry_errors=retry_errors, kernel=kernel, triton_tiles=triton_tiles, quiet=quiet)
 

@@ -111,7 +111,9 @@ def test_settings_of_audit_0_2_are_read_in_this_form():
     only_concepts = {**shared, **ascent, **concepts, "ascent": True, "opinion": "concepts", "probe_words": []}
     assert stored_settings.upgrade(only_concepts) == {**shared, **concepts, "opinions": ["concepts"]}
     probes = {**shared, **ascent, "ascent": False, "opinion": "ascent", "probe_words": ["doctor"]}
-    assert stored_settings.upgrade(probes) == {**shared, "probe_words": ["doctor"], "opinions": ["probes"]}
+    # Probe words were scored bare before templates.
+    assert stored_settings.upgrade(probes) == {**shared, "probe_words": ["doctor"], "probe_templates": "none",
+                                               "opinions": ["probes"]}
     both = {**shared, **ascent, **concepts, "ascent": True, "opinion": "both", "probe_words": []}
     on_gpu = stored_settings.upgrade(both, [{"device": "cuda:0"}])
     assert on_gpu == {**shared, **ascent, **concepts, "kernel": "compile", "opinions": ["ascent", "concepts"]}

@@ -23,8 +23,11 @@ KERNELS = ("auto", "eager", "compile", "triton")  # the ascent step's implementa
 # how the source is read (recorded in scan.json's "source"), and which files are refused as too large (error rows,
 # re-tried with --retry-errors). Every other field is a setting: recorded in scan.json, compared on resume, and
 # named by `audit check --baseline` and `audit diff` when two scans differ in it (tests/test_settings.py).
+# --embeddings is one too: it decides whether (and at which precision) each image's embedding is kept for
+# `audit ask`, and no other row; a resume with another value keeps both kinds of parts, read back as float32.
 RUN_OPTIONS = ("device", "batch_size", "workers", "engine", "ray_address", "retry_errors", "quiet", "overwrite",
-               "max_pixels", "source_kind", "path_column", "image_column", "id_column", "split")
+               "max_pixels", "source_kind", "path_column", "image_column", "id_column", "split", "embeddings")
+EMBEDDINGS = ("float16", "float32", "none")  # --embeddings: float16 halves the storage, within 1e-3 of float32
 # Settings of every scan, whatever its opinions; each opinion adds its own (audit.scanner.opinions).
 SHARED_SETTINGS = ("model", "pretrained", "seed", "start_layer", "start_layer_text", "heatmap", "occlusion_window",
                    "legrad_layers", "opinion", "no_ascent")
@@ -63,6 +66,11 @@ class ScanOptions:
     max_pixels: int = DEFAULT_MAX_PIXELS
     words: tuple[str, ...] | str = ()  # probe words (see probes.py)
     words_file: str | None = None
+    # Probe words are scored in these prompt templates (audit.scanner.templates): openai | simple | none | FILE;
+    # None: the model's default (profiles.py).
+    templates: str | None = None
+    # Each image's embedding kept in the scan (the embeddings table) for `audit ask`: float16 | float32 | none.
+    embeddings: str = "float16"
     no_ascent: bool = False  # deprecated: --opinion without ascent says it
     # The opinion methods (audit.scanner.opinions), comma-separated: ascent (token search), concepts (sparse
     # decomposition), probes (the probe words alone); `both` is ascent,concepts. Probe words given with --words are
@@ -144,6 +152,8 @@ class ScanOptions:
         if self.legrad_layers is not None and self.legrad_layers < 1:
             raise AuditError(f"--legrad-layers must be at least 1, not {self.legrad_layers}")
         self.opinions  # noqa: B018 - parses --opinion, raising its one-line error
+        if self.embeddings not in EMBEDDINGS:
+            raise AuditError(f"--embeddings must be one of {', '.join(EMBEDDINGS)}, not {self.embeddings!r}")
         if self.kernel not in KERNELS:
             raise AuditError(f"--kernel must be one of {', '.join(KERNELS)}, not {self.kernel!r}")
         if self.triton_tiles is not None:
@@ -168,7 +178,8 @@ class ScanOptions:
             occlusion_window=prof.occlusion_window if self.occlusion_window is None else self.occlusion_window,
             legrad_layers=prof.legrad_layers if self.legrad_layers is None else self.legrad_layers,
             concept_mean=prof.concept_mean if self.concept_mean is None else self.concept_mean,
-            concept_l1=prof.concept_l1 if self.concept_l1 is None else self.concept_l1)
+            concept_l1=prof.concept_l1 if self.concept_l1 is None else self.concept_l1,
+            templates=prof.templates if self.templates is None else self.templates)
 
     def concepts(self):
         """The concept opinion's settings (an audit.scanner.concepts.ConceptSettings)."""

@@ -31,7 +31,7 @@ from audit.scanner.progress import Progress
 from audit.scanner.relevancy import check_method, method_options, relevancy
 from audit.sources import BOX_COLUMNS, Record, Source, open_source
 from audit.store.reader import Scan
-from audit.store.schema import IMAGES, INTERNAL, conform
+from audit.store.schema import EMBEDDING_TYPES, IMAGES, INTERNAL, conform
 from audit.store.writer import ScanWriter
 
 log = logging.getLogger("audit.scan")
@@ -109,6 +109,8 @@ class _BatchScanner:
         seeds = torch.tensor([rng.image_seed(self.opts.seed, r.image_id) for r in recs], device=t.device)
         view = OpinionBatch(t, images, seeds)
         with autocast(t.device):
+            if self.opts.embeddings != "none":
+                view.features()  # under the same autocast as the opinions that read it: one vector for both
             found = [op.rows(view) for op in self.opinions]
             # Per image, the words with a heatmap first (each opinion's in order), then the others.
             shown = [[w for f in found for w in f.words[i][:f.heatmaps[i]]] for i in range(len(recs))]
@@ -147,7 +149,17 @@ class _BatchScanner:
         columns = {k: v for f in found for k, v in f.image_columns.items()}
         tables.update(images=pa.table(self.image_rows(recs, batch.sizes, columns)), tokens=pa.table(tokens),
                       heatmaps=pa.table(heat))
+        if self.opts.embeddings != "none":
+            tables["embeddings"] = embedding_table([r.image_id for r in recs], view.features(), self.opts.embeddings)
         return tables
+
+
+def embedding_table(ids: list[str], features: torch.Tensor, dtype: str) -> pa.Table:
+    """The embeddings table's rows for a batch: each image's features at the stored precision."""
+    values = features.detach().float().cpu().numpy().astype(dtype)
+    flat = pa.array(values.ravel(), type=EMBEDDING_TYPES[dtype])
+    offsets = pa.array(np.arange(0, values.size + 1, values.shape[1], dtype=np.int32))
+    return pa.table({"image_id": pa.array(ids, pa.string()), "embedding": pa.ListArray.from_arrays(offsets, flat)})
 
 
 class _Fitting:
@@ -277,8 +289,9 @@ def plan_scan(source, out, opts: ScanOptions) -> ScanPlan:
                          if src.kind == "folder" else f"{src.kind} source {source} lists no images")
     weights, sha = resolve_weights(opts.model, opts.pretrained)
     probes = opinion_class("probes").plan(opts)
-    chosen = set(opts.opinions) | ({"probes"} if probes else set())  # --words are scored whatever --opinion says
-    if not probes and ("probes" in chosen or not chosen):
+    words = probes[0]
+    chosen = set(opts.opinions) | ({"probes"} if words else set())  # --words are scored whatever --opinion says
+    if not words and ("probes" in chosen or not chosen):
         raise AuditError("--no-ascent scores only probe words: pass --words or --words-file (or --opinion concepts)"
                          if opts.no_ascent else "--opinion probes scores probe words: pass --words or --words-file")
     planned = {name: probes if name == "probes" else opinion_class(name).plan(opts)

@@ -36,6 +36,9 @@ class ModelProfile:
     # 0.5·|Cᵀw − x|² + l1·Σw; SpLiCE's code minimises |Cᵀw − x|² + λ·Σw, so l1 = λ/2, and SpLiCE's published
     # λ = 0.25 (its default for open_clip ViT-B/32) is 0.125 here.
     concept_l1: float = 0.125
+    # Prompt templates probe words are scored in when --templates is not given (audit.scanner.templates): CLIP's
+    # 80 ImageNet templates, the zero-shot convention of its paper and of open_clip's evaluation.
+    templates: str = "openai"
 
 
 DEFAULT = ModelProfile()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -60,6 +61,8 @@ class Scan:
         files = self.files(name)
         if not files:
             return empty_table(name)
+        if name == "embeddings":  # float16 and float32 parts (a resume with another --embeddings) read as float32
+            return pa.concat_tables([pq.read_table(p).cast(SCHEMAS[name]) for p in files])
         table = pa.concat_tables([pq.read_table(p) for p in files], promote_options="default")
         return upgrade(name, table)
 
@@ -83,6 +86,24 @@ class Scan:
 
     def errors(self) -> pd.DataFrame:
         return self.df("errors")
+
+    def embedding_parts(self):
+        """The stored embeddings one committed part at a time (a scan's batch each, so memory stays flat in the
+        number of images): yields (image ids, float32 array [n, D])."""
+        for p in self.files("embeddings"):
+            table = pq.read_table(p)
+            if not table.num_rows:
+                continue
+            flat = table["embedding"].combine_chunks().flatten().to_numpy(zero_copy_only=False)
+            yield table["image_id"].to_pylist(), flat.astype(np.float32, copy=False).reshape(table.num_rows, -1)
+
+    def embeddings(self) -> tuple[list[str], np.ndarray]:
+        """Every stored embedding at once: (image ids, float32 array [n, D]); see embedding_parts to stream."""
+        ids, arrays = [], []
+        for part_ids, array in self.embedding_parts():
+            ids += part_ids
+            arrays.append(array)
+        return ids, (np.concatenate(arrays) if arrays else np.zeros((0, 0), np.float32))
 
     def verification_table(self) -> pa.Table:
         """The rows `audit verify` wrote into the scan directory (none before it ran)."""

@@ -10,7 +10,8 @@ import pyarrow.compute as pc
 
 # 2: tokens and heatmaps gain `kind` (ascent words vs probe words).
 # 3: kind 'concept' (the concept decomposition); tokens gain `weight`, images gain `concept_cosine`.
-SCHEMA_VERSION = 3
+# 4: the embeddings table (each image's embedding, for `audit ask`).
+SCHEMA_VERSION = 4
 
 ASCENT = "ascent"
 PROBE = "probe"
@@ -18,7 +19,7 @@ CONCEPT = "concept"
 KINDS = (ASCENT, CONCEPT, PROBE)
 # Older versions are read (and resumed) as this one: every column added since is null in their rows, and a
 # word without a kind (version 1) is an ascent word. Parts of several versions may share one scan directory.
-READABLE_VERSIONS = (1, 2, 3)
+READABLE_VERSIONS = (1, 2, 3, 4)
 # Settings added since version 2, with the value an older scan was made with: a resume of an older scan
 # compares its settings with these filled in.
 SETTINGS_ADDED = {"opinion": "ascent", "refine_words": False}
@@ -31,7 +32,7 @@ INTERNAL = "internal"
 INTERNAL_REASON = "unexpected decoder failure"
 
 
-TABLES = ("images", "tokens", "heatmaps", "errors")
+TABLES = ("images", "tokens", "heatmaps", "errors", "embeddings")
 
 # Metadata columns carried from a source are stored as strings next to these; a source column that
 # collides with one of these names is rejected when the source is read.
@@ -93,6 +94,25 @@ ERRORS = pa.schema(
     ]
 )
 
+# One row per scanned image: its un-augmented image embedding (the vector probe scores and the concept
+# decomposition start from), as the image tower returns it (not normalised), in float16 (the default) or float32
+# (--embeddings); a scan made with --embeddings none, or by an audit before schema 4, has no rows here.
+EMBEDDING_TYPES = {"float16": pa.float16(), "float32": pa.float32()}
+EMBEDDINGS = pa.schema(
+    [
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("embedding", pa.list_(pa.float32()), nullable=False),
+    ]
+)
+
+
+
+def embeddings_schema(dtype: str) -> pa.Schema:
+    """The embeddings table as stored at a precision (EMBEDDINGS is how it reads back)."""
+    return pa.schema([EMBEDDINGS.field("image_id"),
+                      pa.field("embedding", pa.list_(EMBEDDING_TYPES[dtype]), nullable=False)])
+
+
 VERIFICATION_FOLDER = "verification"
 # Written by `audit verify` into scan-dir/verification/ (never part of a scan's own commit): one row per
 # (image, method, word) of the faithfulness part, one per (finding, image) of the grounding part.
@@ -120,7 +140,8 @@ VERIFICATION = pa.schema(
     ]
 )
 
-SCHEMAS: dict[str, pa.Schema] = {"images": IMAGES, "tokens": TOKENS, "heatmaps": HEATMAPS, "errors": ERRORS}
+SCHEMAS: dict[str, pa.Schema] = {"images": IMAGES, "tokens": TOKENS, "heatmaps": HEATMAPS, "errors": ERRORS,
+                                  "embeddings": EMBEDDINGS}
 
 COLUMN_DOCS: dict[str, dict[str, str]] = {
     "images": {
@@ -186,6 +207,13 @@ COLUMN_DOCS: dict[str, dict[str, str]] = {
         "reason": "What went wrong, in one line. Only an image's latest failed attempt is read back, and none "
                   "for an image that a later run (--retry-errors) scanned.",
     },
+    "embeddings": {
+        "image_id": "The image.",
+        "embedding": "Its un-augmented image embedding as the image tower returns it (not normalised): what probe "
+                     "scores and the concept decomposition start from, so that `audit ask` answers without the "
+                     "image. float16 by default, float32 with --embeddings float32 (read back as float32); no "
+                     "row with --embeddings none.",
+    },
 }
 
 
@@ -226,6 +254,9 @@ def empty_table(name: str) -> pa.Table:
 def conform(name: str, table: pa.Table) -> pa.Table:
     """Cast a freshly built table to its stored schema; extra image columns (source metadata) stay strings."""
     schema = SCHEMAS[name]
+    if name == "embeddings" and table.num_columns:  # stored at the precision it was made in
+        dtype = {v: k for k, v in EMBEDDING_TYPES.items()}.get(table.schema.field("embedding").type.value_type)
+        schema = embeddings_schema(dtype or "float32")
     if name == "images":
         extra = [f for f in table.schema if f.name not in schema.names]
         schema = pa.schema(list(schema) + [pa.field(f.name, pa.string()) for f in extra])
