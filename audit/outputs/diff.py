@@ -13,6 +13,7 @@ from pathlib import Path
 from audit.analysis import FDR, MIN_COUNT, MIN_RELATIVE_COSINE, STOP_WORDS
 from audit.analysis.associations import word_filter
 from audit.analysis.drift import Drift, compare
+from audit.analysis.embedding_drift import EmbeddingDrift, embedding_drift
 from audit.errors import AuditError
 from audit.formats import change, percent, q_value, ratio
 from audit.outputs.check_output import md, plain
@@ -35,6 +36,7 @@ class Diff:
     fdr: float
     kind: str = ASCENT
     settings_note: str | None = None  # the settings the two scans differ in, one line (store.settings)
+    embeddings: EmbeddingDrift | None = None  # the two-sample test on the stored image embeddings
 
     @property
     def words_label(self) -> str:
@@ -62,7 +64,21 @@ def build_diff(old: str | os.PathLike, new: str | os.PathLike, group_by: list[st
     # Every per-group comparison also holds the overall one; compute it again only without groups.
     overall = cols[0] if cols else compare(qo, qn, None, min_count=min_count, fdr=fdr, kind=kind, keep=words)
     note = differences_note(qo.scan.settings, qn.scan.settings, "the old scan")
-    return Diff(str(old), str(new), overall, cols, min_count, fdr, kind, note)
+    return Diff(str(old), str(new), overall, cols, min_count, fdr, kind, note, embedding_drift(qo.scan, qn.scan))
+
+
+def embeddings_sentence(e: EmbeddingDrift | None, fdr: float) -> str:
+    """One sentence on the embedding test, the same in every format."""
+    if e is None:
+        return "Embeddings: not compared."
+    if not e.available:
+        return f"Embeddings: not compared: {e.missing}."
+    verdict = ("what the images show moved beyond sampling noise" if e.p < fdr else
+               "within sampling noise")
+    return (f"Embeddings: maximum mean discrepancy (MMD², Gaussian kernel) {e.mmd2:.4f} between {e.images_old} and "
+            f"{e.images_new} sampled images; shuffled snapshots reach {e.noise:.4f} (95th percentile), "
+            f"p={e.p:.2g}: {verdict}. It sees shifts no stored word names (more night scenes, another camera); the "
+            "words that moved most say what it may be.")
 
 
 def _ids(ids: list[str]) -> str:
@@ -86,6 +102,7 @@ def text(d: Diff) -> str:
                  f"{d.words_label}s seen in at "
                  f"least {o.min_count} images (0 = same, 1 = nothing in common); random splits of the pooled "
                  f"images reach {v.noise:.3f} (95th percentile), p={v.p:.2g}")
+    lines.append(embeddings_sentence(d.embeddings, d.fdr))
     lines.append(f"{d.words_label}s that moved most (share of images showing the {d.words_label}):")
     for r in o.words.head(TOP_WORDS).itertuples():
         lines.append(f"  {r.word:<20} {percent(r.share_old):>6} -> {percent(r.share_new):>6}  ({change(r.delta)})")
@@ -119,6 +136,7 @@ def markdown(d: Diff) -> str:
               f"{o.vocabulary} {d.words_label}s seen in "
               f"at least {o.min_count} images (0 = same, 1 = nothing in common); random splits of the pooled images "
               f"reach {v.noise:.3f} (95th percentile), p = {v.p:.2g}.", "",
+              md(embeddings_sentence(d.embeddings, d.fdr)), "",
               f"| {d.words_label} | before | after | change |", "|---|---:|---:|---:|"]
     for r in o.words.head(TOP_WORDS).itertuples():
         lines.append(f"| {md(r.word)} | {percent(r.share_old)} | {percent(r.share_new)} | {change(r.delta)} |")
@@ -144,7 +162,7 @@ def html(d: Diff) -> str:
     from audit.version import __version__
 
     return environment().get_template("diff.html.j2").render(
-        d=d, o=d.overall, top=TOP_WORDS, shown_ids=SHOWN_IDS, tool_version=__version__,
+        d=d, o=d.overall, embeddings=embeddings_sentence(d.embeddings, d.fdr), top=TOP_WORDS, shown_ids=SHOWN_IDS, tool_version=__version__,
         generated=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
 
 

@@ -51,6 +51,15 @@ class Checker:
         self._assoc: dict[tuple[str, str, str], Associations] = {}
         self._drift: dict[tuple[str | None, str], Drift] = {}
         self._grounding: pd.DataFrame | None = None
+        self._embeddings = None
+
+    def embeddings(self):
+        """The embedding drift test against the baseline (analysis.embedding_drift), computed once."""
+        if self._embeddings is None:
+            from audit.analysis.embedding_drift import embedding_drift
+
+            self._embeddings = embedding_drift(self.base.scan, self.q.scan)
+        return self._embeddings
 
     def grounding(self) -> pd.DataFrame:
         """The verdicts of `audit verify` on this scan's findings (none when it has not run)."""

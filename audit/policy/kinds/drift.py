@@ -1,5 +1,6 @@
 """[drift]: what may change against a --baseline scan: the words overall, each group's words, each group's share
-of the images, and associations that appear. One table, up to four rules."""
+of the images, associations that appear, and what the images show (their stored embeddings). One table, up to
+five rules."""
 
 from __future__ import annotations
 
@@ -21,8 +22,8 @@ BOUNDS = {"drift.words": "max_jsd", "drift.group_words": "max_group_jsd", "drift
 
 class Drift(RuleKind):
     table = "drift"
-    keys = ("max_jsd", "max_group_jsd", "max_share_change", "new_associations", "kind", "level")
-    kinds = (*BOUNDS, "drift.new_associations")
+    keys = ("max_jsd", "max_group_jsd", "max_share_change", "new_associations", "embeddings", "kind", "level")
+    kinds = (*BOUNDS, "drift.new_associations", "drift.embeddings")
 
     @classmethod
     def parse(cls, where: str, t: Table, ctx: ParseContext, index: int) -> list[Rule]:
@@ -39,9 +40,11 @@ class Drift(RuleKind):
         if new_assoc:
             ctx.needs_groups(f"{where}.new_associations")
             rules.append(Rule("drift.new_associations", "drift.new_associations", level, {"kind": kind}))
+        if t.get("embeddings", bool, False):
+            rules.append(Rule("drift.embeddings", "drift.embeddings", level, {"kind": kind}))
         if not rules:
-            raise AuditError(f"{ctx.path}: {where} sets no bound; give max_jsd, max_group_jsd, max_share_change "
-                             "or new_associations = true")
+            raise AuditError(f"{ctx.path}: {where} sets no bound; give max_jsd, max_group_jsd, max_share_change, "
+                             "new_associations = true or embeddings = true")
         return rules
 
     @classmethod
@@ -50,6 +53,8 @@ class Drift(RuleKind):
             return RuleResult(rule, "skip", "no --baseline scan given")
         kind, words = rule.kind, rule.params["kind"]
         fdr = check.policy.fdr
+        if kind == "drift.embeddings":
+            return cls._embeddings(check, rule, words, fdr)
         if kind == "drift.words":
             d, bound = check.drift(None, words), rule.params["max_jsd"]
             v = d.divergence
@@ -91,6 +96,23 @@ class Drift(RuleKind):
             summary = (f"{len(rows)} association(s) significant now but not in the baseline"
                        + (f"; strongest: {association(rows[0])}" if rows else ""))
         return check.result(rule, bool(rows), summary, rows, {"violations": len(rows)})
+
+
+    @classmethod
+    def _embeddings(cls, check, rule: Rule, words: str, fdr: float) -> RuleResult:
+        e = check.embeddings()
+        if not e.available:
+            return RuleResult(rule, "skip", f"embeddings not compared: {e.missing}")
+        top = check.drift(None, words).words.head(5)
+        moved = ", ".join(f"'{w}' {percent(o)}->{percent(n)}" for w, o, n in
+                          zip(top.word, top.share_old, top.share_new, strict=True))
+        summary = (f"maximum mean discrepancy of the image embeddings {e.mmd2:.4f} ({e.images_old} vs "
+                   f"{e.images_new} sampled images; shuffled snapshots reach {e.noise:.4f}, p={e.p:.2g}); "
+                   f"{words} words that moved most: {moved or 'none'}")
+        return check.result(rule, e.p < fdr, summary,
+                            records(top, ["word", "n_old", "n_new", "share_old", "share_new", "delta"]),
+                            {"mmd2": e.mmd2, "noise": e.noise, "p": e.p, "images_old": e.images_old,
+                             "images_new": e.images_new})
 
 
 KIND = Drift

@@ -1,0 +1,101 @@
+"""Embedding drift: a permutation test that keeps its false-alarm rate, sees a planted shift, samples the same
+images however the scan was split into parts, and reaches `audit diff` and `audit check`."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import audit
+from audit.analysis.embedding_drift import mmd_test, sample
+from audit.cli import main
+
+from .helpers import FAST, save_noise
+
+DIM = 64
+
+
+def clusters(rs, n: int, centres: np.ndarray, moved: float = 0.0) -> np.ndarray:
+    """n unit vectors around random centres; a share `moved` of them around the first centre instead."""
+    pick = rs.integers(0, len(centres), n)
+    pick[: int(moved * n)] = 0
+    x = centres[pick] * 3 + rs.standard_normal((n, centres.shape[1])) * 0.5
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_the_false_alarm_rate_is_the_level_on_null_data():
+    """Two samples of one distribution, 300 times: p < 0.05 in about 5% of them (the permutation test is exact)."""
+    rs = np.random.default_rng(0)
+    centres = rs.standard_normal((10, DIM))
+    ps = np.array([mmd_test(clusters(rs, 60, centres), clusters(rs, 60, centres), 100, seed)[2]
+                   for seed in range(300)])
+    assert 0.02 <= (ps < 0.05).mean() <= 0.085, (ps < 0.05).mean()
+    assert 0.3 < np.median(ps) < 0.7
+
+
+def test_a_planted_shift_is_found():
+    """A fifth of one snapshot moved to one of ten clusters (its share from 10% to 28%): found nearly always."""
+    rs = np.random.default_rng(1)
+    centres = rs.standard_normal((10, DIM))
+    ps = np.array([mmd_test(clusters(rs, 200, centres), clusters(rs, 200, centres, moved=0.2), 200, seed)[2]
+                   for seed in range(20)])
+    assert (ps < 0.05).mean() >= 0.9, ps
+
+
+def test_the_sample_does_not_depend_on_how_the_parts_were_cut():
+    rs = np.random.default_rng(2)
+    ids = [f"img/{i:05d}.jpg" for i in range(500)]
+    emb = rs.standard_normal((500, 8)).astype(np.float32)
+
+    def parts(order, size):
+        return [([ids[i] for i in order[lo:lo + size]], emb[order[lo:lo + size]]) for lo in range(0, 500, size)]
+
+    a = sample(parts(np.arange(500), 64), 100, seed=0)
+    b = sample(parts(rs.permutation(500), 7), 100, seed=0)
+    assert a.shape == (100, 8) and np.array_equal(a, b)
+    assert np.allclose(np.linalg.norm(a, axis=1), 1)
+    assert not np.array_equal(a, sample(parts(np.arange(500), 64), 100, seed=1))  # the seed picks the images
+    assert sample(parts(np.arange(500), 64), 1000, seed=0).shape == (500, 8)
+
+
+def flat_colours(root, n=8):
+    for i in range(n):
+        path = root / "x" / f"{i}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (40, 40), (30 * i % 255, 200, 40)).save(path)
+    return root
+
+
+def test_diff_and_check_see_what_the_images_show(tmp_path, capsys):
+    """Noise photos against flat colours (audit-tiny): the embeddings moved; against itself they did not; a
+    scan without embeddings says why it is not compared, and the rule is skipped."""
+    noise = tmp_path / "noise"
+    for i in range(8):
+        save_noise(noise / "x" / f"{i}.png", seed=i)
+    kw = dict(opinion="probes", words="red", **FAST)
+    audit.scan(noise, tmp_path / "a", **kw)
+    audit.scan(flat_colours(tmp_path / "flat"), tmp_path / "b", **kw)
+    audit.scan(noise, tmp_path / "bare", embeddings="none", **kw)
+    assert main(["diff", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    out = capsys.readouterr().out
+    assert "Embeddings: maximum mean discrepancy" in out and "moved beyond sampling noise" in out, out
+    assert main(["diff", str(tmp_path / "a"), str(tmp_path / "a")]) == 0
+    assert "within sampling noise" in capsys.readouterr().out
+    policy = tmp_path / "policy.toml"
+    policy.write_text('[drift]\nembeddings = true\nkind = "ascent"\n', encoding="utf-8")
+    assert main(["check", str(tmp_path / "b"), "--policy", str(policy), "--baseline", str(tmp_path / "a")]) == 1
+    assert "FAIL  drift.embeddings" in capsys.readouterr().out
+    assert main(["check", str(tmp_path / "a"), "--policy", str(policy), "--baseline", str(tmp_path / "a")]) == 0
+    assert "PASS  drift.embeddings" in capsys.readouterr().out
+    assert main(["check", str(tmp_path / "a"), "--policy", str(policy), "--baseline", str(tmp_path / "bare")]) == 0
+    out = capsys.readouterr().out
+    assert "SKIP  drift.embeddings" in out and "keeps no image embeddings" in out, out
+    assert "not compared" in audit.diff(tmp_path / "bare", tmp_path / "a").markdown()
+
+
+@pytest.mark.parametrize("bad", ["embeddings = 1", 'embeddings = "yes"'])
+def test_the_rule_takes_a_boolean(tmp_path, bad, capsys):
+    audit.scan(flat_colours(tmp_path / "flat"), tmp_path / "a", opinion="probes", words="red", **FAST)
+    policy = tmp_path / "policy.toml"
+    policy.write_text(f"[drift]\n{bad}\n", encoding="utf-8")
+    assert main(["check", str(tmp_path / "a"), "--policy", str(policy)]) == 2
+    assert "embeddings" in capsys.readouterr().err
