@@ -235,8 +235,9 @@ class DiffOutcome:
 def diff(old: str | os.PathLike, new: str | os.PathLike, *, group_by: str | list[str] | None = None,
          min_count: int = MIN_COUNT, fdr: float = FDR, kind: str = "ascent", stop_words: str | os.PathLike = STOP_WORDS,
          min_relative_cosine: float = MIN_RELATIVE_COSINE) -> DiffOutcome:
-    """Compare two scans: images added and removed, word shift, associations gained and lost; `kind` chooses the
-    words compared ("ascent" or "concept")."""
+    """Compare two scans: images added and removed, word shift, associations gained and lost, and whether what
+    the images show moved (a two-sample test on their stored embeddings); `kind` chooses the words compared
+    ("ascent" or "concept")."""
     from audit.outputs.diff import build_diff
 
     columns = [group_by] if isinstance(group_by, str) else list(group_by or [])
@@ -245,6 +246,30 @@ def diff(old: str | os.PathLike, new: str | os.PathLike, *, group_by: str | list
 
 
 _V = VerifyOptions()
+
+
+def ask(scan_dir: str | os.PathLike, out: str | os.PathLike, *, words: tuple[str, ...] | str = (),
+        words_file: str | os.PathLike | None = None, templates: str | os.PathLike | None = None,
+        opinion: str = "probes", vocabulary: str | os.PathLike | None = _D.vocabulary,
+        concept_l1: float | None = _D.concept_l1, concepts_per_image: int = _D.concepts_per_image,
+        concept_mean: str | os.PathLike | None = _D.concept_mean, pretrained: str | None = None,
+        device: str = "auto", overwrite: bool = False, quiet: bool = False) -> Scan:
+    """Answer a new question of every image of a finished scan from its stored embeddings (no image is read),
+    into a scan directory of its own that report, check, diff and Scan read like any scan; returns it.
+    `opinion="probes"` scores `words` in `templates` (openai | simple | none | a file; default: the model's);
+    `opinion="concepts"` makes the concept decomposition again with `vocabulary`, `concept_l1`,
+    `concepts_per_image` (centred by the source scan's own image mean when it has one, else `concept_mean`).
+    `pretrained`: the weights, when the scan recorded a file elsewhere. A re-run resumes; a source scan that
+    changed since is refused (overwrite to ask again)."""
+    from audit.scanner.ask import run_ask
+
+    def text(value):
+        return None if value is None else str(value)
+
+    return run_ask(scan_dir, out, words=words, words_file=words_file, templates=text(templates), opinion=opinion,
+                   vocabulary=text(vocabulary), concept_l1=concept_l1, concepts_per_image=concepts_per_image,
+                   concept_mean=text(concept_mean), pretrained=pretrained, device=device, overwrite=overwrite,
+                   quiet=quiet)
 
 
 def verify(scan_dir: str | os.PathLike, *, group_by: str | list[str] | None = None,

@@ -107,7 +107,7 @@ LegradLayers = Annotated[Optional[int], typer.Option(min=1, rich_help_panel=RELE
 OcclusionWindow = Annotated[Optional[int], typer.Option(min=1, rich_help_panel=RELEVANCY, help="Side of the blanked window in patches, for --heatmap occlusion (default: the model's, 3 or 4 for audit-demo).")]  # noqa: UP045
 Words = Annotated[Optional[list[str]], typer.Option("--words", "-w", rich_help_panel=INPUT, help="Probe words or phrases scored on every image, comma-separated (repeatable).")]  # noqa: UP045
 WordsFile = Annotated[Optional[Path], typer.Option("--words-file", rich_help_panel=INPUT, help="Probe words, one per line (phrases may contain commas; # starts a comment).")]  # noqa: UP045
-Templates = Annotated[Optional[str], typer.Option(rich_help_panel=INPUT, help="Prompt templates probe words are scored in, as CLIP is used zero-shot: openai (CLIP's 80 ImageNet templates), simple (7 of them), none (the bare word), or a file with one template per line holding {} where the word goes. Default: the model's, openai.")]  # noqa: UP045
+Templates = Annotated[Optional[str], typer.Option(rich_help_panel=INPUT, help="Prompt templates probe words are scored in, as CLIP is used zero-shot: simple (the 7 of CLIP's 80 ImageNet templates its authors picked, which did as well), openai (all 80), none (the bare word), or a file with one template per line holding {} where the word goes. Default: the model's, simple (none for audit-demo).")]  # noqa: UP045
 EmbeddingsOption = Annotated[str, typer.Option(rich_help_panel=RUN, help="Keep each image's embedding in the scan, for `audit ask` to answer later questions without the images: float16 (about 1 KB an image for ViT-B-32), float32, or none.")]
 NoAscent = Annotated[bool, typer.Option("--no-ascent", rich_help_panel=ASCENT, help="Deprecated: leaves the ascent out; write --opinion probes (with --words) or --opinion concepts instead.")]
 OpinionOption = Annotated[str, typer.Option(parser=_opinions, metavar=OPINION_METAVAR, rich_help_panel=CONCEPTS, help="What CLIP thinks of each image, one method or several separated by commas: ascent (search for the token sequences closest to it: open vocabulary, seconds per image), concepts (a sparse, non-negative decomposition of its embedding over a vocabulary: milliseconds per image), probes (only the probe words of --words, which are scored with any method); both means ascent,concepts.")]
@@ -328,6 +328,33 @@ def explain(
     if json_out is not None:
         write_json(done, json_out)
     sys.stdout.write(explained_text(done))
+
+
+@app.command()
+def ask(
+    scan_dir: Path = typer.Argument(..., help="A scan directory written by `audit scan` (it keeps each image's embedding by default)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Scan directory to write the answers into (or resume)."),
+    words: Words = None,
+    words_file: WordsFile = None,
+    templates: Templates = None,
+    opinion: str = typer.Option("probes", rich_help_panel=CONCEPTS, help="What to ask: probes (the words of --words, in --templates) or concepts (the concept decomposition again, with --vocabulary, --concept-l1, --concepts-per-image)."),
+    vocabulary: Vocabulary = _D.vocabulary,
+    concept_l1: ConceptL1 = _D.concept_l1,
+    concepts_per_image: ConceptsPerImage = _D.concepts_per_image,
+    concept_mean: Optional[str] = typer.Option(None, rich_help_panel=CONCEPTS, help="The image mean the decomposition centres by: dataset (every stored embedding), none, FILE.npy or SCAN_DIR; default: the source scan's own when it has one, else the model's."),  # noqa: UP045
+    pretrained: Optional[str] = typer.Option(None, help="The scan's weights, when its record (a file name) does not say where they are; default: what the scan recorded."),  # noqa: UP045
+    device: Device = "auto",
+    overwrite: Overwrite = False,
+    quiet: Quiet = False,
+) -> None:
+    """Answer new questions from a finished scan's stored embeddings, without reading an image: probe words
+    scored on every image, or the concept decomposition with other settings, written as a scan of their own for
+    report, check and diff."""
+    import audit
+
+    audit.ask(scan_dir, out, words=tuple(words or ()), words_file=words_file, templates=templates, opinion=opinion,
+              vocabulary=vocabulary, concept_l1=concept_l1, concepts_per_image=concepts_per_image,
+              concept_mean=concept_mean, pretrained=pretrained, device=device, overwrite=overwrite, quiet=quiet)
 
 
 _V = VerifyOptions()

@@ -4,8 +4,9 @@ that vector is scored against the image. A bare word is a poor text query for CL
 convention its authors and open_clip evaluate with.
 
 --templates names a set:
-- openai: the 80 ImageNet templates of CLIP's paper, as open_clip ships them (the default for real models);
-- simple: the 7 of them CLIP's authors found to do about as well, as open_clip ships them;
+- openai: the 80 ImageNet templates of CLIP's paper, as open_clip ships them;
+- simple: the 7 of them CLIP's authors picked by forward selection, which did as well (the default for real
+  models: profiles.py);
 - none: the bare word;
 - a file: one template per line, each holding "{}" where the word goes (# starts a comment).
 The templates are recorded in the scan's settings as text, so a file may change under its name.

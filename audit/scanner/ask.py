@@ -1,0 +1,292 @@
+"""`audit ask`: new questions answered from a finished scan's stored embeddings, without reading an image.
+
+A second pass: it loads the scan's model (for its text tower), streams the source scan's embeddings one part at a
+time (memory flat in the number of images) and writes a scan directory of its own: the source's images and
+errors tables as they are, and the new word rows (probe words scored in prompt templates, with the function the
+scan itself scores them with: opinions.probes). `audit report`, `check`, `diff` and the Python API read it like
+any scan. It names its source and the source's fingerprint (its committed part files), and refuses a source
+that changed since.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from audit.errors import AuditError
+from audit.scanner.opinions.probes import probe_cosines, template_setting
+from audit.scanner.probes import parse_probe_words
+from audit.scanner.templates import check_fit, parse_templates, text_vectors
+from audit.store.layout import committed_parts
+from audit.store.reader import Scan
+from audit.store.schema import PROBE
+
+log = logging.getLogger("audit.ask")
+# The source's settings an asked scan keeps: whatever shaped its model and where its maps look.
+KEPT = ("model", "pretrained", "weights_sha256", "seed", "start_layer", "start_layer_text", "heatmap",
+        "occlusion_window", "legrad_layers")
+FILES_PER_UNIT = 256  # source parts read (and written as one part) at a time: 16,384 images at a GPU's batch of 64
+
+
+def fingerprint(root: Path) -> str:
+    """The source scan's committed part files (table, name, size): a scan is never edited, only added to, so a
+    resume, a retry or an overwrite changes this."""
+    digest = hashlib.sha256()
+    for table in ("images", "embeddings", "errors"):
+        for p in committed_parts(root, table):
+            digest.update(f"{table}/{p.name}:{p.stat().st_size}\n".encode())
+    return digest.hexdigest()
+
+
+def _source_of(scan: Scan) -> dict:
+    return scan.config.get("source", {}) or {}
+
+
+def _model(scan: Scan, pretrained: str | None, device: str):
+    from audit.scanner.encoders import Towers
+    from audit.scanner.verify import scan_model
+
+    return Towers(scan_model(scan, pretrained, device))
+
+
+class _Probes:
+    """Probe words in prompt templates, scored as the scan's probe opinion scores them."""
+
+    def __init__(self, model: str, words, words_file, templates: str | None):
+        from audit.scanner.profiles import profile
+
+        self.words = parse_probe_words(words, words_file)
+        if not self.words:
+            raise AuditError("audit ask needs words to score: pass --words or --words-file")
+        self.spec = templates if templates is not None else profile(model).templates
+        self.templates = parse_templates(self.spec)
+
+    def settings(self) -> dict:
+        return {"opinions": ["probes"], "probe_words": list(self.words),
+                "probe_templates": template_setting(self.spec, self.templates)}
+
+    def build(self, towers, source: Scan) -> None:
+        check_fit(self.words, self.templates, towers.tokenizer, towers.context_length)
+        self.texts = text_vectors(towers, list(self.words), self.templates).cpu()
+
+    def answer(self, images: pa.Table, embeddings: np.ndarray) -> dict[str, pa.Table]:
+        cos = probe_cosines(torch.from_numpy(embeddings), self.texts)
+        return {"images": images, "tokens": _token_table(images["image_id"], self.words, cos)}
+
+
+class _Concepts:
+    """The concept decomposition with other settings, as the scan's concept opinion makes it (no heatmaps: those
+    need the images). Centred by the source scan's own image mean when it has one (--concept-mean SOURCE)."""
+
+    def __init__(self, root: Path, source: Scan, vocabulary, concept_l1, concepts_per_image, concept_mean):
+        from audit.scanner.opinions.concepts import ConceptOpinion
+        from audit.scanner.options import ScanOptions
+
+        model = source.settings["model"]
+        if concept_mean is None and source.config.get("concept_mean"):
+            concept_mean = str(root)
+        self.opts = ScanOptions(model=model, opinion="concepts", vocabulary=vocabulary, concept_l1=concept_l1,
+                                concepts_per_image=concepts_per_image, concept_heatmaps=0,
+                                concept_mean=concept_mean).with_model_defaults()
+        self.opts.check()
+        self.method = ConceptOpinion
+        self.plan = ConceptOpinion.plan(self.opts)
+        self.root = root
+
+    def settings(self) -> dict:
+        return {"opinions": ["concepts"], **self.method.settings(self.opts, self.plan)}
+
+    def build(self, towers, source: Scan) -> None:
+        import dataclasses
+
+        if self.plan.mean is None:  # "dataset": the mean of every stored embedding, normalised as the scan does
+            self.plan = dataclasses.replace(self.plan, mean=_stored_mean(self.root))
+        self.opinion = self.method.build(self.opts, towers, self.plan)
+        self.towers = towers
+
+    def answer(self, images: pa.Table, embeddings: np.ndarray) -> dict[str, pa.Table]:
+        from audit.scanner.opinions.base import OpinionBatch
+
+        batch = OpinionBatch(self.towers, None, None, torch.from_numpy(embeddings).to(self.towers.device))
+        found = self.opinion.rows(batch)
+        rows = [(image_id, w) for image_id, ws in zip(images["image_id"].to_pylist(), found.words, strict=True)
+                for w in ws]
+        tokens = pa.table({
+            "image_id": pa.array([i for i, _ in rows], pa.string()), "kind": [w["kind"] for _, w in rows],
+            "word": [w["word"] for _, w in rows], "word_rank": pa.array([w["word_rank"] for _, w in rows], pa.int16()),
+            "seq_rank": pa.array([w["seq_rank"] for _, w in rows], pa.int16()),
+            "seq_text": [w["seq_text"] for _, w in rows],
+            "seq_cosine": pa.array([w["seq_cosine"] for _, w in rows], pa.float32()),
+            "word_cosine": pa.array([w["word_cosine"] for _, w in rows], pa.float32()),
+            "weight": pa.array([w.get("weight") for _, w in rows], pa.float32())})
+        fit = pa.array(found.image_columns["concept_cosine"], pa.float32())
+        images = images.set_column(images.schema.get_field_index("concept_cosine"), "concept_cosine", fit)
+        return {"images": images, "tokens": tokens}
+
+
+def _stored_mean(root: Path):
+    from audit.scanner.concepts import ImageMean
+
+    total, n = None, 0
+    for _, emb in Scan(root).embedding_parts():
+        part = (emb / np.linalg.norm(emb, axis=1, keepdims=True).clip(1e-12)).sum(0, dtype=np.float64)
+        total = part if total is None else total + part
+        n += len(emb)
+    return ImageMean((total / n).astype(np.float32), "dataset", n)
+
+
+def run_ask(source_dir: str | os.PathLike, out: str | os.PathLike, *, words=(), words_file=None,
+            templates: str | None = None, opinion: str = "probes", vocabulary: str | None = None,
+            concept_l1: float | None = None, concepts_per_image: int = 10, concept_mean: str | None = None,
+            pretrained: str | None = None, device: str = "auto", overwrite: bool = False,
+            quiet: bool = False) -> Scan:
+    """Answer a question of every image of a finished scan from its stored embeddings, into the scan directory
+    `out` (see the module's docstring); returns it. `opinion`: probes (the words, in templates) or concepts (the
+    decomposition with the given vocabulary, penalty and count)."""
+    from audit.scanner.progress import Progress
+    from audit.store.writer import ScanWriter
+
+    start = time.perf_counter()
+    root = Path(source_dir).resolve()
+    source = Scan(root)
+    if _source_of(source).get("kind") == "scan":
+        raise AuditError(f"{root} was itself made by `audit ask` and keeps no embeddings; ask its source, "
+                         f"{_source_of(source).get('location')}")
+    if Path(out).resolve() == root:
+        raise AuditError("--out is the source scan itself; ask into a directory of its own")
+    settings = source.settings
+    if opinion == "probes":
+        question = _Probes(settings["model"], words, words_file, templates)
+    elif opinion == "concepts":
+        if words or words_file or templates is not None:
+            raise AuditError("--words, --words-file and --templates ask probe words: leave out --opinion concepts, "
+                             "or ask them in a second `audit ask`")
+        question = _Concepts(root, source, vocabulary, concept_l1, concepts_per_image, concept_mean)
+    else:
+        raise AuditError(f"audit ask --opinion must be probes or concepts, not {opinion!r} (the ascent needs the "
+                         "images: `audit scan`)")
+    images_n, embedded = _counts(source)
+    if images_n == 0:
+        raise AuditError(f"{root} holds no scanned image")
+    if embedded < images_n:
+        raise AuditError(f"{images_n - embedded} of {images_n} images of {root} have no stored embedding (scanned "
+                         "with --embeddings none, or by an audit before 0.3); scan them again into a new directory "
+                         "to ask questions of them")
+    mine = {k: settings[k] for k in KEPT if k in settings}
+    mine.update(question.settings())
+    print_fp = fingerprint(root)
+    writer = ScanWriter.open(out, mine, {"kind": "scan", "location": str(root), "fingerprint": print_fp},
+                             overwrite=overwrite)
+    try:
+        if writer.config["source"].get("fingerprint") != print_fp:
+            raise AuditError(f"{out} was asked of {root} as it was before (it changed since: resumed, retried or "
+                             "overwritten); ask again with --overwrite")
+        phases = {"model": 0.0, "text": 0.0, "reading": 0.0, "scoring": 0.0, "writing": 0.0}
+        t0 = time.perf_counter()
+        towers = _model(source, pretrained, device)
+        t1 = time.perf_counter()
+        question.build(towers, source)
+        phases["model"], phases["text"] = t1 - t0, time.perf_counter() - t1
+        done = writer.scanned_ids()
+        bar = Progress(images_n, "ask", quiet)
+        bar.update(len(done))
+        errors = None if done or writer.failed_ids() else source.table("errors")
+        written = tokens = 0
+        units = _units(root, done)
+        while True:
+            t0 = time.perf_counter()
+            unit = next(units, None)
+            t1 = time.perf_counter()
+            phases["reading"] += t1 - t0
+            if unit is None:
+                break
+            tables = question.answer(*unit)
+            t2 = time.perf_counter()
+            phases["scoring"] += t2 - t1
+            if errors is not None and errors.num_rows:
+                tables["errors"] = errors
+            errors = None
+            writer.write_unit(tables)
+            phases["writing"] += time.perf_counter() - t2
+            written += tables["images"].num_rows
+            tokens += tables["tokens"].num_rows
+            bar.update(tables["images"].num_rows)
+        bar.close()
+        last = (source.config.get("runs") or [{}])[-1]
+        writer.record_run({
+            "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "device": str(device),
+            "engine": "ask", "images": written, "tokens": tokens,
+            "dataset_images": last.get("dataset_images"), "dataset_fingerprint": last.get("dataset_fingerprint"),
+            "preprocess": last.get("preprocess"), "seconds": round(time.perf_counter() - start, 3),
+            "phases": {k: round(v, 3) for k, v in phases.items()}})
+    finally:
+        writer.close()
+    if not quiet:
+        log.info(f"audit ask: {opinion} of {written} image(s) from the stored embeddings of {root} in "
+                 f"{time.perf_counter() - start:.1f} s ({tokens} rows); {images_n - written} already there; into "
+                 f"{out}")
+    return Scan(out)
+
+
+def _counts(scan: Scan) -> tuple[int, int]:
+    def rows(table: str) -> int:
+        return sum(pq.ParquetFile(p).metadata.num_rows for p in committed_parts(scan.root, table))
+    return rows("images"), rows("embeddings")
+
+
+def _units(root: Path, done: set[str]):
+    """(images rows, embeddings [n, D] float32 in the same order) of the images not yet asked, FILES_PER_UNIT
+    source parts at a time (a scan writes one part per batch: a million images are thousands of small files, which
+    a dataset scan reads several at once)."""
+    import pyarrow.compute as pc
+    import pyarrow.dataset as ds
+
+    names = [p.name for p in committed_parts(root, "images")]
+    skip = pa.array(sorted(done), pa.string()) if done else None
+    for lo in range(0, len(names), FILES_PER_UNIT):
+        chunk = names[lo:lo + FILES_PER_UNIT]
+        images = _read(ds, [root / "images" / n for n in chunk])
+        emb = _read(ds, [root / "embeddings" / n for n in chunk])
+        if not images.num_rows:
+            continue
+        vectors = emb["embedding"].combine_chunks()
+        vectors = vectors.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(emb.num_rows, -1)
+        if not images["image_id"].equals(emb["image_id"]):  # each part's rows in one order: a bug otherwise
+            raise AuditError(f"the images and embeddings of {root} list other images in parts {chunk[0]}..; this is "
+                             "a bug of audit")
+        if skip is not None:
+            keep = pc.invert(pc.is_in(images["image_id"], value_set=skip))
+            images, vectors = images.filter(keep), vectors[keep.to_numpy(zero_copy_only=False)]
+        if images.num_rows:
+            yield images, vectors
+
+
+def _read(ds, paths: list[Path]) -> pa.Table:
+    """Several part files as one table, read together. Their columns are unified first: images parts may carry
+    other metadata columns (a WebDataset's JSON keys vary), which a dataset would otherwise drop."""
+    schema = pa.unify_schemas([pq.read_schema(p).remove_metadata() for p in paths], promote_options="default")
+    return ds.dataset([str(p) for p in paths], schema=schema, format="parquet").to_table()
+
+
+def _token_table(image_ids: pa.ChunkedArray, words: tuple[str, ...], cos: np.ndarray) -> pa.Table:
+    """Probe rows, image by image and word by word in the order asked, as the scan's probe opinion writes them.
+    Built from indices (no Python object per row): a unit holds images times words rows."""
+    n, w = cos.shape
+    ids = image_ids.combine_chunks().take(pa.array(np.repeat(np.arange(n), w)))
+    word = pa.DictionaryArray.from_arrays(pa.array(np.tile(np.arange(w, dtype=np.int32), n)),
+                                          pa.array(list(words), pa.string())).cast(pa.string())
+    kind = pa.DictionaryArray.from_arrays(pa.array(np.zeros(n * w, np.int32)), pa.array([PROBE])).cast(pa.string())
+    values = pa.array(cos.ravel().astype(np.float32))
+    return pa.table({"image_id": ids, "kind": kind, "word": word,
+                     "word_rank": pa.array(np.tile(np.arange(w, dtype=np.int16), n)),
+                     "seq_rank": pa.array(np.full(n * w, -1, dtype=np.int16)), "seq_text": word,
+                     "seq_cosine": values, "word_cosine": values})

@@ -1,0 +1,213 @@
+"""Stored embeddings, prompt templates and `audit ask`: a question asked later gives the answer a scan gives."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import audit
+from audit.cli import main
+from audit.errors import AuditError
+from audit.scanner.templates import fill, parse_templates, text_vectors
+
+from .helpers import FAST, save_noise
+
+WORDS = "red,a blue car,dog"
+
+
+@pytest.fixture
+def odd_folder(tmp_path):
+    """Seven photos of seven sizes in two labels."""
+    root = tmp_path / "ds"
+    for i in range(7):
+        save_noise(root / ("cat" if i % 2 else "dog") / f"{i}.png", seed=i, size=(40 + 7 * i, 33 + 5 * i))
+    return root
+
+
+def by_pair(scan) -> "np.ndarray":
+    t = scan.tokens()
+    return t[t.kind == "probe"].set_index(["image_id", "word"]).word_cosine.sort_index()
+
+
+def test_stored_embeddings_are_the_image_towers_features(odd_folder, tmp_path, tiny):
+    """Recomputed from the scan's own preprocessing: float16 within its rounding, float32 within float noise;
+    --embeddings none stores none."""
+    from audit.scanner.encoders import Towers
+    from audit.scanner.loader import to_model_input
+    from audit.sources.decode import decode
+
+    towers = Towers(tiny)
+    half = audit.scan(odd_folder, tmp_path / "half", opinion="probes", words="red", batch_size=3, **FAST)
+    full = audit.scan(odd_folder, tmp_path / "full", opinion="probes", words="red", batch_size=2,
+                      embeddings="float32", **FAST)
+    none = audit.scan(odd_folder, tmp_path / "none", opinion="probes", words="red", embeddings="none", **FAST)
+    pre = half.config["runs"][-1]["preprocess"]
+    mean, std = np.asarray(pre["mean"], np.float32), np.asarray(pre["std"], np.float32)
+    ids, stored16 = half.embeddings()
+    paths = half.images().set_index("image_id").path
+    pixels = torch.stack([to_model_input(decode(paths[i], pre, None).pixels, mean, std) for i in ids])
+    with torch.no_grad():
+        want = towers.encode_images(pixels).float().numpy()
+    assert stored16.dtype == np.float32 and stored16.shape == want.shape == (7, want.shape[1])
+    assert np.allclose(stored16, want, rtol=1e-3, atol=1e-3) and not np.array_equal(stored16, want)
+    ids32, stored32 = full.embeddings()
+    assert np.allclose(stored32[[ids32.index(i) for i in ids]], want, atol=1e-5)
+    assert none.embeddings()[0] == [] and len(none.images()) == 7
+
+
+def test_ask_gives_the_probe_scans_scores(odd_folder, tmp_path):
+    """A concepts-free, probe-free first pass, then `audit ask`: the same rows as a probe-only scan of those
+    words (float16 storage: within its rounding; float32: float noise), whatever the batch sizes."""
+    scanned = audit.scan(odd_folder, tmp_path / "probes", opinion="probes", words=WORDS, batch_size=3, **FAST)
+    audit.scan(odd_folder, tmp_path / "src", opinion="probes", words="zebra", batch_size=2, **FAST)
+    asked = audit.ask(tmp_path / "src", tmp_path / "asked", words=WORDS, device="cpu", quiet=True)
+    a, b = by_pair(asked), by_pair(scanned)
+    assert list(a.index) == list(b.index) and len(a) == 21
+    assert np.abs(a.to_numpy() - b.to_numpy()).max() < 2e-3
+    assert asked.heatmaps().empty and len(asked.images()) == 7  # no maps: ask reads no image
+    tokens = asked.tokens()
+    want = scanned.tokens()
+    assert (tokens.word_rank.groupby(tokens.word).first() == want.word_rank.groupby(want.word).first()).all()
+    assert asked.config["settings"]["probe_templates"] == scanned.config["settings"]["probe_templates"] == "simple"
+    assert asked.config["source"]["kind"] == "scan"
+    # float32 embeddings: the same numbers to float noise.
+    audit.scan(odd_folder, tmp_path / "src32", opinion="probes", words="zebra", embeddings="float32", **FAST)
+    exact = by_pair(audit.ask(tmp_path / "src32", tmp_path / "asked32", words=WORDS, device="cpu", quiet=True))
+    assert np.abs(exact.to_numpy() - b.to_numpy()).max() < 1e-5
+    # Report and check read it like any scan.
+    assert "a blue car" in audit.report(tmp_path / "asked", "label", min_count=1).html
+
+
+def test_ask_resumes_and_refuses_a_source_that_changed(odd_folder, tmp_path, capsys):
+    more = odd_folder / "cat" / "late.png"
+    source = tmp_path / "src"
+    audit.scan(odd_folder, source, opinion="probes", words="zebra", **FAST)
+    assert main(["ask", str(source), "--out", str(tmp_path / "asked"), "-w", "red", "--device", "cpu", "-q"]) == 0
+    first = by_pair(audit.Scan(tmp_path / "asked"))
+    assert main(["ask", str(source), "--out", str(tmp_path / "asked"), "-w", "red", "--device", "cpu", "-q"]) == 0
+    assert by_pair(audit.Scan(tmp_path / "asked")).equals(first)  # nothing to do, nothing doubled
+    save_noise(more, seed=99)
+    audit.scan(odd_folder, source, opinion="probes", words="zebra", **FAST)  # resumed: one image more
+    capsys.readouterr()
+    assert main(["ask", str(source), "--out", str(tmp_path / "asked"), "-w", "red", "--device", "cpu", "-q"]) == 2
+    assert "changed since" in capsys.readouterr().err
+    assert main(["ask", str(source), "--out", str(tmp_path / "asked"), "-w", "red", "--device", "cpu", "-q",
+                 "--overwrite"]) == 0
+    assert len(audit.Scan(tmp_path / "asked").images()) == 8
+
+
+def test_ask_says_what_it_cannot_answer(odd_folder, tmp_path, capsys):
+    audit.scan(odd_folder, tmp_path / "bare", opinion="probes", words="zebra", embeddings="none", **FAST)
+    audit.scan(odd_folder, tmp_path / "src", opinion="probes", words="zebra", **FAST)
+    audit.ask(tmp_path / "src", tmp_path / "asked", words="red", device="cpu", quiet=True)
+    cases = [
+        (["ask", str(tmp_path / "bare"), "-o", str(tmp_path / "a1"), "-w", "red"], "7 of 7 images"),
+        (["ask", str(tmp_path / "src"), "-o", str(tmp_path / "a2")], "needs words"),
+        (["ask", str(tmp_path / "asked"), "-o", str(tmp_path / "a3"), "-w", "red"], "made by `audit ask`"),
+        (["ask", str(tmp_path / "src"), "-o", str(tmp_path / "src"), "-w", "red"], "source scan itself"),
+        (["ask", str(tmp_path / "src"), "-o", str(tmp_path / "a4"), "-w", "red", "--templates", "nope.txt"],
+         "neither openai, simple, none nor a file"),
+    ]
+    for argv, message in cases:
+        assert main([*argv, "--device", "cpu", "-q"]) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+
+
+def test_the_template_ensemble(tiny, tmp_path):
+    """The mean of the filled templates' unit embeddings, normalised again; one word's vector does not depend on
+    the words asked with it; none is the bare word; a file's templates are checked."""
+    from audit.scanner.encoders import Towers
+
+    towers = Towers(tiny)
+    simple = parse_templates("simple")
+    assert len(simple) == 7 and len(parse_templates("openai")) == 80 and parse_templates("none") == ["{}"]
+    assert all(t.count("{}") == 1 for t in parse_templates("openai"))
+    together = text_vectors(towers, ["red", "a blue car"], simple)
+    alone = text_vectors(towers, ["a blue car"], simple)
+    ids, eot = towers.tokenize(fill(simple, "a blue car"))
+    with torch.no_grad():
+        by_hand = F.normalize(F.normalize(towers.encode_ids(ids, eot)[0].float(), dim=-1).mean(0), dim=0)
+    assert torch.allclose(together[1], by_hand, atol=1e-6) and torch.allclose(alone[0], by_hand, atol=1e-6)
+    bare = text_vectors(towers, ["red"], ["{}"])
+    assert not torch.allclose(bare[0], together[0], atol=1e-3)  # the templates change the query
+    mine = tmp_path / "templates.txt"
+    mine.write_text("# mine\na sketch of a {}.\n\nthe {} again\n", encoding="utf-8")
+    assert parse_templates(mine) == ["a sketch of a {}.", "the {} again"]
+    for bad in ("a photo\n", "{} and {}\n", "a {x} {}\n"):
+        mine.write_text(bad, encoding="utf-8")
+        with pytest.raises(AuditError, match="holds {} once"):
+            parse_templates(mine)
+
+
+def test_a_probe_scan_with_templates_none_scores_the_bare_word(odd_folder, tmp_path, tiny):
+    """--templates none: the cosine of the image with the bare word; the default: with the simple ensemble."""
+    from audit.scanner.encoders import Towers
+
+    towers = Towers(tiny)
+    bare = audit.scan(odd_folder, tmp_path / "bare", opinion="probes", words="red", templates="none",
+                      embeddings="float32", **FAST)
+    default = audit.scan(odd_folder, tmp_path / "default", opinion="probes", words="red", embeddings="float32",
+                         **FAST)
+    assert bare.config["settings"]["probe_templates"] == "none"
+    for scan, templates in ((bare, ["{}"]), (default, parse_templates("simple"))):
+        ids, emb = scan.embeddings()
+        want = F.normalize(torch.from_numpy(emb), dim=-1) @ text_vectors(towers, ["red"], templates)[0]
+        got = by_pair(scan).loc[[(i, "red") for i in ids]].to_numpy()
+        assert np.allclose(got, want.numpy(), atol=1e-5)
+    assert not np.allclose(by_pair(bare), by_pair(default), atol=1e-3)
+
+
+def test_the_demos_two_pass_workflow_finds_the_planted_bias(tmp_path):
+    """Concepts over everything (seconds), then `audit ask --words grass,snow,brick`: the report's probe
+    section flags the north site with grass, from the stored embeddings alone."""
+    from audit.demo import DEMO_SETTINGS, make_dataset
+
+    manifest = make_dataset(tmp_path / "data", images=60)
+    audit.scan(manifest, tmp_path / "scan", model="audit-demo", opinion="concepts", workers=0, device="cpu",
+               quiet=True, **DEMO_SETTINGS)
+    assert main(["ask", str(tmp_path / "scan"), "-o", str(tmp_path / "asked"), "-w", "grass,snow,brick",
+                 "--device", "cpu", "-q"]) == 0
+    html = audit.report(tmp_path / "asked", "label", min_count=3).html
+    probes = html.split('id="probes"', 1)[1]
+    row = probes.split("grass", 1)[1].split("</tr>", 1)[0]
+    assert "north" in row and "▲" in row, row
+    from audit.analysis.associations import probes as probe_stats
+    from audit.store.query import ScanQuery
+
+    flagged = probe_stats(ScanQuery.open(tmp_path / "asked"), "label", 0.05).flagged
+    up = flagged[flagged.effect > 0]
+    assert list(zip(up.word, up.grp, strict=True)) == [("grass", "north")], flagged
+    assert json.loads((tmp_path / "asked" / "scan.json").read_text())["settings"]["probe_templates"] == "none"
+
+
+def test_ask_concepts_gives_the_rows_of_a_scan_with_those_settings(odd_folder, tmp_path):
+    """A concept scan, then the decomposition asked again with another vocabulary, penalty and count: the rows a
+    scan with those settings gives (centred by the same image mean: the source's own, --concept-mean SOURCE)."""
+    first = tmp_path / "first.txt"
+    first.write_text("red\nblue\ndog\ncat\n", encoding="utf-8")
+    other = tmp_path / "other.txt"
+    other.write_text("green\na blue car\ngrass\nsnow\nbrick\nperson\ntree\nsky\n", encoding="utf-8")
+    source = tmp_path / "src"
+    audit.scan(odd_folder, source, opinion="concepts", vocabulary=str(first), embeddings="float32",
+               batch_size=3, **FAST)
+    kw = dict(vocabulary=str(other), concept_l1=0.02, concepts_per_image=4)
+    scanned = audit.scan(odd_folder, tmp_path / "scanned", opinion="concepts", concept_mean=str(source),
+                         concept_heatmaps=0, batch_size=2, **kw, **FAST)
+    asked = audit.ask(source, tmp_path / "asked", opinion="concepts", device="cpu", quiet=True, **kw)
+    a = asked.tokens().sort_values(["image_id", "word_rank"]).reset_index(drop=True)
+    b = scanned.tokens().sort_values(["image_id", "word_rank"]).reset_index(drop=True)
+    assert len(a) > 7 and (a.kind == "concept").all()
+    assert a[["image_id", "word", "word_rank"]].equals(b[["image_id", "word", "word_rank"]])
+    for col in ("weight", "word_cosine", "seq_cosine"):
+        assert np.allclose(a[col], b[col], atol=1e-5), col
+    fit_a = asked.images().set_index("image_id").concept_cosine.sort_index()
+    fit_b = scanned.images().set_index("image_id").concept_cosine.sort_index()
+    assert np.allclose(fit_a, fit_b, atol=1e-5) and fit_a.notna().all()
+    settings = asked.config["settings"]
+    assert {k: settings[k] for k in ("vocabulary", "concept_l1", "concepts_per_image", "concept_mean")} == \
+        {k: scanned.config["settings"][k] for k in ("vocabulary", "concept_l1", "concepts_per_image", "concept_mean")}
+    with pytest.raises(AuditError, match="ask probe words"):
+        audit.ask(source, tmp_path / "mixed", opinion="concepts", words="red", device="cpu", quiet=True)
