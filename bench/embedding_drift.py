@@ -1,12 +1,13 @@
 """Embedding drift against the word distribution, on generated snapshots scanned with audit-demo (concepts).
 
 Per repeat, three snapshots of `--images` single-object scenes drawn at random (new seeds each time): A; B from
-the same generator (no drift: the false-alarm case); C the same but with a share `--moved` of its scenes on one
-background (snow; a planted shift). A is compared with B and with C by the embedding test (audit diff's and
+the same generator (no drift: the false-alarm case); C the same but with a share `--moved` of its scenes shifted
+(a planted shift): `--shift snow` puts them on one background, which a concept can name; `--shift dark` halves
+their brightness (night, another camera), which no concept of the demo's names. A is compared with B and with C by the embedding test (audit diff's and
 [drift] embeddings = true's: MMD, permutation p) and by the word distribution's Jensen-Shannon divergence over
 the concepts (its permutation p, as drift.words reads it). Printed: how often each says p < 0.05.
 
-    .venv/bin/python bench/embedding_drift.py [--repeats 8] [--images 200] [--moved 0.2]
+    .venv/bin/python bench/embedding_drift.py [--repeats 8] [--images 200] [--moved 0.2] [--shift snow|dark]
 """
 
 from __future__ import annotations
@@ -24,13 +25,18 @@ from audit.store.query import ScanQuery
 from audit.store.schema import CONCEPT
 
 
-def snapshot(root: Path, n: int, seed: int, moved: float) -> Path:
+def snapshot(root: Path, n: int, seed: int, moved: float, shift: str = "snow") -> Path:
+    from PIL import ImageEnhance
+
     folder = root / "photos"
     folder.mkdir(parents=True)
     for i in range(n):
-        background = "snow" if i < round(moved * n) else None
-        make_scene(seed * 1_000_000 + i, size=64, n_objects=1, background=background).image.save(
-            folder / f"{i:05d}.png")
+        planted = i < round(moved * n)
+        image = make_scene(seed * 1_000_000 + i, size=64, n_objects=1,
+                           background="snow" if planted and shift == "snow" else None).image
+        if planted and shift == "dark":
+            image = ImageEnhance.Brightness(image).enhance(0.5)
+        image.save(folder / f"{i:05d}.png")
     audit.scan(folder, root / "scan", model="audit-demo", opinion="concepts", workers=0, device="cpu",
                quiet=True)
     return root / "scan"
@@ -41,6 +47,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=8)
     parser.add_argument("--images", type=int, default=200)
     parser.add_argument("--moved", type=float, default=0.2)
+    parser.add_argument("--shift", choices=("snow", "dark"), default="snow")
     args = parser.parse_args()
     logging.getLogger("audit").setLevel(logging.WARNING)
     found = {("null", "embeddings"): 0, ("null", "words"): 0, ("shift", "embeddings"): 0, ("shift", "words"): 0}
@@ -49,7 +56,7 @@ def main() -> None:
         for r in range(args.repeats):
             a = snapshot(tmp / f"a{r}", args.images, 3 * r + 1, 0.0)
             b = snapshot(tmp / f"b{r}", args.images, 3 * r + 2, 0.0)
-            c = snapshot(tmp / f"c{r}", args.images, 3 * r + 3, args.moved)
+            c = snapshot(tmp / f"c{r}", args.images, 3 * r + 3, args.moved, args.shift)
             for case, other in (("null", b), ("shift", c)):
                 e = embedding_drift(audit.Scan(a), audit.Scan(other), seed=r)
                 words = compare(ScanQuery.open(a), ScanQuery.open(other), None, kind=CONCEPT).divergence
@@ -57,8 +64,9 @@ def main() -> None:
                 found[case, "words"] += words.p < 0.05
                 print(f"repeat {r} {case}: embeddings p={e.p:.3f}, concept words p={words.p:.3f}", flush=True)
     n = args.repeats
+    what = "on snow" if args.shift == "snow" else "at half brightness"
     print(f"\n{n} repeats of {args.images} images a snapshot; the shift: {args.moved:.0%} of one snapshot's scenes "
-          "on snow\n")
+          f"{what}\n")
     print("| test | false alarms (same generator) | planted shift found |\n|---|---:|---:|")
     for test, label in (("embeddings", "embeddings (MMD, permutation p < 0.05)"),
                         ("words", "concept distribution (JSD, permutation p < 0.05)")):

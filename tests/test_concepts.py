@@ -101,10 +101,10 @@ def test_a_zero_image_has_no_concepts():
 
 # ---- vocabulary and its cache ---------------------------------------------------------------------------
 
-def test_the_default_vocabulary_is_the_tokenizers_real_words(tiny):
-    vocab = vocab_mod.default_vocabulary(tiny.tokenizer)
+def test_the_tokens_vocabulary_is_the_tokenizers_real_words(tiny):
+    vocab = vocab_mod.named_vocabulary("tokens", tiny.tokenizer)
     words = vocab.words
-    assert len(words) > 20_000 and len(set(words)) == len(words)
+    assert len(words) > 20_000 and len(set(words)) == len(words) and vocab.name == "tokens"
     assert all(w.isascii() and w.isalpha() and w.islower() and len(w) >= 3 for w in words)
     assert not set(words) & STOP_WORDS
     assert {"grass", "doctor", "wheelchair", "circle"} <= set(words)
@@ -114,12 +114,41 @@ def test_the_default_vocabulary_is_the_tokenizers_real_words(tiny):
     assert vocab == vocab_mod.default_vocabulary(tiny.tokenizer)  # the same list and hash every time
 
 
+def test_the_words_vocabulary_is_the_shipped_list_of_common_words(tiny):
+    """10,000 words, most frequent first: whole lowercase words a person uses, no stop words, no word pieces
+    (the tokens rule keeps "allery", the ending of "gallery"); each fits the text context."""
+    vocab = vocab_mod.named_vocabulary("words", None)
+    words = vocab.words
+    assert len(words) == 10_000 == len(set(words)) and vocab.identity.startswith("words:")
+    assert all(w.isascii() and w.isalpha() and w.islower() and len(w) >= 3 for w in words)
+    assert not set(words) & STOP_WORDS
+    assert {"grass", "doctor", "nurse", "wheelchair", "woman", "beach", "kitchen"} <= set(words)
+    assert "allery" in vocab_mod.named_vocabulary("tokens", tiny.tokenizer).words and "allery" not in words
+    assert words.index("people") < words.index("doctor") < words.index("wheelchair")  # frequency order
+    vocab_mod.check_vocabulary(vocab, tiny.tokenizer, 77)
+
+
+def test_the_shipped_list_is_made_again_byte_for_byte():
+    """data/make_concepts.py with the pinned wordfreq gives exactly the shipped file."""
+    from audit.scanner.data.make_concepts import build  # needs wordfreq: the dev extra pins it
+
+    assert build() == vocab_mod.WORDS_FILE.read_text(encoding="utf-8")
+
+
+def test_scans_made_with_the_tokenizers_words_before_they_were_named_read_as_tokens():
+    from audit.store.settings import differences, upgrade
+
+    old = {"model": "ViT-B-32", "opinions": ["concepts"], "vocabulary": "default:0123456789abcdef"}
+    assert upgrade(old)["vocabulary"] == "tokens:0123456789abcdef"
+    assert differences(old, {**old, "vocabulary": "tokens:0123456789abcdef"}) == []
+
+
 def test_a_vocabulary_file_is_read_strictly(tmp_path, tiny):
     f = tmp_path / "v.txt"
     f.write_text("Red  Car\n# a comment\nred car\nfire fighter  # trailing comment\n\nnurse\n", encoding="utf-8")
     v = vocab_mod.read_vocabulary(f)
     assert v.words == ("red car", "fire fighter", "nurse") and v.name == "v.txt"
-    with pytest.raises(AuditError, match="does not exist"):
+    with pytest.raises(AuditError, match="neither words, tokens nor a file that exists"):
         vocab_mod.read_vocabulary(tmp_path / "missing.txt")
     (tmp_path / "one.txt").write_text("car\n")
     with pytest.raises(AuditError, match="at least 2"):
@@ -175,7 +204,7 @@ def test_a_concept_scan_stores_concepts_weights_and_heatmaps(concept_scan):
     settings = concept_scan.config["settings"]
     # Only what shaped the rows: no ascent settings in a scan without an ascent (a resume compares these).
     assert settings["opinions"] == ["concepts"] and not {"steps", "candidates", "kernel", "probe_words"} & set(settings)
-    assert settings["concept_mean"] == "dataset" and settings["vocabulary"].startswith("default:")
+    assert settings["concept_mean"] == "dataset" and settings["vocabulary"].startswith("words:")  # the default
     stored = concept_scan.config["concept_mean"]
     assert stored["images"] == 9 and len(stored["vector"]) == 64
     for image_id, t in tokens.groupby("image_id"):
@@ -261,7 +290,7 @@ def test_concept_options_are_checked_before_anything_is_written(photos, tmp_path
 
     for args, needle in ((["--opinion", "vibes"], "--opinion"), (["--concept-l1", "0"], "--concept-l1"),
                          (["--concept-heatmaps", "11"], "--concept-heatmaps 11 is more than"),
-                         (["--vocabulary", str(tmp_path / "none.txt")], "does not exist")):
+                         (["--vocabulary", str(tmp_path / "none.txt")], "neither words, tokens nor a file")):
         code = main(["scan", str(photos), "--out", str(tmp_path / "s"), "--model", "audit-tiny", "--pretrained",
                      "none", "--opinion", "concepts", *args])
         err = capsys.readouterr().err

@@ -109,14 +109,17 @@ def test_settings_of_audit_0_2_are_read_in_this_form():
                 "concept_mean": "dataset"}
     shared = {"model": "ViT-B-32", "pretrained": "openai", "weights_sha256": None, "seed": 0}
     only_concepts = {**shared, **ascent, **concepts, "ascent": True, "opinion": "concepts", "probe_words": []}
-    assert stored_settings.upgrade(only_concepts) == {**shared, **concepts, "opinions": ["concepts"]}
+    # The tokenizer's words were the default vocabulary, named "default"; they are "tokens" now.
+    assert stored_settings.upgrade(only_concepts) == {**shared, **concepts, "vocabulary": "tokens:abc",
+                                                      "opinions": ["concepts"]}
     probes = {**shared, **ascent, "ascent": False, "opinion": "ascent", "probe_words": ["doctor"]}
     # Probe words were scored bare before templates.
     assert stored_settings.upgrade(probes) == {**shared, "probe_words": ["doctor"], "probe_templates": "none",
                                                "opinions": ["probes"]}
     both = {**shared, **ascent, **concepts, "ascent": True, "opinion": "both", "probe_words": []}
     on_gpu = stored_settings.upgrade(both, [{"device": "cuda:0"}])
-    assert on_gpu == {**shared, **ascent, **concepts, "kernel": "compile", "opinions": ["ascent", "concepts"]}
+    assert on_gpu == {**shared, **ascent, **concepts, "vocabulary": "tokens:abc", "kernel": "compile",
+                      "opinions": ["ascent", "concepts"]}
     assert stored_settings.upgrade(both, [{"device": "cpu"}])["kernel"] == "eager"
     # Version 1 knew neither opinion nor refine_words: an ascent with the swaps to any token.
     v1 = {**shared, **{k: v for k, v in ascent.items() if k != "refine_words"}, "ascent": True, "probe_words": []}

@@ -76,7 +76,8 @@ class ScanOptions:
     # decomposition), probes (the probe words alone); `both` is ascent,concepts. Probe words given with --words are
     # scored whatever this says.
     opinion: str = "ascent"
-    vocabulary: str | None = None  # concepts: a file, one word or phrase per line; None: the tokenizer's words
+    # concepts: words (the shipped common words) | tokens (the tokenizer's words) | a file; None: the model's.
+    vocabulary: str | None = None
     # concepts: the L1 penalty l1 of 0.5·|Cᵀw − x|² + l1·Σw (larger: fewer concepts per image); SpLiCE's λ is
     # 2·l1. None: the model's (profiles.py: 0.125, SpLiCE's published λ = 0.25).
     concept_l1: float | None = None

@@ -42,6 +42,9 @@ class ModelProfile:
     # text encoding: 100 phrases in all 80 take 41 s on a 2-core CPU with ViT-B-32 (bench/ask_cost.py), which
     # would be most of an `audit ask`.
     templates: str = "simple"
+    # The concept vocabulary when --vocabulary is not given (audit.scanner.vocabulary): the shipped list of
+    # 10,000 common English words, as SpLiCE decomposes over common caption words.
+    vocabulary: str = "words"
 
 
 DEFAULT = ModelProfile()

@@ -1,10 +1,15 @@
 """The concept opinion's vocabulary: which words, and their text embeddings, computed once per model and
 vocabulary and kept in an on-disk cache.
 
-The default vocabulary is the model tokenizer's own whole-word tokens (BPE tokens that end a word) that are
-real words by a simple rule: ASCII letters only, at least MIN_LENGTH letters, no special token, not a stop word
-(audit.words.STOP_WORDS). The rule cannot tell a word from a word ending ("allery" ends "gallery"); a curated
-list (--vocabulary FILE, one word or phrase per line) can.
+--vocabulary names one:
+- words: the 10,000 most frequent English words that pass audit's filters, shipped with the package
+  (data/concepts-en.txt, made from the wordfreq package by data/make_concepts.py, which says how); the default
+  for open_clip models, whose text towers read common words (SpLiCE decomposes over the frequent words of
+  LAION's captions for the same reason);
+- tokens: the model tokenizer's own whole-word tokens (BPE tokens that end a word) that are real words by a
+  simple rule: ASCII letters only, at least MIN_LENGTH letters, no special token, not a stop word
+  (audit.words.STOP_WORDS). The rule cannot tell a word from a word ending ("allery" ends "gallery");
+- a file: one word or phrase per line.
 """
 
 from __future__ import annotations
@@ -72,9 +77,30 @@ def word_tokens(tokenizer) -> tuple[tuple[int, str], ...]:
     return tuple(sorted(found))
 
 
+WORDS_FILE = Path(__file__).with_name("data") / "concepts-en.txt"
+NAMED = ("words", "tokens")
+
+
 def default_vocabulary(tokenizer) -> Vocabulary:
-    """The tokenizer's real whole words (word_tokens), the concept opinion's default vocabulary."""
-    return _hashed([w for _, w in word_tokens(tokenizer)], "default")
+    """The tokenizer's real whole words (word_tokens): --vocabulary tokens. (Named "default" in scans' settings
+    since it was the default before the shipped word list; store.settings reads that name as "tokens".)"""
+    return _hashed([w for _, w in word_tokens(tokenizer)], "tokens")
+
+
+@functools.lru_cache(maxsize=1)
+def common_words() -> Vocabulary:
+    """The shipped list of common English words: --vocabulary words."""
+    vocab = read_vocabulary(WORDS_FILE)
+    return Vocabulary(vocab.words, "words", vocab.sha256)
+
+
+def named_vocabulary(spec: str, tokenizer) -> Vocabulary:
+    """What a --vocabulary value names: words, tokens, or a file."""
+    if spec == "words":
+        return common_words()
+    if spec == "tokens":
+        return default_vocabulary(tokenizer)
+    return read_vocabulary(spec)
 
 
 def read_vocabulary(path: str | os.PathLike) -> Vocabulary:
@@ -84,8 +110,8 @@ def read_vocabulary(path: str | os.PathLike) -> Vocabulary:
     try:
         lines = p.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
-        raise AuditError(f"--vocabulary {p} does not exist; pass a text file with one word or phrase per line") \
-            from None
+        raise AuditError(f"--vocabulary {p} is neither words, tokens nor a file that exists; pass a text file with "
+                         "one word or phrase per line") from None
     except (OSError, UnicodeDecodeError) as e:
         raise AuditError(f"cannot read --vocabulary {p}: {e}") from None
     words = list(dict.fromkeys(" ".join(line.split("#", 1)[0].lower().split()) for line in lines))

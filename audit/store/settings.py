@@ -20,6 +20,8 @@ CONCEPT_SETTINGS = ("vocabulary", "concept_l1", "concepts_per_image", "concept_h
 def upgrade(settings: dict, runs: list[dict] | None = None) -> dict:
     """Settings of any audit's scan in this audit's form. The kernel of an older scan's ascent is the default it
     ran with then: compile on CUDA, eager elsewhere (from its runs' devices)."""
+    if str(settings.get("vocabulary", "")).startswith("default:"):  # the tokenizer's words, named before 0.3
+        settings = {**settings, "vocabulary": "tokens:" + settings["vocabulary"].split(":", 1)[1]}
     if settings.get("probe_words") and "probe_templates" not in settings:
         settings = {**settings, "probe_templates": "none"}  # probe words were scored bare before schema 4
     if "opinions" in settings or "model" not in settings:  # this audit's form, or no scan's settings at all

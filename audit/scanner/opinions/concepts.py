@@ -11,9 +11,8 @@ from audit.scanner.opinions.base import Opinion, OpinionBatch, OpinionRows
 from audit.scanner.vocabulary import (
     Vocabulary,
     check_vocabulary,
-    default_vocabulary,
     embeddings,
-    read_vocabulary,
+    named_vocabulary,
     text_mean,
 )
 from audit.store.schema import CONCEPT
@@ -36,9 +35,11 @@ class ConceptOpinion(Opinion):
     @classmethod
     def plan(cls, opts) -> ConceptPlan:
         from audit.scanner.models import get_tokenizer
+        from audit.scanner.profiles import profile
 
-        vocab = read_vocabulary(opts.vocabulary) if opts.vocabulary else default_vocabulary(get_tokenizer(opts.model))
-        return ConceptPlan(vocab, read_mean(opts.concept_mean))
+        spec = opts.vocabulary or profile(opts.model).vocabulary
+        tokenizer = get_tokenizer(opts.model) if spec == "tokens" else None
+        return ConceptPlan(named_vocabulary(spec, tokenizer), read_mean(opts.concept_mean))
 
     @classmethod
     def settings(cls, opts, planned: ConceptPlan) -> dict:
