@@ -26,7 +26,7 @@ from audit.scanner.concepts import ConceptSettings, Decomposition, ImageMean
 from audit.scanner.encoders import Towers
 from audit.scanner.models import load_model
 from audit.scanner.profiles import profile
-from audit.scanner.vocabulary import _hashed, embeddings, named_vocabulary, text_mean
+from audit.scanner.vocabulary import embeddings, from_words, named_vocabulary, text_mean
 
 
 def top5(words, emb, tmean, mean, feats, l1) -> list[list[str]]:
@@ -81,7 +81,7 @@ def stability(images: int) -> None:
     for name in ("tokens", "words"):
         vocab = named_vocabulary(name, towers.tokenizer)
         keep = np.sort(np.random.RandomState(1).permutation(len(vocab.words))[: int(0.8 * len(vocab.words))])
-        small = _hashed([vocab.words[i] for i in keep], "smaller")
+        small = from_words([vocab.words[i] for i in keep], "smaller")
         emb = embeddings(towers, vocab, identity)
         emb_small = emb[torch.from_numpy(keep)]
         for tname, full_mean, small_mean in (("tokenizer sample", fixed, fixed),

@@ -58,6 +58,11 @@ def _hashed(words: list[str], name: str) -> Vocabulary:
     return Vocabulary(tuple(words), name, digest)
 
 
+def from_words(words, name: str) -> Vocabulary:
+    """A vocabulary of the given words, in order (for a list made in code rather than read from a file)."""
+    return _hashed(list(words), name)
+
+
 @functools.lru_cache(maxsize=4)  # one tokenizer per model; the ascent asks for every batch
 def word_tokens(tokenizer) -> tuple[tuple[int, str], ...]:
     """(token id, word) of the tokenizer's whole-word tokens that are real words by the rule above, in token
