@@ -250,13 +250,14 @@ _V = VerifyOptions()
 
 def ask(scan_dir: str | os.PathLike, out: str | os.PathLike, *, words: tuple[str, ...] | str = (),
         words_file: str | os.PathLike | None = None, templates: str | os.PathLike | None = None,
-        opinion: str = "probes", vocabulary: str | os.PathLike | None = _D.vocabulary,
+        heatmaps: bool = False, opinion: str = "probes", vocabulary: str | os.PathLike | None = _D.vocabulary,
         concept_l1: float | None = _D.concept_l1, concepts_per_image: int = _D.concepts_per_image,
         concept_mean: str | os.PathLike | None = _D.concept_mean, pretrained: str | None = None,
         device: str = "auto", overwrite: bool = False, quiet: bool = False) -> Scan:
     """Answer a new question of every image of a finished scan from its stored embeddings (no image is read),
     into a scan directory of its own that report, check, diff and Scan read like any scan; returns it.
-    `opinion="probes"` scores `words` in `templates` (openai | simple | none | a file; default: the model's);
+    `opinion="probes"` scores `words` in `templates` (openai | simple | none | a file; default: the model's), and
+    with `heatmaps` draws their relevancy maps too (costly: the images are read again);
     `opinion="concepts"` makes the concept decomposition again with `vocabulary`, `concept_l1`,
     `concepts_per_image` (centred by the source scan's own image mean when it has one, else `concept_mean`).
     `pretrained`: the weights, when the scan recorded a file elsewhere. A re-run resumes; a source scan that
@@ -266,7 +267,8 @@ def ask(scan_dir: str | os.PathLike, out: str | os.PathLike, *, words: tuple[str
     def text(value):
         return None if value is None else str(value)
 
-    return run_ask(scan_dir, out, words=words, words_file=words_file, templates=text(templates), opinion=opinion,
+    return run_ask(scan_dir, out, words=words, words_file=words_file, templates=text(templates), heatmaps=heatmaps,
+                   opinion=opinion,
                    vocabulary=text(vocabulary), concept_l1=concept_l1, concepts_per_image=concepts_per_image,
                    concept_mean=text(concept_mean), pretrained=pretrained, device=device, overwrite=overwrite,
                    quiet=quiet)

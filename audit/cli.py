@@ -337,6 +337,7 @@ def ask(
     words: Words = None,
     words_file: WordsFile = None,
     templates: Templates = None,
+    heatmaps: bool = typer.Option(False, "--heatmaps", help="Also draw each asked word's relevancy heatmap on every image, as the scan would: costly, since it reads the images again (a relevancy pass per image and word)."),
     opinion: str = typer.Option("probes", rich_help_panel=CONCEPTS, help="What to ask: probes (the words of --words, in --templates) or concepts (the concept decomposition again, with --vocabulary, --concept-l1, --concepts-per-image)."),
     vocabulary: Vocabulary = _D.vocabulary,
     concept_l1: ConceptL1 = _D.concept_l1,
@@ -352,7 +353,8 @@ def ask(
     report, check and diff."""
     import audit
 
-    audit.ask(scan_dir, out, words=tuple(words or ()), words_file=words_file, templates=templates, opinion=opinion,
+    audit.ask(scan_dir, out, words=tuple(words or ()), words_file=words_file, templates=templates,
+              heatmaps=heatmaps, opinion=opinion,
               vocabulary=vocabulary, concept_l1=concept_l1, concepts_per_image=concepts_per_image,
               concept_mean=concept_mean, pretrained=pretrained, device=device, overwrite=overwrite, quiet=quiet)
 

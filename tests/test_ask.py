@@ -1,6 +1,7 @@
 """Stored embeddings, prompt templates and `audit ask`: a question asked later gives the answer a scan gives."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -211,3 +212,23 @@ def test_ask_concepts_gives_the_rows_of_a_scan_with_those_settings(odd_folder, t
         {k: scanned.config["settings"][k] for k in ("vocabulary", "concept_l1", "concepts_per_image", "concept_mean")}
     with pytest.raises(AuditError, match="ask probe words"):
         audit.ask(source, tmp_path / "mixed", opinion="concepts", words="red", device="cpu", quiet=True)
+
+
+def test_ask_heatmaps_are_the_scans_maps(odd_folder, tmp_path, caplog):
+    """--heatmaps reads the images again and draws the maps a probe scan of those words draws (its method and
+    settings, the bare word); an image gone since the scan gets none, said once."""
+    scanned = audit.scan(odd_folder, tmp_path / "probes", opinion="probes", words=WORDS, batch_size=3, **FAST)
+    audit.scan(odd_folder, tmp_path / "src", opinion="probes", words="zebra", **FAST)
+    asked = audit.ask(tmp_path / "src", tmp_path / "asked", words=WORDS, heatmaps=True, device="cpu", quiet=True)
+    key = ["image_id", "word"]
+    a = asked.heatmaps().sort_values(key).reset_index(drop=True)
+    b = scanned.heatmaps().sort_values(key).reset_index(drop=True)
+    assert a[key].equals(b[key]) and len(a) == 21 and (a.kind == "probe").all()
+    assert np.allclose(np.stack(a.grid), np.stack(b.grid), atol=1e-5)
+    assert np.allclose(a.entropy, b.entropy, atol=1e-5) and asked.config["settings"]["probe_heatmaps"] is True
+    gone = asked.images().path.iloc[0]
+    Path(gone).rename(tmp_path / "moved.png")
+    with caplog.at_level("WARNING", logger="audit.ask"):
+        again = audit.ask(tmp_path / "src", tmp_path / "again", words="red", heatmaps=True, device="cpu", quiet=True)
+    assert len(again.heatmaps()) == 6 and "1 image(s) could not be read again" in caplog.text
+    assert len(again.tokens()) == 7  # its score needs no image

@@ -86,7 +86,7 @@ def run_demo(out: str | Path, images: int = 60, quiet: bool = False, device: str
     found = associations(ScanQuery.open(out / "scan"), "label", min_count=3, kind=kind).findings
     log.info(f"\nDemo dataset: {manifest} ({images} photos from three sites, label = site; planted bias: the north "
           "site shot 90% of its photos on grass, the others 10%; the same objects everywhere)")
-    log.info(f"Scan: {out / 'scan'} (Parquet tables images, tokens, heatmaps, errors)")
+    log.info(f"Scan: {out / 'scan'} (Parquet tables images, tokens, heatmaps, errors, embeddings)")
     if len(found):
         top = found.iloc[0]
         what = "the concept " if kind == "concept" else ""

@@ -1,7 +1,8 @@
 """`audit ask`: new questions answered from a finished scan's stored embeddings, without reading an image.
 
 A second pass: it loads the scan's model (for its text tower), streams the source scan's embeddings one part at a
-time (memory flat in the number of images) and writes a scan directory of its own: the source's images and
+time (memory flat in the number of images) and writes a scan directory of its own (with --heatmaps, and only
+then, it reads the images again for the asked words' relevancy maps): the source's images and
 errors tables as they are, and the new word rows (probe words scored in prompt templates, with the function the
 scan itself scores them with: opinions.probes). `audit report`, `check`, `diff` and the Python API read it like
 any scan. It names its source and the source's fingerprint (its committed part files), and refuses a source
@@ -34,6 +35,7 @@ log = logging.getLogger("audit.ask")
 # The source's settings an asked scan keeps: whatever shaped its model and where its maps look.
 KEPT = ("model", "pretrained", "weights_sha256", "seed", "start_layer", "start_layer_text", "heatmap",
         "occlusion_window", "legrad_layers")
+HEATMAP_IMAGES = 16  # images read again and mapped together with --heatmaps
 FILES_PER_UNIT = 256  # source parts read (and written as one part) at a time: 16,384 images at a GPU's batch of 64
 
 
@@ -55,13 +57,14 @@ def _model(scan: Scan, pretrained: str | None, device: str):
     from audit.scanner.encoders import Towers
     from audit.scanner.verify import scan_model
 
-    return Towers(scan_model(scan, pretrained, device))
+    loaded = scan_model(scan, pretrained, device)
+    return Towers(loaded), loaded.preprocess
 
 
 class _Probes:
     """Probe words in prompt templates, scored as the scan's probe opinion scores them."""
 
-    def __init__(self, model: str, words, words_file, templates: str | None):
+    def __init__(self, model: str, words, words_file, templates: str | None, heatmaps: bool = False):
         from audit.scanner.profiles import profile
 
         self.words = parse_probe_words(words, words_file)
@@ -69,18 +72,73 @@ class _Probes:
             raise AuditError("audit ask needs words to score: pass --words or --words-file")
         self.spec = templates if templates is not None else profile(model).templates
         self.templates = parse_templates(self.spec)
+        self.heatmaps = heatmaps
+        self.unreadable = 0
 
     def settings(self) -> dict:
         return {"opinions": ["probes"], "probe_words": list(self.words),
-                "probe_templates": template_setting(self.spec, self.templates)}
+                "probe_templates": template_setting(self.spec, self.templates),
+                **({"probe_heatmaps": True} if self.heatmaps else {})}
 
-    def build(self, towers, source: Scan) -> None:
+    def build(self, towers, source: Scan, preprocess: dict) -> None:
         check_fit(self.words, self.templates, towers.tokenizer, towers.context_length)
         self.texts = text_vectors(towers, list(self.words), self.templates).cpu()
+        if self.heatmaps:
+            from audit.scanner.memory import relevancy_chunk
+            from audit.scanner.relevancy import check_method
+            from audit.scanner.verify import method_params, scan_method
+
+            self.towers, self.preprocess = towers, preprocess
+            self.method = scan_method(source)
+            self.params = method_params(source.settings)[self.method]
+            check_method(towers, self.method, self.params)
+            self.chunk = relevancy_chunk(towers, towers.device)
 
     def answer(self, images: pa.Table, embeddings: np.ndarray) -> dict[str, pa.Table]:
         cos = probe_cosines(torch.from_numpy(embeddings), self.texts)
-        return {"images": images, "tokens": _token_table(images["image_id"], self.words, cos)}
+        out = {"images": images, "tokens": _token_table(images["image_id"], self.words, cos)}
+        maps = self._maps(images) if self.heatmaps else None
+        if maps is not None:
+            out["heatmaps"] = maps
+        return out
+
+    def _maps(self, images: pa.Table) -> pa.Table | None:
+        """Relevancy maps of every asked word on the images (read again, HEATMAP_IMAGES at a time), as the scan
+        draws them: the bare word, the scan's method and settings. An image that cannot be read gets none."""
+        from audit.scanner.heatmap_stats import heatmap_columns
+        from audit.scanner.loader import to_model_input
+        from audit.scanner.relevancy import relevancy
+        from audit.sources.decode import DecodeError, box_in_frame, decode
+
+        mean = np.asarray(self.preprocess["mean"], dtype=np.float32)
+        std = np.asarray(self.preprocess["std"], dtype=np.float32)
+        rows = images.select(["image_id", "path", "x0", "y0", "x1", "y1"]).to_pylist()
+        words = list(self.words)
+        tables = []
+        for lo in range(0, len(rows), HEATMAP_IMAGES):
+            ids, pixels, boxes = [], [], []
+            for r in rows[lo:lo + HEATMAP_IMAGES]:
+                try:
+                    d = decode(r["path"], self.preprocess, None)
+                except (DecodeError, OSError) as e:  # moved since the scan, or a source read by key: said once
+                    if not self.unreadable:
+                        log.warning(f"audit ask: cannot read {r['path']} again for its heatmaps ({e}); images that "
+                                    "cannot be read get none")
+                    self.unreadable += 1
+                    continue
+                box = tuple(r[c] for c in ("x0", "y0", "x1", "y1"))
+                ids.append(r["image_id"])
+                pixels.append(to_model_input(d.pixels, mean, std))
+                boxes.append(box_in_frame(None if any(v is None or v != v for v in box) else box, d.frame))
+            if not ids:
+                continue
+            pair_image = torch.arange(len(ids)).repeat_interleave(len(words))
+            rel = relevancy(self.towers, torch.stack(pixels).to(self.towers.device), pair_image, words * len(ids),
+                            self.method, self.chunk, **self.params)
+            tables.append(pa.table(heatmap_columns([i for i in ids for _ in words], [PROBE] * len(pair_image),
+                                                   words * len(ids), rel, np.repeat(np.array(boxes), len(words),
+                                                                                    axis=0), self.towers.grid_size)))
+        return pa.concat_tables(tables) if tables else None
 
 
 class _Concepts:
@@ -105,7 +163,7 @@ class _Concepts:
     def settings(self) -> dict:
         return {"opinions": ["concepts"], **self.method.settings(self.opts, self.plan)}
 
-    def build(self, towers, source: Scan) -> None:
+    def build(self, towers, source: Scan, preprocess: dict) -> None:
         import dataclasses
 
         if self.plan.mean is None:  # "dataset": the mean of every stored embedding, normalised as the scan does
@@ -145,13 +203,15 @@ def _stored_mean(root: Path):
 
 
 def run_ask(source_dir: str | os.PathLike, out: str | os.PathLike, *, words=(), words_file=None,
-            templates: str | None = None, opinion: str = "probes", vocabulary: str | None = None,
+            templates: str | None = None, heatmaps: bool = False, opinion: str = "probes",
+            vocabulary: str | None = None,
             concept_l1: float | None = None, concepts_per_image: int = 10, concept_mean: str | None = None,
             pretrained: str | None = None, device: str = "auto", overwrite: bool = False,
             quiet: bool = False) -> Scan:
     """Answer a question of every image of a finished scan from its stored embeddings, into the scan directory
-    `out` (see the module's docstring); returns it. `opinion`: probes (the words, in templates) or concepts (the
-    decomposition with the given vocabulary, penalty and count)."""
+    `out` (see the module's docstring); returns it. `opinion`: probes (the words, in templates; with `heatmaps`
+    their relevancy maps too, reading the images again) or concepts (the decomposition with the given
+    vocabulary, penalty and count)."""
     from audit.scanner.progress import Progress
     from audit.store.writer import ScanWriter
 
@@ -165,11 +225,11 @@ def run_ask(source_dir: str | os.PathLike, out: str | os.PathLike, *, words=(), 
         raise AuditError("--out is the source scan itself; ask into a directory of its own")
     settings = source.settings
     if opinion == "probes":
-        question = _Probes(settings["model"], words, words_file, templates)
+        question = _Probes(settings["model"], words, words_file, templates, heatmaps)
     elif opinion == "concepts":
-        if words or words_file or templates is not None:
-            raise AuditError("--words, --words-file and --templates ask probe words: leave out --opinion concepts, "
-                             "or ask them in a second `audit ask`")
+        if words or words_file or templates is not None or heatmaps:
+            raise AuditError("--words, --words-file, --templates and --heatmaps ask probe words: leave out --opinion "
+                             "concepts, or ask them in a second `audit ask`")
         question = _Concepts(root, source, vocabulary, concept_l1, concepts_per_image, concept_mean)
     else:
         raise AuditError(f"audit ask --opinion must be probes or concepts, not {opinion!r} (the ascent needs the "
@@ -192,9 +252,9 @@ def run_ask(source_dir: str | os.PathLike, out: str | os.PathLike, *, words=(), 
                              "overwritten); ask again with --overwrite")
         phases = {"model": 0.0, "text": 0.0, "reading": 0.0, "scoring": 0.0, "writing": 0.0}
         t0 = time.perf_counter()
-        towers = _model(source, pretrained, device)
+        towers, preprocess = _model(source, pretrained, device)
         t1 = time.perf_counter()
-        question.build(towers, source)
+        question.build(towers, source, preprocess)
         phases["model"], phases["text"] = t1 - t0, time.perf_counter() - t1
         done = writer.scanned_ids()
         bar = Progress(images_n, "ask", quiet)
@@ -230,6 +290,8 @@ def run_ask(source_dir: str | os.PathLike, out: str | os.PathLike, *, words=(), 
             "phases": {k: round(v, 3) for k, v in phases.items()}})
     finally:
         writer.close()
+    if getattr(question, "unreadable", 0):
+        log.warning(f"audit ask: {question.unreadable} image(s) could not be read again and have no heatmaps")
     if not quiet:
         log.info(f"audit ask: {opinion} of {written} image(s) from the stored embeddings of {root} in "
                  f"{time.perf_counter() - start:.1f} s ({tokens} rows); {images_n - written} already there; into "

@@ -74,3 +74,22 @@ def grid_stats(grids: np.ndarray, boxes: np.ndarray | None = None) -> dict[str, 
 # ---- pictures ------------------------------------------------------------------------------------------
 
 # Anchor colours of a perceptually ordered dark-blue -> green -> yellow map (viridis-like), interpolated.
+
+
+def heatmap_columns(image_ids: list[str], kinds: list[str], words: list[str], rel, boxes: np.ndarray,
+                    grid: tuple[int, int]) -> dict:
+    """The heatmaps table's columns for relevancy pairs (a relevancy.Relevancy; boxes [P, 4] normalised or NaN):
+    what the scan and `audit ask --heatmaps` store alike."""
+    import pyarrow as pa
+
+    gh, gw = grid
+    n = len(image_ids)
+    image = rel.image.numpy()
+    stats = grid_stats(image, boxes if n else np.zeros((0, 4)))
+    return {
+        "image_id": image_ids, "kind": kinds, "word": words, "grid_h": [gh] * n, "grid_w": [gw] * n,
+        "grid": pa.array(list(image.reshape(n, gh * gw)), type=pa.list_(pa.float32())),
+        **{k: pa.array(list(v), type=pa.bool_()) if k == "peak_in_box" else pa.array(v, from_pandas=True)
+           for k, v in stats.items()},
+        "text_relevance": pa.array([x.numpy() for x in rel.text], type=pa.list_(pa.float32())),
+    }

@@ -20,7 +20,7 @@ from audit.scanner import rng
 from audit.scanner.ascent import resolve_kernel
 from audit.scanner.device import autocast, resolve_device, tune_cpu_allocator
 from audit.scanner.encoders import Towers
-from audit.scanner.heatmap_stats import grid_stats
+from audit.scanner.heatmap_stats import heatmap_columns
 from audit.scanner.loader import Batch, Decoder, StreamDataset, make_loader
 from audit.scanner.memory import cuda_batch_size, is_out_of_memory, release, relevancy_chunk
 from audit.scanner.models import load_model, resolve_weights, vocab_size, weights_identity
@@ -134,18 +134,8 @@ class _BatchScanner:
             "word_cosine": pa.array(cosine, pa.float32()),
             "weight": pa.array([w.get("weight") for _, w in rows], pa.float32()),
         }
-        gh, gw = t.grid_size
-        image = rel.image.numpy()
-        stats = grid_stats(image, batch.boxes[pair_image.numpy()] if pairs else np.zeros((0, 4)))
-        heat = {
-            "image_id": tokens["image_id"][:len(pairs)], "kind": tokens["kind"][:len(pairs)],
-            "word": tokens["word"][:len(pairs)],
-            "grid_h": [gh] * len(pairs), "grid_w": [gw] * len(pairs),
-            "grid": pa.array(list(image.reshape(len(pairs), gh * gw)), type=pa.list_(pa.float32())),
-            **{k: pa.array(list(v), type=pa.bool_()) if k == "peak_in_box" else pa.array(v, from_pandas=True)
-               for k, v in stats.items()},
-            "text_relevance": pa.array([x.numpy() for x in rel.text], type=pa.list_(pa.float32())),
-        }
+        heat = heatmap_columns(tokens["image_id"][:len(pairs)], tokens["kind"][:len(pairs)],
+                               tokens["word"][:len(pairs)], rel, batch.boxes[pair_image.numpy()], t.grid_size)
         columns = {k: v for f in found for k, v in f.image_columns.items()}
         tables.update(images=pa.table(self.image_rows(recs, batch.sizes, columns)), tokens=pa.table(tokens),
                       heatmaps=pa.table(heat))
