@@ -50,7 +50,10 @@ def test_probe_words_are_stored_marked_and_scored_as_whole_phrases(small_folder,
     assert set(tokens[tokens.kind == "ascent"].word).isdisjoint({"red circle"})
     phrase = heat[(heat.kind == "probe") & (heat.word == "red circle")]
     assert all(len(t) == 2 for t in phrase.text_relevance)  # one relevance per token of the phrase
-    # The stored cosine is open_clip's own encode_text of the whole phrase against encode_image.
+    # The stored cosine is CLIP's zero-shot score computed with open_clip's own encode_text and encode_image:
+    # the whole phrase in each of the default (simple) templates, the unit embeddings averaged and normalised.
+    from audit.scanner.templates import fill, parse_templates
+
     model = tiny.model
     images = scan.images().set_index("image_id")
     row = probe[probe.word == "red circle"].iloc[0]
@@ -61,7 +64,8 @@ def test_probe_words_are_stored_marked_and_scored_as_whole_phrases(small_folder,
     x = ((torch.from_numpy(arr.copy()).permute(2, 0, 1).float() / 255 - mean) / std)[None]
     with torch.no_grad():
         img = model.encode_image(x)
-        txt = model.encode_text(tiny.tokenizer(["red circle"]))
+        txt = model.encode_text(tiny.tokenizer(fill(parse_templates("simple"), "red circle")))
+    txt = torch.nn.functional.normalize(torch.nn.functional.normalize(txt, dim=-1).mean(0, keepdim=True), dim=-1)
     ref = torch.nn.functional.cosine_similarity(img, txt).item()
     assert math.isclose(row.word_cosine, ref, abs_tol=1e-4)
 
