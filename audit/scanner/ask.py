@@ -29,14 +29,14 @@ from audit.scanner.probes import parse_probe_words
 from audit.scanner.templates import check_fit, parse_templates, text_vectors
 from audit.store.layout import committed_parts
 from audit.store.reader import Scan
-from audit.store.schema import PROBE
+from audit.store.schema import EMBEDDINGS, PROBE
 
 log = logging.getLogger("audit.ask")
 # The source's settings an asked scan keeps: whatever shaped its model and where its maps look.
 KEPT = ("model", "pretrained", "weights_sha256", "seed", "start_layer", "start_layer_text", "heatmap",
         "occlusion_window", "legrad_layers")
 HEATMAP_IMAGES = 16  # images read again and mapped together with --heatmaps
-FILES_PER_UNIT = 256  # source parts read (and written as one part) at a time: 16,384 images at a GPU's batch of 64
+IMAGES_PER_UNIT = 16_384  # source images read (and written as one part) at a time
 
 
 def fingerprint(root: Path) -> str:
@@ -234,7 +234,8 @@ def run_ask(source_dir: str | os.PathLike, out: str | os.PathLike, *, words=(), 
     else:
         raise AuditError(f"audit ask --opinion must be probes or concepts, not {opinion!r} (the ascent needs the "
                          "images: `audit scan`)")
-    images_n, embedded = _counts(source)
+    parts, embedded = _parts(source)
+    images_n = sum(rows for rows, _ in parts.values())
     if images_n == 0:
         raise AuditError(f"{root} holds no scanned image")
     if embedded < images_n:
@@ -261,7 +262,7 @@ def run_ask(source_dir: str | os.PathLike, out: str | os.PathLike, *, words=(), 
         bar.update(len(done))
         errors = None if done or writer.failed_ids() else source.table("errors")
         written = tokens = 0
-        units = _units(root, done)
+        units = _units(root, parts, done)
         while True:
             t0 = time.perf_counter()
             unit = next(units, None)
@@ -299,44 +300,48 @@ def run_ask(source_dir: str | os.PathLike, out: str | os.PathLike, *, words=(), 
     return Scan(out)
 
 
-def _counts(scan: Scan) -> tuple[int, int]:
-    def rows(table: str) -> int:
-        return sum(pq.ParquetFile(p).metadata.num_rows for p in committed_parts(scan.root, table))
-    return rows("images"), rows("embeddings")
+def _parts(scan: Scan) -> tuple[dict[str, tuple[int, pa.Schema]], int]:
+    """Each committed images part's rows and columns (from its footer, read once), and the stored embeddings."""
+    images = {}
+    for p in committed_parts(scan.root, "images"):
+        meta = pq.ParquetFile(p).metadata
+        images[p.name] = (meta.num_rows, meta.schema.to_arrow_schema().remove_metadata())
+    embedded = sum(pq.ParquetFile(p).metadata.num_rows for p in committed_parts(scan.root, "embeddings"))
+    return images, embedded
 
 
-def _units(root: Path, done: set[str]):
-    """(images rows, embeddings [n, D] float32 in the same order) of the images not yet asked, FILES_PER_UNIT
-    source parts at a time (a scan writes one part per batch: a million images are thousands of small files, which
-    a dataset scan reads several at once)."""
+def _units(root: Path, parts: dict[str, tuple[int, pa.Schema]], done: set[str]):
+    """(images rows, embeddings [n, D] float32 in the same order) of the images not yet asked, about
+    IMAGES_PER_UNIT at a time: consecutive source parts read together (a scan writes one part per batch, so a
+    million images are thousands of small files), and memory bounded however large the parts."""
     import pyarrow.compute as pc
     import pyarrow.dataset as ds
 
-    names = [p.name for p in committed_parts(root, "images")]
     skip = pa.array(sorted(done), pa.string()) if done else None
-    for lo in range(0, len(names), FILES_PER_UNIT):
-        chunk = names[lo:lo + FILES_PER_UNIT]
-        images = _read(ds, [root / "images" / n for n in chunk])
-        emb = _read(ds, [root / "embeddings" / n for n in chunk])
+    chunk, held = [], 0
+    names = list(parts)
+    for k, name in enumerate(names):
+        chunk.append(name)
+        held += parts[name][0]
+        if held < IMAGES_PER_UNIT and k + 1 < len(names):
+            continue
+        schema = pa.unify_schemas([parts[n][1] for n in chunk], promote_options="default")
+        images = ds.dataset([str(root / "images" / n) for n in chunk], schema=schema, format="parquet").to_table()
+        emb = ds.dataset([str(root / "embeddings" / n) for n in chunk], schema=EMBEDDINGS, format="parquet").to_table()
+        first, chunk, held = chunk[0], [], 0
         if not images.num_rows:
             continue
         vectors = emb["embedding"].combine_chunks()
-        vectors = vectors.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(emb.num_rows, -1)
+        vectors = np.require(vectors.flatten().to_numpy(zero_copy_only=False), requirements="W")  # torch writes
+        vectors = vectors.reshape(emb.num_rows, -1)
         if not images["image_id"].equals(emb["image_id"]):  # each part's rows in one order: a bug otherwise
-            raise AuditError(f"the images and embeddings of {root} list other images in parts {chunk[0]}..; this is "
+            raise AuditError(f"the images and embeddings of {root} list other images in parts {first}..; this is "
                              "a bug of audit")
         if skip is not None:
             keep = pc.invert(pc.is_in(images["image_id"], value_set=skip))
             images, vectors = images.filter(keep), vectors[keep.to_numpy(zero_copy_only=False)]
         if images.num_rows:
             yield images, vectors
-
-
-def _read(ds, paths: list[Path]) -> pa.Table:
-    """Several part files as one table, read together. Their columns are unified first: images parts may carry
-    other metadata columns (a WebDataset's JSON keys vary), which a dataset would otherwise drop."""
-    schema = pa.unify_schemas([pq.read_schema(p).remove_metadata() for p in paths], promote_options="default")
-    return ds.dataset([str(p) for p in paths], schema=schema, format="parquet").to_table()
 
 
 def _token_table(image_ids: pa.ChunkedArray, words: tuple[str, ...], cos: np.ndarray) -> pa.Table:
