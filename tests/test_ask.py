@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 import torch.nn.functional as F
@@ -232,3 +233,17 @@ def test_ask_heatmaps_are_the_scans_maps(odd_folder, tmp_path, caplog):
         again = audit.ask(tmp_path / "src", tmp_path / "again", words="red", heatmaps=True, device="cpu", quiet=True)
     assert len(again.heatmaps()) == 6 and "1 image(s) could not be read again" in caplog.text
     assert len(again.tokens()) == 7  # its score needs no image
+
+
+def test_ask_reads_a_bounded_number_of_images_at_a_time(odd_folder, tmp_path, monkeypatch):
+    """Units of about IMAGES_PER_UNIT images whatever the source's parts (a unit of every part once held a
+    million images); the answers do not depend on how the images are grouped."""
+    import audit.scanner.ask as ask_mod
+
+    audit.scan(odd_folder, tmp_path / "src", opinion="probes", words="zebra", batch_size=3, **FAST)  # parts 3,3,1
+    whole = by_pair(audit.ask(tmp_path / "src", tmp_path / "whole", words=WORDS, device="cpu", quiet=True))
+    monkeypatch.setattr(ask_mod, "IMAGES_PER_UNIT", 4)
+    small = audit.ask(tmp_path / "src", tmp_path / "small", words=WORDS, device="cpu", quiet=True)
+    sizes = [len(t) for t in (pq.read_table(p) for p in sorted((tmp_path / "small" / "images").glob("part-*")))]
+    got = by_pair(small)
+    assert sizes == [6, 1] and got.index.equals(whole.index) and np.allclose(got, whole, atol=1e-6)
