@@ -91,6 +91,10 @@ def test_diff_and_check_see_what_the_images_show(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "SKIP  drift.embeddings" in out and "keeps no image embeddings" in out, out
     assert "not compared" in audit.diff(tmp_path / "bare", tmp_path / "a").markdown()
+    # A scan `audit ask` made keeps no embeddings of its own: its source's are its images'.
+    audit.ask(tmp_path / "a", tmp_path / "asked", words="dog", device="cpu", quiet=True)
+    assert "within sampling noise" in audit.diff(tmp_path / "a", tmp_path / "asked").text()
+    assert "moved beyond sampling noise" in audit.diff(tmp_path / "b", tmp_path / "asked").text()
 
 
 @pytest.mark.parametrize("bad", ["embeddings = 1", 'embeddings = "yes"'])

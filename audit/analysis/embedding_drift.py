@@ -86,12 +86,25 @@ def mmd_test(x: np.ndarray, y: np.ndarray, permutations: int = PERMUTATIONS, see
     return observed, float(np.quantile(null, 0.95)), p, float(np.sqrt(width2))
 
 
+def _embedded(scan):
+    """The scan whose stored embeddings are this scan's images': itself, or for a scan `audit ask` made (it keeps
+    none), the scan it was asked of, when that is still there."""
+    from pathlib import Path
+
+    from audit.store.reader import Scan
+
+    source = scan.config.get("source") or {}
+    if source.get("kind") == "scan" and (Path(source.get("location", "")) / "scan.json").exists():
+        return Scan(source["location"])
+    return scan
+
+
 def embedding_drift(old, new, *, max_images: int = MAX_IMAGES, permutations: int = PERMUTATIONS,
                     seed: int = 0) -> EmbeddingDrift:
     """The test on two scans (store.reader.Scan); says what is missing when either kept no embeddings."""
     samples = []
     for which, scan in (("the old scan", old), ("the new scan", new)):
-        s = sample(scan.embedding_parts(), max_images, seed)
+        s = sample(_embedded(scan).embedding_parts(), max_images, seed)
         if len(s) < 2:
             return EmbeddingDrift(0, 0, float("nan"), float("nan"), float("nan"), float("nan"),
                                   missing=f"{which} ({scan.root}) keeps no image embeddings (scanned with "

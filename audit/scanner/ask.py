@@ -294,9 +294,9 @@ def run_ask(source_dir: str | os.PathLike, out: str | os.PathLike, *, words=(), 
     if getattr(question, "unreadable", 0):
         log.warning(f"audit ask: {question.unreadable} image(s) could not be read again and have no heatmaps")
     if not quiet:
+        before = f"; {images_n - written} asked before" if images_n > written else ""
         log.info(f"audit ask: {opinion} of {written} image(s) from the stored embeddings of {root} in "
-                 f"{time.perf_counter() - start:.1f} s ({tokens} rows); {images_n - written} already there; into "
-                 f"{out}")
+                 f"{time.perf_counter() - start:.1f} s ({tokens} rows{before}), into {out}")
     return Scan(out)
 
 
