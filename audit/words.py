@@ -40,6 +40,17 @@ thing things something anything nothing everything someone anyone everyone stuff
 """.split())
 
 
+def read_lines(path: str | os.PathLike, option: str, missing: str) -> list[str]:
+    """The lines of a text file a user named with `option`, as one-line errors: `missing` when it does not exist,
+    the reason when it cannot be read (a folder, no permission, not UTF-8)."""
+    try:
+        return Path(path).read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise AuditError(missing) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise AuditError(f"cannot read {option} {path}: {e}") from None
+
+
 def load_stop_words(spec: str | os.PathLike | None = "default") -> frozenset[str]:
     """The stop words for `spec`: "default" (STOP_WORDS), "none" (no stop words), or a file with one word per
     line (# starts a comment), spelled as scans store words."""
@@ -48,13 +59,8 @@ def load_stop_words(spec: str | os.PathLike | None = "default") -> frozenset[str
     if str(spec) == "none":
         return frozenset()
     path = Path(spec)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise AuditError(f"--stop-words {path} does not exist; pass a file with one word per line, "
-                         "'default' or 'none'") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise AuditError(f"cannot read --stop-words {path}: {e}") from None
+    lines = read_lines(path, "--stop-words", f"--stop-words {path} does not exist; pass a file with one word per "
+                       "line, 'default' or 'none'")
     words: set[str] = set()
     for line in lines:
         text = line.split("#", 1)[0]

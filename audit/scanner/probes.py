@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 from audit.errors import AuditError
+from audit.words import read_lines
 
 MAX_PROBES = 1000
 
@@ -23,12 +24,7 @@ def parse_probe_words(words=(), words_file: str | os.PathLike | None = None) -> 
         items += str(chunk).split(",")
     if words_file is not None:
         path = Path(words_file)
-        try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except FileNotFoundError:
-            raise AuditError(f"--words-file {path} does not exist") from None
-        except (OSError, UnicodeDecodeError) as e:
-            raise AuditError(f"cannot read --words-file {path}: {e}") from None
+        lines = read_lines(path, "--words-file", f"--words-file {path} does not exist")
         items += [line for line in lines if not line.lstrip().startswith("#")]
     out = list(dict.fromkeys(w for w in map(normalise, items) if w))
     if len(out) > MAX_PROBES:

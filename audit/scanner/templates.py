@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 
 from audit.errors import AuditError
+from audit.words import read_lines
 
 NAMED = ("openai", "simple", "none")
 
@@ -37,12 +38,8 @@ def parse_templates(spec: str | os.PathLike) -> list[str]:
     if text in NAMED:
         return _open_clip_set(text)
     path = Path(text)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise AuditError(f"--templates {text!r} is neither {', '.join(NAMED)} nor a file that exists") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise AuditError(f"cannot read --templates {path}: {e}") from None
+    lines = read_lines(path, "--templates", f"--templates {text!r} is neither {', '.join(NAMED)} nor a file that "
+                       "exists")
     out = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
     if not out:
         raise AuditError(f"--templates {path} holds no template")
@@ -57,19 +54,18 @@ def fill(templates: list[str], word: str) -> list[str]:
     return [t.replace("{}", word) for t in templates]
 
 
-def text_vectors(towers, words: list[str], templates: list[str], chunk: int = 1024):
+def text_vectors(towers, words: list[str], templates: list[str]):
     """Each word's template ensemble [W, D] (float32, unit): the mean of its filled templates' unit text embeddings,
     normalised again. One word's vector does not depend on the others asked with it."""
     import torch
     import torch.nn.functional as F
 
+    from audit.scanner.vocabulary import encode_texts
+
+    if not words:
+        return torch.zeros(0, 1)
     texts = [text for w in words for text in fill(templates, w)]
-    out = []
-    with torch.no_grad():
-        for lo in range(0, len(texts), chunk):
-            ids, eot = towers.tokenize(texts[lo:lo + chunk])
-            out.append(F.normalize(towers.encode_ids(ids, eot)[0].float(), dim=-1))
-    emb = torch.cat(out).reshape(len(words), len(templates), -1) if out else torch.zeros(0, len(templates), 1)
+    emb = torch.from_numpy(encode_texts(towers, texts)).reshape(len(words), len(templates), -1)
     return F.normalize(emb.mean(1), dim=-1)
 
 

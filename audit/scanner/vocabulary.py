@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from audit.errors import AuditError
-from audit.words import STOP_WORDS
+from audit.words import STOP_WORDS, read_lines
 
 log = logging.getLogger("audit.scan")
 
@@ -112,13 +112,8 @@ def read_vocabulary(path: str | os.PathLike) -> Vocabulary:
     """One word or phrase per line (# starts a comment), spelled as scans store concepts: lower case, runs of
     white space collapsed; repeats are dropped."""
     p = Path(path)
-    try:
-        lines = p.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise AuditError(f"--vocabulary {p} is neither words, tokens nor a file that exists; pass a text file with "
-                         "one word or phrase per line") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise AuditError(f"cannot read --vocabulary {p}: {e}") from None
+    lines = read_lines(p, "--vocabulary", f"--vocabulary {p} is neither words, tokens nor a file that exists; pass a "
+                       "text file with one word or phrase per line")
     words = list(dict.fromkeys(" ".join(line.split("#", 1)[0].lower().split()) for line in lines))
     words = [w for w in words if w]
     if len(words) < 2:
@@ -153,7 +148,8 @@ def _cache_key(model_identity: str, words_sha: str, what: str) -> str:
 
 
 @torch.no_grad()
-def _encode(towers, words: tuple[str, ...]) -> np.ndarray:
+def encode_texts(towers, words) -> np.ndarray:
+    """Unit text embeddings [N, D] of texts, float32, CHUNK texts per text-tower pass."""
     out = []
     for lo in range(0, len(words), CHUNK):
         ids, eot = towers.tokenize(list(words[lo:lo + CHUNK]))
@@ -207,7 +203,7 @@ def embeddings(towers, vocab: Vocabulary, model_identity: str) -> torch.Tensor:
     def compute() -> np.ndarray:
         log.info(f"audit scan: computing the text embeddings of {len(vocab.words)} vocabulary entries once "
                  f"(cached in {cache_dir()})")
-        return _encode(towers, vocab.words)
+        return encode_texts(towers, vocab.words)
 
     key = _cache_key(model_identity, vocab.sha256, "embeddings")
     return torch.from_numpy(_cached(key, vocab.words, compute)).to(towers.device)
@@ -217,5 +213,5 @@ def text_mean(towers, model_identity: str) -> torch.Tensor:
     """Mean of the normalized embeddings of every MEAN_STRIDE-th word of the model's default vocabulary [D]."""
     sample = _hashed(list(default_vocabulary(towers.tokenizer).words[::MEAN_STRIDE]), "default-mean-sample")
     key = _cache_key(model_identity, sample.sha256, "embeddings")
-    array = _cached(key, sample.words, lambda: _encode(towers, sample.words))
+    array = _cached(key, sample.words, lambda: encode_texts(towers, sample.words))
     return torch.from_numpy(array.mean(0)).to(towers.device)
