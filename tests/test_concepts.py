@@ -162,8 +162,8 @@ def test_embeddings_are_computed_once_and_cached(tmp_path, monkeypatch, towers, 
     monkeypatch.setenv("AUDIT_CACHE_DIR", str(tmp_path / "cache"))
     vocab = vocab_mod._hashed(["red", "green", "blue car"], "test")
     calls = []
-    real = vocab_mod._encode
-    monkeypatch.setattr(vocab_mod, "_encode", lambda t, w: calls.append(w) or real(t, w))
+    real = vocab_mod.encode_texts
+    monkeypatch.setattr(vocab_mod, "encode_texts", lambda t, w: calls.append(w) or real(t, w))
     first = vocab_mod.embeddings(towers, vocab, "tiny|seed0")
     second = vocab_mod.embeddings(towers, vocab, "tiny|seed0")
     assert len(calls) == 1 and torch.equal(first, second)
