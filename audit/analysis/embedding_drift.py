@@ -93,10 +93,8 @@ def _embedded(scan):
 
     from audit.store.reader import Scan
 
-    source = scan.config.get("source") or {}
-    if source.get("kind") == "scan" and (Path(source.get("location", "")) / "scan.json").exists():
-        return Scan(source["location"])
-    return scan
+    source = scan.asked_of
+    return Scan(source) if source is not None and (Path(source) / "scan.json").exists() else scan
 
 
 def embedding_drift(old, new, *, max_images: int = MAX_IMAGES, permutations: int = PERMUTATIONS,

@@ -28,7 +28,7 @@ from audit.scanner.opinions.probes import probe_cosines, template_setting
 from audit.scanner.probes import parse_probe_words
 from audit.scanner.templates import check_fit, parse_templates, text_vectors
 from audit.store.layout import committed_parts
-from audit.store.reader import Scan
+from audit.store.reader import Scan, embedding_matrix
 from audit.store.schema import EMBEDDINGS, PROBE
 
 log = logging.getLogger("audit.ask")
@@ -47,10 +47,6 @@ def fingerprint(root: Path) -> str:
         for p in committed_parts(root, table):
             digest.update(f"{table}/{p.name}:{p.stat().st_size}\n".encode())
     return digest.hexdigest()
-
-
-def _source_of(scan: Scan) -> dict:
-    return scan.config.get("source", {}) or {}
 
 
 def _model(scan: Scan, pretrained: str | None, device: str):
@@ -172,20 +168,14 @@ class _Concepts:
         self.towers = towers
 
     def answer(self, images: pa.Table, embeddings: np.ndarray) -> dict[str, pa.Table]:
-        from audit.scanner.opinions.base import OpinionBatch
+        from audit.scanner.opinions.base import OpinionBatch, token_columns
 
         batch = OpinionBatch(self.towers, None, None, torch.from_numpy(embeddings).to(self.towers.device))
         found = self.opinion.rows(batch)
         rows = [(image_id, w) for image_id, ws in zip(images["image_id"].to_pylist(), found.words, strict=True)
                 for w in ws]
-        tokens = pa.table({
-            "image_id": pa.array([i for i, _ in rows], pa.string()), "kind": [w["kind"] for _, w in rows],
-            "word": [w["word"] for _, w in rows], "word_rank": pa.array([w["word_rank"] for _, w in rows], pa.int16()),
-            "seq_rank": pa.array([w["seq_rank"] for _, w in rows], pa.int16()),
-            "seq_text": [w["seq_text"] for _, w in rows],
-            "seq_cosine": pa.array([w["seq_cosine"] for _, w in rows], pa.float32()),
-            "word_cosine": pa.array([w["word_cosine"] for _, w in rows], pa.float32()),
-            "weight": pa.array([w.get("weight") for _, w in rows], pa.float32())})
+        words = [w for _, w in rows]
+        tokens = pa.table(token_columns([i for i, _ in rows], words, [w["word_cosine"] for w in words]))
         fit = pa.array(found.image_columns["concept_cosine"], pa.float32())
         images = images.set_column(images.schema.get_field_index("concept_cosine"), "concept_cosine", fit)
         return {"images": images, "tokens": tokens}
@@ -218,9 +208,9 @@ def run_ask(source_dir: str | os.PathLike, out: str | os.PathLike, *, words=(), 
     start = time.perf_counter()
     root = Path(source_dir).resolve()
     source = Scan(root)
-    if _source_of(source).get("kind") == "scan":
+    if source.asked_of is not None:
         raise AuditError(f"{root} was itself made by `audit ask` and keeps no embeddings; ask its source, "
-                         f"{_source_of(source).get('location')}")
+                         f"{source.asked_of}")
     if Path(out).resolve() == root:
         raise AuditError("--out is the source scan itself; ask into a directory of its own")
     settings = source.settings
@@ -331,9 +321,7 @@ def _units(root: Path, parts: dict[str, tuple[int, pa.Schema]], done: set[str]):
         first, chunk, held = chunk[0], [], 0
         if not images.num_rows:
             continue
-        vectors = emb["embedding"].combine_chunks()
-        vectors = np.require(vectors.flatten().to_numpy(zero_copy_only=False), requirements="W")  # torch writes
-        vectors = vectors.reshape(emb.num_rows, -1)
+        vectors = embedding_matrix(emb)
         if not images["image_id"].equals(emb["image_id"]):  # each part's rows in one order: a bug otherwise
             raise AuditError(f"the images and embeddings of {root} list other images in parts {first}..; this is "
                              "a bug of audit")

@@ -25,7 +25,7 @@ from audit.scanner.loader import Batch, Decoder, StreamDataset, make_loader
 from audit.scanner.memory import cuda_batch_size, is_out_of_memory, release, relevancy_chunk
 from audit.scanner.models import load_model, resolve_weights, vocab_size, weights_identity
 from audit.scanner.opinions import OPINIONS, opinion_class
-from audit.scanner.opinions.base import OpinionBatch
+from audit.scanner.opinions.base import OpinionBatch, token_columns
 from audit.scanner.options import ScanOptions
 from audit.scanner.progress import Progress
 from audit.scanner.relevancy import check_method, method_options, relevancy
@@ -124,16 +124,7 @@ class _BatchScanner:
         # the decomposition: the same quantity, also for those without a heatmap).
         cosine = [w.get("word_cosine", c) for (_, w), c in zip(pairs, rel.cosine.tolist(), strict=True)]
         cosine += [w["word_cosine"] for _, w in rows[len(pairs):]]
-        tokens = {
-            "image_id": [r.image_id for r, _ in rows], "kind": [w["kind"] for _, w in rows],
-            "word": [w["word"] for _, w in rows],
-            "word_rank": [w["word_rank"] for _, w in rows], "seq_rank": [w["seq_rank"] for _, w in rows],
-            "seq_text": [w["seq_text"] for _, w in rows],
-            "seq_cosine": [c if w["seq_cosine"] is None else w["seq_cosine"]
-                           for (_, w), c in zip(rows, cosine, strict=True)],
-            "word_cosine": pa.array(cosine, pa.float32()),
-            "weight": pa.array([w.get("weight") for _, w in rows], pa.float32()),
-        }
+        tokens = token_columns([r.image_id for r, _ in rows], [w for _, w in rows], cosine)
         heat = heatmap_columns(tokens["image_id"][:len(pairs)], tokens["kind"][:len(pairs)],
                                tokens["word"][:len(pairs)], rel, batch.boxes[pair_image.numpy()], t.grid_size)
         columns = {k: v for f in found for k, v in f.image_columns.items()}

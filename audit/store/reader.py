@@ -92,10 +92,8 @@ class Scan:
         number of images): yields (image ids, float32 array [n, D])."""
         for p in self.files("embeddings"):
             table = pq.read_table(p)
-            if not table.num_rows:
-                continue
-            flat = table["embedding"].combine_chunks().flatten().to_numpy(zero_copy_only=False)
-            yield table["image_id"].to_pylist(), flat.astype(np.float32, copy=False).reshape(table.num_rows, -1)
+            if table.num_rows:
+                yield table["image_id"].to_pylist(), embedding_matrix(table)
 
     def embeddings(self) -> tuple[list[str], np.ndarray]:
         """Every stored embedding at once: (image ids, float32 array [n, D]); see embedding_parts to stream."""
@@ -104,6 +102,12 @@ class Scan:
             ids += part_ids
             arrays.append(array)
         return ids, (np.concatenate(arrays) if arrays else np.zeros((0, 0), np.float32))
+
+    @property
+    def asked_of(self) -> str | None:
+        """The scan this one was asked of (`audit ask` made it, and it keeps no embeddings), else None."""
+        source = self.config.get("source") or {}
+        return source.get("location") if source.get("kind") == "scan" else None
 
     def verification_table(self) -> pa.Table:
         """The rows `audit verify` wrote into the scan directory (none before it ran)."""
@@ -125,3 +129,9 @@ def _with_columns(table: pa.Table, schema: pa.Schema) -> pa.Table:
         if field.name not in table.column_names:
             table = table.append_column(field, pa.nulls(len(table), field.type))
     return table.select(schema.names)
+
+
+def embedding_matrix(table: pa.Table) -> np.ndarray:
+    """An embeddings table's vectors as one float32 array [n, D], writable (float16 or float32 parts alike)."""
+    flat = table["embedding"].combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    return np.require(flat, dtype=np.float32, requirements="W").reshape(table.num_rows, -1)

@@ -47,6 +47,21 @@ class OpinionRows:
     image_columns: dict[str, np.ndarray] = field(default_factory=dict)
 
 
+def token_columns(image_ids: list[str], words: list[dict], cosines: list[float]) -> dict:
+    """The tokens table's columns for word rows (OpinionRows' dicts), each with the word's own cosine; a row
+    without a sequence cosine of its own (a probe's, a concept's) stores the word's."""
+    import pyarrow as pa
+
+    return {
+        "image_id": image_ids, "kind": [w["kind"] for w in words], "word": [w["word"] for w in words],
+        "word_rank": [w["word_rank"] for w in words], "seq_rank": [w["seq_rank"] for w in words],
+        "seq_text": [w["seq_text"] for w in words],
+        "seq_cosine": [c if w["seq_cosine"] is None else w["seq_cosine"] for w, c in zip(words, cosines, strict=True)],
+        "word_cosine": pa.array(cosines, pa.float32()),
+        "weight": pa.array([w.get("weight") for w in words], pa.float32()),
+    }
+
+
 class Opinion:
     name: ClassVar[str]
     kind: ClassVar[str]  # tokens.kind of its rows
