@@ -202,7 +202,7 @@ def run_ask(source_dir: str | os.PathLike, out: str | os.PathLike, *, words=(), 
     `out` (see the module's docstring); returns it. `opinion`: probes (the words, in templates; with `heatmaps`
     their relevancy maps too, reading the images again) or concepts (the decomposition with the given
     vocabulary, penalty and count)."""
-    from audit.scanner.progress import Progress
+    from audit.scanner.progress import Progress, waited
     from audit.store.writer import ScanWriter
 
     start = time.perf_counter()
@@ -252,14 +252,8 @@ def run_ask(source_dir: str | os.PathLike, out: str | os.PathLike, *, words=(), 
         bar.update(len(done))
         errors = None if done or writer.failed_ids() else source.table("errors")
         written = tokens = 0
-        units = _units(root, parts, done)
-        while True:
-            t0 = time.perf_counter()
-            unit = next(units, None)
+        for unit in waited(_units(root, parts, done), phases, "reading"):
             t1 = time.perf_counter()
-            phases["reading"] += t1 - t0
-            if unit is None:
-                break
             tables = question.answer(*unit)
             t2 = time.perf_counter()
             phases["scoring"] += t2 - t1

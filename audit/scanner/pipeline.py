@@ -27,7 +27,7 @@ from audit.scanner.models import load_model, resolve_weights, vocab_size, weight
 from audit.scanner.opinions import OPINIONS, opinion_class
 from audit.scanner.opinions.base import OpinionBatch, token_columns
 from audit.scanner.options import ScanOptions
-from audit.scanner.progress import Progress
+from audit.scanner.progress import Progress, waited
 from audit.scanner.relevancy import check_method, method_options, relevancy
 from audit.sources import BOX_COLUMNS, Record, Source, open_source
 from audit.store.reader import Scan
@@ -368,15 +368,9 @@ def scan_pending(plan: ScanPlan, writer: ScanWriter, pending: Pending, counts: S
                          opts.workers, pin_memory=device.type == "cuda")
     progress = Progress(pending.pending, quiet=opts.quiet)
     phases = counts.phases = {"waiting_for_images": 0.0, "model": 0.0, "writing": 0.0}
-    batches = iter(loader)
     try:
-        while True:
-            t0 = time.perf_counter()
-            batch = next(batches, None)
+        for batch in waited(loader, phases, "waiting_for_images"):
             t1 = time.perf_counter()
-            phases["waiting_for_images"] += t1 - t0
-            if batch is None:
-                break
             if batch.indices or batch.errors:
                 tables = fitting.run(batch)  # ends in copies to the host, so the GPU's work is in this span
                 t2 = time.perf_counter()

@@ -58,3 +58,15 @@ class Progress:
         if self.tty and not self.quiet:
             self.stream.write("\n")
             self.stream.flush()
+
+
+def waited(items, phases: dict[str, float], key: str):
+    """The items of an iterable, with the time spent waiting for each added to phases[key]."""
+    it = iter(items)
+    while True:
+        start = time.perf_counter()
+        item = next(it, None)
+        phases[key] += time.perf_counter() - start
+        if item is None:
+            return
+        yield item
