@@ -76,6 +76,7 @@ def scan(source: str | os.PathLike, out: str | os.PathLike, *,
          engine: str = _D.engine,
          ray_address: str | None = _D.ray_address,
          retry_errors: bool = _D.retry_errors,
+         commit_every: float = _D.commit_every,
          kernel: str = _D.kernel,
          triton_tiles: str | None = _D.triton_tiles,
          quiet: bool = _D.quiet) -> Scan:
@@ -103,7 +104,7 @@ def scan(source: str | os.PathLike, out: str | os.PathLike, *,
                     concept_heatmaps=concept_heatmaps,
                     concept_mean=None if concept_mean is None else str(concept_mean), overwrite=overwrite,
                     engine=engine, ray_address=ray_address, retry_errors=retry_errors,
-                    kernel=env_kernel() if kernel == "auto" else kernel,
+                    commit_every=commit_every, kernel=env_kernel() if kernel == "auto" else kernel,
                     triton_tiles=os.environ.get("AUDIT_TRITON_TILES") or None if triton_tiles is None else triton_tiles,
                     quiet=quiet)
 

@@ -186,6 +186,7 @@ def scan(
     overwrite: Overwrite = _D.overwrite,
     engine: Engine = typer.Option(_D.engine, rich_help_panel=RUN, help="local: one process; ray: Ray Data actors (one per GPU, or --workers on CPU), the same rows."),
     ray_address: Optional[str] = typer.Option(_D.ray_address, envvar="AUDIT_RAY_ADDRESS", rich_help_panel=RUN, help="--engine ray: a running cluster to join (auto, or ray://host:10001); default: a local cluster."),  # noqa: UP045
+    commit_every: float = typer.Option(_D.commit_every, "--commit-every", min=0, metavar="SECONDS", rich_help_panel=RUN, help="Commit the batches scanned at least this often (and every 8,192 images): a kill loses at most this much work, and fewer, larger files read back faster. 0 commits every batch."),
     retry_errors: bool = typer.Option(_D.retry_errors, "--retry-errors", rich_help_panel=RUN, help="Re-attempt the images whose last attempt failed (stored in errors); by default a resume skips them."),
     kernel: Kernel = typer.Option(_D.kernel, envvar="AUDIT_KERNEL", rich_help_panel=ASCENT, help="The ascent step's implementation: auto (compile on CUDA, eager elsewhere; AUDIT_COMPILE=0 makes it eager), eager, compile (torch.compile), or triton (two fused kernels; CUDA). Recorded in scan.json: a resume with another one is refused."),
     triton_tiles: Optional[str] = typer.Option(None, envvar="AUDIT_TRITON_TILES", parser=_tiles, metavar="R,V,D[,W[,S]]", rich_help_panel=ASCENT, help="--kernel triton: the kernels' tiles, rows,vocab,dim[,warps[,stages]] (bench/fused_tiles.py finds the fastest)."),  # noqa: UP045
@@ -206,7 +207,8 @@ def scan(
                words=tuple(words or ()), words_file=words_file, templates=templates, embeddings=embeddings,
                no_ascent=no_ascent, opinion=opinion, vocabulary=vocabulary, concept_l1=concept_l1, concepts_per_image=concepts_per_image,
                concept_heatmaps=concept_heatmaps, concept_mean=concept_mean, overwrite=overwrite,
-               retry_errors=retry_errors, kernel=kernel, triton_tiles=triton_tiles, quiet=quiet)
+               retry_errors=retry_errors, commit_every=commit_every, kernel=kernel, triton_tiles=triton_tiles,
+               quiet=quiet)
 
 
 @app.command()

@@ -43,7 +43,7 @@ def reference(dataset, tmp_path_factory):
 
 def _command(dataset: Path, out: Path) -> list[str]:
     return [sys.executable, "-m", "audit", "scan", str(dataset), "--out", str(out), *SETTINGS, "--engine", "ray",
-            "--workers", "2", "-q"]
+            "--workers", "2", "--commit-every", "0", "-q"]
 
 
 def _wait_for_parts(proc: subprocess.Popen, out: Path, n: int, timeout: float = 240) -> None:

@@ -34,7 +34,7 @@ def test_sigkill_then_resume(dataset, reference, tmp_path, kill_after_parts):
     out = tmp_path / "scan"
     argv = [sys.executable, "-m", "audit.cli", "scan", str(dataset), "--out", str(out), "--model", "audit-tiny",
             "--pretrained", "none", "--steps", str(FAST["steps"]), "--candidates", str(FAST["candidates"]),
-            "--views", str(FAST["views"]), "--workers", "0", "--batch-size", "2", "-q"]
+            "--views", str(FAST["views"]), "--workers", "0", "--batch-size", "2", "--commit-every", "0", "-q"]
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     while proc.poll() is None and time.monotonic() < deadline:
@@ -45,7 +45,7 @@ def test_sigkill_then_resume(dataset, reference, tmp_path, kill_after_parts):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     killed_at = count_parts(out)
-    assert killed_at < 7  # 13 images in batches of 2 make 7 units
+    assert killed_at < 7  # 13 images in batches of 2 make 7 units (--commit-every 0: one part each)
     # Resume with another batch size: the resume point must not matter either.
     resumed = audit.scan(dataset, out, **{**FAST, "batch_size": 3})
     assert_same_rows(resumed, reference)
@@ -71,7 +71,7 @@ def test_crash_inside_a_commit_then_resume(dataset, reference, tmp_path, monkeyp
 
     monkeypatch.setattr("audit.store.writer.os.replace", dying_replace)
     with pytest.raises(Crash):
-        audit.scan(dataset, out, **{**FAST, "batch_size": 2})
+        audit.scan(dataset, out, **{**FAST, "batch_size": 2, "commit_every": 0})
     monkeypatch.setattr("audit.store.writer.os.replace", real_replace)
     if (out / "scan.json").exists():
         writer = ScanWriter.open(out, audit.Scan(out).config["settings"], {})
@@ -163,3 +163,42 @@ def test_other_errors_are_not_mistaken_for_out_of_memory(dataset, tmp_path, monk
     monkeypatch.setattr(scanner._BatchScanner, "run", run)
     with pytest.raises(RuntimeError, match="device-side assert"):
         audit.scan(dataset, tmp_path / "scan", **FAST)
+
+
+def test_batches_are_committed_together_by_count_and_by_age(dataset, reference, tmp_path, monkeypatch):
+    """A part holds the batches of up to COMMIT_IMAGES images or commit_every seconds of work; the rows do not depend
+    on how they were grouped."""
+    every = audit.scan(dataset, tmp_path / "every", **{**FAST, "batch_size": 2, "commit_every": 0})
+    assert count_parts(every.root) == 7  # 13 images in batches of 2
+    assert count_parts(reference.root) == 1  # the default: a minute's work, and this scan takes seconds
+    assert_same_rows(every, reference)
+    monkeypatch.setattr("audit.store.writer.COMMIT_IMAGES", 4)
+    by_count = audit.scan(dataset, tmp_path / "count", **{**FAST, "batch_size": 2})
+    assert count_parts(by_count.root) == 4  # 4 + 4 + 4 + 1 (the broken file's error row counts as an image)
+    assert_same_rows(by_count, reference)
+    monkeypatch.setattr("audit.store.writer.COMMIT_IMAGES", 10**9)
+    clock = iter(range(0, 10**6, 25))  # 25 s pass between two looks at the clock
+    monkeypatch.setattr("audit.store.writer.time.monotonic", lambda: next(clock))
+    by_age = audit.scan(dataset, tmp_path / "age", **{**FAST, "batch_size": 2, "commit_every": 40})
+    assert count_parts(by_age.root) == 4  # every second batch is 50 s after its part's first
+    assert_same_rows(by_age, reference)
+
+
+def test_a_failing_batch_leaves_the_batches_before_it_committed(dataset, reference, tmp_path, monkeypatch):
+    from audit.scanner import pipeline as scanner
+
+    real, calls = scanner._BatchScanner.run, {"n": 0}
+
+    def run(self, batch):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise Crash()
+        return real(self, batch)
+
+    monkeypatch.setattr(scanner._BatchScanner, "run", run)
+    out = tmp_path / "scan"
+    with pytest.raises(Crash):
+        audit.scan(dataset, out, **{**FAST, "batch_size": 2})
+    assert len(audit.Scan(out).images()) + len(audit.Scan(out).errors()) == 6  # three batches, held, then committed
+    monkeypatch.setattr(scanner._BatchScanner, "run", real)
+    assert_same_rows(audit.scan(dataset, out, **{**FAST, "batch_size": 2}), reference)

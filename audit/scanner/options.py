@@ -26,7 +26,8 @@ KERNELS = ("auto", "eager", "compile", "triton")  # the ascent step's implementa
 # --embeddings is one too: it decides whether (and at which precision) each image's embedding is kept for
 # `audit ask`, and no other row; a resume with another value keeps both kinds of parts, read back as float32.
 RUN_OPTIONS = ("device", "batch_size", "workers", "engine", "ray_address", "retry_errors", "quiet", "overwrite",
-               "max_pixels", "source_kind", "path_column", "image_column", "id_column", "split", "embeddings")
+               "max_pixels", "source_kind", "path_column", "image_column", "id_column", "split", "embeddings",
+               "commit_every")
 EMBEDDINGS = ("float16", "float32", "none")  # --embeddings: float16 halves the storage, within 1e-3 of float32
 # Settings of every scan, whatever its opinions; each opinion adds its own (audit.scanner.opinions).
 SHARED_SETTINGS = ("model", "pretrained", "seed", "start_layer", "start_layer_text", "heatmap", "occlusion_window",
@@ -88,6 +89,9 @@ class ScanOptions:
     overwrite: bool = False
     engine: str = "local"  # local (one process) or ray (Ray Data actors); never changes a row
     ray_address: str | None = None  # a running Ray cluster to join; None: a local one
+    # Seconds of work a committed part holds at most (it commits sooner at store.writer.COMMIT_IMAGES images): what
+    # a kill can lose, against fewer, larger part files to read back. 0 commits every batch.
+    commit_every: float = 60.0
     retry_errors: bool = False  # re-attempt images whose last attempt failed (a run-time choice, not a setting)
     # The ascent step's implementation (KERNELS); "auto" is resolved per device when the scan is planned. The
     # command line and audit.scan() read AUDIT_KERNEL (and AUDIT_COMPILE=0) as its default.
@@ -136,6 +140,8 @@ class ScanOptions:
         for name, value in positive.items():
             if value < 1:
                 raise AuditError(f"--{name.replace('_', '-')} must be at least 1, not {value}")
+        if not self.commit_every >= 0:
+            raise AuditError(f"--commit-every must be 0 or more seconds, not {self.commit_every}")
         if self.steps < 0 or self.workers < 0 or self.refine_rounds < 0:
             raise AuditError("--steps, --workers and --refine-rounds cannot be negative")
         if self.refine_top < 1:

@@ -11,7 +11,6 @@ import time
 import warnings
 from dataclasses import dataclass
 
-import numpy as np
 import pyarrow as pa
 import torch
 
@@ -31,7 +30,7 @@ from audit.scanner.progress import Progress, waited
 from audit.scanner.relevancy import check_method, method_options, relevancy
 from audit.sources import BOX_COLUMNS, Record, Source, open_source
 from audit.store.reader import Scan
-from audit.store.schema import EMBEDDING_TYPES, IMAGES, INTERNAL, conform
+from audit.store.schema import IMAGES, INTERNAL, conform, embeddings_table
 from audit.store.writer import ScanWriter
 
 log = logging.getLogger("audit.scan")
@@ -137,10 +136,7 @@ class _BatchScanner:
 
 def embedding_table(ids: list[str], features: torch.Tensor, dtype: str) -> pa.Table:
     """The embeddings table's rows for a batch: each image's features at the stored precision."""
-    values = features.detach().float().cpu().numpy().astype(dtype)
-    flat = pa.array(values.ravel(), type=EMBEDDING_TYPES[dtype])
-    offsets = pa.array(np.arange(0, values.size + 1, values.shape[1], dtype=np.int32))
-    return pa.table({"image_id": pa.array(ids, pa.string()), "embedding": pa.ListArray.from_arrays(offsets, flat)})
+    return embeddings_table(pa.array(ids, pa.string()), features.detach().float().cpu().numpy(), dtype)
 
 
 class _Fitting:
@@ -353,8 +349,8 @@ def _start_line(plan: ScanPlan, pending: Pending, batch_size: int, where: str) -
 
 
 def scan_pending(plan: ScanPlan, writer: ScanWriter, pending: Pending, counts: ScanCounts) -> None:
-    """Load the model once and stream the source through it, committing each batch as one unit of work.
-    `counts` is updated after every commit, so it is right even when the scan is interrupted."""
+    """Load the model once and stream the source through it, batch by batch; the writer commits them in parts
+    (store.writer), and what it holds is committed when the loop ends, however it ends."""
     opts, device = plan.opts, plan.device
     say = _say(opts)
     loaded = load_model_for(opts, device)
@@ -374,7 +370,7 @@ def scan_pending(plan: ScanPlan, writer: ScanWriter, pending: Pending, counts: S
             if batch.indices or batch.errors:
                 tables = fitting.run(batch)  # ends in copies to the host, so the GPU's work is in this span
                 t2 = time.perf_counter()
-                writer.write_unit(tables)
+                writer.add(tables)
                 phases["model"] += t2 - t1
                 phases["writing"] += time.perf_counter() - t2
             else:
@@ -382,6 +378,9 @@ def scan_pending(plan: ScanPlan, writer: ScanWriter, pending: Pending, counts: S
             counts.add(tables, batch.skipped, pending.failed)
             progress.update(len(batch.indices) + len(batch.errors))
     finally:
+        t2 = time.perf_counter()
+        writer.flush()  # the batches held, however the loop ended: finished work is never thrown away
+        phases["writing"] += time.perf_counter() - t2
         progress.close()
         counts.batch_size_used = fitting.limit
 
@@ -447,6 +446,7 @@ def run_scan(source, out, **options) -> Scan:
         raise TypeError(f"unknown scan options: {', '.join(sorted(unknown))}")
     plan = plan_scan(source, out, ScanOptions(**options))
     writer = ScanWriter.open(out, plan.settings, plan.source_info, overwrite=plan.opts.overwrite)
+    writer.commit_seconds = plan.opts.commit_every
     started = time.perf_counter()
     try:
         pending = pending_images(plan, writer)

@@ -1,7 +1,7 @@
 """Where a scan directory keeps what: its config file and the part files of each table.
 
-One unit of work (a batch of images) becomes one part file in each table, all named alike; the `images` part
-is the commit marker. The writer and the reader share these names and nothing else.
+One commit (a scan's batches since the last one: store.writer) becomes one part file in each table, all named
+alike; the `images` part is the commit marker. The writer and the reader share these names and nothing else.
 """
 
 from __future__ import annotations

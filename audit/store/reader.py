@@ -14,7 +14,17 @@ import pyarrow.parquet as pq
 from audit.errors import AuditError
 from audit.store import settings
 from audit.store.layout import committed_parts, read_config
-from audit.store.schema import SCHEMAS, TABLES, VERIFICATION, VERIFICATION_FOLDER, empty_table, upgrade
+from audit.store.schema import (
+    SCHEMAS,
+    TABLES,
+    VERIFICATION,
+    VERIFICATION_FOLDER,
+    embedding_lists,
+    embedding_matrix,
+    empty_table,
+    plain,
+    upgrade,
+)
 
 
 def _latest_errors(attempts: pa.Table, scanned: pa.Array) -> pa.Table:
@@ -62,8 +72,8 @@ class Scan:
         if not files:
             return empty_table(name)
         if name == "embeddings":  # float16 and float32 parts (a resume with another --embeddings) read as float32
-            return pa.concat_tables([pq.read_table(p).cast(SCHEMAS[name]) for p in files])
-        table = pa.concat_tables([pq.read_table(p) for p in files], promote_options="default")
+            return pa.concat_tables([embedding_lists(pq.read_table(p)) for p in files])
+        table = pa.concat_tables([plain(pq.read_table(p)) for p in files], promote_options="default")
         return upgrade(name, table)
 
     def _image_ids(self) -> pa.Array:
@@ -129,9 +139,3 @@ def _with_columns(table: pa.Table, schema: pa.Schema) -> pa.Table:
         if field.name not in table.column_names:
             table = table.append_column(field, pa.nulls(len(table), field.type))
     return table.select(schema.names)
-
-
-def embedding_matrix(table: pa.Table) -> np.ndarray:
-    """An embeddings table's vectors as one float32 array [n, D], writable (float16 or float32 parts alike)."""
-    flat = table["embedding"].combine_chunks().flatten().to_numpy(zero_copy_only=False)
-    return np.require(flat, dtype=np.float32, requirements="W").reshape(table.num_rows, -1)

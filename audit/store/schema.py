@@ -5,13 +5,15 @@ Every writer and reader imports this module; nothing else spells a column name o
 
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 # 2: tokens and heatmaps gain `kind` (ascent words vs probe words).
 # 3: kind 'concept' (the concept decomposition); tokens gain `weight`, images gain `concept_cosine`.
 # 4: the embeddings table (each image's embedding, for `audit ask`).
-SCHEMA_VERSION = 4
+# 5: an embedding is stored as its values' bytes (a list of numbers took 7x as long to read back: bench/ask_cost.py).
+SCHEMA_VERSION = 5
 
 ASCENT = "ascent"
 PROBE = "probe"
@@ -19,7 +21,7 @@ CONCEPT = "concept"
 KINDS = (ASCENT, CONCEPT, PROBE)
 # Older versions are read (and resumed) as this one: every column added since is null in their rows, and a
 # word without a kind (version 1) is an ascent word. Parts of several versions may share one scan directory.
-READABLE_VERSIONS = (1, 2, 3, 4)
+READABLE_VERSIONS = (1, 2, 3, 4, 5)
 # Settings added since version 2, with the value an older scan was made with: a resume of an older scan
 # compares its settings with these filled in.
 SETTINGS_ADDED = {"opinion": "ascent", "refine_words": False}
@@ -97,7 +99,10 @@ ERRORS = pa.schema(
 # One row per scanned image: its un-augmented image embedding (the vector probe scores and the concept
 # decomposition start from), as the image tower returns it (not normalised), in float16 (the default) or float32
 # (--embeddings); a scan made with --embeddings none, or by an audit before schema 4, has no rows here.
-EMBEDDING_TYPES = {"float16": pa.float16(), "float32": pa.float32()}
+# Stored as the D values' little-endian bytes, a fixed-size binary column whose field metadata names the dtype
+# (schema 4 stored a list of numbers: read too). Read back as EMBEDDINGS, a list of float32, or as one matrix
+# (embedding_matrix).
+EMBEDDING_TYPES = {"float16": "<f2", "float32": "<f4"}
 EMBEDDINGS = pa.schema(
     [
         pa.field("image_id", pa.string(), nullable=False),
@@ -106,11 +111,48 @@ EMBEDDINGS = pa.schema(
 )
 
 
-
-def embeddings_schema(dtype: str) -> pa.Schema:
-    """The embeddings table as stored at a precision (EMBEDDINGS is how it reads back)."""
+def embeddings_schema(dtype: str, dim: int) -> pa.Schema:
+    """The embeddings table as stored: D values at a precision (EMBEDDINGS is how it reads back)."""
+    width = np.dtype(EMBEDDING_TYPES[dtype]).itemsize * dim
     return pa.schema([EMBEDDINGS.field("image_id"),
-                      pa.field("embedding", pa.list_(EMBEDDING_TYPES[dtype]), nullable=False)])
+                      pa.field("embedding", pa.binary(width), nullable=False, metadata={"dtype": dtype})])
+
+
+def embeddings_table(ids: pa.Array, vectors: np.ndarray, dtype: str) -> pa.Table:
+    """Rows of the embeddings table, as stored: each image's vector [n, D] at the precision `dtype`."""
+    n, dim = vectors.shape
+    raw = np.ascontiguousarray(vectors, dtype=EMBEDDING_TYPES[dtype])
+    schema = embeddings_schema(dtype, dim)
+    column = pa.FixedSizeBinaryArray.from_buffers(schema.field("embedding").type, n, [None, pa.py_buffer(raw)])
+    return pa.Table.from_arrays([pa.array(ids, pa.string()), column], schema=schema)
+
+
+def embedding_values(table: pa.Table) -> np.ndarray:
+    """An embeddings table's vectors [n, D] as stored (float16 or float32; read-only, no copy when it can), whichever
+    schema version stored them."""
+    field = table.schema.field("embedding")
+    column = table["embedding"].combine_chunks()
+    if pa.types.is_fixed_size_binary(field.type):
+        dtype = np.dtype(EMBEDDING_TYPES[(field.metadata or {}).get(b"dtype", b"").decode() or "float32"])
+        width = field.type.byte_width
+        data = np.frombuffer(column.buffers()[1], np.uint8, count=len(column) * width, offset=column.offset * width)
+        return data.view(dtype).reshape(len(column), width // dtype.itemsize)
+    return column.flatten().to_numpy(zero_copy_only=False).reshape(table.num_rows, -1)  # schema 4: a list
+
+
+def embedding_matrix(table: pa.Table) -> np.ndarray:
+    """An embeddings table's vectors as one float32 array [n, D], writable (float16 or float32 parts alike; a table
+    of several parts' precisions is read part by part: Scan.embedding_parts)."""
+    return np.require(embedding_values(table), dtype=np.float32, requirements="W")
+
+
+def embedding_lists(table: pa.Table) -> pa.Table:
+    """An embeddings table as it reads back (EMBEDDINGS): each vector a list of float32."""
+    matrix = embedding_matrix(table)
+    n, dim = matrix.shape if matrix.size else (table.num_rows, 0)
+    offsets = pa.array(np.arange(0, n * dim + 1, max(dim, 1), dtype=np.int32)[:n + 1])
+    values = pa.ListArray.from_arrays(offsets, pa.array(matrix.ravel(), pa.float32()))
+    return pa.Table.from_arrays([table["image_id"], values], schema=EMBEDDINGS)
 
 
 VERIFICATION_FOLDER = "verification"
@@ -212,7 +254,8 @@ COLUMN_DOCS: dict[str, dict[str, str]] = {
         "embedding": "Its un-augmented image embedding as the image tower returns it (not normalised): what probe "
                      "scores and the concept decomposition start from, so that `audit ask` answers without the "
                      "image. float16 by default, float32 with --embeddings float32 (read back as float32); no "
-                     "row with --embeddings none.",
+                     "row with --embeddings none. Stored as the values' little-endian bytes (the field's metadata "
+                     "names the dtype; schema 4 stored a list of numbers).",
     },
 }
 
@@ -254,9 +297,8 @@ def empty_table(name: str) -> pa.Table:
 def conform(name: str, table: pa.Table) -> pa.Table:
     """Cast a freshly built table to its stored schema; extra image columns (source metadata) stay strings."""
     schema = SCHEMAS[name]
-    if name == "embeddings" and table.num_columns:  # stored at the precision it was made in
-        dtype = {v: k for k, v in EMBEDDING_TYPES.items()}.get(table.schema.field("embedding").type.value_type)
-        schema = embeddings_schema(dtype or "float32")
+    if name == "embeddings" and table.num_columns:  # stored as embeddings_table made it: at its precision and size
+        schema = pa.schema([EMBEDDINGS.field("image_id"), table.schema.field("embedding")])
     if name == "images":
         extra = [f for f in table.schema if f.name not in schema.names]
         schema = pa.schema(list(schema) + [pa.field(f.name, pa.string()) for f in extra])
@@ -266,7 +308,44 @@ def conform(name: str, table: pa.Table) -> pa.Table:
     missing = [n for n in schema.names if n not in table.column_names]
     if missing:
         raise ValueError(f"table {name!r} lacks columns {missing}")
+    # A string column built as a dictionary (the same word or image on many rows) is written as one: Parquet stores
+    # both alike, and the writer need not hash every row's string again (readers get strings: plain).
+    schema = pa.schema([f.with_type(table.schema.field(f.name).type) if f.type == pa.string()
+                        and _string_dictionary(table.schema.field(f.name).type) else f for f in schema])
     return table.select(schema.names).cast(schema)
+
+
+def _string_dictionary(t: pa.DataType) -> bool:
+    return pa.types.is_dictionary(t) and t.value_type == pa.string()
+
+
+def plain(table: pa.Table) -> pa.Table:
+    """A table read from a part with its dictionary columns (conform) as plain strings."""
+    for i, field in enumerate(table.schema):
+        if _string_dictionary(field.type):
+            table = table.set_column(i, field.with_type(pa.string()), table.column(i).cast(pa.string()))
+    return table
+
+
+def compression(table: pa.Table) -> dict[str, str]:
+    """Each column's Parquet codec: zstd, but none for numbers that barely compress: an embedding's float bytes
+    (a tenth smaller; decompressing them was most of the time `audit ask` took to read them back) and a float
+    column such as a cosine (8% smaller, a sixth of the time to write a hundred million probe rows)."""
+    return {f.name: "none" if pa.types.is_fixed_size_binary(f.type) or pa.types.is_floating(f.type) else "zstd"
+            for f in table.schema}
+
+
+def statistics_columns(table: pa.Table) -> list[str]:
+    """The columns whose min and max a part's footer keeps: all but strings built as dictionaries (a few words
+    repeated on a hundred million rows of `audit ask`: a pass over every row to say little), and an embedding."""
+    return [f.name for f in table.schema if not _string_dictionary(f.type) and not pa.types.is_fixed_size_binary(f.type)]
+
+
+def dictionary_columns(table: pa.Table) -> list[str]:
+    """The columns worth a Parquet dictionary: strings and integers (names, words, ranks repeat); floats rarely
+    repeat, and trying one on a hundred million cosines costs more than writing them."""
+    return [f.name for f in table.schema if pa.types.is_string(f.type) or pa.types.is_integer(f.type)
+            or _string_dictionary(f.type)]
 
 
 def upgrade(name: str, table: pa.Table) -> pa.Table:

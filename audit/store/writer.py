@@ -1,6 +1,9 @@
 """The one writer of a scan directory: atomic part files, resume bookkeeping, the commit marker.
 
-Each part is written to a hidden temporary name, flushed, then renamed; the `images` part is renamed last and
+A part holds one or more units of work (a scan's batches): `add` gathers them and commits a part once it holds
+COMMIT_IMAGES images or its first unit is `commit_seconds` old, so a kill loses at most that much work, and a
+million images are a few hundred files rather than tens of thousands (reading them back, `audit ask` pays per
+file). Each part is written to a hidden temporary name, flushed, then renamed; the `images` part is renamed last and
 is the commit marker. On open, temporaries and parts without their `images` twin (a unit killed halfway) are
 removed, so a killed scan leaves exactly the committed units and resume redoes the rest.
 """
@@ -12,6 +15,7 @@ import datetime as _dt
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import filelock
@@ -20,9 +24,22 @@ import pyarrow.parquet as pq
 
 from audit.errors import AuditError
 from audit.store.layout import CONFIG_FILE, PART, parts, read_config
-from audit.store.schema import SCHEMA_VERSION, TABLES, conform, empty_table
+from audit.store.schema import (
+    SCHEMA_VERSION,
+    TABLES,
+    compression,
+    conform,
+    dictionary_columns,
+    empty_table,
+    statistics_columns,
+)
 from audit.store.settings import upgrade as upgrade_settings
 from audit.version import __version__
+
+# Images in one committed part, at most: bounds what a part holds in memory before it is written (rows and maps of
+# 8,192 images are tens of MB) and is large enough that reading a part costs far more than opening it.
+COMMIT_IMAGES = 8192
+COMMIT_SECONDS = 60.0  # the default: at most a minute of work lost to a kill
 
 
 def _fsync_dir(path: Path) -> None:
@@ -60,6 +77,10 @@ class ScanWriter:
         self.created = not config.get("runs") and not parts(root / "images")
         self._next = 1 + max((int(PART.match(p.name).group(1)) for t in TABLES for p in parts(root / t)),
                              default=0)
+        self.commit_seconds = COMMIT_SECONDS
+        self._held: list[dict[str, pa.Table]] = []
+        self._held_images = 0
+        self._held_since = 0.0
 
     @classmethod
     def open(cls, out: str | os.PathLike, settings: dict, source: dict, overwrite: bool = False) -> ScanWriter:
@@ -146,8 +167,34 @@ class ScanWriter:
             ids.update(pq.read_table(p, columns=["image_id"]).column(0).to_pylist())
         return ids
 
+    def add(self, tables: dict[str, pa.Table]) -> str | None:
+        """Hold one unit of work (every table, possibly empty), and commit what is held once it is COMMIT_IMAGES
+        images or `commit_seconds` old (0: every unit at once); returns the part name committed, if any. Units
+        held are not committed until then: call `flush` when the work ends, however it ends."""
+        if not self._held:
+            self._held_since = time.monotonic()
+        self._held.append(tables)
+        self._held_images += sum(tables[t].num_rows for t in ("images", "errors") if t in tables)
+        if self._held_images >= COMMIT_IMAGES or time.monotonic() - self._held_since >= self.commit_seconds:
+            return self.flush()
+        return None
+
+    def flush(self) -> str | None:
+        """Commit the units held as one part; returns its name (None when nothing was held)."""
+        if not self._held:
+            return None
+        held, self._held, self._held_images = self._held, [], 0
+        if len(held) == 1:
+            return self.write_unit(held[0])
+        merged = {}
+        for t in TABLES:
+            tables = [conform(t, u[t]) for u in held if t in u and u[t].num_rows]
+            if tables:
+                merged[t] = pa.concat_tables(tables, promote_options="default")
+        return self.write_unit(merged)
+
     def write_unit(self, tables: dict[str, pa.Table]) -> str:
-        """Write one unit of work (every table, possibly empty) and commit it; returns the part name."""
+        """Write one unit of work (every table, possibly empty) and commit it now; returns the part name."""
         name = f"part-{self._next:06d}.parquet"
         self._next += 1
         staged = []
@@ -155,7 +202,8 @@ class ScanWriter:
             table = conform(t, tables[t]) if t in tables else empty_table(t)
             tmp = self.root / t / f".tmp-{name}"
             with open(tmp, "wb") as f:
-                pq.write_table(table, f, compression="zstd")
+                pq.write_table(table, f, compression=compression(table), use_dictionary=dictionary_columns(table),
+                               write_statistics=statistics_columns(table))
                 f.flush()
                 os.fsync(f.fileno())
             staged.append((tmp, self.root / t / name))

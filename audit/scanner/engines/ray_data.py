@@ -187,13 +187,14 @@ def _scan(ray, plan, writer, pending, counts, make_scanner, start_line, started_
             for unit in ds.iter_rows():
                 tables = {name: _from_ipc(unit[name]) for name in TABLES if len(unit[name])}
                 if tables:
-                    writer.write_unit(tables)
+                    writer.add(tables)
                 ids = counts.add(tables, json.loads(unit["skipped"]), pending.failed)
                 counts.preprocess = json.loads(unit["preprocess"])
                 limit = int(unit["limit"])
                 counts.batch_size_used = limit if counts.batch_size_used is None else min(counts.batch_size_used, limit)
                 progress.update(len(ids))
         finally:
+            writer.flush()
             progress.close()
     finally:
         if started_here:
