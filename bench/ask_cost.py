@@ -11,7 +11,7 @@ the same images and words, and what the embeddings cost to keep.
    embeddings are streamed one part at a time).
 3. Storage: bytes per image the embeddings table adds (float16 and float32), from the files.
 
-    .venv/bin/python bench/ask_cost.py [--images 2000] [--million 1000000] [--part 64]
+    .venv/bin/python bench/ask_cost.py [--images 2000] [--million 1000000] [--part 8192]
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import numpy as np
 import pyarrow as pa
 
 import audit
+from audit.store.writer import COMMIT_IMAGES
 
 WORDS = "red,a blue car,dog,grass,a person in a wheelchair"
 PHRASES = [f"phrase number {i}" for i in range(100)]
@@ -48,8 +49,9 @@ def noise_folder(root: Path, n: int) -> Path:
 
 
 def asked_seconds(scan: audit.Scan) -> float:
-    phases = scan.config["runs"][-1]["phases"]
-    return sum(v for k, v in phases.items() if k != "model")
+    """The ask's wall time, its model's loading apart (its phases overlap: a unit is written while the next is read)."""
+    run = scan.config["runs"][-1]
+    return run["seconds"] - run["phases"]["model"]
 
 
 def side_by_side(tmp: Path, n: int) -> dict:
@@ -77,6 +79,7 @@ def bytes_per_image(scan_dir: Path) -> float:
 def synthetic(seed_scan: Path, out: Path, n: int, part: int) -> Path:
     """A copy of a real scan's settings with n stored embeddings of its dimension, written in parts of `part`
     images through the scan's own writer (the layout `ask` reads)."""
+    from audit.store.schema import embeddings_table
     from audit.store.writer import ScanWriter
 
     src = audit.Scan(seed_scan)
@@ -84,7 +87,6 @@ def synthetic(seed_scan: Path, out: Path, n: int, part: int) -> Path:
     writer = ScanWriter.open(out, src.config["settings"], src.config["source"], overwrite=True)
     rs = np.random.RandomState(1)
     block = rs.standard_normal((part, dim)).astype(np.float16)
-    offsets = pa.array(np.arange(0, part * dim + 1, dim, dtype=np.int32))
     try:
         for lo in range(0, n, part):
             k = min(part, n - lo)
@@ -93,8 +95,7 @@ def synthetic(seed_scan: Path, out: Path, n: int, part: int) -> Path:
                                                                                       "a", "b")),
                                "width": pa.array(np.full(k, 640, np.int32)), "height": pa.array(np.full(k, 480,
                                                                                                       np.int32))})
-            emb = pa.ListArray.from_arrays(offsets[:k + 1], pa.array(block[:k].ravel(), pa.float16()))
-            writer.write_unit({"images": images, "embeddings": pa.table({"image_id": ids, "embedding": emb})})
+            writer.write_unit({"images": images, "embeddings": embeddings_table(ids, block[:k], "float16")})
         writer.record_run({"images": n, "preprocess": None})
     finally:
         writer.close()
@@ -105,7 +106,7 @@ def timed_ask(source: Path, out: Path, words) -> dict:
     """`audit ask` in a process of its own: its phases and its peak memory (max RSS)."""
     code = ("import audit, json, resource, sys; s = audit.ask(sys.argv[1], sys.argv[2], words=sys.argv[3], "
             "device='cpu', quiet=True); print(json.dumps({'phases': s.config['runs'][-1]['phases'], "
-            "'rss': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))")
+            "'seconds': s.config['runs'][-1]['seconds'], 'rss': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))")
     out_ = subprocess.run([sys.executable, "-c", code, str(source), str(out), ",".join(words)], check=True,
                           capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     return json.loads(out_.stdout.strip().splitlines()[-1])
@@ -123,7 +124,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=2000, help="side by side: photos scanned, asked, rescanned")
     parser.add_argument("--million", type=int, default=1_000_000)
-    parser.add_argument("--part", type=int, default=64, help="images per stored part (a scan's batch)")
+    parser.add_argument("--part", type=int, default=COMMIT_IMAGES,
+                        help="images per stored part (a scan commits at most COMMIT_IMAGES, at least a minute's work)")
     parser.add_argument("--vit-sample", type=int, default=64, help="photos the ViT-B-32 rescan rate is timed on")
     args = parser.parse_args()
     logging.getLogger("audit").setLevel(logging.WARNING)
@@ -143,7 +145,7 @@ def main() -> None:
                        opinion="probes", words="zebra", workers=0, device="cpu", quiet=True)
             store = synthetic(seed, tmp / f"store-{model}", 10_000, args.part)
             ask = timed_ask(store, tmp / f"asked-{model}", WORDS.split(","))
-            seconds = sum(v for k, v in ask["phases"].items() if k != "model")
+            seconds = ask["seconds"] - ask["phases"]["model"]
             rescan = rescan_rate(tmp, model, args.images if model == "audit-tiny" else args.vit_sample)
             rows.append((model, rescan, 10_000 / seconds, bytes_per_image(store)))
             shutil.rmtree(store)
@@ -155,13 +157,13 @@ def main() -> None:
 
         seed = tmp / "seed-ViT-B-32"
         print(f"\n## ask of 100 phrases over stored ViT-B-32 embeddings (parts of {args.part} images)\n")
-        print("| images | text s | reading s | scoring s | writing s | total s (model load apart) | peak RSS MB |")
+        print("| images | text s | reading s | scoring s | waiting for writes s | total s (model load apart) | peak RSS MB |")
         print("|---:|---:|---:|---:|---:|---:|---:|")
         for n in (args.million // 10, args.million):
             store = synthetic(seed, tmp / "store-big", n, args.part)
             ask = timed_ask(store, tmp / "asked-big", PHRASES)
             p = ask["phases"]
-            total = sum(v for k, v in p.items() if k != "model")
+            total = ask["seconds"] - p["model"]
             print(f"| {n:,} | {p['text']:.1f} | {p['reading']:.1f} | {p['scoring']:.1f} | {p['writing']:.1f} | "
                   f"{total:.1f} | {ask['rss'] / 1024:,.0f} |")
             shutil.rmtree(store)

@@ -236,14 +236,21 @@ def test_ask_heatmaps_are_the_scans_maps(odd_folder, tmp_path, caplog):
 
 
 def test_ask_reads_a_bounded_number_of_images_at_a_time(odd_folder, tmp_path, monkeypatch):
-    """Units of about IMAGES_PER_UNIT images whatever the source's parts (a unit of every part once held a
-    million images); the answers do not depend on how the images are grouped."""
+    """Units of at most IMAGES_PER_UNIT images (and ROWS_PER_UNIT rows) whatever the source's parts (a unit of
+    every part once held a million images); the answers do not depend on how the images are grouped."""
     import audit.scanner.ask as ask_mod
 
-    audit.scan(odd_folder, tmp_path / "src", opinion="probes", words="zebra", batch_size=3, **FAST)  # parts 3,3,1
+    audit.scan(odd_folder, tmp_path / "src", opinion="probes", words="zebra", batch_size=3, commit_every=0,
+               **FAST)  # parts 3,3,1
     whole = by_pair(audit.ask(tmp_path / "src", tmp_path / "whole", words=WORDS, device="cpu", quiet=True))
     monkeypatch.setattr(ask_mod, "IMAGES_PER_UNIT", 4)
     small = audit.ask(tmp_path / "src", tmp_path / "small", words=WORDS, device="cpu", quiet=True)
-    sizes = [len(t) for t in (pq.read_table(p) for p in sorted((tmp_path / "small" / "images").glob("part-*")))]
+    def sizes(scan):
+        return [len(pq.read_table(p)) for p in sorted((scan.root / "images").glob("part-*"))]
+
     got = by_pair(small)
-    assert sizes == [6, 1] and got.index.equals(whole.index) and np.allclose(got, whole, atol=1e-6)
+    # Parts 3 and 3 read together and cut at 4.
+    assert sizes(small) == [4, 2, 1] and got.index.equals(whole.index) and np.allclose(got, whole, atol=1e-6)
+    monkeypatch.setattr(ask_mod, "ROWS_PER_UNIT", 2 * len(WORDS.split(",")))  # 2 images' rows
+    rows = audit.ask(tmp_path / "src", tmp_path / "rows", words=WORDS, device="cpu", quiet=True)
+    assert sizes(rows) == [2, 1, 2, 1, 1] and np.allclose(by_pair(rows), whole, atol=1e-6)

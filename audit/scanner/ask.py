@@ -12,10 +12,12 @@ that changed since.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import hashlib
 import logging
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -28,15 +30,16 @@ from audit.scanner.opinions.probes import probe_cosines, template_setting
 from audit.scanner.probes import parse_probe_words
 from audit.scanner.templates import check_fit, parse_templates, text_vectors
 from audit.store.layout import committed_parts
-from audit.store.reader import Scan, embedding_matrix
-from audit.store.schema import EMBEDDINGS, PROBE
+from audit.store.reader import Scan
+from audit.store.schema import PROBE, embedding_values
 
 log = logging.getLogger("audit.ask")
 # The source's settings an asked scan keeps: whatever shaped its model and where its maps look.
 KEPT = ("model", "pretrained", "weights_sha256", "seed", "start_layer", "start_layer_text", "heatmap",
         "occlusion_window", "legrad_layers")
 HEATMAP_IMAGES = 16  # images read again and mapped together with --heatmaps
-IMAGES_PER_UNIT = 16_384  # source images read (and written as one part) at a time
+IMAGES_PER_UNIT = 16_384  # source images read (and written as one part) at a time, at most
+ROWS_PER_UNIT = 2_000_000  # and fewer with many words: a unit's rows (images times words) are held twice (one written)
 
 
 def fingerprint(root: Path) -> str:
@@ -70,6 +73,9 @@ class _Probes:
         self.templates = parse_templates(self.spec)
         self.heatmaps = heatmaps
         self.unreadable = 0
+
+    def rows_per_image(self) -> int:
+        return len(self.words)
 
     def settings(self) -> dict:
         return {"opinions": ["probes"], "probe_words": list(self.words),
@@ -156,6 +162,9 @@ class _Concepts:
         self.plan = ConceptOpinion.plan(self.opts)
         self.root = root
 
+    def rows_per_image(self) -> int:
+        return self.opts.concepts_per_image
+
     def settings(self) -> dict:
         return {"opinions": ["concepts"], **self.method.settings(self.opts, self.plan)}
 
@@ -206,6 +215,9 @@ def run_ask(source_dir: str | os.PathLike, out: str | os.PathLike, *, words=(), 
     from audit.store.writer import ScanWriter
 
     start = time.perf_counter()
+    import audit.scanner.models  # noqa: F401 - open_clip: seconds to import, counted as loading the model
+
+    library = time.perf_counter() - start
     root = Path(source_dir).resolve()
     source = Scan(root)
     if source.asked_of is not None:
@@ -246,25 +258,36 @@ def run_ask(source_dir: str | os.PathLike, out: str | os.PathLike, *, words=(), 
         towers, preprocess = _model(source, pretrained, device)
         t1 = time.perf_counter()
         question.build(towers, source, preprocess)
-        phases["model"], phases["text"] = t1 - t0, time.perf_counter() - t1
+        phases["model"], phases["text"] = library + t1 - t0, time.perf_counter() - t1
         done = writer.scanned_ids()
         bar = Progress(images_n, "ask", quiet)
         bar.update(len(done))
         errors = None if done or writer.failed_ids() else source.table("errors")
         written = tokens = 0
-        for unit in waited(_units(root, parts, done), phases, "reading"):
-            t1 = time.perf_counter()
-            tables = question.answer(*unit)
-            t2 = time.perf_counter()
-            phases["scoring"] += t2 - t1
-            if errors is not None and errors.num_rows:
-                tables["errors"] = errors
-            errors = None
-            writer.write_unit(tables)
-            phases["writing"] += time.perf_counter() - t2
-            written += tables["images"].num_rows
-            tokens += tables["tokens"].num_rows
-            bar.update(tables["images"].num_rows)
+        # One unit is written (a thread of its own: Parquet's encoder lets go of the GIL) while the next is read
+        # and scored; "writing" is the time spent waiting for it.
+        with ThreadPoolExecutor(1, thread_name_prefix="audit-ask-writer") as pool:
+            writing = None
+            per_unit = max(1, min(IMAGES_PER_UNIT, ROWS_PER_UNIT // max(1, question.rows_per_image())))
+            for unit in waited(_units(root, parts, done, per_unit), phases, "reading"):
+                t1 = time.perf_counter()
+                tables = question.answer(*unit)
+                t2 = time.perf_counter()
+                phases["scoring"] += t2 - t1
+                if errors is not None and errors.num_rows:
+                    tables["errors"] = errors
+                errors = None
+                if writing is not None:
+                    writing.result()
+                    phases["writing"] += time.perf_counter() - t2
+                writing = pool.submit(writer.write_unit, tables)
+                written += tables["images"].num_rows
+                tokens += tables["tokens"].num_rows
+                bar.update(tables["images"].num_rows)
+            if writing is not None:
+                t2 = time.perf_counter()
+                writing.result()
+                phases["writing"] += time.perf_counter() - t2
         bar.close()
         last = (source.config.get("runs") or [{}])[-1]
         writer.record_run({
@@ -294,12 +317,11 @@ def _parts(scan: Scan) -> tuple[dict[str, tuple[int, pa.Schema]], int]:
     return images, embedded
 
 
-def _units(root: Path, parts: dict[str, tuple[int, pa.Schema]], done: set[str]):
-    """(images rows, embeddings [n, D] float32 in the same order) of the images not yet asked, about
-    IMAGES_PER_UNIT at a time: consecutive source parts read together (a scan writes one part per batch, so a
-    million images are thousands of small files), and memory bounded however large the parts."""
+def _units(root: Path, parts: dict[str, tuple[int, pa.Schema]], done: set[str], per_unit: int):
+    """(images rows, embeddings [n, D] float32 in the same order) of the images not yet asked, `per_unit` at a
+    time: consecutive source parts read together (a slow scan's parts are small: it commits a part a minute), and
+    a large part cut, so memory is bounded however the source was committed."""
     import pyarrow.compute as pc
-    import pyarrow.dataset as ds
 
     skip = pa.array(sorted(done), pa.string()) if done else None
     chunk, held = [], 0
@@ -307,35 +329,55 @@ def _units(root: Path, parts: dict[str, tuple[int, pa.Schema]], done: set[str]):
     for k, name in enumerate(names):
         chunk.append(name)
         held += parts[name][0]
-        if held < IMAGES_PER_UNIT and k + 1 < len(names):
+        if held < per_unit and k + 1 < len(names):
             continue
-        schema = pa.unify_schemas([parts[n][1] for n in chunk], promote_options="default")
-        images = ds.dataset([str(root / "images" / n) for n in chunk], schema=schema, format="parquet").to_table()
-        emb = ds.dataset([str(root / "embeddings" / n) for n in chunk], schema=EMBEDDINGS, format="parquet").to_table()
-        first, chunk, held = chunk[0], [], 0
+        first, read, chunk, held = chunk[0], chunk, [], 0
+        images = pa.concat_tables([pq.read_table(root / "images" / n) for n in read], promote_options="default")
         if not images.num_rows:
             continue
-        vectors = embedding_matrix(emb)
-        if not images["image_id"].equals(emb["image_id"]):  # each part's rows in one order: a bug otherwise
+        embs = [pq.read_table(root / "embeddings" / n) for n in read]
+        ids = pa.chunked_array([e["image_id"].combine_chunks() for e in embs], pa.string())
+        if not images["image_id"].equals(ids):  # each part's rows in one order: a bug otherwise
             raise AuditError(f"the images and embeddings of {root} list other images in parts {first}..; this is "
                              "a bug of audit")
+        vectors = _float32([embedding_values(e) for e in embs if e.num_rows])
         if skip is not None:
             keep = pc.invert(pc.is_in(images["image_id"], value_set=skip))
             images, vectors = images.filter(keep), vectors[keep.to_numpy(zero_copy_only=False)]
-        if images.num_rows:
-            yield images, vectors
+        for lo in range(0, images.num_rows, per_unit):
+            yield images.slice(lo, per_unit), vectors[lo:lo + per_unit]
+
+
+def _float32(parts: list[np.ndarray]) -> np.ndarray:
+    """Stored vectors (float16 or float32) as one float32 array, converted by torch (vectorised: twice as fast as
+    numpy's float16 conversion, which was a fifth of reading a million embeddings)."""
+    out = np.empty((sum(len(p) for p in parts), parts[0].shape[1]), np.float32)
+    lo = 0
+    for p in parts:
+        torch.from_numpy(out[lo:lo + len(p)]).copy_(torch.from_numpy(np.require(p, requirements="W")))
+        lo += len(p)
+    return out
 
 
 def _token_table(image_ids: pa.ChunkedArray, words: tuple[str, ...], cos: np.ndarray) -> pa.Table:
     """Probe rows, image by image and word by word in the order asked, as the scan's probe opinion writes them.
-    Built from indices (no Python object per row): a unit holds images times words rows."""
+    Built from indices (no Python object per row: a unit holds images times words rows), the strings as
+    dictionaries, which the writer stores without hashing each row's string again."""
     n, w = cos.shape
-    ids = image_ids.combine_chunks().take(pa.array(np.repeat(np.arange(n), w)))
-    word = pa.DictionaryArray.from_arrays(pa.array(np.tile(np.arange(w, dtype=np.int32), n)),
-                                          pa.array(list(words), pa.string())).cast(pa.string())
-    kind = pa.DictionaryArray.from_arrays(pa.array(np.zeros(n * w, np.int32)), pa.array([PROBE])).cast(pa.string())
-    values = pa.array(cos.ravel().astype(np.float32))
-    return pa.table({"image_id": ids, "kind": kind, "word": word,
-                     "word_rank": pa.array(np.tile(np.arange(w, dtype=np.int16), n)),
-                     "seq_rank": pa.array(np.full(n * w, -1, dtype=np.int16)), "seq_text": word,
+    rows = _row_layout(n, w)
+    values = pa.array(cos.ravel())
+    return pa.table({"image_id": pa.DictionaryArray.from_arrays(rows["image"], image_ids.combine_chunks()),
+                     "kind": pa.DictionaryArray.from_arrays(rows["kind"], pa.array([PROBE])),
+                     "word": pa.DictionaryArray.from_arrays(rows["word"], pa.array(list(words), pa.string())),
+                     "word_rank": rows["word_rank"], "seq_rank": rows["seq_rank"],
+                     "seq_text": pa.DictionaryArray.from_arrays(rows["word"], pa.array(list(words), pa.string())),
                      "seq_cosine": values, "word_cosine": values})
+
+
+@functools.lru_cache(maxsize=2)
+def _row_layout(n: int, w: int) -> dict[str, pa.Array]:
+    """The index columns of n images times w words (every full unit has the same: built once)."""
+    return {"image": pa.array(np.repeat(np.arange(n, dtype=np.int32), w)), "kind": pa.array(np.zeros(n * w, np.int32)),
+            "word": pa.array(np.tile(np.arange(w, dtype=np.int32), n)),
+            "word_rank": pa.array(np.tile(np.arange(w, dtype=np.int16), n)),
+            "seq_rank": pa.array(np.full(n * w, -1, dtype=np.int16))}

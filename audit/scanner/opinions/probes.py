@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from audit.scanner.opinions.base import Opinion, OpinionBatch, OpinionRows
 from audit.scanner.probes import parse_probe_words
@@ -21,7 +20,9 @@ def template_setting(spec: str, templates: list[str]):
 
 def probe_cosines(features: torch.Tensor, texts: torch.Tensor) -> np.ndarray:
     """Cosines [B, W] of image features [B, D] (as the image tower returns them) with unit word vectors [W, D]."""
-    return (F.normalize(features.float(), dim=-1) @ texts.to(features.device).T).cpu().numpy()
+    features = features.float()
+    # Divided by the norms after the product: [B, W] divisions, not [B, D] (the same cosine, to float rounding).
+    return ((features @ texts.to(features.device).T) / features.norm(dim=-1, keepdim=True).clamp_min(1e-12)).cpu().numpy()
 
 
 def probe_rows(words: tuple[str, ...], cosines: np.ndarray) -> list[list[dict]]:
