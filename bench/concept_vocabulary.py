@@ -1,8 +1,8 @@
 """The default concept vocabulary and the text centring, decided with evidence.
 
 1. audit-demo, held-out single-object scenes: how often the scene's colour, shape and background are among an
-   image's top 5 concepts, with the tokenizer's whole words (--vocabulary tokens, 32k entries) and with the
-   shipped list of common words (words, 10k), uncentred (its profile) and centred by a mean of other scenes;
+   image's top 5 concepts, with the tokenizer's whole words (--vocabulary tokens, 32k entries), with the
+   shipped list (words: 10k words and 3k two-word nouns) and with its words alone, uncentred (its profile) and centred by a mean of other scenes;
    centred, the text side by the tokenizer sample's mean (audit's rule) or by the vocabulary's own (SpLiCE's).
 2. ViT-B-32 with random weights, noise images, centred by their mean: how stable an image's top 5 concepts are
    when a fifth of the vocabulary (seeded) is taken away, with each text centring. Of the top-5 concepts of the
@@ -48,8 +48,9 @@ def demo(scenes: int) -> None:
     l1 = profile("audit-demo").concept_l1
     print(f"## audit-demo: colour / shape / background in the top 5 concepts ({scenes} held-out scenes, l1 {l1})\n")
     print("| vocabulary | image centring | text centring | colour | shape | background |\n|---|---|---|---:|---:|---:|")
-    for name in ("tokens", "words"):
-        vocab = named_vocabulary(name, towers.tokenizer)
+    words = named_vocabulary("words", None)
+    for name, vocab in (("tokens", named_vocabulary("tokens", towers.tokenizer)), ("words", words),
+                        ("words without phrases", from_words([w for w in words.words if " " not in w], "single"))):
         emb = embeddings(towers, vocab, identity)
         for image, mean in (("none (its profile)", ImageMean(None, "none")), ("other scenes", ImageMean(ref, "r"))):
             texts = (("tokenizer sample", fixed), ("own vocabulary", emb.mean(0))) if mean.vector is not None \

