@@ -166,8 +166,8 @@ def test_other_errors_are_not_mistaken_for_out_of_memory(dataset, tmp_path, monk
 
 
 def test_batches_are_committed_together_by_count_and_by_age(dataset, reference, tmp_path, monkeypatch):
-    """A part holds the batches of up to COMMIT_IMAGES images or commit_every seconds of work; the rows do not depend
-    on how they were grouped."""
+    """A part holds the batches of up to COMMIT_IMAGES images or of commit_every seconds since the last commit; the
+    rows do not depend on how they were grouped."""
     every = audit.scan(dataset, tmp_path / "every", **{**FAST, "batch_size": 2, "commit_every": 0})
     assert count_parts(every.root) == 7  # 13 images in batches of 2
     assert count_parts(reference.root) == 1  # the default: a minute's work, and this scan takes seconds
@@ -180,7 +180,7 @@ def test_batches_are_committed_together_by_count_and_by_age(dataset, reference, 
     clock = iter(range(0, 10**6, 25))  # 25 s pass between two looks at the clock
     monkeypatch.setattr("audit.store.writer.time.monotonic", lambda: next(clock))
     by_age = audit.scan(dataset, tmp_path / "age", **{**FAST, "batch_size": 2, "commit_every": 40})
-    assert count_parts(by_age.root) == 4  # every second batch is 50 s after its part's first
+    assert count_parts(by_age.root) == 4  # every second batch comes 50 s after the last commit
     assert_same_rows(by_age, reference)
 
 

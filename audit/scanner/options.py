@@ -89,8 +89,8 @@ class ScanOptions:
     overwrite: bool = False
     engine: str = "local"  # local (one process) or ray (Ray Data actors); never changes a row
     ray_address: str | None = None  # a running Ray cluster to join; None: a local one
-    # Seconds of work a committed part holds at most (it commits sooner at store.writer.COMMIT_IMAGES images): what
-    # a kill can lose, against fewer, larger part files to read back. 0 commits every batch.
+    # Seconds since the last commit after which the batches held are committed (sooner at store.writer.COMMIT_IMAGES
+    # images): about what a kill can lose, against fewer, larger part files to read back. 0 commits every batch.
     commit_every: float = 60.0
     retry_errors: bool = False  # re-attempt images whose last attempt failed (a run-time choice, not a setting)
     # The ascent step's implementation (KERNELS); "auto" is resolved per device when the scan is planned. The

@@ -1,9 +1,9 @@
 """The one writer of a scan directory: atomic part files, resume bookkeeping, the commit marker.
 
 A part holds one or more units of work (a scan's batches): `add` gathers them and commits a part once it holds
-COMMIT_IMAGES images or its first unit is `commit_seconds` old, so a kill loses at most that much work, and a
-million images are a few hundred files rather than tens of thousands (reading them back, `audit ask` pays per
-file). Each part is written to a hidden temporary name, flushed, then renamed; the `images` part is renamed last and
+COMMIT_IMAGES images or the last commit is `commit_seconds` old, so a kill loses about that much work (and the
+batch in progress), and a million images are a few hundred files rather than tens of thousands (reading them
+back, `audit ask` pays per file). Each part is written to a hidden temporary name, flushed, then renamed; the `images` part is renamed last and
 is the commit marker. On open, temporaries and parts without their `images` twin (a unit killed halfway) are
 removed, so a killed scan leaves exactly the committed units and resume redoes the rest.
 """
@@ -80,7 +80,7 @@ class ScanWriter:
         self.commit_seconds = COMMIT_SECONDS
         self._held: list[dict[str, pa.Table]] = []
         self._held_images = 0
-        self._held_since = 0.0
+        self._committed_at = time.monotonic()
 
     @classmethod
     def open(cls, out: str | os.PathLike, settings: dict, source: dict, overwrite: bool = False) -> ScanWriter:
@@ -169,13 +169,12 @@ class ScanWriter:
 
     def add(self, tables: dict[str, pa.Table]) -> str | None:
         """Hold one unit of work (every table, possibly empty), and commit what is held once it is COMMIT_IMAGES
-        images or `commit_seconds` old (0: every unit at once); returns the part name committed, if any. Units
-        held are not committed until then: call `flush` when the work ends, however it ends."""
-        if not self._held:
-            self._held_since = time.monotonic()
+        images or the last commit (or the writer's opening) is `commit_seconds` old (0: every unit at once);
+        returns the part name committed, if any. Units held are not committed until then: call `flush` when the
+        work ends, however it ends."""
         self._held.append(tables)
         self._held_images += sum(tables[t].num_rows for t in ("images", "errors") if t in tables)
-        if self._held_images >= COMMIT_IMAGES or time.monotonic() - self._held_since >= self.commit_seconds:
+        if self._held_images >= COMMIT_IMAGES or time.monotonic() - self._committed_at >= self.commit_seconds:
             return self.flush()
         return None
 
@@ -184,14 +183,16 @@ class ScanWriter:
         if not self._held:
             return None
         held, self._held, self._held_images = self._held, [], 0
-        if len(held) == 1:
-            return self.write_unit(held[0])
-        merged = {}
-        for t in TABLES:
-            tables = [conform(t, u[t]) for u in held if t in u and u[t].num_rows]
-            if tables:
-                merged[t] = pa.concat_tables(tables, promote_options="default")
-        return self.write_unit(merged)
+        merged = held[0]
+        if len(held) > 1:
+            merged = {}
+            for t in TABLES:
+                tables = [conform(t, u[t]) for u in held if t in u and u[t].num_rows]
+                if tables:
+                    merged[t] = pa.concat_tables(tables, promote_options="default")
+        name = self.write_unit(merged)
+        self._committed_at = time.monotonic()
+        return name
 
     def write_unit(self, tables: dict[str, pa.Table]) -> str:
         """Write one unit of work (every table, possibly empty) and commit it now; returns the part name."""
