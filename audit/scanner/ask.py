@@ -1,7 +1,7 @@
 """`audit ask`: new questions answered from a finished scan's stored embeddings, without reading an image.
 
-A second pass: it loads the scan's model (for its text tower), streams the source scan's embeddings one part at a
-time (memory flat in the number of images) and writes a scan directory of its own (with --heatmaps, and only
+A second pass: it loads the scan's model (for its text tower), streams the source scan's embeddings a bounded
+number of images at a time (memory flat in the number of images) and writes a scan directory of its own (with --heatmaps, and only
 then, it reads the images again for the asked words' relevancy maps): the source's images and
 errors tables as they are, and the new word rows (probe words scored in prompt templates, with the function the
 scan itself scores them with: opinions.probes). `audit report`, `check`, `diff` and the Python API read it like

@@ -98,8 +98,8 @@ class Scan:
         return self.df("errors")
 
     def embedding_parts(self):
-        """The stored embeddings one committed part at a time (a scan's batch each, so memory stays flat in the
-        number of images): yields (image ids, float32 array [n, D])."""
+        """The stored embeddings one committed part at a time (at most 8,192 images each, so memory stays flat in
+        the number of images): yields (image ids, float32 array [n, D])."""
         for p in self.files("embeddings"):
             table = pq.read_table(p)
             if table.num_rows:
