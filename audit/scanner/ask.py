@@ -26,9 +26,7 @@ import pyarrow.parquet as pq
 import torch
 
 from audit.errors import AuditError
-from audit.scanner.opinions.probes import probe_cosines, template_setting
-from audit.scanner.probes import parse_probe_words
-from audit.scanner.templates import check_fit, parse_templates, text_vectors
+from audit.scanner.opinions.probes import ProbeOpinion, probe_cosines
 from audit.store.layout import committed_parts
 from audit.store.reader import Scan
 from audit.store.schema import PROBE, embedding_values
@@ -61,16 +59,17 @@ def _model(scan: Scan, pretrained: str | None, device: str):
 
 
 class _Probes:
-    """Probe words in prompt templates, scored as the scan's probe opinion scores them."""
+    """Probe words in prompt templates: the scan's probe opinion planned, recorded and built as a scan does it,
+    scoring stored embeddings instead of the image tower's."""
 
     def __init__(self, model: str, words, words_file, templates: str | None, heatmaps: bool = False):
-        from audit.scanner.profiles import profile
+        from audit.scanner.options import ScanOptions
 
-        self.words = parse_probe_words(words, words_file)
+        self.opts = ScanOptions(model=model, words=words, words_file=words_file, templates=templates)
+        self.plan = ProbeOpinion.plan(self.opts)
+        self.words = self.plan[0]
         if not self.words:
             raise AuditError("audit ask needs words to score: pass --words or --words-file")
-        self.spec = templates if templates is not None else profile(model).templates
-        self.templates = parse_templates(self.spec)
         self.heatmaps = heatmaps
         self.unreadable = 0
 
@@ -78,13 +77,11 @@ class _Probes:
         return len(self.words)
 
     def settings(self) -> dict:
-        return {"opinions": ["probes"], "probe_words": list(self.words),
-                "probe_templates": template_setting(self.spec, self.templates),
+        return {"opinions": ["probes"], **ProbeOpinion.settings(self.opts, self.plan),
                 **({"probe_heatmaps": True} if self.heatmaps else {})}
 
     def build(self, towers, source: Scan, preprocess: dict) -> None:
-        check_fit(self.words, self.templates, towers.tokenizer, towers.context_length)
-        self.texts = text_vectors(towers, list(self.words), self.templates).cpu()
+        self.texts = ProbeOpinion.build(self.opts, towers, self.plan).texts.cpu()
         if self.heatmaps:
             from audit.scanner.memory import relevancy_chunk
             from audit.scanner.relevancy import check_method
