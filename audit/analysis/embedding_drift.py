@@ -7,9 +7,11 @@ distance between the pooled sample's embeddings, and a permutation test: the sna
 smallest of them is calibrated by the same shuffles' smallest (as MMDAgg does, Schrab et al., 2023), which keeps
 the false-alarm rate at the level whatever the data (the images of two snapshots of one dataset are
 exchangeable under no drift). The median width alone, the usual rule, sees a shift of the whole sample; a share
-of the images moved somewhere new (a fifth on snow) shows at a narrower width (bench/embedding_drift.py). Each snapshot is sampled to at most `max_images` embeddings, chosen by a seeded hash of the image id (the
-same images whatever the order they were scanned in), read one stored part at a time: memory and time stay flat
-in the number of images.
+of the images moved somewhere new (a fifth on snow) shows at a narrower width (bench/embedding_drift.py).
+
+Each snapshot is sampled to at most `max_images` embeddings, chosen by a seeded hash of the image id (the same
+images whatever the order they were scanned in), read one stored part at a time: memory and time stay flat in
+the number of images.
 
 Why MMD rather than a classifier's held-out ROC AUC: no training, no split to choose, an exact permutation level,
 and the kernel sees any difference in distribution (a new cluster of night scenes, a shifted mean), where a

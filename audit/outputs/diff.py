@@ -76,8 +76,8 @@ def embeddings_sentence(e: EmbeddingDrift | None, fdr: float) -> str:
     verdict = ("what the images show moved beyond sampling noise" if e.p < fdr else
                "within sampling noise")
     return (f"Embeddings: maximum mean discrepancy (MMD², Gaussian kernel of width {e.bandwidth:.2f}, the most "
-            f"telling of 4) {e.mmd2:.4f} between {e.images_old} and {e.images_new} sampled images; shuffled snapshots reach {e.noise:.4f} (95th percentile), "
-            f"p={e.p:.2g}: {verdict}. It sees shifts no stored word names (more night scenes, another camera); the "
+            f"telling of 4) {e.mmd2:.4f} between {e.images_old} and {e.images_new} sampled images; shuffled "
+            f"snapshots reach {e.noise:.4f} (95th percentile), p={e.p:.2g}: {verdict}. It sees shifts no stored word names (more night scenes, another camera); the "
             "words that moved most say what it may be.")
 
 

@@ -71,11 +71,6 @@ def grid_stats(grids: np.ndarray, boxes: np.ndarray | None = None) -> dict[str, 
     return out
 
 
-# ---- pictures ------------------------------------------------------------------------------------------
-
-# Anchor colours of a perceptually ordered dark-blue -> green -> yellow map (viridis-like), interpolated.
-
-
 def heatmap_columns(image_ids: list[str], kinds: list[str], words: list[str], rel, boxes: np.ndarray,
                     grid: tuple[int, int]) -> dict:
     """The heatmaps table's columns for relevancy pairs (a relevancy.Relevancy; boxes [P, 4] normalised or NaN):

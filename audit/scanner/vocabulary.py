@@ -4,9 +4,8 @@ vocabulary and kept in an on-disk cache.
 --vocabulary names one:
 - words: 10,000 common English nouns and adjectives and 3,000 frequent two-word nouns, shipped with the package
   (data/concepts-en.txt, made from wordfreq, WordNet 3.0 and web bigram counts by data/make_concepts.py, which
-  says how); the default
-  for open_clip models, whose text towers read common words (SpLiCE decomposes over the frequent words of
-  LAION's captions for the same reason);
+  says how); the default for open_clip models, whose text towers read common words and phrases (SpLiCE
+  decomposes over the frequent words and phrases of LAION's captions for the same reason);
 - tokens: the model tokenizer's own whole-word tokens (BPE tokens that end a word) that are real words by a
   simple rule: ASCII letters only, at least MIN_LENGTH letters, no special token, not a stop word
   (audit.words.STOP_WORDS). The rule cannot tell a word from a word ending ("allery" ends "gallery");

@@ -3,8 +3,8 @@
 A part holds one or more units of work (a scan's batches): `add` gathers them and commits a part once it holds
 COMMIT_IMAGES images or the last commit is `commit_seconds` old, so a kill loses about that much work (and the
 batch in progress), and a million images are a few hundred files rather than tens of thousands (reading them
-back, `audit ask` pays per file). Each part is written to a hidden temporary name, flushed, then renamed; the `images` part is renamed last and
-is the commit marker. On open, temporaries and parts without their `images` twin (a unit killed halfway) are
+back, `audit ask` pays per file). Each part is written to a hidden temporary name, flushed, then renamed; the
+`images` part is renamed last and is the commit marker. On open, temporaries and parts without their `images` twin (a unit killed halfway) are
 removed, so a killed scan leaves exactly the committed units and resume redoes the rest.
 """
 
