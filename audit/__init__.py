@@ -8,10 +8,23 @@
     audit.diff("accepted-scan", "photos-scan", group_by="label").write("diff.md")
 """
 
-from audit.api import CheckOutcome, DiffOutcome, Report, ask, check, diff, explain, report, scan, verify
+from audit.api import (
+           CheckOutcome,
+           DiffOutcome,
+           Report,
+           ask,
+           check,
+           diff,
+           duplicates,
+           explain,
+           report,
+           scan,
+           verify,
+)
 from audit.scanner.options import ScanOptions
 from audit.store.reader import Scan
 from audit.version import __version__
 
 __all__ = ["CheckOutcome", "DiffOutcome", "Report", "Scan", "ScanOptions", "__version__", "ask", "check", "diff",
+           "duplicates",
            "explain", "report", "scan", "verify"]

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from audit.analysis import FDR, MIN_COUNT, MIN_RELATIVE_COSINE, PROCEDURE, STOP_WORDS
+from audit.analysis.duplicates import COPIES
 from audit.errors import AuditError
 from audit.outputs import TOP
 from audit.scanner.options import ScanOptions, VerifyOptions
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from audit.analysis.associations import Associations
+    from audit.analysis.duplicates import Copies
     from audit.outputs.diff import Diff
     from audit.outputs.explain import Explained
     from audit.outputs.verification import VerificationSummary
@@ -140,15 +142,17 @@ class Report:
 
 def report(scan_dir: str | os.PathLike, group_by: str | list[str], *, min_count: int = MIN_COUNT, fdr: float = FDR,
            top: int = TOP, title: str | None = None, stop_words: str | os.PathLike = STOP_WORDS,
-           min_relative_cosine: float = MIN_RELATIVE_COSINE, procedure: str = PROCEDURE) -> Report:
+           min_relative_cosine: float = MIN_RELATIVE_COSINE, procedure: str = PROCEDURE,
+           copies: str = COPIES) -> Report:
     """The bias report of a scan, grouped by one or more image columns. `stop_words` ("default", "none" or a
     file) and `min_relative_cosine` choose which words count; `procedure` ("tarone-bh" or "bh") corrects the
-    tests for multiplicity."""
+    tests for multiplicity; `copies` ("collapse" or "keep") whether a cluster of copies counts once."""
     from audit.outputs.report import render_report
 
     columns = [group_by] if isinstance(group_by, str) else list(group_by)
     rendered = render_report(scan_dir, columns, min_count=min_count, fdr=fdr, top=top, title=title,
-                             stop_words=str(stop_words), min_relative_cosine=min_relative_cosine, procedure=procedure)
+                             stop_words=str(stop_words), min_relative_cosine=min_relative_cosine, procedure=procedure,
+                             copies=copies)
     return Report(rendered.html, rendered.associations)
 
 
@@ -198,12 +202,13 @@ class CheckOutcome:
 
 
 def check(scan_dir: str | os.PathLike, policy: str | os.PathLike, *,
-          baseline: str | os.PathLike | None = None) -> CheckOutcome:
-    """Evaluate a policy file's rules on a scan (and, for drift rules, against a baseline scan)."""
+          baseline: str | os.PathLike | None = None, copies: str | None = None) -> CheckOutcome:
+    """Evaluate a policy file's rules on a scan (and, for drift rules, against a baseline scan). `copies`
+    ("collapse" or "keep") overrides the policy's `copies` key."""
     from audit.policy.parse import load_policy
     from audit.policy.rules import run_check
 
-    return CheckOutcome(run_check(scan_dir, load_policy(policy), baseline))
+    return CheckOutcome(run_check(scan_dir, load_policy(policy), baseline, copies))
 
 
 @dataclass
@@ -235,18 +240,67 @@ class DiffOutcome:
 
 def diff(old: str | os.PathLike, new: str | os.PathLike, *, group_by: str | list[str] | None = None,
          min_count: int = MIN_COUNT, fdr: float = FDR, kind: str = "ascent", stop_words: str | os.PathLike = STOP_WORDS,
-         min_relative_cosine: float = MIN_RELATIVE_COSINE) -> DiffOutcome:
+         min_relative_cosine: float = MIN_RELATIVE_COSINE, copies: str = COPIES) -> DiffOutcome:
     """Compare two scans: images added and removed, word shift, associations gained and lost, and whether what
     the images show moved (a two-sample test on their stored embeddings); `kind` chooses the words compared
-    ("ascent" or "concept")."""
+    ("ascent" or "concept"); `copies` ("collapse" or "keep") whether a cluster of copies counts once."""
     from audit.outputs.diff import build_diff
 
     columns = [group_by] if isinstance(group_by, str) else list(group_by or [])
     return DiffOutcome(build_diff(old, new, columns, min_count=min_count, fdr=fdr, kind=kind,
-                                  stop_words=str(stop_words), min_relative_cosine=min_relative_cosine))
+                                  stop_words=str(stop_words), min_relative_cosine=min_relative_cosine,
+                                  copies=copies))
 
 
 _V = VerifyOptions()
+
+
+def duplicates(scan_dir: str | os.PathLike, *, split_by: str | None = None,
+               against: list[str | os.PathLike] | None = None, same_hash_distance: int | None = None,
+               max_hash_distance: int | None = None, min_cosine: float | None = None,
+               tight_cosine: float | None = None, neighbours: int | None = None) -> Copies:
+    """The copies in a scan: exact (equal decoded pixels) and near (stored embeddings confirmed by perceptual
+    hashes), in clusters that cannot chain; and leaks of copies across the values of `split_by` or into the scans
+    `against`. Stored in scan-dir/duplicates/, which report, check, diff and verify then read. A threshold left
+    None is the default for the scan's model (analysis.duplicates.CopySettings)."""
+    from audit.analysis.duplicates import CopySettings
+    from audit.analysis.duplicates import duplicates as find
+
+    _fingerprint_older_scan(Scan(scan_dir))
+    settings = CopySettings.for_model(Scan(scan_dir).settings.get("model"), same_hash_distance=same_hash_distance,
+                                      max_hash_distance=max_hash_distance, min_cosine=min_cosine,
+                                      tight_cosine=tight_cosine, neighbours=neighbours)
+    return find(scan_dir, split_by=split_by, against=[str(a) for a in against or []], settings=settings)
+
+
+def _fingerprint_older_scan(scan: Scan) -> None:
+    """A scan made before schema 6 holds no fingerprints: take them from its images, read again where their
+    paths can be opened, into scan-dir/fingerprints/ (a table of its own: the scan's files are never edited)."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from audit.sources.refingerprint import fingerprint_files
+    from audit.store.schema import FINGERPRINTS_FOLDER
+
+    images = scan.table("images")
+    lacking = images.filter(pc.is_null(images["pixel_sha256"]))
+    target = scan.root / FINGERPRINTS_FOLDER / "fingerprints.parquet"
+    if not lacking.num_rows or target.exists():
+        return
+    log.info(f"audit duplicates: {lacking.num_rows} images were scanned before audit took fingerprints; reading "
+             "them again to take them")
+    table, missed = fingerprint_files(lacking["image_id"].to_pylist(), lacking["path"].to_pylist(),
+                                      _D.max_pixels)
+    if missed:
+        log.info(f"audit duplicates: {missed} of them could not be read again (moved, or a shard member or dataset "
+                 "row with no file to open)")
+    try:
+        target.parent.mkdir(exist_ok=True)
+        tmp = target.with_name(".tmp-fingerprints.parquet")
+        pq.write_table(table, tmp)
+        tmp.replace(target)
+    except OSError as e:
+        log.info(f"audit duplicates: fingerprints not stored ({scan.root} cannot be written: {e.strerror or e})")
 
 
 def ask(scan_dir: str | os.PathLike, out: str | os.PathLike, *, words: tuple[str, ...] | str = (),
@@ -281,7 +335,8 @@ def verify(scan_dir: str | os.PathLike, *, group_by: str | list[str] | None = No
            random_draws: int = _V.random_draws, seed: int = _V.seed, pretrained: str | None = None,
            device: str = "auto", min_count: int = MIN_COUNT, fdr: float = FDR,
            stop_words: str | os.PathLike = STOP_WORDS, min_relative_cosine: float = MIN_RELATIVE_COSINE,
-           policy: str | os.PathLike | None = None, overwrite: bool = False, quiet: bool = False) -> VerificationSummary:
+           policy: str | os.PathLike | None = None, overwrite: bool = False, quiet: bool = False,
+           copies: str | None = None) -> VerificationSummary:
     """How far to trust a scan's maps and findings: loads the scan's model, reads a sample of its images again,
     writes scan-dir/verification/ (resumable; the scan's own tables are never touched) and returns the summary.
 
@@ -291,8 +346,10 @@ def verify(scan_dir: str | os.PathLike, *, group_by: str | list[str] | None = No
     the top half of the word's relevance lowers its cosine more than blanking as many cells at random.
     `pretrained`: the weights, when the scan's record (a file name) does not say where they are. `policy`: a
     policy file whose group_by, min_count, fdr and word filters replace those arguments, so that `audit check`
-    with it reads verdicts made with its own settings."""
+    with it reads verdicts made with its own settings. `copies` ("collapse", the default, or "keep"; else the
+    policy's): whether a cluster of copies counts once in the findings and their images."""
     from audit.analysis.associations import word_filter
+    from audit.analysis.duplicates import check_mode, members_table, open_query
     from audit.analysis.verification import faithfulness_summary, grounding_summary
     from audit.outputs.verification import VerificationSummary
     from audit.scanner.verify import BLANK, run_verify
@@ -304,6 +361,8 @@ def verify(scan_dir: str | os.PathLike, *, group_by: str | list[str] | None = No
         rules = load_policy(policy)
         columns, min_count, fdr = list(rules.group_by), rules.min_count, rules.fdr
         stop_words, min_relative_cosine = rules.stop_words, rules.min_relative_cosine
+        copies = copies or rules.copies
+    copies = check_mode(copies or COPIES)
     opts = VerifyOptions(faithfulness_images=faithfulness_images, words_per_kind=words_per_kind, steps=steps,
                          random_orders=random_orders, group_by=tuple(columns), grounding_images=grounding_images,
                          random_draws=random_draws, seed=seed)
@@ -314,18 +373,18 @@ def verify(scan_dir: str | os.PathLike, *, group_by: str | list[str] | None = No
         raise AuditError("words_per_kind, steps, random_orders and random_draws must be at least 1")
     words = word_filter(str(stop_words), min_relative_cosine)
     findings = []
+    q = open_query(scan_dir, copies, columns)
     if columns:
         from audit.analysis.associations import associations
-        from audit.store.query import ScanQuery
         from audit.store.schema import ASCENT, CONCEPT
 
-        q = ScanQuery.open(scan_dir)
         for column in columns:
             for kind in (k for k in q.kinds() if k in (ASCENT, CONCEPT)):  # the association findings
                 found = associations(q, column, min_count, fdr, kind=kind, words=words).findings
                 findings += [(column, kind, grp, word) for grp, word in zip(found.grp, found.word, strict=True)]
-    run_verify(scan_dir, opts, words, findings, {"min_count": min_count, "fdr": fdr}, pretrained=pretrained,
-               device=device, overwrite=overwrite, quiet=quiet)
+    run_verify(scan_dir, opts, words, findings, {"min_count": min_count, "fdr": fdr, "copies": copies},
+               pretrained=pretrained, device=device, overwrite=overwrite, quiet=quiet,
+               copy_members=None if q.copies is None else members_table(q.copies))
     rows = Scan(scan_dir).verification()
     return VerificationSummary(faithfulness_summary(rows), grounding_summary(rows, fdr), BLANK)
 

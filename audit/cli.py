@@ -15,6 +15,7 @@ from typing import Annotated, Literal, Optional
 import typer
 
 from audit.analysis import FDR, MIN_COUNT, MIN_RELATIVE_COSINE, PROCEDURE, PROCEDURES, STOP_WORDS
+from audit.analysis.duplicates import COPIES, COPIES_MODES
 from audit.demo.recipe import TrainOptions
 from audit.errors import AuditError
 from audit.outputs import TOP
@@ -66,6 +67,14 @@ def _checked(check, prefix: str):
             raise typer.BadParameter(str(e).removeprefix(prefix)) from None
         return value
     return parse
+
+
+def _diff_file(value: str) -> Path:
+    """A diff's output file, refused before the diff is computed when its name asks for no known format."""
+    from audit.outputs.diff import renderer
+
+    renderer(value)
+    return Path(value)
 
 
 _opinions = _checked(parse_opinions, "--opinion: ")  # one method or several, comma-separated
@@ -124,6 +133,8 @@ Fdr = Annotated[float, typer.Option(parser=_between(0, 1), metavar="(0,1)",
 StopWords = Annotated[str, typer.Option(help="Words left out of the tests: default (audit's English list), none, or a file with one word per line.")]
 MinRelativeCosine = Annotated[float, typer.Option(min=0, max=1, help="An ascent word counts for an image only when its own cosine is at least this share of the image's best sequence cosine (0 keeps every word).")]
 Procedure = Literal[PROCEDURES]
+CopiesMode = Literal[COPIES_MODES]
+CopiesOption = Annotated[CopiesMode, typer.Option(help="collapse: each cluster of exact or near copies counts once in every statistic (once in each group it spans; see `audit duplicates`); keep: every image counts.")]
 
 
 def _version(value: bool) -> None:
@@ -223,13 +234,14 @@ def report(
     stop_words: StopWords = STOP_WORDS,
     min_relative_cosine: MinRelativeCosine = MIN_RELATIVE_COSINE,
     procedure: Procedure = typer.Option(PROCEDURE, help="Multiplicity correction: tarone-bh (Benjamini-Hochberg over the pairs that can reach significance) or bh (over every pair)."),
+    copies: CopiesOption = COPIES,
 ) -> None:
     """Write a self-contained HTML bias report: distinctive words per group, how sure, where CLIP looks."""
     import audit
 
     path = audit.report(scan_dir, group_by, min_count=min_count, fdr=fdr, top=top, title=title,
                         stop_words=stop_words, min_relative_cosine=min_relative_cosine,
-                        procedure=procedure).write(out)
+                        procedure=procedure, copies=copies).write(out)
     logging.getLogger("audit").info(f"audit report: wrote {path}")
 
 
@@ -238,15 +250,16 @@ def check(
     scan_dir: Path = typer.Argument(..., help="The scan of the snapshot under review."),
     policy: Path = typer.Option(..., "--policy", "-p", help="Policy file (TOML); see examples/audit-policy.toml."),
     baseline: Path = typer.Option(None, "--baseline", "-b", help="Scan of the last accepted snapshot, for the drift rules."),
-    junit: Path = typer.Option(None, "--junit", help="Write JUnit XML here (one test case per rule)."),
-    json_out: Path = typer.Option(None, "--json", help="Write the findings as JSON here."),
-    markdown: Path = typer.Option(None, "--markdown", help="Write a Markdown summary here (for a CI step summary)."),
+    junit: Path = typer.Option(None, "--junit", dir_okay=False, help="Write JUnit XML here (one test case per rule)."),
+    json_out: Path = typer.Option(None, "--json", dir_okay=False, help="Write the findings as JSON here."),
+    markdown: Path = typer.Option(None, "--markdown", dir_okay=False, help="Write a Markdown summary here (for a CI step summary)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing; the exit code and files say it all."),
+    copies: Optional[CopiesMode] = typer.Option(None, help="collapse: each cluster of copies counts once; keep: every image counts. Default: the policy's `copies` key (collapse).")  # noqa: UP045
 ) -> None:
     """Gate a dataset snapshot on a policy: exit 0 when every rule passes, 1 when one fails, 2 on usage errors."""
     import audit
 
-    outcome = audit.check(scan_dir, policy, baseline=baseline)
+    outcome = audit.check(scan_dir, policy, baseline=baseline, copies=copies)
     outcome.write(junit=junit, json=json_out, markdown=markdown)
     if not quiet:
         sys.stdout.write(outcome.text())
@@ -258,18 +271,19 @@ def diff(
     old: Path = typer.Argument(..., help="Scan of the earlier snapshot."),
     new: Path = typer.Argument(..., help="Scan of the later snapshot."),
     group_by: list[str] = typer.Option(None, "--group-by", "-g", help="Image column to compare groups by (repeatable)."),
-    out: Path = typer.Option(None, "--out", "-o", help="Also write the diff to this .html or .md file."),
+    out: Path = typer.Option(None, "--out", "-o", parser=_diff_file, help="Also write the diff to this .html or .md file."),
     min_count: MinCount = MIN_COUNT,
     fdr: Fdr = FDR,
     kind: Literal["ascent", "concept"] = typer.Option("ascent", help="Which words to compare: the ascent's or the concept decomposition's."),
     stop_words: StopWords = STOP_WORDS,
     min_relative_cosine: MinRelativeCosine = MIN_RELATIVE_COSINE,
+    copies: CopiesOption = COPIES,
 ) -> None:
     """What changed between two scans: images added and removed, word shift, associations gained and lost."""
     import audit
 
     outcome = audit.diff(old, new, group_by=group_by or [], min_count=min_count, fdr=fdr, kind=kind,
-                         stop_words=stop_words, min_relative_cosine=min_relative_cosine)
+                         stop_words=stop_words, min_relative_cosine=min_relative_cosine, copies=copies)
     sys.stdout.write(outcome.text())
     if out is not None:
         logging.getLogger("audit").info(f"audit diff: wrote {outcome.write(out)}")
@@ -380,6 +394,7 @@ def verify(
     policy: Path = typer.Option(None, "--policy", "-p", help="A policy file: its group_by, min_count, fdr and word filters replace the options above, so `audit check` with it reads verdicts made with its settings."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Delete an earlier verification of this scan and verify again."),
     quiet: Quiet = False,
+    copies: Optional[CopiesMode] = typer.Option(None, help="collapse: each cluster of copies counts once in the findings and their images; keep: every image counts. Default: the policy's, else collapse."),  # noqa: UP045
 ) -> None:
     """How far to trust the maps and the findings: deletion and insertion curves per relevancy method, and
     whether each finding's word is grounded in its region. Writes scan-dir/verification/; resumable."""
@@ -388,10 +403,40 @@ def verify(
     summary = audit.verify(scan_dir, group_by=group_by or [], faithfulness_images=faithfulness_images,
                            grounding_images=grounding_images, pretrained=pretrained, device=device,
                            min_count=min_count, fdr=fdr, stop_words=stop_words,
-                           min_relative_cosine=min_relative_cosine, policy=policy, overwrite=overwrite, quiet=quiet)
+                           min_relative_cosine=min_relative_cosine, policy=policy, overwrite=overwrite, quiet=quiet,
+                           copies=copies)
     if json_out is not None:
         summary.write_json(json_out)
     sys.stdout.write(summary.text())
+
+
+@app.command()
+def duplicates(
+    scan_dir: Path = typer.Argument(..., help="A scan directory written by `audit scan`."),
+    against: list[Path] = typer.Option(None, "--against", help="Another scan (a test set, the last release): list this scan's images with a copy there (repeatable)."),
+    split_by: str = typer.Option(None, "--split-by", help="An image column (split): list the images with a copy under another value."),
+    json_out: Path = typer.Option(None, "--json", help="Write the summary (clusters, leaks, settings) as JSON here."),
+    same_hash_distance: int = typer.Option(None, min=0, max=64, help="pHash bits (of 64) within which two images are copies on the hash alone. Default: 4."),
+    max_hash_distance: int = typer.Option(None, min=0, max=64, help="pHash bits within which two images are copies when their embeddings agree too (--min-cosine). Default: 10, imagededup's."),
+    min_cosine: float = typer.Option(None, min=-1, max=1, help="Embedding cosine the looser pHash match needs. Default: 0.9, imagededup's for CNN embeddings."),
+    tight_cosine: float = typer.Option(None, min=-1, max=1, help="Embedding cosine at which two images are copies whatever their hashes (1 turns it off). Default: 0.97; off for audit-demo and audit-tiny, whose embeddings cannot tell images apart that closely."),
+    neighbours: int = typer.Option(None, min=2, help="Candidates searched per image in each space (embedding, pHash). Default: 16."),
+) -> None:
+    """Exact and near copies in a scan, in clusters that cannot chain, and leaks across splits or scans. Writes
+    scan-dir/duplicates/, which report, check, diff and verify read to count each cluster once."""
+    import json
+
+    import audit
+    from audit.outputs.duplicates import text
+
+    found = audit.duplicates(scan_dir, split_by=split_by, against=against or [],
+                             same_hash_distance=same_hash_distance, max_hash_distance=max_hash_distance,
+                             min_cosine=min_cosine, tight_cosine=tight_cosine, neighbours=neighbours)
+    if json_out is not None:
+        from audit.outputs.files import write_text
+
+        write_text(json_out, json.dumps(found.summary(), indent=2, default=str) + "\n", "copies.json")
+    sys.stdout.write(text(found, str(scan_dir)))
 
 
 demo_app = typer.Typer(help="The offline demo: a planted-bias dataset scanned with the project's own CLIP.")

@@ -114,12 +114,30 @@ def _embedded(scan):
     return Scan(source) if source is not None and (Path(source) / "scan.json").exists() else scan
 
 
+def _without(parts, skip: frozenset[str], seen: list[int]):
+    """Embedding parts less the images in `skip` (copies that are not their cluster's representative); counts the
+    stored rows in seen[0]."""
+    for ids, emb in parts:
+        seen[0] += len(ids)
+        if skip:
+            keep = np.array([i not in skip for i in ids], bool)
+            ids, emb = [i for i, k in zip(ids, keep, strict=True) if k], emb[keep]
+        yield ids, emb
+
+
 def embedding_drift(old, new, *, max_images: int = MAX_IMAGES, permutations: int = PERMUTATIONS,
-                    seed: int = 0) -> EmbeddingDrift:
-    """The test on two scans (store.reader.Scan); says what is missing when either kept no embeddings."""
+                    seed: int = 0, skip: tuple[frozenset[str], frozenset[str]] = (frozenset(), frozenset())
+                    ) -> EmbeddingDrift:
+    """The test on two scans (store.reader.Scan); says what is missing when either kept no embeddings. `skip`: per
+    scan, images left out (collapsed copies: each cluster is sampled through its representative)."""
     samples = []
-    for which, scan in (("the old scan", old), ("the new scan", new)):
-        s = sample(_embedded(scan).embedding_parts(), max_images, seed)
+    for (which, scan), left_out in zip((("the old scan", old), ("the new scan", new)), skip, strict=True):
+        seen = [0]
+        s = sample(_without(_embedded(scan).embedding_parts(), left_out, seen), max_images, seed)
+        if len(s) < 2 and seen[0] >= 2:
+            return EmbeddingDrift(0, 0, float("nan"), float("nan"), float("nan"), float("nan"),
+                                  missing=f"{which} ({scan.root}) holds fewer than 2 images once its copies are "
+                                          "counted once")
         if len(s) < 2:
             return EmbeddingDrift(0, 0, float("nan"), float("nan"), float("nan"), float("nan"),
                                   missing=f"{which} ({scan.root}) keeps no image embeddings (scanned with "

@@ -58,6 +58,8 @@ def _tail(result: CheckResult) -> str:
 def text(result: CheckResult, evidence_rows: int = 5) -> str:
     lines = [plain(f"audit check: {result.scan} ({result.images} images, {result.unreadable} unreadable); "
                    f"baseline: {result.baseline or 'none'}; policy: {result.policy.path}")]
+    if result.copies:
+        lines.append(plain(result.copies))
     lines += [plain(f"note: {n}") for n in result.notes]
     width = max(len(r.rule.id) for r in result.results)
     for r in result.results:
@@ -128,6 +130,7 @@ def to_json(result: CheckResult) -> str:
         "exit_code": result.exit_code, "scan": result.scan, "baseline": result.baseline,
         "policy": result.policy.path, "group_by": result.policy.group_by, "min_count": result.policy.min_count,
         "fdr": result.policy.fdr, "images": result.images, "unreadable": result.unreadable, "notes": result.notes,
+        "copies": result.copies, "copies_mode": result.copies_mode,
         "counts": {s: result.count(s) for s in MARK},
         "rules": [{"id": r.rule.id, "kind": r.rule.kind, "name": r.rule.name, "level": r.rule.level,
                    "status": r.status, "summary": r.summary, "params": r.rule.params,
@@ -151,6 +154,8 @@ def markdown(result: CheckResult) -> str:
     lines = [f"## {EMOJI['fail' if result.exit_code else 'pass']} audit check {verdict}", "",
              f"Scan {md(result.scan)}: {result.images} images, {result.unreadable} unreadable. "
              f"Baseline: {md(result.baseline or 'none')}. Policy: {md(result.policy.path)}.", ""]
+    if result.copies:
+        lines += [md(result.copies[0].upper() + result.copies[1:]) + ".", ""]
     lines += [f"> **Note:** {md(n)}\n" for n in result.notes]
     lines += ["| | Rule | Level | Result |", "|---|---|---|---|"]
     for r in result.results:

@@ -13,6 +13,8 @@ from pathlib import Path
 from audit.analysis import FDR, MIN_COUNT, MIN_RELATIVE_COSINE, STOP_WORDS
 from audit.analysis.associations import word_filter
 from audit.analysis.drift import Drift, compare
+from audit.analysis.duplicates import COPIES, check_mode, collapse, collapsed_ids
+from audit.analysis.duplicates import header as copies_header
 from audit.analysis.embedding_drift import EmbeddingDrift, embedding_drift
 from audit.errors import AuditError
 from audit.formats import change, percent, q_value, ratio
@@ -37,6 +39,7 @@ class Diff:
     kind: str = ASCENT
     settings_note: str | None = None  # the settings the two scans differ in, one line (store.settings)
     embeddings: EmbeddingDrift | None = None  # the two-sample test on the stored image embeddings
+    copies_note: str | None = None  # how copies were counted in each scan (analysis.duplicates.header)
 
     @property
     def words_label(self) -> str:
@@ -46,7 +49,7 @@ class Diff:
 
 def build_diff(old: str | os.PathLike, new: str | os.PathLike, group_by: list[str] | None = None, *,
                min_count: int = MIN_COUNT, fdr: float = FDR, kind: str = ASCENT, stop_words=STOP_WORDS,
-               min_relative_cosine: float = MIN_RELATIVE_COSINE) -> Diff:
+               min_relative_cosine: float = MIN_RELATIVE_COSINE, copies: str = COPIES) -> Diff:
     if kind not in (ASCENT, CONCEPT):
         raise AuditError(f"--kind must be ascent or concept, not {kind!r} (probe words have no distribution to diff)")
     words = word_filter(stop_words, min_relative_cosine)
@@ -54,17 +57,21 @@ def build_diff(old: str | os.PathLike, new: str | os.PathLike, group_by: list[st
         raise AuditError(f"--fdr must be between 0 and 1, not {fdr}")
     if min_count < 1:
         raise AuditError("--min-count must be at least 1")
+    check_mode(copies)
     qo, qn = ScanQuery.open(old), ScanQuery.open(new)
     for col in group_by or []:
         for which, q in (("old", qo), ("new", qn)):
             if col not in q.columns("images"):
                 raise AuditError(f"--group-by column {col!r} is not in the {which} scan {q.scan.root}; its image "
                                  "columns are " + ", ".join(q.columns("images")))
+    qo, qn = collapse(qo, copies), collapse(qn, copies)
     cols = [compare(qo, qn, c, min_count=min_count, fdr=fdr, kind=kind, keep=words) for c in group_by or []]
     # Every per-group comparison also holds the overall one; compute it again only without groups.
     overall = cols[0] if cols else compare(qo, qn, None, min_count=min_count, fdr=fdr, kind=kind, keep=words)
     note = differences_note(qo.scan.settings, qn.scan.settings, "the old scan")
-    return Diff(str(old), str(new), overall, cols, min_count, fdr, kind, note, embedding_drift(qo.scan, qn.scan))
+    return Diff(str(old), str(new), overall, cols, min_count, fdr, kind, note,
+                embedding_drift(qo.scan, qn.scan, skip=(collapsed_ids(qo), collapsed_ids(qn))),
+                f"old {copies_header(qo.copies, copies)}; new {copies_header(qn.copies, copies)}")
 
 
 def embeddings_sentence(e: EmbeddingDrift | None, fdr: float) -> str:
@@ -93,6 +100,8 @@ def text(d: Diff) -> str:
              f"{o.kept} in both)"]
     if d.settings_note:
         lines.append(f"note: {d.settings_note}")
+    if d.copies_note:
+        lines.append(d.copies_note)
     if o.added:
         lines.append(f"  added: {_ids(o.added)}")
     if o.removed:
@@ -127,6 +136,8 @@ def markdown(d: Diff) -> str:
              f"{o.kept} in both).", ""]
     if d.settings_note:
         lines += [f"**Note:** {md(d.settings_note)}", ""]
+    if d.copies_note:
+        lines += [md(d.copies_note[0].upper() + d.copies_note[1:]), ""]
     if o.added:
         lines += [f"Added: {md(_ids(o.added))}", ""]
     if o.removed:
@@ -166,9 +177,13 @@ def html(d: Diff) -> str:
         generated=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
 
 
-def write_diff(d: Diff, out: str | os.PathLike) -> Path:
-    out = Path(out)
-    render = {".md": markdown, ".markdown": markdown, ".html": html, ".htm": html}.get(out.suffix.lower())
+def renderer(out: str | os.PathLike):
+    """The rendering a diff file's name asks for (by its suffix); an AuditError for any other name."""
+    render = {".md": markdown, ".markdown": markdown, ".html": html, ".htm": html}.get(Path(out).suffix.lower())
     if render is None:
         raise AuditError(f"--out {out}: the file name must end in .html or .md")
-    return write_text(out, render(d), "diff.html")
+    return render
+
+
+def write_diff(d: Diff, out: str | os.PathLike) -> Path:
+    return write_text(out, renderer(out)(d), "diff.html")

@@ -31,6 +31,8 @@ from audit.analysis.associations import (
     probes,
     word_filter,
 )
+from audit.analysis.duplicates import COPIES, collapse, open_query
+from audit.analysis.duplicates import header as copies_header
 from audit.analysis.verification import faithfulness_summary, grounding_summary, mean_curves
 from audit.errors import AuditError, internal_errors_note
 from audit.outputs import TOP
@@ -61,6 +63,7 @@ KIND_NAMES = {ASCENT: ("words the ascent found", "word"), CONCEPT: ("concepts of
 
 
 def _thumbnail(path: str, grid, gh: int, gw: int, preprocess: dict) -> str | None:
+    """The image as the model saw it, as a data URL, with the heatmap `grid` over it (none: the image alone)."""
     try:
         img = open_rgb(path, None)
     except DecodeError:
@@ -68,7 +71,8 @@ def _thumbnail(path: str, grid, gh: int, gw: int, preprocess: dict) -> str | Non
     arr, _ = fit(img, THUMB, preprocess.get("resize_mode", "shortest"), "bicubic")
     from PIL import Image
 
-    tile = overlay(Image.fromarray(arr), np.asarray(grid, dtype=np.float32).reshape(gh, gw))
+    tile = Image.fromarray(arr) if grid is None else \
+        overlay(Image.fromarray(arr), np.asarray(grid, dtype=np.float32).reshape(gh, gw))
     buf = io.BytesIO()
     tile.save(buf, "PNG", optimize=True)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
@@ -159,6 +163,39 @@ def _column_view(q: ScanQuery, assoc: Associations, top: int, preprocess: dict, 
     return view, data
 
 
+COPY_CLUSTERS = 12  # clusters of copies shown, largest first
+COPY_THUMBS = 6  # thumbnails per cluster
+
+
+def _copies_view(q: ScanQuery, group_by: list[str], preprocess: dict) -> dict | None:
+    """The Copies section: the largest clusters with thumbnails, clusters that span groups (the same picture under
+    two labels: a label problem), and the leaks `audit duplicates` stored."""
+    found = q.copies
+    if found is None:
+        return None
+    paths = q.df("SELECT image_id, path FROM all_images").set_index("image_id").path
+    clusters = []
+    for r in found.cluster_sizes().head(COPY_CLUSTERS).itertuples():
+        members = found.copies[found.copies.cluster == r.cluster].sort_values("kind", key=lambda k: k != "representative")
+        thumbs = [{"id": m.image_id, "kind": m.kind, "src": _thumbnail(paths.get(m.image_id, ""), None, 0, 0, preprocess)}
+                  for m in members.head(COPY_THUMBS).itertuples()]
+        clusters.append({"cluster": int(r.cluster), "representative": r.representative, "size": int(r.size),
+                         "exact": int(r.exact), "near": int(r.near), "thumbs": thumbs})
+    conflicts = []
+    if len(found.copies):
+        for column in group_by:
+            g = q.check_group_column(column)
+            groups = q.df(f"SELECT image_id, coalesce(CAST({g} AS VARCHAR), '(missing)') AS grp FROM all_images")
+            m = found.copies.merge(groups, on="image_id")
+            spans = m.groupby("cluster").grp.agg(lambda v: sorted(set(v)))
+            for cluster, values in spans[spans.map(len) > 1].items():
+                conflicts.append({"column": column, "cluster": int(cluster), "groups": values,
+                                  "size": int((m.cluster == cluster).sum())})
+    return {"clusters": clusters, "total": found.clusters, "collapsed": found.collapsed, "images": found.images,
+            "share": found.share, "conflicts": conflicts[:50], "conflict_count": len(conflicts),
+            "leaks": found.leak_counts().to_dict("records"), "notes": found.notes, "settings": found.settings}
+
+
 def _probe_view(q: ScanQuery, column: str, fdr: float) -> dict:
     """Every (probe, group) row with a handful of groups; with more, the flagged rows (the page grows with
     findings, not groups times probes)."""
@@ -237,8 +274,10 @@ def _trust_view(rows: pd.DataFrame, fdr: float) -> dict | None:
 
 def render_report(scan_dir: str | os.PathLike, group_by: list[str], *, min_count: int = MIN_COUNT, fdr: float = FDR,
                   top: int = TOP, title: str | None = None, stop_words=STOP_WORDS,
-                  min_relative_cosine: float = MIN_RELATIVE_COSINE, procedure: str = PROCEDURE) -> RenderedReport:
-    """The report as one HTML document, and the associations behind it."""
+                  min_relative_cosine: float = MIN_RELATIVE_COSINE, procedure: str = PROCEDURE,
+                  copies: str = COPIES) -> RenderedReport:
+    """The report as one HTML document, and the associations behind it. `copies`: "collapse" counts each cluster
+    of copies once per group (analysis.duplicates), "keep" counts every image."""
     words = word_filter(stop_words, min_relative_cosine)
     if not group_by:
         raise AuditError("pass at least one --group-by COLUMN")
@@ -246,13 +285,13 @@ def render_report(scan_dir: str | os.PathLike, group_by: list[str], *, min_count
         raise AuditError(f"--fdr must be between 0 and 1, not {fdr}")
     if min_count < 1 or top < 1:
         raise AuditError("--min-count and --top must be at least 1")
-    q = ScanQuery.open(scan_dir)
-    for column in group_by:
-        q.check_group_column(column)
-    counts = q.counts()
-    counts["internal"] = q.internal_errors()
-    if counts["images"] == 0:
+    q = open_query(scan_dir, "keep", group_by)
+    if int(q.scalar("SELECT count(*) FROM all_images")) == 0:
         raise AuditError(f"{scan_dir} holds no scanned images; nothing to report (run `audit scan` first)")
+    q = collapse(q, copies)  # once every mistake is said: looking for copies may take a while, and says so
+    counts = q.counts()
+    counts["all_images"] = int(q.scalar("SELECT count(*) FROM all_images"))
+    counts["internal"] = q.internal_errors()
     config = q.scan.config
     runs = config.get("runs", [])
     preprocess = next((r["preprocess"] for r in reversed(runs) if r.get("preprocess")), {})
@@ -281,6 +320,7 @@ def render_report(scan_dir: str | os.PathLike, group_by: list[str], *, min_count
         script_hash=script_hash, procedure=procedure, words=words, stop_words=str(stop_words),
         min_count=min_count, fdr=fdr, top=top, tool_version=config.get("tool_version"),
         matrix_words=MATRIX_WORDS, examples_per_word=EXAMPLES, flagged_with_examples=FLAGGED_WITH_EXAMPLES,
+        copies_line=copies_header(q.copies, copies), copy_view=_copies_view(q, group_by, preprocess),
     )
     return RenderedReport(html, tested)
 

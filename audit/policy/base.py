@@ -34,6 +34,7 @@ class Policy:
     rules: list[Rule] = field(default_factory=list)
     stop_words: str = STOP_WORDS  # "default", "none", or a file (relative to the policy file)
     min_relative_cosine: float = MIN_RELATIVE_COSINE
+    copies: str = "collapse"  # analysis.duplicates.COPIES_MODES: count each cluster of copies once, or every image
 
     def needs_baseline(self) -> bool:
         return any(r.kind.startswith("drift.") for r in self.rules)

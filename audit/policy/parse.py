@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from audit.analysis import FDR, MIN_COUNT, MIN_RELATIVE_COSINE, STOP_WORDS
+from audit.analysis.duplicates import COPIES, COPIES_MODES
 from audit.errors import AuditError
 from audit.policy.base import LEVELS, ParseContext, Policy, Rule, Table, entries
 from audit.policy.kinds import KINDS
@@ -24,7 +25,7 @@ else:  # pragma: no cover
 
 def parse_policy(data: dict, path: str = "policy") -> Policy:
     data = dict(data)
-    top_keys = ("group_by", "min_count", "fdr", "stop_words", "min_relative_cosine")
+    top_keys = ("group_by", "min_count", "fdr", "stop_words", "min_relative_cosine", "copies")
     top = Table("policy", {k: data.pop(k) for k in top_keys if k in data}, path, top_keys)
     group_by = top.get("group_by", list, [])
     min_count = top.positive("min_count", int, MIN_COUNT)
@@ -39,6 +40,9 @@ def parse_policy(data: dict, path: str = "policy") -> Policy:
             raise AuditError(f"{path}: stop_words names {stop_words}, which is not a file; give a file with one "
                              "word per line, \"default\" or \"none\"")
     relative = top.share("min_relative_cosine", MIN_RELATIVE_COSINE)
+    copies = top.get("copies", str, COPIES)
+    if copies not in COPIES_MODES:
+        raise AuditError(f"{path}: copies is {' or '.join(repr(m) for m in COPIES_MODES)}, not {copies!r}")
     ctx = ParseContext(path, group_by)
     rules: list[Rule] = []
     for name, kind in KINDS.items():
@@ -47,14 +51,14 @@ def parse_policy(data: dict, path: str = "policy") -> Policy:
     if data:
         tables = ", ".join(f"[{name}]" for name in KINDS)
         raise AuditError(f"{path}: unknown table or key {sorted(data)[0]!r}; a policy has group_by, min_count, "
-                         f"fdr, stop_words, min_relative_cosine, {tables}")
+                         f"fdr, stop_words, min_relative_cosine, copies, {tables}")
     if not rules:
         raise AuditError(f"{path}: the policy has no rules; see examples/audit-policy.toml")
     ids = [r.id for r in rules]
     dup = next((i for i in ids if ids.count(i) > 1), None)
     if dup:
         raise AuditError(f"{path}: two rules are both named {dup!r}; give each [[watch]]/[[heatmap]] its own name")
-    return Policy(path, group_by, min_count, fdr, rules, stop_words, relative)
+    return Policy(path, group_by, min_count, fdr, rules, stop_words, relative, copies)
 
 
 def load_policy(path: str | os.PathLike) -> Policy:

@@ -15,6 +15,8 @@ import pandas as pd
 
 from audit.analysis.associations import Associations, associations, word_filter
 from audit.analysis.drift import Drift, compare
+from audit.analysis.duplicates import check_mode, collapse, collapsed_ids
+from audit.analysis.duplicates import header as copies_header
 from audit.errors import AuditError, internal_errors_note
 from audit.policy.base import ASSOC_EVIDENCE, EVIDENCE_ROWS, Policy, Rule, RuleResult
 from audit.policy.kinds import BY_RULE
@@ -32,6 +34,8 @@ class CheckResult:
     unreadable: int
     results: list[RuleResult]
     notes: list[str] = field(default_factory=list)
+    copies: str | None = None  # how copies were counted (analysis.duplicates.header), in every output
+    copies_mode: str | None = None  # "collapse" or "keep"
 
     @property
     def exit_code(self) -> int:
@@ -58,7 +62,8 @@ class Checker:
         if self._embeddings is None:
             from audit.analysis.embedding_drift import embedding_drift
 
-            self._embeddings = embedding_drift(self.base.scan, self.q.scan)
+            self._embeddings = embedding_drift(self.base.scan, self.q.scan,
+                                               skip=(collapsed_ids(self.base), collapsed_ids(self.q)))
         return self._embeddings
 
     def grounding(self) -> pd.DataFrame:
@@ -109,11 +114,14 @@ def _setting_notes(q: ScanQuery, base: ScanQuery) -> list[str]:
     return [note] if note else []
 
 
-def run_check(scan_dir: str | os.PathLike, policy: Policy, baseline: str | os.PathLike | None = None) -> CheckResult:
-    q = ScanQuery.open(scan_dir)
-    base = ScanQuery.open(baseline) if baseline is not None else None
+def run_check(scan_dir: str | os.PathLike, policy: Policy, baseline: str | os.PathLike | None = None,
+              copies: str | None = None) -> CheckResult:
+    """`copies` ("collapse" or "keep") overrides the policy's own setting (its `copies` key, default collapse)."""
+    copies = check_mode(copies or policy.copies)
     images = {}
-    for which, sq in (("scan", q), ("baseline", base)):
+    # Every mistake is said before the copies are looked for (which may take a while, and says so).
+    plain = {"scan": ScanQuery.open(scan_dir), "baseline": ScanQuery.open(baseline) if baseline is not None else None}
+    for which, sq in plain.items():
         if sq is None:
             continue
         cols = sq.columns("images")
@@ -121,17 +129,21 @@ def run_check(scan_dir: str | os.PathLike, policy: Policy, baseline: str | os.Pa
             if col not in cols:
                 raise AuditError(f"{policy.path}: group_by column {col!r} is not in the {which} {sq.scan.root}; "
                                  "its image columns are " + ", ".join(cols))
-        images[which] = int(sq.scalar("SELECT count(*) FROM images"))
+        images[which] = int(sq.scalar("SELECT count(*) FROM all_images"))
         if images[which] == 0:
             raise AuditError(f"the {which} {sq.scan.root} holds no scanned images; run `audit scan` first")
+    q = collapse(plain["scan"], copies)
+    base = collapse(plain["baseline"], copies) if baseline is not None else None
     checker = Checker(q, policy, base)
     results = [checker.run(rule) for rule in policy.rules]
     notes = _setting_notes(q, base) if base is not None else []
+    counted = copies_header(q.copies, copies) + ("" if base is None else
+                                                 f"; baseline {copies_header(base.copies, copies)}")
     internal = q.internal_errors()
     if internal:
         notes.insert(0, internal_errors_note(internal))
     return CheckResult(str(scan_dir), None if baseline is None else str(baseline), policy,
-                       images["scan"], q.unreadable(), results, notes)
+                       images["scan"], q.unreadable(), results, notes, counted, copies)
 
 
 __all__ = ["CheckResult", "RuleResult", "run_check"]

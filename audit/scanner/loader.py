@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_in
 from audit.scanner.options import DEFAULT_MAX_PIXELS
 from audit.sources import Record, Source
 from audit.sources.decode import DecodeError, box_in_frame, decode
+from audit.sources.fingerprint import Fingerprint
 from audit.sources.remote import is_url, read_bytes
 from audit.store.schema import DECODE, INTERNAL, INTERNAL_REASON
 
@@ -56,7 +57,7 @@ class Decoder:
         except Exception as e:  # noqa: BLE001 - a decoder bug on one file must not end the scan
             return {**item, "error": f"{INTERNAL_REASON}: {type(e).__name__}: {str(e)[:160]}", "stage": INTERNAL}
         return {**item, "pixels": to_model_input(d.pixels, self.mean, self.std), "width": d.width,
-                "height": d.height, "box": box_in_frame(rec.box, d.frame)}
+                "height": d.height, "box": box_in_frame(rec.box, d.frame), "fingerprint": d.fingerprint}
 
 
 class ImageDataset(Dataset):
@@ -116,6 +117,7 @@ class Batch:
     records: list[Record] = field(default_factory=list)  # of the decoded images, as indices
     error_records: list[Record] = field(default_factory=list)  # of the errors, as errors
     skipped: list[str] = field(default_factory=list)  # ids already done, seen by the stream and passed over
+    fingerprints: list[Fingerprint] = field(default_factory=list)  # of the decoded images, as indices
 
     def split(self, size: int) -> list[Batch]:
         """Consecutive pieces of at most `size` decoded images; decode errors go with the first piece."""
@@ -124,7 +126,8 @@ class Batch:
             return [self]
         return [Batch(self.indices[lo:lo + size], self.pixels[lo:lo + size], self.sizes[lo:lo + size],
                       self.boxes[lo:lo + size], self.errors if lo == 0 else [], self.records[lo:lo + size],
-                      self.error_records if lo == 0 else [], self.skipped if lo == 0 else [])
+                      self.error_records if lo == 0 else [], self.skipped if lo == 0 else [],
+                      self.fingerprints[lo:lo + size])
                 for lo in range(0, n, size)]
 
     def pin_memory(self) -> Batch:  # called by DataLoader(pin_memory=True) on a custom batch type
@@ -142,7 +145,7 @@ def collate(items: list[dict]) -> Batch:
     boxes = np.array([it["box"] for it in ok], dtype=np.float64).reshape(len(ok), 4)
     return Batch([it["index"] for it in ok], pixels, [(it["width"], it["height"]) for it in ok], boxes,
                  [(it["index"], it["error"], it["stage"]) for it in bad], [it["record"] for it in ok],
-                 [it["record"] for it in bad], skipped)
+                 [it["record"] for it in bad], skipped, [it["fingerprint"] for it in ok])
 
 
 def make_loader(dataset: Dataset, batch_size: int, workers: int, pin_memory: bool = False) -> DataLoader:

@@ -86,9 +86,12 @@ class _BatchScanner:
         return {"image_id": [r.image_id for r in recs], "path": [r.display_path for r in recs],
                 "stage": [stage for *_, stage in batch.errors], "reason": [reason for _, reason, _ in batch.errors]}
 
-    def image_rows(self, recs: list[Record], sizes, columns: dict) -> dict:
+    def image_rows(self, recs: list[Record], sizes, fingerprints, columns: dict) -> dict:
         rows = {"image_id": [r.image_id for r in recs], "path": [r.display_path for r in recs],
-                "label": [r.label for r in recs], "width": [w for w, _ in sizes], "height": [h for _, h in sizes]}
+                "label": [r.label for r in recs], "width": [w for w, _ in sizes], "height": [h for _, h in sizes],
+                "pixel_sha256": [f.pixel_sha256 for f in fingerprints],
+                "phash": pa.array([f.phash for f in fingerprints], pa.int64()),
+                "phash_mirror": pa.array([f.phash_mirror for f in fingerprints], pa.int64())}
         for i, col in enumerate(BOX_COLUMNS):
             rows[col] = [r.box[i] if r.box else None for r in recs]
         rows["concept_cosine"] = pa.array(columns.get("concept_cosine", [None] * len(recs)), pa.float32())
@@ -127,7 +130,7 @@ class _BatchScanner:
         heat = heatmap_columns(tokens["image_id"][:len(pairs)], tokens["kind"][:len(pairs)],
                                tokens["word"][:len(pairs)], rel, batch.boxes[pair_image.numpy()], t.grid_size)
         columns = {k: v for f in found for k, v in f.image_columns.items()}
-        tables.update(images=pa.table(self.image_rows(recs, batch.sizes, columns)), tokens=pa.table(tokens),
+        tables.update(images=pa.table(self.image_rows(recs, batch.sizes, batch.fingerprints, columns)), tokens=pa.table(tokens),
                       heatmaps=pa.table(heat))
         if self.opts.embeddings != "none":
             tables["embeddings"] = embedding_table([r.image_id for r in recs], view.features(), self.opts.embeddings)

@@ -315,13 +315,13 @@ def _faith_row(w, method: str, deletion: torch.Tensor, insertion: torch.Tensor) 
 
 
 def grounding(scan_dir, towers, preprocess: dict, store: Store, opts: VerifyOptions, words,
-              findings: list[tuple[str, str, str, str]], progress) -> int:
+              findings: list[tuple[str, str, str, str]], progress, copy_members=None) -> int:
     """Grounding rows for the images of each finding (column, kind, group, word) not yet verified: the group's
     images with the word that `words` counts, highest cosine first; returns how many (finding, image) pairs were
     done now."""
     from audit.store.query import ScanQuery
 
-    q = ScanQuery.open(scan_dir)
+    q = ScanQuery.open(scan_dir, copy_members)
     done = store.done("grounding", "column", "kind", "grp", "word")
     images = q.scan.images().set_index("image_id")
     grid = towers.grid_size
@@ -400,10 +400,12 @@ def scan_method(scan) -> str:
 
 def run_verify(scan_dir: str | os.PathLike, opts: VerifyOptions, words, findings: list[tuple[str, str, str, str]],
                tested_with: dict, *, pretrained: str | None = None, device: str = "auto", overwrite: bool = False,
-               quiet: bool = False) -> Path:
+               quiet: bool = False, copy_members=None) -> Path:
     """Verify a scan (see the module's docstring); returns the verification folder. `words` is the statistics'
     word filter (a store.query.WordFilter), `findings` the (column, kind, group, word) to ground and
-    `tested_with` the settings they were found with (min_count, fdr), recorded with the rows."""
+    `tested_with` the settings they were found with (min_count, fdr, copies), recorded with the rows;
+    `copy_members` (analysis.duplicates.members_table) picks each finding's images as the statistics counted them,
+    one per cluster of copies."""
     from audit.scanner.encoders import Towers
     from audit.scanner.progress import Progress
     from audit.store.reader import Scan
@@ -421,6 +423,7 @@ def run_verify(scan_dir: str | os.PathLike, opts: VerifyOptions, words, findings
         bar.close()
         log.info(f"audit verify: faithfulness of {n} image(s) measured now")
     if opts.group_by:
-        n = grounding(scan_dir, towers, loaded.preprocess, store, opts, words, findings, lambda k: None)
+        n = grounding(scan_dir, towers, loaded.preprocess, store, opts, words, findings, lambda k: None,
+                      copy_members)
         log.info(f"audit verify: grounding of {n} (finding, image) pair(s) measured now")
     return store.root

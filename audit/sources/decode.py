@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageCms, ImageFile, ImageOps, UnidentifiedImageError
 
+from audit.sources.fingerprint import Fingerprint, fingerprint
+
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error row, not silently grey pixels
 
 _RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
@@ -31,6 +33,7 @@ class Decoded:
     width: int  # oriented source size
     height: int
     frame: tuple[float, float, float, float]  # source rectangle (x0, y0, x1, y1) shown in the model input
+    fingerprint: Fingerprint  # of the oriented RGB pixels, before they are fitted to the model's input
 
 
 def open_rgb(path: str, max_pixels: int | None, data: bytes | None = None) -> Image.Image:
@@ -174,7 +177,7 @@ def decode(path: str, preprocess: dict, max_pixels: int | None, data: bytes | No
     img = open_rgb(path, max_pixels, data)
     pixels, frame = fit(img, preprocess["size"], preprocess.get("resize_mode", "shortest"),
                         preprocess.get("interpolation", "bicubic"), preprocess.get("fill_color", 0))
-    return Decoded(pixels, img.width, img.height, frame)
+    return Decoded(pixels, img.width, img.height, frame, fingerprint(img))
 
 
 def box_in_frame(box, frame) -> tuple[float, float, float, float]:

@@ -24,7 +24,7 @@ def quote(identifier: str) -> str:
 
 
 _SQL_TYPES = {pa.float32(): "FLOAT", pa.float64(): "DOUBLE", pa.string(): "VARCHAR", pa.int16(): "SMALLINT",
-              pa.int32(): "INTEGER", pa.bool_(): "BOOLEAN"}
+              pa.int32(): "INTEGER", pa.int64(): "BIGINT", pa.bool_(): "BOOLEAN"}
 
 
 @dataclass(frozen=True)
@@ -44,12 +44,18 @@ class WordFilter:
 
 @dataclass
 class ScanQuery:
+    """SQL over one scan. `copy_members` (image_id, cluster, representative: analysis.duplicates) makes every
+    statistic count a cluster of copies once: `images` then holds each cluster's representative, and the views of
+    a grouping column (images_of) one member per cluster and group, so a cluster that spans groups counts once in
+    each. `all_images` is every scanned image either way."""
     scan: Scan
     con: duckdb.DuckDBPyConnection
     _views: set[str] = field(default_factory=set)
+    collapsed: bool = False
+    copies: object = None  # analysis.duplicates.Copies, where open_query collapsed them
 
     @classmethod
-    def open(cls, scan_dir: str | os.PathLike) -> ScanQuery:
+    def open(cls, scan_dir: str | os.PathLike, copy_members: pa.Table | None = None) -> ScanQuery:
         scan = Scan(scan_dir)
         con = duckdb.connect()
         # Errors are few and need the store's rule (an image's latest attempt, none once scanned): registered
@@ -73,13 +79,40 @@ class ScanQuery:
             select = ["*" if name == "images" or "kind" not in have else "* REPLACE (" + kind + ")"]
             if name != "images" and "kind" not in have:
                 select.append(kind)
-            target = name if name == "images" else f"all_{name}"
-            con.execute(f"CREATE VIEW {target} AS SELECT {', '.join(select + extra)} FROM raw_{name}")
+            con.execute(f"CREATE VIEW all_{name} AS SELECT {', '.join(select + extra)} FROM raw_{name}")
+        con.execute("CREATE VIEW images AS SELECT * FROM all_images")
         # Ascent, concept and probe words answer different questions; every query reads one kind only.
         for name in KINDED:
             con.execute(f"CREATE VIEW {name} AS SELECT * FROM all_{name} WHERE kind = '{ASCENT}'")
             con.execute(f"CREATE VIEW probe_{name} AS SELECT * FROM all_{name} WHERE kind = '{PROBE}'")
-        return cls(scan, con)
+        q = cls(scan, con)
+        if copy_members is not None:
+            q.collapse_copies(copy_members)
+        return q
+
+    def collapse_copies(self, copy_members: pa.Table) -> None:
+        """From now on, count each cluster of copies once (copy_members: image_id, cluster, representative)."""
+        self.con.register("copy_members", copy_members.select(["image_id", "cluster", "representative"]))
+        self.con.execute("CREATE OR REPLACE VIEW images AS SELECT * FROM all_images WHERE image_id NOT IN "
+                         "(SELECT image_id FROM copy_members WHERE image_id <> representative)")
+        self.collapsed = True
+
+    def images_of(self, column: str) -> str:
+        """The view of the images that count when grouping by `column`: with copies collapsed, one image per
+        (cluster, group) (the representative where it is in the group, else the smallest id), so a cluster that
+        spans groups counts once in each; otherwise every image."""
+        g = self.check_group_column(column)
+        if not self.collapsed:
+            return "images"
+        name = "images_by_" + hashlib.sha256(column.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+        if name not in self._views:
+            self.con.execute(f"""
+                CREATE TEMP VIEW {name} AS SELECT i.* FROM all_images i LEFT JOIN copy_members c USING (image_id)
+                QUALIFY c.cluster IS NULL OR row_number() OVER (
+                    PARTITION BY c.cluster, CAST(i.{g} AS VARCHAR)
+                    ORDER BY (i.image_id = c.representative) DESC, i.image_id) = 1""")
+            self._views.add(name)
+        return name
 
     def _judged_sql(self, kind: str, words: WordFilter) -> str:
         """A SELECT of the token rows of `kind` with `filtered`, why `words` leaves each row out of the
@@ -143,7 +176,7 @@ class ScanQuery:
         return quote(column)
 
     def scalar(self, sql: str, params=()) -> object:
-        return self.con.execute(sql, list(params)).fetchone()[0]
+        return self.con.execute(sql, list(params)).fetchall()[0][0]  # fetched to the end: the connection is free again
 
     def df(self, sql: str, params=()) -> pd.DataFrame:
         return self.con.execute(sql, list(params)).df()
@@ -154,17 +187,19 @@ class ScanQuery:
 
     def group_sizes(self, column: str) -> pd.DataFrame:
         g = self.check_group_column(column)
-        return self.df(f"SELECT coalesce(CAST({g} AS VARCHAR), ?) AS grp, count(*) AS n FROM images "
+        images = self.images_of(column)
+        return self.df(f"SELECT coalesce(CAST({g} AS VARCHAR), ?) AS grp, count(*) AS n FROM {images} "
                        "GROUP BY 1 ORDER BY 1", [MISSING_GROUP])
 
     def word_group_counts(self, column: str, min_count: int, kind: str = ASCENT,
                           words: WordFilter = WordFilter()) -> pd.DataFrame:
         """Per (group, word): images of the group showing the word (a), and the word's total images."""
         g = self.check_group_column(column)
+        images = self.images_of(column)
         return self.df(f"""
             WITH seen AS (
                 SELECT DISTINCT t.image_id, t.word, coalesce(CAST(i.{g} AS VARCHAR), ?) AS grp
-                FROM {self.kept(kind, words)} t JOIN images i USING (image_id)
+                FROM {self.kept(kind, words)} t JOIN {images} i USING (image_id)
             ), totals AS (
                 SELECT word, count(*) AS word_total FROM seen GROUP BY word HAVING count(*) >= ?
             )
@@ -180,9 +215,10 @@ class ScanQuery:
         if stat not in self.columns("heatmaps"):
             raise AuditError(f"unknown heatmap statistic {stat!r}")
         g = self.check_group_column(column)
+        images = self.images_of(column)
         return self.df(f"""
             SELECT h.word, coalesce(CAST(i.{g} AS VARCHAR), ?) AS grp, h.{quote(stat)} AS value
-            FROM all_heatmaps h JOIN images i USING (image_id)
+            FROM all_heatmaps h JOIN {images} i USING (image_id)
             WHERE h.kind = ? AND h.word IN (SELECT unnest(?::VARCHAR[]))
               AND (h.image_id, h.word) IN (SELECT (image_id, word) FROM {self.kept(kind, word_filter)})
         """, [MISSING_GROUP, kind, words])
@@ -194,19 +230,21 @@ class ScanQuery:
     def probe_cosines(self, column: str) -> pd.DataFrame:
         """Every probe word's cosine with every image, with the image's group."""
         g = self.check_group_column(column)
+        images = self.images_of(column)
         return self.df(f"""
             SELECT t.word, coalesce(CAST(i.{g} AS VARCHAR), ?) AS grp, t.word_cosine AS cosine
-            FROM probe_tokens t JOIN images i USING (image_id)
+            FROM probe_tokens t JOIN {images} i USING (image_id)
         """, [MISSING_GROUP])
 
     def examples(self, column: str, group: str, word: str, limit: int, kind: str = ASCENT,
                  words: WordFilter = WordFilter()) -> pd.DataFrame:
         """The group's images showing the word with a heatmap, highest cosine first."""
         g = self.check_group_column(column)
+        images = self.images_of(column)
         return self.df(f"""
             SELECT i.image_id, i.path, h.grid, h.grid_h, h.grid_w, t.word_cosine
             FROM {self.kept(kind, words)} t JOIN all_heatmaps h USING (image_id, kind, word)
-                 JOIN images i USING (image_id)
+                 JOIN {images} i USING (image_id)
             WHERE t.word = ? AND coalesce(CAST(i.{g} AS VARCHAR), ?) = ?
             ORDER BY t.word_cosine DESC, i.image_id LIMIT ?
         """, [word, MISSING_GROUP, group, limit])
@@ -216,10 +254,11 @@ class ScanQuery:
         """Per (concept, group) where the concept is stored: the sum of its weights and of their squares over
         the group's images (an image whose stored concepts lack it adds 0), aggregated in the database."""
         g = self.check_group_column(column)
+        images = self.images_of(column)
         return self.df(f"""
             SELECT t.word, coalesce(CAST(i.{g} AS VARCHAR), ?) AS grp, sum(t.weight) AS total,
                    sum(t.weight * t.weight) AS total_sq
-            FROM {self.kept("concept", word_filter)} t JOIN images i USING (image_id)
+            FROM {self.kept("concept", word_filter)} t JOIN {images} i USING (image_id)
             WHERE t.word IN (SELECT unnest(?::VARCHAR[]))
             GROUP BY 1, 2
         """, [MISSING_GROUP, words])
@@ -230,7 +269,8 @@ class ScanQuery:
         if column is None:
             return self.df("SELECT image_id, '' AS grp FROM images ORDER BY image_id")
         g = self.check_group_column(column)
-        return self.df(f"SELECT image_id, coalesce(CAST({g} AS VARCHAR), ?) AS grp FROM images ORDER BY image_id",
+        return self.df(f"SELECT image_id, coalesce(CAST({g} AS VARCHAR), ?) AS grp FROM {self.images_of(column)} "
+                       "ORDER BY image_id",
                        [MISSING_GROUP])
 
     def unreadable(self) -> int:
@@ -244,7 +284,8 @@ class ScanQuery:
 
     def word_pairs(self, kind: str = ASCENT, words: WordFilter = WordFilter()) -> pd.DataFrame:
         """Distinct (image_id, word) pairs of one kind: which images show which words."""
-        return self.df(f"SELECT DISTINCT image_id, word FROM {self.kept(kind, words)} ORDER BY image_id, word")
+        return self.df(f"SELECT DISTINCT image_id, word FROM {self.kept(kind, words)} "
+                       "WHERE image_id IN (SELECT image_id FROM images) ORDER BY image_id, word")
 
     def pairs_per_kind(self) -> dict[str, int]:
         """(image, word) rows of each kind the scan holds, in KINDS order."""

@@ -13,7 +13,8 @@ import pyarrow.compute as pc
 # 3: kind 'concept' (the concept decomposition); tokens gain `weight`, images gain `concept_cosine`.
 # 4: the embeddings table (each image's embedding, for `audit ask`).
 # 5: an embedding is stored as its values' bytes (a list of numbers took 7x as long to read back: bench/ask_cost.py).
-SCHEMA_VERSION = 5
+# 6: images gain each image's fingerprints (pixel_sha256, phash, phash_mirror), for `audit duplicates`.
+SCHEMA_VERSION = 6
 
 ASCENT = "ascent"
 PROBE = "probe"
@@ -21,7 +22,7 @@ CONCEPT = "concept"
 KINDS = (ASCENT, CONCEPT, PROBE)
 # Older versions are read (and resumed) as this one: every column added since is null in their rows, and a
 # word without a kind (version 1) is an ascent word. Parts of several versions may share one scan directory.
-READABLE_VERSIONS = (1, 2, 3, 4, 5)
+READABLE_VERSIONS = (1, 2, 3, 4, 5, 6)
 # Settings added since version 2, with the value an older scan was made with: a resume of an older scan
 # compares its settings with these filled in.
 SETTINGS_ADDED = {"opinion": "ascent", "refine_words": False}
@@ -50,6 +51,9 @@ IMAGES = pa.schema(
         pa.field("x1", pa.float64()),
         pa.field("y1", pa.float64()),
         pa.field("concept_cosine", pa.float32()),
+        pa.field("pixel_sha256", pa.string()),
+        pa.field("phash", pa.int64()),
+        pa.field("phash_mirror", pa.int64()),
     ]
 )
 
@@ -182,6 +186,67 @@ VERIFICATION = pa.schema(
     ]
 )
 
+FINGERPRINTS_FOLDER = "fingerprints"
+# Written by `audit duplicates` into scan-dir/fingerprints/fingerprints.parquet for a scan made before schema 6,
+# whose images table holds no fingerprints: the same three columns, taken from the images read again.
+FINGERPRINTS = pa.schema(
+    [
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("pixel_sha256", pa.string(), nullable=False),
+        pa.field("phash", pa.int64()),
+        pa.field("phash_mirror", pa.int64()),
+    ]
+)
+
+DUPLICATES_FOLDER = "duplicates"
+# Written by `audit duplicates` (or by report, check, diff and verify on first use) into scan-dir/duplicates/, as
+# whole files beside a settings.json that names the scan state they were computed from: one row per image that
+# belongs to a cluster of copies (an image with no copy has no row), and one row per leak.
+DUPLICATES = pa.schema(
+    [
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("cluster", pa.int32(), nullable=False),
+        pa.field("representative", pa.string(), nullable=False),
+        pa.field("kind", pa.string(), nullable=False),
+        pa.field("similarity", pa.float32()),
+        pa.field("hash_distance", pa.int16()),
+    ]
+)
+LEAKS = pa.schema(
+    [
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("side", pa.string(), nullable=False),
+        pa.field("other_side", pa.string(), nullable=False),
+        pa.field("other_image_id", pa.string(), nullable=False),
+        pa.field("kind", pa.string(), nullable=False),
+        pa.field("similarity", pa.float32()),
+        pa.field("hash_distance", pa.int16()),
+    ]
+)
+
+DUPLICATES_DOCS: dict[str, str] = {
+    "image_id": "An image that has at least one copy in the scan.",
+    "cluster": "Its cluster of copies: 0 is the largest (ties by representative id).",
+    "representative": "The image that stands for the cluster when copies are collapsed (the member with the most "
+                      "confirmed copies; ties by id): every member is a copy of it.",
+    "kind": "'representative'; 'exact' (the same decoded pixels as the representative, pixel_sha256); or 'near' "
+            "(a near copy: close embeddings confirmed by close perceptual hashes, or embeddings closer than the "
+            "tight threshold).",
+    "similarity": "Cosine of its stored embedding with the representative's (1 for exact copies; null without "
+                  "embeddings).",
+    "hash_distance": "Bits that differ between its pHash and the representative's (or its mirror's, whichever is "
+                     "fewer), of 64; null without fingerprints.",
+}
+LEAKS_DOCS: dict[str, str] = {
+    "image_id": "An image of this scan with a copy on the other side.",
+    "side": "Its side: its value of the --split-by column, or 'this scan' with --against.",
+    "other_side": "The other side: another value of the --split-by column, or the --against scan's location.",
+    "other_image_id": "Its copy there (the closest one).",
+    "kind": "'exact' or 'near', as in the duplicates table.",
+    "similarity": "Cosine of the two stored embeddings (1 for exact copies; null without embeddings).",
+    "hash_distance": "Bits that differ between the two pHashes (or a mirror's), of 64; null without fingerprints.",
+}
+
 SCHEMAS: dict[str, pa.Schema] = {"images": IMAGES, "tokens": TOKENS, "heatmaps": HEATMAPS, "errors": ERRORS,
                                   "embeddings": EMBEDDINGS}
 
@@ -199,6 +264,13 @@ COLUMN_DOCS: dict[str, dict[str, str]] = {
         "concept_cosine": "Concept opinion (--opinion concepts|both): cosine between the image's centred embedding "
                           "and its reconstruction from all its concept weights, in [0, 1]: how much of what sets "
                           "the image apart the words explain. Null without the concept opinion.",
+        "pixel_sha256": "SHA-256 (hex) of the decoded, oriented 8-bit RGB pixels and their size: equal for exact "
+                        "copies whatever the file format (a lossless re-encode too). Null in scans before schema 6.",
+        "phash": "64-bit DCT perceptual hash of the image (imagehash's pHash), as a signed integer: a few bits "
+                 "apart for a re-encoded, resized or recoloured copy. Null for an image without structure (a flat "
+                 "colour: its hash would be noise) and in scans before schema 6.",
+        "phash_mirror": "The same hash of the image flipped left to right: a mirrored copy's phash is close to "
+                        "it. Null in scans before schema 6.",
     },
     "tokens": {
         "image_id": "The image.",

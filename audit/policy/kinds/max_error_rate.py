@@ -20,7 +20,7 @@ class MaxErrorRate(RuleKind):
     def evaluate(cls, check, rule: Rule) -> RuleResult:
         q = check.q
         bad, internal = q.unreadable(), q.internal_errors()
-        total = bad + int(q.scalar("SELECT count(*) FROM images"))
+        total = bad + int(q.scalar("SELECT count(*) FROM all_images"))
         rate = bad / total if total else 0.0
         limit = rule.params["limit"]
         ev = []
