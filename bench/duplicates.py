@@ -141,6 +141,35 @@ def quality(found: pd.DataFrame, ids: list[str]) -> tuple[pd.DataFrame, float, i
     return recall.unstack(), true / max(true + false, 1), true, false, merged / len(hard)
 
 
+def hash_distances(p: Prints) -> None:
+    """How far each family's copies are from their original in pHash bits (the fewer of direct and mirrored), and
+    how close different images come: what the hash thresholds were calibrated on."""
+    from audit.analysis.duplicates import hamming
+
+    ids = [str(i) for i in p.ids]
+    at = {i: k for k, i in enumerate(ids)}
+    ph, mi, has = p.phash, p.mirror, p.has_hash
+    rows = []
+    for k, i in enumerate(ids):
+        if "__" in i:
+            b = at[truth(i) + ".png"]
+            rows.append((i.split("__")[1].removesuffix(".png"), "photo" if i.startswith("photo") else "scene",
+                         int(min(hamming(ph[k], ph[b]), hamming(ph[k], mi[b])))))
+    table = pd.DataFrame(rows, columns=["family", "source", "bits"]).groupby(["family", "source"]).bits
+    print("pHash bits between a copy and its original (median / max):")
+    print(table.agg(lambda b: f"{int(b.median())}/{int(b.max())}").unstack().T.to_string())
+    base = np.array([k for k, i in enumerate(ids) if "__" not in i and has[k]])
+    d = np.minimum(hamming(ph[base][:, None], ph[base][None, :]), hamming(ph[base][:, None], mi[base][None, :]))
+    d[np.arange(len(base)), np.arange(len(base))] = 99
+    photos = np.array([ids[k].startswith(("photo-", "neg-view-")) for k in base])
+    views = np.array([ids[k].startswith("neg-view-") for k in base])
+    same_photo = np.array([[views[a] and views[b] and ids[base[a]].rsplit("-", 1)[0] == ids[base[b]].rsplit("-", 1)[0]
+                            for b in range(len(base))] for a in range(len(base))])
+    both = photos[:, None] & photos[None, :] & ~same_photo
+    print(f"closest pair of different images: {int(d.min())} bits; of different photographs: {int(d[both].min())} "
+          f"bits; of two views of one photograph: {int(d[same_photo].min())} bits")
+
+
 def run_quality(models: list[str], work: Path) -> None:
     data = work / "copies"
     make_set(data)
@@ -152,6 +181,8 @@ def run_quality(models: list[str], work: Path) -> None:
         audit.scan(data, scan, model=model, pretrained="none" if model == "audit-tiny" else "auto",
                    opinion="probes", words=("a photo",), heatmap="legrad", workers=0, quiet=True, overwrite=True)
         ids = list(Scan(scan).images().image_id)
+        if model == models[0]:
+            hash_distances(read_prints(Scan(scan)))
         for label, settings in (("default", None),
                                 ("pHash alone (no embedding clause)", CopySettings(min_cosine=2.0, tight_cosine=None))):
             found = duplicates(scan, settings=settings, store=False)
@@ -196,7 +227,8 @@ def write_synthetic(root: Path, n: int, dim: int = 512, seed: int = 0) -> None:
     from audit.store.writer import ScanWriter
 
     rs = np.random.default_rng(seed)
-    writer = ScanWriter.open(root, {"model": "ViT-B-32", "pretrained": "none"}, {"kind": "synthetic"})
+    writer = ScanWriter.open(root, {"model": "ViT-B-32", "pretrained": "none"}, {"kind": "synthetic"},
+                             overwrite=True)
     writer.commit_seconds = 1e9
     base = 0
     part = 65536
@@ -224,16 +256,20 @@ def pairs_set(i: np.ndarray, j: np.ndarray) -> set:
 
 
 def run_scale(n: int, sample: int, work: Path) -> None:
+    import multiprocessing
+
     root = work / f"synthetic-{n}"
     t0 = time.perf_counter()
-    write_synthetic(root, n)
+    writer = multiprocessing.get_context("spawn").Process(target=write_synthetic, args=(root, n))
+    writer.start()  # in a process of its own, so that the peak memory below is the search's alone
+    writer.join()
     print(f"wrote {n} synthetic images in {time.perf_counter() - t0:.0f} s")
     t0 = time.perf_counter()
     found = duplicates(root, store=False)
     seconds = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print(f"{n} images: {found.clusters} clusters, {found.collapsed} copies collapsed, in {seconds:.0f} s; peak memory "
-          f"of the process {peak:.2f} GB (the synthetic writer's included)")
+          f"{peak:.2f} GB")
     # The index's recall: the confirmed copy pairs of a sample, approximate index against exact search.
     p = read_prints(Scan(root))
     keep = np.sort(np.random.default_rng(1).choice(len(p), sample, replace=False))

@@ -93,6 +93,8 @@ def schema_reference() -> str:
              "  scan.json                 settings, tool and schema version, one record per run",
              *[f"  {name}/part-*.parquet" for name in schema.TABLES],
              f"  {schema.VERIFICATION_FOLDER}/part-*.parquet  written by `audit verify`, with its settings.json",
+             f"  {schema.DUPLICATES_FOLDER}/copies.parquet, leaks.parquet, settings.json  written by `audit duplicates` "
+             "(or on first use)",
              "```", "",
              "Each table is a folder of Parquet part files; a part counts once its commit marker is written, so "
              "a reader never sees half a batch. Read them with `audit.Scan(path)` (pandas or Arrow), DuckDB "
@@ -111,6 +113,17 @@ def schema_reference() -> str:
               "| column | type | meaning |", "|---|---|---|"]
     for field in schema.VERIFICATION:
         lines.append(f"| `{field.name}` | {cell(str(field.type))} | {cell(schema.VERIFICATION_DOCS[field.name])} |")
+    lines += ["", f"## `{schema.DUPLICATES_FOLDER}`", "",
+              "Written by `audit duplicates` (and by report, check, diff and verify the first time they count "
+              "copies), never by the scan itself: whole files beside a settings.json that names the scan's parts "
+              "they were computed from (a resumed scan's are computed again). `copies.parquet` holds one row per "
+              "image in a cluster of copies:", "", "| column | type | meaning |", "|---|---|---|"]
+    for field in schema.DUPLICATES:
+        lines.append(f"| `{field.name}` | {cell(str(field.type))} | {cell(schema.DUPLICATES_DOCS[field.name])} |")
+    lines += ["", "`leaks.parquet` one row per image with a copy on the other side of a split or in another scan:",
+              "", "| column | type | meaning |", "|---|---|---|"]
+    for field in schema.LEAKS:
+        lines.append(f"| `{field.name}` | {cell(str(field.type))} | {cell(schema.LEAKS_DOCS[field.name])} |")
     return "\n".join(lines) + "\n"
 
 
