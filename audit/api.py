@@ -350,6 +350,7 @@ def verify(scan_dir: str | os.PathLike, *, group_by: str | list[str] | None = No
     policy's): whether a cluster of copies counts once in the findings and their images."""
     from audit.analysis.associations import word_filter
     from audit.analysis.duplicates import check_mode, members_table, open_query
+    from audit.analysis.duplicates import header as copies_header
     from audit.analysis.verification import faithfulness_summary, grounding_summary
     from audit.outputs.verification import VerificationSummary
     from audit.scanner.verify import BLANK, run_verify
@@ -386,7 +387,8 @@ def verify(scan_dir: str | os.PathLike, *, group_by: str | list[str] | None = No
                pretrained=pretrained, device=device, overwrite=overwrite, quiet=quiet,
                copy_members=None if q.copies is None else members_table(q.copies))
     rows = Scan(scan_dir).verification()
-    return VerificationSummary(faithfulness_summary(rows), grounding_summary(rows, fdr), BLANK)
+    return VerificationSummary(faithfulness_summary(rows), grounding_summary(rows, fdr), BLANK,
+                               copies_header(q.copies, copies))
 
 
 TILE = 256  # width of an explain tile in pixels

@@ -240,6 +240,19 @@ def test_the_report_counts_copies_once_and_shows_them(case):
     assert "new copies: collapsed (" in diff.text()
 
 
+def test_verify_grounds_the_findings_the_statistics_counted(case):
+    """With the copies kept, 'purple' with north is a finding and its images are verified; collapsed, it is not
+    one, and the summary says how copies were counted."""
+    scans, _ = case
+    kw = dict(group_by="label", faithfulness_images=0, grounding_images=2, random_draws=2, min_count=3, quiet=True,
+              device="cpu")
+    kept = audit.verify(scans[25], copies="keep", **kw)
+    assert "purple" in set(kept.grounding.word) and "Copies: kept" in kept.text()
+    collapsed = audit.verify(scans[25], overwrite=True, **kw)
+    assert "purple" not in set(collapsed.grounding.word)
+    assert json.loads(collapsed.to_json())["copies"].startswith("copies: collapsed (")
+
+
 def test_the_policy_rules_on_copies_and_leaks_fail_with_a_clear_message(photos, tmp_path):
     root, scans = photos
     policy = tmp_path / "p.toml"

@@ -640,8 +640,9 @@ def header(found: Copies | None, mode: str) -> str:
         return "copies: kept (every image counts, copies included)"
     if not found.collapsed:
         return f"copies: collapsed (no copies found among {found.images} images)"
-    return (f"copies: collapsed ({found.collapsed} of {found.images} images are copies in {found.clusters} "
-            "clusters; each cluster counts once per group)")
+    clusters = f"{found.clusters} cluster" + ("s" if found.clusters != 1 else "")
+    return (f"copies: collapsed ({found.collapsed} of {found.images} images are copies in {clusters}; each cluster "
+            "counts once per group)")
 
 
 def cache_clear() -> None:

@@ -13,7 +13,8 @@ def text(found: Copies, scan: str) -> str:
     rule = (f"pHash within {s['same_hash_distance']} bits, or within {s['max_hash_distance']} bits with embedding "
             f"cosine >= {s['min_cosine']}" + (f", or cosine >= {s['tight_cosine']}" if s.get("tight_cosine") else ""))
     lines = [f"audit duplicates: {scan}",
-             f"{found.images} images; {found.clusters} clusters of copies hold {len(found.copies)} of them: "
+             f"{found.images} images; {found.clusters} cluster{'s' if found.clusters != 1 else ''} of copies hold "
+             f"{len(found.copies)} of them: "
              f"{found.collapsed} ({percent(found.share)}) are copies of another image and count once when "
              "copies are collapsed",
              f"near copies: {rule}"]

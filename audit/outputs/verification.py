@@ -29,9 +29,10 @@ class VerificationSummary:
     faithfulness: pd.DataFrame  # analysis.verification.faithfulness_summary
     grounding: pd.DataFrame  # analysis.verification.grounding_summary
     blank: str  # what a blanked cell is filled with
+    copies: str | None = None  # how the findings counted copies (analysis.duplicates.header)
 
     def text(self) -> str:
-        lines = []
+        lines = [self.copies[0].upper() + self.copies[1:] + "."] if self.copies and len(self.grounding) else []
         if len(self.faithfulness):
             lines += [f"Faithfulness (deletion: lower is better; insertion: higher is better; {self.blank}):",
                       f"  {'method':<10} {'kind':<8} {'images':>6}  {'deletion (95% CI)':<22} insertion (95% CI)"]
@@ -52,7 +53,7 @@ class VerificationSummary:
         return "\n".join(lines) + "\n" if lines else "Nothing verified: no faithfulness sample and no --group-by.\n"
 
     def to_json(self) -> str:
-        return json.dumps({"blank": self.blank, "faithfulness": _records(self.faithfulness),
+        return json.dumps({"blank": self.blank, "copies": self.copies, "faithfulness": _records(self.faithfulness),
                            "findings": _records(self.grounding.rename(columns={"grp": "group"}))},
                           indent=2, ensure_ascii=False) + "\n"
 
