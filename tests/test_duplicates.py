@@ -93,6 +93,7 @@ def test_a_chain_of_near_neighbours_is_not_one_cluster():
         name = {f"img{i}": k for i, k in enumerate(order)}
         got = {frozenset(name[i] for i in c) for c in clusters_of(found)}
         assert got == {frozenset("abde")}, order
+        assert {name[r] for r in found.representative} == {"a"}, order  # the most copies, wherever it comes
     # A long chain (a burst of frames, 5 degrees apart): no cluster reaches past two steps from its representative.
     p = prints([unit(5 * k) for k in range(30)], [(k * 0x9E3779B97F4A7C15) % (1 << 63) for k in range(30)])
     found = find_copies(p, s)

@@ -338,23 +338,18 @@ def find_copies(p: Prints, settings: CopySettings) -> pd.DataFrame:
         i, j, cos, _ = copy_pairs(reps, reps, settings, same=True)
     else:  # near copies need embeddings: a pHash alone would call too many different pictures copies
         i, j, cos = np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
-    cluster_of = _clusters(reps, settings, i, j, cos)
+    cluster_of, leaders = _clusters(reps, settings, i, j, cos)
     sizes = np.bincount(node, minlength=len(first))
     clustered = (cluster_of >= 0) | (sizes > 1)
-    # A node with exact copies only is a cluster of its own.
-    next_id = cluster_of.max(initial=-1) + 1
+    # A node with exact copies only is a cluster of its own, represented by its first image.
     lone = np.flatnonzero((cluster_of < 0) & (sizes > 1))
-    cluster_of[lone] = next_id + np.arange(len(lone))
-    rep_node = {}
-    for n in np.flatnonzero(clustered):
-        c = cluster_of[n]
-        if c not in rep_node:  # _clusters numbers a cluster by its representative, which it visits first
-            rep_node[c] = n
+    cluster_of[lone] = len(leaders) + np.arange(len(lone))
+    leaders = np.concatenate([leaders, lone]).astype(np.int64)
     members = np.flatnonzero(clustered[node])
     if not len(members):
         return DUPLICATES.empty_table().to_pandas()
     c = cluster_of[node[members]]
-    rep = np.array([rep_node[x] for x in c], np.int64)
+    rep = leaders[c]
     rep_image = first[rep]
     kind = np.where(members == rep_image, REPRESENTATIVE, np.where(node[members] == rep, EXACT, NEAR))
     sim = _cosine(p, members, p, rep_image)
@@ -376,14 +371,17 @@ def _number(out: pd.DataFrame) -> pd.DataFrame:
     return out.sort_values(["cluster", "image_id"], ignore_index=True)
 
 
-def _clusters(p: Prints, s: CopySettings, i: np.ndarray, j: np.ndarray, cos: np.ndarray) -> np.ndarray:
+def _clusters(p: Prints, s: CopySettings, i: np.ndarray, j: np.ndarray, cos: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray]:
     """Each node's cluster (-1: none) from the confirmed pairs: a representative (most confirmed copies, ties by
     id) takes, best first, its copies and its copies' copies that are copies of it too (a copy's copies are
-    looked at because the neighbour search lists at most `neighbours` per image: a cluster can outgrow that)."""
+    looked at because the neighbour search lists at most `neighbours` per image: a cluster can outgrow that).
+    Returns each node's cluster and each cluster's representative node."""
     n = len(p)
     cluster = np.full(n, -1, np.int64)
+    chosen: list[int] = []
     if not len(i):
-        return cluster
+        return cluster, np.zeros(0, np.int64)
     a, b = np.concatenate([i, j]), np.concatenate([j, i])
     w = np.concatenate([cos, cos])
     order = np.lexsort((-np.nan_to_num(w, nan=-2), a))
@@ -411,8 +409,9 @@ def _clusters(p: Prints, s: CopySettings, i: np.ndarray, j: np.ndarray, cos: np.
                 members += more[ok].tolist()
         if len(members) > 1:
             cluster[np.array(members)] = next_id
+            chosen.append(int(leader))
             next_id += 1
-    return cluster
+    return cluster, np.array(chosen, np.int64)
 
 
 # ---- leaks ------------------------------------------------------------------------------------------------------
