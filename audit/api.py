@@ -14,8 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from audit.analysis import FDR, MIN_COUNT, MIN_RELATIVE_COSINE, PROCEDURE, STOP_WORDS
-from audit.analysis.duplicates import COPIES
+from audit.analysis import COPIES, FDR, MIN_COUNT, MIN_RELATIVE_COSINE, PROCEDURE, STOP_WORDS
 from audit.errors import AuditError
 from audit.outputs import TOP
 from audit.scanner.options import ScanOptions, VerifyOptions

@@ -14,8 +14,16 @@ from typing import Annotated, Literal, Optional
 
 import typer
 
-from audit.analysis import FDR, MIN_COUNT, MIN_RELATIVE_COSINE, PROCEDURE, PROCEDURES, STOP_WORDS
-from audit.analysis.duplicates import COPIES, COPIES_MODES
+from audit.analysis import (
+    COPIES,
+    COPIES_MODES,
+    FDR,
+    MIN_COUNT,
+    MIN_RELATIVE_COSINE,
+    PROCEDURE,
+    PROCEDURES,
+    STOP_WORDS,
+)
 from audit.demo.recipe import TrainOptions
 from audit.errors import AuditError
 from audit.outputs import TOP

@@ -24,3 +24,7 @@ PROCEDURE = "tarone-bh"
 # same false discovery rate.
 ALTERNATIVES = ("greater", "two-sided")
 ALTERNATIVE = "greater"
+# How every statistic counts copies (analysis.duplicates): "collapse" counts each cluster of exact or near copies
+# once (once in each group it spans), "keep" counts every image, as audit did before it found copies.
+COPIES_MODES = ("collapse", "keep")
+COPIES = "collapse"

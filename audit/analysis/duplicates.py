@@ -32,6 +32,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from audit.analysis import COPIES, COPIES_MODES
 from audit.errors import AuditError
 from audit.store.layout import committed_parts
 from audit.store.query import ScanQuery
@@ -40,8 +41,6 @@ from audit.store.schema import DUPLICATES, DUPLICATES_FOLDER, FINGERPRINTS_FOLDE
 
 log = logging.getLogger("audit.duplicates")
 
-COPIES_MODES = ("collapse", "keep")
-COPIES = "collapse"  # the default of every command that counts images: each cluster of copies counts once
 REPRESENTATIVE, EXACT, NEAR = "representative", "exact", "near"
 NO_HASH = 64  # the distance of a pair where either image has no fingerprint: never close
 # Below this many images the neighbours are found by exact search; above it by an inverted-file index whose

@@ -12,8 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from audit.analysis import FDR, MIN_COUNT, MIN_RELATIVE_COSINE, STOP_WORDS
-from audit.analysis.duplicates import COPIES, COPIES_MODES
+from audit.analysis import COPIES, COPIES_MODES, FDR, MIN_COUNT, MIN_RELATIVE_COSINE, STOP_WORDS
 from audit.errors import AuditError
 from audit.policy.base import LEVELS, ParseContext, Policy, Rule, Table, entries
 from audit.policy.kinds import KINDS
