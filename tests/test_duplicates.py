@@ -172,6 +172,9 @@ def test_the_duplicates_command_prints_a_summary_and_writes_json(photos, tmp_pat
     assert summary["collapsed"] == 2 and summary["settings"]["tight_cosine"] is None  # audit-tiny: off
     assert main(["duplicates", str(scans["a"]), "--split-by", "nope"]) == 2
     assert "unknown --split-by column 'nope'" in capsys.readouterr().err
+    assert main(["duplicates", str(scans["a"]), "--against", str(tmp_path / "gone")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is not an audit scan" in err
 
 
 def test_a_scan_without_embeddings_finds_exact_copies_and_says_near_copies_need_them(tmp_path):

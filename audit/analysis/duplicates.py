@@ -47,6 +47,7 @@ NO_HASH = 64  # the distance of a pair where either image has no fingerprint: ne
 # recall of copy pairs bench/duplicates.py measures against exact search.
 EXACT_SEARCH = 50_000
 SETTINGS_FILE = "settings.json"
+SAY_STAGES = 50_000  # from this many images on, the search says what it is doing (it takes a minute or more)
 FILES = {"copies": "copies.parquet", "leaks": "leaks.parquet"}
 # Models whose embeddings cannot tell two different images apart by a tight cosine (measured with
 # bench/duplicates.py: distinct demo scenes with the same shape, colour and background reach cosine 0.9996 under
@@ -493,18 +494,23 @@ def duplicates(scan_dir: str | os.PathLike, *, split_by: str | None = None, agai
             raise AuditError(f"unknown --split-by column {split_by!r}; the scan's image columns are "
                              + ", ".join(c for c in have if c not in ("image_id", "path")))
         columns = (split_by,)
+    others = [Scan(other) for other in against or []]  # a missing scan is said before the work, not after
+    say = log.info if scan.table("images").num_rows >= SAY_STAGES else log.debug
+    say(f"audit duplicates: reading the fingerprints and embeddings of {scan.root}")
     p = read_prints(scan, columns)
+    say(f"audit duplicates: {len(p)} images; searching each one's {settings.neighbours} nearest neighbours "
+        f"({'exact search' if len(p) <= EXACT_SEARCH else 'an inverted-file index'})")
     copies = find_copies(p, settings)
+    say(f"audit duplicates: {len(copies)} images in clusters of copies")
     leak_frames, found_notes = [], []
     if split_by is not None:
         leak_frames.append(split_leaks(copies, pd.Series(p.extra[split_by].to_numpy(), index=p.ids)))
-    for other in against or []:
-        other_scan = Scan(other)
+    for other, other_scan in zip(against or [], others, strict=True):
         if other_scan.settings.get("model") != scan.settings.get("model"):
-            found_notes = [f"{other} was scanned with {other_scan.settings.get('model')}, this scan with "
-                           f"{scan.settings.get('model')}: copies there are found by their pixels and pHashes alone"]
-        else:
-            found_notes = []
+            found_notes.append(f"{other} was scanned with {other_scan.settings.get('model')}, this scan with "
+                               f"{scan.settings.get('model')}: copies there are found by their pixels and pHashes "
+                               "alone")
+        say(f"audit duplicates: looking for this scan's images in {other}")
         leak_frames.append(scan_leaks(p, read_prints(other_scan), str(other), settings))
     leaks = pd.concat(leak_frames, ignore_index=True) if leak_frames else LEAKS.empty_table().to_pandas()
     found = Copies(copies, leaks, len(p), asdict(settings), notes_for(p) + (found_notes if against else []), split_by,
