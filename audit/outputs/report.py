@@ -173,12 +173,17 @@ def _copies_view(q: ScanQuery, group_by: list[str], preprocess: dict) -> dict | 
     found = q.copies
     if found is None:
         return None
-    paths = q.df("SELECT image_id, path FROM all_images").set_index("image_id").path
+    largest = found.cluster_sizes().head(COPY_CLUSTERS)
+    shown = (found.copies[found.copies.cluster.isin(largest.cluster)]
+             .sort_values(["cluster", "kind"], key=lambda k: k != "representative" if k.name == "kind" else k)
+             .groupby("cluster").head(COPY_THUMBS))
+    paths = q.df("SELECT image_id, path FROM all_images WHERE image_id IN (SELECT unnest(?::VARCHAR[]))",
+                 [list(shown.image_id)]).set_index("image_id").path
     clusters = []
-    for r in found.cluster_sizes().head(COPY_CLUSTERS).itertuples():
-        members = found.copies[found.copies.cluster == r.cluster].sort_values("kind", key=lambda k: k != "representative")
+    for r in largest.itertuples():
+        members = shown[shown.cluster == r.cluster]
         thumbs = [{"id": m.image_id, "kind": m.kind, "src": _thumbnail(paths.get(m.image_id, ""), None, 0, 0, preprocess)}
-                  for m in members.head(COPY_THUMBS).itertuples()]
+                  for m in members.itertuples()]
         clusters.append({"cluster": int(r.cluster), "representative": r.representative, "size": int(r.size),
                          "exact": int(r.exact), "near": int(r.near), "thumbs": thumbs})
     conflicts = []
