@@ -12,12 +12,12 @@ written as a scan's tables: the search's wall time and peak memory, and the reca
 copy pairs against exact search on a sample.
 
 case: issue #42's copies case (150 unbiased demo scenes, north and south alternating, plus 25 near copies of one
-north image), scanned with audit-demo at the demo's settings: the watch rule's verdict with --copies keep and
-collapse, with and without the copies (slow: about six minutes on a 2-core CPU).
+north image), scanned with audit-demo (concepts, seconds; or --opinion ascent at the demo's settings, about six
+minutes a scan): the watch rule's verdict with --copies keep and collapse, with and without the copies.
 
     .venv/bin/python bench/duplicates.py quality [--models audit-demo audit-tiny]
     .venv/bin/python bench/duplicates.py scale [--images 1000000] [--sample 100000]
-    .venv/bin/python bench/duplicates.py case
+    .venv/bin/python bench/duplicates.py case [--opinion concepts|ascent]
 """
 
 from __future__ import annotations
@@ -295,20 +295,23 @@ def run_scale(n: int, sample: int, work: Path) -> None:
           f"recall {len(exact & approx) / max(len(exact), 1):.4f} (exact search is used up to {EXACT_SEARCH} images)")
 
 
-def run_case(work: Path) -> None:
+def run_case(work: Path, opinion: str) -> None:
     from audit.demo import DEMO_SETTINGS
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from tests.copies_case import POLICY, make_case
 
     policy = work / "policy.toml"
-    policy.write_text(POLICY, encoding="utf-8")
+    kind = 'kind = "concept"\n' if opinion == "concepts" else ""
+    policy.write_text(POLICY.replace("words = ", kind + "words = "), encoding="utf-8")
     for copies in (25, 0):
         manifest = make_case(work / f"data-{copies}", copies)
         scan = work / f"scan-{copies}"
         t0 = time.perf_counter()
-        audit.scan(manifest, scan, model="audit-demo", workers=0, quiet=True, **DEMO_SETTINGS)
-        print(f"\n{'with' if copies else 'without'} the {copies or 25} copies (scan {time.perf_counter() - t0:.0f} s)")
+        settings = DEMO_SETTINGS if opinion == "ascent" else {}
+        audit.scan(manifest, scan, model="audit-demo", opinion=opinion, workers=0, quiet=True, overwrite=True,
+                   **settings)
+        print(f"\n{'with' if copies else 'without'} the 25 copies ({opinion}; scan {time.perf_counter() - t0:.0f} s)")
         for mode in ("keep", "collapse"):
             out = audit.check(scan, policy, copies=mode)
             print(f"  --copies {mode}: exit {out.exit_code}; {out.rules[0].summary}")
@@ -321,6 +324,8 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=1_000_000)
     ap.add_argument("--sample", type=int, default=100_000)
     ap.add_argument("--work", type=Path, default=None)
+    ap.add_argument("--opinion", choices=("concepts", "ascent"), default="concepts",
+                    help="case: the words the watch rule reads (ascent: the demo's settings, minutes a scan)")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = a.work or Path(tmp)
@@ -330,7 +335,7 @@ def main() -> None:
         elif a.what == "scale":
             run_scale(a.images, a.sample, work)
         else:
-            run_case(work)
+            run_case(work, a.opinion)
 
 
 if __name__ == "__main__":
