@@ -647,7 +647,3 @@ def header(found: Copies | None, mode: str) -> str:
     clusters = f"{found.clusters} cluster" + ("s" if found.clusters != 1 else "")
     return (f"copies: collapsed ({found.collapsed} of {found.images} images are copies in {clusters}; each cluster "
             "counts once per group)")
-
-
-def cache_clear() -> None:
-    _MEMORY.clear()
