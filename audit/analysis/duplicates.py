@@ -157,19 +157,21 @@ class Prints:
         return len(self.ids)
 
 
-def read_prints(scan: Scan, columns: tuple[str, ...] = ()) -> Prints:
-    images = scan.table("images").select(["image_id", "pixel_sha256", "phash", "phash_mirror", *columns]).to_pandas()
+def read_prints(scan: Scan, columns: tuple[str, ...] = (), images: pa.Table | None = None) -> Prints:
+    """`images`: the scan's images table when the caller has read it already."""
+    images = scan.table("images") if images is None else images
+    images = images.select(["image_id", "pixel_sha256", "phash", "phash_mirror", *columns]).to_pandas()
     images = images.sort_values("image_id", ignore_index=True)
     taken_later = scan.root / FINGERPRINTS_FOLDER / "fingerprints.parquet"
     if taken_later.exists() and images.phash.isna().any():  # an older scan, fingerprinted by `audit duplicates`
         later = pq.read_table(taken_later).to_pandas().set_index("image_id")
         for name in ("pixel_sha256", "phash", "phash_mirror"):
             images[name] = images[name].fillna(images.image_id.map(later[name]))
+    # No pHash: an image without structure (sources.fingerprint.FLAT), or one scanned before fingerprints.
     has = images.phash.notna().to_numpy()
     ph = images.phash.fillna(0).astype(np.int64).to_numpy()
     mi = images.phash_mirror.fillna(0).astype(np.int64).to_numpy()
     sha = images.pixel_sha256.astype(object).where(images.pixel_sha256.notna(), None).to_numpy()
-    # No pHash: an image without structure (sources.fingerprint.FLAT), or one scanned before fingerprints.
     vectors = None
     if scan.files("embeddings"):
         pos = pd.Index(images.image_id)
@@ -487,17 +489,12 @@ def duplicates(scan_dir: str | os.PathLike, *, split_by: str | None = None, agai
     scan-dir/duplicates/ unless `store` is False or the folder cannot be written."""
     scan = Scan(scan_dir)
     settings = settings or CopySettings.for_model(scan.settings.get("model"))
-    columns = ()
-    if split_by is not None:
-        have = scan.table("images").column_names
-        if split_by not in have:
-            raise AuditError(f"unknown --split-by column {split_by!r}; the scan's image columns are "
-                             + ", ".join(c for c in have if c not in ("image_id", "path")))
-        columns = (split_by,)
+    images = scan.table("images")
+    columns = () if split_by is None else (check_split_column(images, split_by, "--split-by column"),)
     others = [Scan(other) for other in against or []]  # a missing scan is said before the work, not after
-    say = log.info if scan.table("images").num_rows >= SAY_STAGES else log.debug
+    say = log.info if images.num_rows >= SAY_STAGES else log.debug
     say(f"audit duplicates: reading the fingerprints and embeddings of {scan.root}")
-    p = read_prints(scan, columns)
+    p = read_prints(scan, columns, images)
     say(f"audit duplicates: {len(p)} images; searching each one's {settings.neighbours} nearest neighbours "
         f"({'exact search' if len(p) <= EXACT_SEARCH else 'an inverted-file index'})")
     copies = find_copies(p, settings)
@@ -513,7 +510,7 @@ def duplicates(scan_dir: str | os.PathLike, *, split_by: str | None = None, agai
         say(f"audit duplicates: looking for this scan's images in {other}")
         leak_frames.append(scan_leaks(p, read_prints(other_scan), str(other), settings))
     leaks = pd.concat(leak_frames, ignore_index=True) if leak_frames else LEAKS.empty_table().to_pandas()
-    found = Copies(copies, leaks, len(p), asdict(settings), notes_for(p) + (found_notes if against else []), split_by,
+    found = Copies(copies, leaks, len(p), asdict(settings), notes_for(p) + found_notes, split_by,
                    [str(a) for a in against or []])
     if store:
         save(scan, found)
@@ -581,15 +578,22 @@ def copies_of(scan: Scan) -> Copies:
     return _MEMORY[key]
 
 
+def check_split_column(images: pa.Table, column: str, what: str) -> str:
+    """`column` if the images table has it; else an AuditError that lists the columns it has."""
+    if column not in images.column_names:
+        raise AuditError(f"unknown {what} {column!r}; the scan's image columns are "
+                         + ", ".join(c for c in images.column_names if c not in ("image_id", "path")))
+    return column
+
+
 def leaks_of(scan: Scan, split_by: str | None, against: list[str]) -> pd.DataFrame:
     """The leaks (LEAKS rows) of a scan across the values of `split_by` and into each scan of `against`, from
     its copies (stored or computed) and the other scans' stored rows."""
     frames = []
     if split_by is not None:
-        have = scan.table("images").column_names
-        if split_by not in have:
-            raise AuditError(f"unknown split column {split_by!r}; the scan's image columns are " + ", ".join(have))
-        splits = scan.table("images").select(["image_id", split_by]).to_pandas().set_index("image_id")[split_by]
+        images = scan.table("images")
+        check_split_column(images, split_by, "split column")
+        splits = images.select(["image_id", split_by]).to_pandas().set_index("image_id")[split_by]
         frames.append(split_leaks(copies_of(scan).copies, splits))
     if against:
         p = read_prints(scan)
