@@ -440,7 +440,6 @@ def split_leaks(copies: pd.DataFrame, splits: pd.Series) -> pd.DataFrame:
 
 def scan_leaks(p: Prints, other: Prints, where: str, settings: CopySettings) -> pd.DataFrame:
     """Each image of p with a copy in another scan: exact by pixels, else its closest confirmed near copy."""
-    rows = []
     by_sha = pd.Series(np.arange(len(other)), index=other.sha).groupby(level=0).first() if len(other) else None
     exact = np.full(len(p), -1, np.int64)
     if by_sha is not None:
@@ -449,16 +448,16 @@ def scan_leaks(p: Prints, other: Prints, where: str, settings: CopySettings) -> 
         exact[np.flatnonzero(known)[hit >= 0]] = by_sha.to_numpy()[hit[hit >= 0]]
     i, j, cos, dist = copy_pairs(p, other, settings, same=False)
     ok = exact[i] < 0
-    best = pd.DataFrame({"i": i[ok], "j": j[ok], "cos": cos[ok], "d": dist[ok]}).sort_values(
+    near = pd.DataFrame({"i": i[ok], "j": j[ok], "cos": cos[ok], "d": dist[ok]}).sort_values(
         ["i", "cos", "j"], ascending=[True, False, True]).drop_duplicates("i")
-    for x in np.flatnonzero(exact >= 0):
-        y = exact[x]
-        rows.append((p.ids[x], "this scan", where, other.ids[y], EXACT,
-                     1.0 if p.vectors is not None else np.nan, _hash_distance(p, np.array([x]), other, np.array([y]))[0]))
-    for r in best.itertuples():
-        rows.append((p.ids[r.i], "this scan", where, other.ids[r.j], NEAR, r.cos, r.d))
-    out = pd.DataFrame(rows, columns=LEAKS.names)
-    out.loc[out.hash_distance == NO_HASH, "hash_distance"] = pd.NA
+    x = np.flatnonzero(exact >= 0)
+    parts = [(x, exact[x], EXACT, np.full(len(x), 1.0 if p.vectors is not None else np.nan),
+              _hash_distance(p, x, other, exact[x])),
+             (near.i.to_numpy(), near.j.to_numpy(), NEAR, near.cos.to_numpy(), near.d.to_numpy())]
+    out = pd.concat([pd.DataFrame({"image_id": p.ids[a], "side": "this scan", "other_side": where,
+                                   "other_image_id": other.ids[b], "kind": kind, "similarity": sim,
+                                   "hash_distance": d}) for a, b, kind, sim, d in parts], ignore_index=True)
+    out["hash_distance"] = out.hash_distance.astype("Int16").mask(out.hash_distance == NO_HASH)
     return out.sort_values("image_id", ignore_index=True)
 
 
