@@ -265,8 +265,9 @@ def duplicates(scan_dir: str | os.PathLike, *, split_by: str | None = None,
     from audit.analysis.duplicates import CopySettings
     from audit.analysis.duplicates import duplicates as find
 
-    _fingerprint_older_scan(Scan(scan_dir))
-    settings = CopySettings.for_model(Scan(scan_dir).settings.get("model"), same_hash_distance=same_hash_distance,
+    scan = Scan(scan_dir)
+    _fingerprint_older_scan(scan)
+    settings = CopySettings.for_model(scan.settings.get("model"), same_hash_distance=same_hash_distance,
                                       max_hash_distance=max_hash_distance, min_cosine=min_cosine,
                                       tight_cosine=tight_cosine, neighbours=neighbours)
     return find(scan_dir, split_by=split_by, against=[str(a) for a in against or []], settings=settings)
@@ -373,7 +374,8 @@ def verify(scan_dir: str | os.PathLike, *, group_by: str | list[str] | None = No
         raise AuditError("words_per_kind, steps, random_orders and random_draws must be at least 1")
     words = word_filter(str(stop_words), min_relative_cosine)
     findings = []
-    q = open_query(scan_dir, copies, columns)
+    # Copies matter to the findings alone: a faithfulness-only run does not look for them (minutes at a million).
+    q = open_query(scan_dir, copies if columns else "keep", columns)
     if columns:
         from audit.analysis.associations import associations
         from audit.store.schema import ASCENT, CONCEPT
@@ -387,7 +389,7 @@ def verify(scan_dir: str | os.PathLike, *, group_by: str | list[str] | None = No
                copy_members=None if q.copies is None else members_table(q.copies))
     rows = Scan(scan_dir).verification()
     return VerificationSummary(faithfulness_summary(rows), grounding_summary(rows, fdr), BLANK,
-                               copies_header(q.copies, copies))
+                               copies_header(q.copies, copies) if columns else None)
 
 
 TILE = 256  # width of an explain tile in pixels
