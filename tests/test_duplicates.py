@@ -153,6 +153,9 @@ def test_a_scan_stores_fingerprints_and_finds_exact_and_near_copies(photos):
     leaks = found.leak_counts().set_index(["side", "other_side"]).images.to_dict()
     assert leaks == {("test", "train"): 1, ("train", "test"): 1}
     assert (scans["a"] / "duplicates" / "copies.parquet").exists()
+    html = audit.report(scans["a"], "label", min_count=1).html
+    conflicts = html.split('id="copy-conflicts"')[1].split("</table>")[0]  # p1 is in train and in test
+    assert "test, train" in conflicts and conflicts.count("<tr>") == 2
 
 
 def test_leaks_into_another_scan(photos):

@@ -40,7 +40,7 @@ from audit.outputs.files import write_text
 from audit.outputs.html import environment
 from audit.outputs.overlay import overlay
 from audit.sources.decode import DecodeError, fit, open_rgb
-from audit.store.query import ScanQuery
+from audit.store.query import MISSING_GROUP, ScanQuery
 from audit.store.schema import ASCENT, CONCEPT, PROBE
 
 THUMB = 112
@@ -190,7 +190,8 @@ def _copies_view(q: ScanQuery, group_by: list[str], preprocess: dict) -> dict | 
     if len(found.copies):
         for column in group_by:
             g = q.check_group_column(column)
-            groups = q.df(f"SELECT image_id, coalesce(CAST({g} AS VARCHAR), '(missing)') AS grp FROM all_images")
+            groups = q.df(f"SELECT image_id, coalesce(CAST({g} AS VARCHAR), ?) AS grp FROM all_images "
+                          "WHERE image_id IN (SELECT image_id FROM copy_members)", [MISSING_GROUP])
             m = found.copies.merge(groups, on="image_id")
             spans = m.groupby("cluster").grp.agg(lambda v: sorted(set(v)))
             for cluster, values in spans[spans.map(len) > 1].items():
@@ -291,11 +292,12 @@ def render_report(scan_dir: str | os.PathLike, group_by: list[str], *, min_count
     if min_count < 1 or top < 1:
         raise AuditError("--min-count and --top must be at least 1")
     q = open_query(scan_dir, "keep", group_by)
-    if int(q.scalar("SELECT count(*) FROM all_images")) == 0:
+    scanned = int(q.scalar("SELECT count(*) FROM all_images"))
+    if scanned == 0:
         raise AuditError(f"{scan_dir} holds no scanned images; nothing to report (run `audit scan` first)")
     q = collapse(q, copies)  # once every mistake is said: looking for copies may take a while, and says so
     counts = q.counts()
-    counts["all_images"] = int(q.scalar("SELECT count(*) FROM all_images"))
+    counts["all_images"] = scanned
     counts["internal"] = q.internal_errors()
     config = q.scan.config
     runs = config.get("runs", [])
