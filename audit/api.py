@@ -80,6 +80,7 @@ def scan(source: str | os.PathLike, out: str | os.PathLike, *,
          commit_every: float = _D.commit_every,
          kernel: str = _D.kernel,
          triton_tiles: str | None = _D.triton_tiles,
+         precision: str = _D.precision,
          quiet: bool = _D.quiet) -> Scan:
     """Scan a dataset into the scan directory `out`, resuming what is there; returns a handle that reads the
     tables back. `source` is an image folder, a manifest, WebDataset shards, a Parquet file of image bytes or a
@@ -107,7 +108,7 @@ def scan(source: str | os.PathLike, out: str | os.PathLike, *,
                     engine=engine, ray_address=ray_address, retry_errors=retry_errors,
                     commit_every=commit_every, kernel=env_kernel() if kernel == "auto" else kernel,
                     triton_tiles=os.environ.get("AUDIT_TRITON_TILES") or None if triton_tiles is None else triton_tiles,
-                    quiet=quiet)
+                    precision=precision, quiet=quiet)
 
 
 def env_kernel() -> str:

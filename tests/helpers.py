@@ -5,8 +5,11 @@ from PIL import Image
 import audit
 from audit.store.schema import TABLES
 
-# Small ascent settings: enough steps to exercise tracking of the best sequences, seconds on a CPU.
-FAST = dict(model="audit-tiny", pretrained="none", steps=3, candidates=4, views=4, workers=0, quiet=True)
+# Small ascent settings: enough steps to exercise tracking of the best sequences, seconds on a CPU. In float32,
+# so that the mechanics tests compare values to float noise on any CPU (bfloat16 has tests of its own:
+# test_precision.py; the demo's scans run at the default, auto).
+FAST = dict(model="audit-tiny", pretrained="none", steps=3, candidates=4, views=4, workers=0, quiet=True,
+            precision="float32")
 
 
 def save_noise(path, size=(48, 40), seed=0, mode="RGB"):

@@ -36,6 +36,7 @@ def by_pair(scan) -> "np.ndarray":
 def test_stored_embeddings_are_the_image_towers_features(odd_folder, tmp_path, tiny):
     """Recomputed from the scan's own preprocessing: float16 within its rounding, float32 within float noise;
     --embeddings none stores none."""
+    from audit.scanner.device import autocast
     from audit.scanner.encoders import Towers
     from audit.scanner.loader import to_model_input
     from audit.sources.decode import decode
@@ -50,8 +51,8 @@ def test_stored_embeddings_are_the_image_towers_features(odd_folder, tmp_path, t
     ids, stored16 = half.embeddings()
     paths = half.images().set_index("image_id").path
     pixels = torch.stack([to_model_input(decode(paths[i], pre, None).pixels, mean, std) for i in ids])
-    with torch.no_grad():
-        want = towers.encode_images(pixels).float().numpy()
+    with torch.no_grad(), autocast(towers.device, half.settings["precision"]):  # as the scan encoded them
+        want = towers.embed_images(pixels).float().numpy()
     assert stored16.dtype == np.float32 and stored16.shape == want.shape == (7, want.shape[1])
     assert np.allclose(stored16, want, rtol=1e-3, atol=1e-3) and not np.array_equal(stored16, want)
     ids32, stored32 = full.embeddings()

@@ -141,7 +141,7 @@ def test_sigkill_during_a_retry_then_resume(dataset, tmp_path, kill_after_new_pa
     before = count_parts(out)
     argv = [sys.executable, "-m", "audit.cli", "scan", str(dataset), "--out", str(out), "--model", "audit-tiny",
             "--pretrained", "none", "--steps", str(FAST["steps"]), "--candidates", str(FAST["candidates"]),
-            "--views", str(FAST["views"]), "--workers", "0", "--batch-size", "1", "--retry-errors", "--commit-every", "0", "-q"]
+            "--views", str(FAST["views"]), "--precision", FAST["precision"], "--workers", "0", "--batch-size", "1", "--retry-errors", "--commit-every", "0", "-q"]
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     while proc.poll() is None and time.monotonic() < deadline:

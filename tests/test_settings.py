@@ -118,9 +118,12 @@ def test_settings_of_audit_0_2_are_read_in_this_form():
                                                "opinions": ["probes"]}
     both = {**shared, **ascent, **concepts, "ascent": True, "opinion": "both", "probe_words": []}
     on_gpu = stored_settings.upgrade(both, [{"device": "cuda:0"}])
+    # And the precision: bfloat16 autocast on CUDA, float32 elsewhere, before --precision existed.
     assert on_gpu == {**shared, **ascent, **concepts, "vocabulary": "tokens:abc", "kernel": "compile",
-                      "opinions": ["ascent", "concepts"]}
-    assert stored_settings.upgrade(both, [{"device": "cpu"}])["kernel"] == "eager"
+                      "opinions": ["ascent", "concepts"], "precision": "bfloat16"}
+    on_cpu = stored_settings.upgrade(both, [{"device": "cpu"}])
+    assert on_cpu["kernel"] == "eager" and on_cpu["precision"] == "float32"
+    assert "precision" not in stored_settings.upgrade(both)  # no run recorded: unknown
     # Version 1 knew neither opinion nor refine_words: an ascent with the swaps to any token.
     v1 = {**shared, **{k: v for k, v in ascent.items() if k != "refine_words"}, "ascent": True, "probe_words": []}
     assert stored_settings.upgrade(v1)["refine_words"] is False

@@ -34,7 +34,7 @@ from audit.store.schema import PROBE, embedding_values
 log = logging.getLogger("audit.ask")
 # The source's settings an asked scan keeps: whatever shaped its model and where its maps look.
 KEPT = ("model", "pretrained", "weights_sha256", "seed", "start_layer", "start_layer_text", "heatmap",
-        "occlusion_window", "legrad_layers")
+        "occlusion_window", "legrad_layers", "precision")
 HEATMAP_IMAGES = 16  # images read again and mapped together with --heatmaps
 IMAGES_PER_UNIT = 16_384  # source images read (and written as one part) at a time, at most
 ROWS_PER_UNIT = 2_000_000  # and fewer with many words: a unit's rows (images times words) are held twice (one written)
@@ -92,6 +92,8 @@ class _Probes:
             self.params = method_params(source.settings)[self.method]
             check_method(towers, self.method, self.params)
             self.chunk = relevancy_chunk(towers, towers.device)
+            # The scan's own arithmetic, so an asked word's heatmap is drawn as the scan would have drawn it.
+            self.precision = source.settings.get("precision", "float32")
 
     def answer(self, images: pa.Table, embeddings: np.ndarray) -> dict[str, pa.Table]:
         cos = probe_cosines(torch.from_numpy(embeddings), self.texts)
@@ -104,6 +106,7 @@ class _Probes:
     def _maps(self, images: pa.Table) -> pa.Table | None:
         """Relevancy maps of every asked word on the images (read again, HEATMAP_IMAGES at a time), as the scan
         draws them: the bare word, the scan's method and settings. An image that cannot be read gets none."""
+        from audit.scanner.device import autocast
         from audit.scanner.heatmap_stats import heatmap_columns
         from audit.scanner.loader import to_model_input
         from audit.scanner.relevancy import relevancy
@@ -132,8 +135,9 @@ class _Probes:
             if not ids:
                 continue
             pair_image = torch.arange(len(ids)).repeat_interleave(len(words))
-            rel = relevancy(self.towers, torch.stack(pixels).to(self.towers.device), pair_image, words * len(ids),
-                            self.method, self.chunk, **self.params)
+            with autocast(self.towers.device, self.precision):
+                rel = relevancy(self.towers, torch.stack(pixels).to(self.towers.device), pair_image,
+                                words * len(ids), self.method, self.chunk, **self.params)
             tables.append(pa.table(heatmap_columns([i for i in ids for _ in words], [PROBE] * len(pair_image),
                                                    words * len(ids), rel, np.repeat(np.array(boxes), len(words),
                                                                                     axis=0), self.towers.grid_size)))

@@ -7,8 +7,9 @@ modality gap) and only what sets one image (or word) apart from the others is wo
 - texts by the mean of the normalized embeddings of the model's default vocabulary (vocabulary.text_mean), the
   same whatever vocabulary a scan uses;
 - images by a mean fixed before the scan starts (--concept-mean): "dataset", the mean of the first
-  MEAN_IMAGES readable images of the scanned source in the source's own order, computed once and stored in
-  scan.json, so that a resume, another batch size or another engine uses the very same vector; a file (.npy,
+  MEAN_IMAGES readable images of the scanned source in the source's own order, computed once by the scan's
+  first pass (audit.scanner.first_pass, whose embeddings the scan then reuses) and stored in scan.json, so that
+  a resume, another batch size or another engine uses the very same vector; a file (.npy,
   one vector); or the stored mean of another scan directory (snapshots that will be compared should share one).
   "none" centres neither side.
 Each centred embedding is normalized again, then each image is solved on its own (audit.scanner.sparse_solve):
@@ -100,40 +101,10 @@ def read_mean(spec: str) -> ImageMean | None:
     return ImageMean(vector, f"file:{path.name}")
 
 
-@torch.no_grad()
-def dataset_mean(towers, records, decoder, autocast, limit: int = MEAN_IMAGES) -> ImageMean:
-    """The mean of the normalized embeddings of the first `limit` readable images of `records` (in order)."""
-    total = None
-    seen = 0
-    chunk: list[torch.Tensor] = []
-
-    def flush() -> None:
-        nonlocal total
-        x = torch.stack(chunk).to(towers.device)
-        with autocast(towers.device):
-            feats = towers.encode_images(x)
-        part = F.normalize(feats.float(), dim=-1).sum(0).double().cpu()
-        total = part if total is None else total + part
-        chunk.clear()
-
-    for rec in records:
-        item = decoder(rec, seen)
-        if item["error"] is not None:
-            continue
-        chunk.append(item["pixels"])
-        seen += 1
-        if len(chunk) == MEAN_CHUNK:
-            flush()
-        if seen >= limit:
-            break
-    if chunk:
-        flush()
-    if total is None:
-        raise AuditError("--concept-mean dataset: no readable image in the source to average")
-    if seen < 16:
-        log.warning(f"audit scan: the concept decomposition is centred by the mean of only {seen} image(s), which "
+def warn_small_mean(images: int) -> None:
+    if images < 16:
+        log.warning(f"audit scan: the concept decomposition is centred by the mean of only {images} image(s), which "
                     "removes most of what they share; pass --concept-mean with a larger scan or a .npy mean")
-    return ImageMean((total / seen).float().numpy(), "dataset", seen)
 
 
 class Decomposition:
@@ -169,6 +140,12 @@ class Decomposition:
     def __call__(self, feats: torch.Tensor) -> tuple[list[list[dict]], np.ndarray]:
         """Image features [B, D] -> per image its concepts (largest weight first, at most per_image), and the
         cosine of each image's reconstruction (all its weights) with its centred embedding [B]."""
+        # The solve in float32 under the scan's bfloat16 autocast, on purpose: its support and weights are what
+        # the statistics count, and a bfloat16 product inside it would move near-ties.
+        with torch.autocast(feats.device.type, enabled=False):
+            return self._solve(feats)
+
+    def _solve(self, feats: torch.Tensor) -> tuple[list[list[dict]], np.ndarray]:
         x = self.centred(feats)
         sol = nonneg_lasso(self.atoms, x, self.settings.l1)
         recon = torch.bmm(sol.weights[:, None, :], self.atoms[sol.atoms])[:, 0]

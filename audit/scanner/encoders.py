@@ -16,6 +16,9 @@ from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
 
 from audit.errors import AuditError
 
+# Images per image-tower pass of embed_images: a fixed shape (see there). 16 is the CPU scan's batch without an
+# ascent; a smaller batch pads up to it, which costs one pass of the image tower per batch, not per image.
+EMBED_CHUNK = 16
 
 def _text_parts(model):
     """The text tower's modules, whether they sit on the CLIP itself or on model.text."""
@@ -165,7 +168,11 @@ class Towers:
     # ---- vision -------------------------------------------------------------------------------------
     def vision_prefix(self, images: torch.Tensor, upto: int) -> torch.Tensor:
         """Hidden states after the first `upto` blocks."""
-        x = self.visual._embeds(images)
+        # In float32 under a bfloat16 autocast, on purpose: open_clip casts the class and position embeddings to
+        # the patch embedding's dtype, so a bfloat16 patch embedding would carry the whole residual stream in
+        # bfloat16. The stem is a few percent of the tower's work; the blocks' products still run in bfloat16.
+        with torch.autocast(images.device.type, enabled=False):
+            x = self.visual._embeds(images.float())
         for blk in self.vision_blocks[:upto]:
             x = blk(x)
         return x
@@ -185,8 +192,26 @@ class Towers:
         """The image features (unnormalized) of the last block's output [N, L, D]: pooled, normed, projected."""
         pooled, _ = self.visual._pool(x)
         if self.visual.proj is not None:
-            pooled = pooled @ self.visual.proj
+            # In float32 under a bfloat16 autocast, on purpose: a bfloat16 product would round every stored
+            # embedding to 8 bits of mantissa, and the rounding of each value would flip with the batch's shape
+            # (bench/cpu_precision.py). One [D, E] product per image: free beside the blocks.
+            with torch.autocast(x.device.type, enabled=False):
+                pooled = pooled.float() @ self.visual.proj.float()
         return pooled
+
+    def embed_images(self, images: torch.Tensor) -> torch.Tensor:
+        """encode_images in chunks of exactly EMBED_CHUNK images, the last one padded with blank images, so that
+        each image's embedding is the same, bit for bit, whatever batch it came in. A matrix product's blocking
+        follows its shape, and under bfloat16 one rounding flipped by it moved ViT-B-32's embedding values by up to
+        0.03 between batch sizes (2e-6 in float32); with one shape there is one blocking."""
+        n = images.shape[0]
+        out = []
+        for lo in range(0, n, EMBED_CHUNK):
+            part = images[lo:lo + EMBED_CHUNK]
+            if part.shape[0] < EMBED_CHUNK:
+                part = torch.cat([part, part.new_zeros((EMBED_CHUNK - part.shape[0], *part.shape[1:]))])
+            out.append(self.encode_images(part)[:min(EMBED_CHUNK, n - lo)])
+        return torch.cat(out) if out else self.encode_images(images)
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         return self.vision_suffix(self.vision_prefix(images, len(self.vision_blocks)), len(self.vision_blocks),

@@ -197,7 +197,9 @@ class FusedStep:
         self.vocab = self.shape[-1]
         self.rows_per_image = math.prod(self.shape[1:-1])
         # bf16 tensor-core dots on CUDA, as autocast makes the eager step's matmul there; fp32 on request (checks).
-        self.dot_bf16 = logits.device.type == "cuda" if dot_bf16 is None else dot_bf16
+        if dot_bf16 is None:  # the scan's --precision: bfloat16 is the autocast the step is built under
+            dot_bf16 = logits.device.type == "cuda" and torch.is_autocast_enabled("cuda")
+        self.dot_bf16 = dot_bf16
         # E is read once per program: stored in the dots' precision, it costs half the traffic in bf16.
         self.emb = emb.detach().to(torch.bfloat16 if self.dot_bf16 else torch.float32).contiguous()
         self.dim = self.emb.shape[1]

@@ -74,9 +74,10 @@ class ImageDataset(Dataset):
 
 class StreamDataset(IterableDataset):
     def __init__(self, source: Source, done: set[str], preprocess: dict,
-                 max_pixels: int | None = DEFAULT_MAX_PIXELS):
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS, taken: frozenset[str] = frozenset()):
         self.source = source
         self.done = done
+        self.taken = taken  # ids the scan read before the stream (its first pass): passed over, not "skipped"
         self.decoder = Decoder(preprocess, max_pixels)
 
     def _mine(self) -> Iterator[Record]:
@@ -95,6 +96,8 @@ class StreamDataset(IterableDataset):
         skipped: list[str] = []
         index = 0
         for rec in self._mine():
+            if rec.image_id in self.taken:
+                continue
             if rec.image_id in self.done:
                 skipped.append(rec.image_id)
                 if len(skipped) >= SKIPPED_PER_ITEM:

@@ -18,6 +18,7 @@ DEFAULT_PRETRAINED = "auto"
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb limit
 DEVICES = ("auto", "cpu", "cuda")  # and cuda:N
 ENGINES = ("local", "ray")
+PRECISIONS = ("auto", "float32", "bfloat16")  # --precision (device.resolve_precision); a setting, like the kernel
 KERNELS = ("auto", "eager", "compile", "triton")  # the ascent step's implementations (ascent.resolve_kernel)
 # ScanOptions fields that never change what a stored row says: where and how fast the scan runs, what it prints,
 # how the source is read (recorded in scan.json's "source"), and which files are refused as too large (error rows,
@@ -31,7 +32,7 @@ RUN_OPTIONS = ("device", "batch_size", "workers", "engine", "ray_address", "retr
 EMBEDDINGS = ("float16", "float32", "none")  # --embeddings: float16 halves the storage, within 1e-3 of float32
 # Settings of every scan, whatever its opinions; each opinion adds its own (audit.scanner.opinions).
 SHARED_SETTINGS = ("model", "pretrained", "seed", "start_layer", "start_layer_text", "heatmap", "occlusion_window",
-                   "legrad_layers", "opinion", "no_ascent")
+                   "legrad_layers", "opinion", "no_ascent", "precision")
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,9 @@ class ScanOptions:
     # The ascent step's implementation (KERNELS); "auto" is resolved per device when the scan is planned. The
     # command line and audit.scan() read AUDIT_KERNEL (and AUDIT_COMPILE=0) as its default.
     kernel: str = "auto"
+    # The per-image model work's arithmetic (PRECISIONS): "auto" is bfloat16 where the device computes it natively
+    # (CUDA with bf16, CPUs with AVX512-BF16 or AMX), else float32; resolved when the scan is planned and stored.
+    precision: str = "auto"
     triton_tiles: str | None = None  # --kernel triton: "rows,vocab,dim[,warps[,stages]]"; None: fused_step.Tiles()
     quiet: bool = False
 
@@ -161,6 +165,8 @@ class ScanOptions:
         self.opinions  # noqa: B018 - parses --opinion, raising its one-line error
         if self.embeddings not in EMBEDDINGS:
             raise AuditError(f"--embeddings must be one of {', '.join(EMBEDDINGS)}, not {self.embeddings!r}")
+        if self.precision not in PRECISIONS:
+            raise AuditError(f"--precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
         if self.kernel not in KERNELS:
             raise AuditError(f"--kernel must be one of {', '.join(KERNELS)}, not {self.kernel!r}")
         if self.triton_tiles is not None:
@@ -235,5 +241,5 @@ def check_tiles(text: str) -> None:
         raise AuditError(f"--triton-tiles {text!r}: rows, vocab and dim are powers of two of at least 16")
 
 
-__all__ = ["DEFAULT_MODEL", "DEVICES", "ENGINES", "KERNELS", "OPINIONS", "RUN_OPTIONS", "SHARED_SETTINGS",
+__all__ = ["DEFAULT_MODEL", "DEVICES", "ENGINES", "KERNELS", "OPINIONS", "PRECISIONS", "RUN_OPTIONS", "SHARED_SETTINGS",
            "SOURCE_KINDS", "ScanOptions", "VerifyOptions", "check_tiles", "parse_opinions"]

@@ -6,10 +6,12 @@ import dataclasses
 import datetime as _dt
 import functools
 import hashlib
+import itertools
 import logging
 import time
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import pyarrow as pa
 import torch
@@ -17,10 +19,11 @@ import torch
 from audit.errors import AuditError, internal_errors_note
 from audit.scanner import rng
 from audit.scanner.ascent import resolve_kernel
-from audit.scanner.device import autocast, resolve_device, tune_cpu_allocator
+from audit.scanner.device import autocast, resolve_device, resolve_precision, tune_cpu_allocator
 from audit.scanner.encoders import Towers
+from audit.scanner.first_pass import FirstPass, first_pass
 from audit.scanner.heatmap_stats import heatmap_columns
-from audit.scanner.loader import Batch, Decoder, StreamDataset, make_loader
+from audit.scanner.loader import Batch, StreamDataset, make_loader
 from audit.scanner.memory import cuda_batch_size, is_out_of_memory, release, relevancy_chunk
 from audit.scanner.models import load_model, resolve_weights, vocab_size, weights_identity
 from audit.scanner.opinions import OPINIONS, opinion_class
@@ -42,7 +45,8 @@ def _settings(opts: ScanOptions, weights: str | None, sha: str | None, planned: 
     ones in which two scans differ."""
     settings = {"model": opts.model, "pretrained": weights_identity(weights, sha), "weights_sha256": sha,
                 "seed": opts.seed, "start_layer": opts.start_layer, "start_layer_text": opts.start_layer_text,
-                "heatmap": opts.heatmap, "occlusion_window": opts.occlusion_window, "opinions": list(planned)}
+                "heatmap": opts.heatmap, "occlusion_window": opts.occlusion_window, "opinions": list(planned),
+                "precision": opts.precision}
     if opts.heatmap == "legrad":  # a setting only where LeGrad runs: scans made before it existed resume as they were
         settings["legrad_layers"] = opts.legrad_layers
     for name, inputs in planned.items():
@@ -72,8 +76,11 @@ class _BatchScanner:
     """Turns one loader batch into the rows of one unit of work: each chosen opinion's words, a relevancy heatmap
     for the words each opinion shows, and their statistics."""
 
-    def __init__(self, opts: ScanOptions, towers: Towers, meta_columns: list[str] | None, opinions: list):
+    def __init__(self, opts: ScanOptions, towers: Towers, meta_columns: list[str] | None, opinions: list,
+                 known: dict[str, torch.Tensor] | None = None):
         self.opts = opts
+        # Embeddings the first pass already computed, by image id: used once each, instead of a second forward.
+        self.known = dict(known or {})
         self.towers = towers
         self.meta_columns = meta_columns  # None: whatever each record carries (WebDataset JSON)
         self.opinions = opinions  # built Opinion objects, in the registry's order
@@ -101,6 +108,21 @@ class _BatchScanner:
             rows[col if col not in IMAGES.names else f"meta_{col}"] = [r.meta.get(col) for r in recs]
         return rows
 
+    def _known_features(self, recs: list[Record], images: torch.Tensor) -> torch.Tensor | None:
+        """The batch's embeddings where the first pass computed them (the rest encoded now), else None."""
+        if not self.known:
+            return None
+        found = [self.known.pop(r.image_id, None) for r in recs]
+        if all(f is None for f in found):
+            return None
+        missing = [i for i, f in enumerate(found) if f is None]
+        if missing:
+            with torch.no_grad(), autocast(self.towers.device, self.opts.precision):
+                fresh = self.towers.embed_images(images[missing])
+            for i, f in zip(missing, fresh, strict=True):
+                found[i] = f
+        return torch.stack([f.to(self.towers.device) for f in found])
+
     def run(self, batch: Batch) -> dict[str, pa.Table]:
         tables = {"errors": pa.table(self.error_rows(batch))}
         if not batch.indices:
@@ -109,8 +131,8 @@ class _BatchScanner:
         recs = batch.records
         images = batch.pixels.to(t.device, non_blocking=True)
         seeds = torch.tensor([rng.image_seed(self.opts.seed, r.image_id) for r in recs], device=t.device)
-        view = OpinionBatch(t, images, seeds)
-        with autocast(t.device):
+        view = OpinionBatch(t, images, seeds, self._known_features(recs, images))
+        with autocast(t.device, self.opts.precision):
             if self.opts.embeddings != "none":
                 view.features()  # under the same autocast as the opinions that read it: one vector for both
             found = [op.rows(view) for op in self.opinions]
@@ -191,6 +213,8 @@ class ScanPlan:
     batch_size: int  # before the model is loaded; on CUDA "auto" is sized from free memory in scan_pending
     settings: dict  # what the store compares on resume
     opinions: dict  # opinion name -> what its plan() read (probe words, a vocabulary), in the registry's order
+    requested_precision: str = "auto"  # what --precision said; opts.precision is what it resolved to
+    resumed_precision: bool = False  # `auto` kept the precision the scan directory began with
 
     @property
     def source_info(self) -> dict:
@@ -255,7 +279,9 @@ def plan_scan(source, out, opts: ScanOptions) -> ScanPlan:
                     "concepts instead")
     opts = opts.with_model_defaults()
     device = resolve_device(opts.device)
-    opts = dataclasses.replace(opts, kernel=resolve_kernel(opts.kernel, device))
+    requested, stored = opts.precision, _stored_precision(out, opts)
+    opts = dataclasses.replace(opts, kernel=resolve_kernel(opts.kernel, device),
+                               precision=resolve_precision(opts.precision, device, stored))
     batch_size = opts.resolved_batch_size(device, vocab_size(opts.model))
     if batch_size < 1:
         raise AuditError(f"--batch-size must be at least 1, not {batch_size}")
@@ -276,32 +302,56 @@ def plan_scan(source, out, opts: ScanOptions) -> ScanPlan:
                          if opts.no_ascent else "--opinion probes scores probe words: pass --words or --words-file")
     planned = {name: probes if name == "probes" else opinion_class(name).plan(opts)
                for name in OPINIONS if name in chosen}
-    return ScanPlan(str(out), opts, src, device, batch_size, _settings(opts, weights, sha, planned), planned)
+    return ScanPlan(str(out), opts, src, device, batch_size, _settings(opts, weights, sha, planned), planned,
+                    requested, requested == "auto" and stored is not None)
+
+
+def _stored_precision(out, opts: ScanOptions) -> str | None:
+    """The precision an earlier run of this scan directory used (what `auto` keeps on resume), if any."""
+    from audit.store.layout import CONFIG_FILE, read_config
+    from audit.store.settings import upgrade
+
+    if opts.overwrite or not (Path(out) / CONFIG_FILE).is_file():
+        return None
+    try:
+        config = read_config(Path(out))
+    except (AuditError, OSError, ValueError):
+        return None  # the writer says what is wrong with it
+    return upgrade(config.get("settings", {}), config.get("runs", [])).get("precision")
 
 
 class ScanSetup:
-    """What an opinion's before_scan may use: the scan directory's writer, the source, and the model (loaded on
-    first use, once)."""
+    """What an opinion's before_scan may use: the scan directory's writer, the source, the model (loaded on first
+    use, once) and the first pass over the source's first images (read on first use, once)."""
 
-    def __init__(self, plan: ScanPlan, writer: ScanWriter, loaded: tuple[Towers, dict] | None = None):
+    def __init__(self, plan: ScanPlan, writer: ScanWriter, loaded: tuple[Towers, dict] | None = None,
+                 keep_batches: bool = False):
         self.plan, self.writer, self.source, self.loaded = plan, writer, plan.source, loaded
         self.say = _say(plan.opts)
-        self.autocast = autocast
+        self.keep_batches = keep_batches  # the local engine scans the first pass's batches; Ray reads them again
+        self.first: FirstPass | None = None
 
     def model(self) -> tuple[Towers, dict]:
         if self.loaded is None:
             self.loaded = load_model_for(self.plan.opts, self.plan.device)
         return self.loaded
 
-    def decoder(self, preprocess: dict) -> Decoder:
-        return Decoder(preprocess, self.plan.opts.max_pixels)
+    def first_pass(self) -> FirstPass:
+        if self.first is None:
+            towers, preprocess = self.model()
+            opts = self.plan.opts
+            self.first = first_pass(towers, self.source, preprocess, opts.max_pixels, opts.workers,
+                                    opts.precision, self.keep_batches)
+        return self.first
 
 
-def prepare_opinions(plan: ScanPlan, writer: ScanWriter, loaded: tuple[Towers, dict] | None = None) -> dict:
+def prepare_opinions(plan: ScanPlan, writer: ScanWriter, loaded: tuple[Towers, dict] | None = None,
+                     keep_batches: bool = False) -> tuple[dict, FirstPass | None]:
     """Each opinion's last step of planning, once in the driver (the concept opinion's image mean, stored in
-    scan.json): what build() gets, by name."""
-    setup = ScanSetup(plan, writer, loaded)
-    return {name: opinion_class(name).before_scan(inputs, setup) for name, inputs in plan.opinions.items()}
+    scan.json): what build() gets, by name; and the first pass over the source, if an opinion made one."""
+    setup = ScanSetup(plan, writer, loaded, keep_batches)
+    prepared = {name: opinion_class(name).before_scan(inputs, setup) for name, inputs in plan.opinions.items()}
+    return prepared, setup.first
 
 
 def pending_images(plan: ScanPlan, writer: ScanWriter) -> Pending:
@@ -330,15 +380,17 @@ def load_model_for(opts: ScanOptions, device: torch.device) -> tuple[Towers, dic
 
 
 def load_scanner(opts: ScanOptions, opinions: dict, meta_columns: list[str] | None, device: torch.device,
-                 batch_size: int, say, loaded: tuple[Towers, dict] | None = None) -> tuple[_Fitting, dict, int]:
+                 batch_size: int, say, loaded: tuple[Towers, dict] | None = None,
+                 known: dict[str, torch.Tensor] | None = None) -> tuple[_Fitting, dict, int]:
     """The model, once (per process or Ray actor; or `loaded` already), and the chosen opinions built on it
     (`opinions`: name -> what prepare_opinions gave): the batch scanner inside its memory fitting, the model's
-    preprocessing, and the batch size (on CUDA with "auto", what the free memory holds)."""
+    preprocessing, and the batch size (on CUDA with "auto", what the free memory holds). `known`: embeddings the
+    first pass computed, by image id."""
     towers, preprocess = loaded or load_model_for(opts, device)
     built = [opinion_class(name).build(opts, towers, inputs) for name, inputs in opinions.items()]
     if opts.batch_size == "auto" and device.type == "cuda":
         batch_size = cuda_batch_size(opts, towers, device, sum(op.words_per_image() for op in built))
-    scanner = _BatchScanner(opts, towers, meta_columns, built)
+    scanner = _BatchScanner(opts, towers, meta_columns, built, known)
     return _Fitting(scanner, batch_size, device, say), preprocess, batch_size
 
 
@@ -348,7 +400,18 @@ def _start_line(plan: ScanPlan, pending: Pending, batch_size: int, where: str) -
     else:
         again = f", {pending.retried} of them failed before and are tried again" if pending.retried else ""
         todo = f"{pending.pending} images to scan ({pending.total - pending.pending} already done{again})"
-    return f"audit scan: {todo} with {plan.opts.model} on {where}, batch size {batch_size}"
+    return (f"audit scan: {todo} with {plan.opts.model} on {where} in {plan.opts.precision} ({_why_precision(plan)}), "
+            f"batch size {batch_size}")
+
+
+def _why_precision(plan: ScanPlan) -> str:
+    from audit.scanner.device import native_bfloat16
+
+    if plan.requested_precision != "auto":
+        return "--precision"
+    if plan.resumed_precision:
+        return "as this scan began"
+    return "native on this device" if native_bfloat16(plan.device) else "no native bfloat16 here"
 
 
 def scan_pending(plan: ScanPlan, writer: ScanWriter, pending: Pending, counts: ScanCounts) -> None:
@@ -357,18 +420,23 @@ def scan_pending(plan: ScanPlan, writer: ScanWriter, pending: Pending, counts: S
     opts, device = plan.opts, plan.device
     say = _say(opts)
     loaded = load_model_for(opts, device)
-    opinions = prepare_opinions(plan, writer, loaded)
+    # The first pass's batches are scanned first, unless a resume's done ids are among them (a mean that was not
+    # stored: then only their embeddings are reused, and the stream reads them again).
+    opinions, first = prepare_opinions(plan, writer, loaded, keep_batches=not pending.done)
     fitting, preprocess, batch_size = load_scanner(opts, opinions, plan.source.meta_columns, device,
-                                                   plan.batch_size, say, loaded)
+                                                   plan.batch_size, say, loaded,
+                                                   first.features if first is not None else None)
+    ahead = first.batches if first is not None else []
     counts.batch_size = batch_size
     say(_start_line(plan, pending, batch_size, str(device)))
     counts.preprocess = {k: (list(v) if isinstance(v, tuple) else v) for k, v in preprocess.items()}
-    loader = make_loader(StreamDataset(plan.source, pending.done, preprocess, opts.max_pixels), batch_size,
+    taken = first.taken if first is not None else frozenset()
+    loader = make_loader(StreamDataset(plan.source, pending.done, preprocess, opts.max_pixels, taken), batch_size,
                          opts.workers, pin_memory=device.type == "cuda")
     progress = Progress(pending.pending, quiet=opts.quiet)
     phases = counts.phases = {"waiting_for_images": 0.0, "model": 0.0, "writing": 0.0}
     try:
-        for batch in waited(loader, phases, "waiting_for_images"):
+        for batch in itertools.chain(_drain(ahead), waited(loader, phases, "waiting_for_images")):
             t1 = time.perf_counter()
             if batch.indices or batch.errors:
                 tables = fitting.run(batch)  # ends in copies to the host, so the GPU's work is in this span
@@ -388,6 +456,12 @@ def scan_pending(plan: ScanPlan, writer: ScanWriter, pending: Pending, counts: S
         counts.batch_size_used = fitting.limit
 
 
+def _drain(batches: list[Batch]):
+    """Yield the batches and let go of each (the first pass's pixels are freed as they are scanned)."""
+    while batches:
+        yield batches.pop(0)
+
+
 def finish_scan(plan: ScanPlan, writer: ScanWriter, pending: Pending, counts: ScanCounts, seconds: float,
                 engine: str = "local") -> None:
     """Record the run in scan.json and say what was done."""
@@ -404,7 +478,7 @@ def finish_scan(plan: ScanPlan, writer: ScanWriter, pending: Pending, counts: Sc
         "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "device": str(plan.device), "engine": engine, "batch_size": batch_size,
         # Which implementation ran the ascent's step (also a setting: a resume with another one is refused).
-        "kernel": plan.opts.kernel if "ascent" in plan.opinions else None,
+        "kernel": plan.opts.kernel if "ascent" in plan.opinions else None, "precision": plan.opts.precision,
         "batch_size_used": counts.batch_size_used, "workers": plan.opts.workers, "dataset_images": total,
         "dataset_fingerprint": fingerprint, "skipped": skipped,
         "images": counts.images, "errors": counts.errors, "internal_errors": counts.internal_errors,
@@ -458,8 +532,10 @@ def run_scan(source, out, **options) -> Scan:
             if plan.opts.engine == "ray":
                 from audit.scanner.engines.ray_data import scan_on_ray
 
-                make = functools.partial(load_scanner, plan.opts, prepare_opinions(plan, writer),
-                                         plan.source.meta_columns, batch_size=plan.batch_size, say=_ActorLog())
+                opinions, first = prepare_opinions(plan, writer)
+                make = functools.partial(load_scanner, plan.opts, opinions, plan.source.meta_columns,
+                                         batch_size=plan.batch_size, say=_ActorLog(),
+                                         known=first.features if first is not None else None)
                 scan_on_ray(plan, writer, pending, counts, make, functools.partial(_start_line, plan, pending))
             else:
                 scan_pending(plan, writer, pending, counts)

@@ -118,6 +118,9 @@ class ScanWriter:
         if config_path.exists():
             config = read_config(root)
             stored = upgrade_settings(config["settings"], config.get("runs", []))
+            if "precision" not in stored and "precision" in settings:
+                # Made before --precision and killed before its first run was recorded: nothing says otherwise.
+                stored["precision"] = settings["precision"]
             if stored != settings:
                 raise AuditError(f"{root} holds a scan made with other settings ({_diff(stored, settings)}); "
                                  "resume with the same settings, pass another --out, or --overwrite to start over")

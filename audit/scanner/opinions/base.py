@@ -32,7 +32,7 @@ class OpinionBatch:
     def features(self) -> torch.Tensor:
         if self._features is None:
             with torch.no_grad():
-                self._features = self.towers.encode_images(self.images)
+                self._features = self.towers.embed_images(self.images)
         return self._features
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from audit.scanner.concepts import MEAN_IMAGES, Decomposition, ImageMean, dataset_mean, read_mean
+from audit.scanner.concepts import MEAN_IMAGES, Decomposition, ImageMean, read_mean
 from audit.scanner.opinions.base import Opinion, OpinionBatch, OpinionRows
 from audit.scanner.vocabulary import (
     Vocabulary,
@@ -58,10 +58,9 @@ class ConceptOpinion(Opinion):
             return ConceptPlan(planned.vocabulary, ImageMean.from_json(stored))
         mean = planned.mean
         if mean is None:
-            towers, preprocess = scan.model()
-            scan.say(f"audit scan: averaging the embeddings of up to {MEAN_IMAGES} images of the source to centre "
-                     "the concept decomposition (once; stored in scan.json)")
-            mean = dataset_mean(towers, scan.source.records(), scan.decoder(preprocess), scan.autocast)
+            scan.say(f"audit scan: averaging the embeddings of the first {MEAN_IMAGES} images of the source to centre "
+                     "the concept decomposition (once; stored in scan.json; those images are not encoded again)")
+            mean = scan.first_pass().mean
         scan.writer.set_config("concept_mean", mean.to_json())
         return ConceptPlan(planned.vocabulary, mean)
 

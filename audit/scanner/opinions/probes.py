@@ -21,8 +21,12 @@ def template_setting(spec: str, templates: list[str]):
 def probe_cosines(features: torch.Tensor, texts: torch.Tensor) -> np.ndarray:
     """Cosines [B, W] of image features [B, D] (as the image tower returns them) with unit word vectors [W, D]."""
     features = features.float()
-    # Divided by the norms after the product: [B, W] divisions, not [B, D] (the same cosine, to float rounding).
-    return ((features @ texts.to(features.device).T) / features.norm(dim=-1, keepdim=True).clamp_min(1e-12)).cpu().numpy()
+    # In float32 under the scan's bfloat16 autocast, on purpose: a probe score is a statistic, and `audit ask`
+    # computes the same product on stored embeddings outside any autocast.
+    with torch.autocast(features.device.type, enabled=False):
+        # Divided by the norms after the product: [B, W] divisions, not [B, D] (the same cosine, to float rounding).
+        dots = features @ texts.to(features.device, torch.float32).T
+        return (dots / features.norm(dim=-1, keepdim=True).clamp_min(1e-12)).cpu().numpy()
 
 
 def probe_rows(words: tuple[str, ...], cosines: np.ndarray) -> list[list[dict]]:

@@ -60,7 +60,7 @@ def compute(towers: Towers, images: torch.Tensor, pair_image: torch.Tensor, word
             views = (group[:, None] * keep[None]).flatten(0, 1)
             feats = F.normalize(towers.encode_images(views).float(), dim=-1).view(len(group), len(wins), -1)
             mine = ((pair_image >= lo) & (pair_image < lo + len(group))).nonzero().squeeze(1)
-            occluded[mine] = torch.einsum("pkd,pd->pk", feats[pair_image[mine] - lo], txt[mine])
+            occluded[mine] = torch.einsum("pkd,pd->pk", feats[pair_image[mine] - lo], txt[mine]).float()
         fall = towers.logit_scale * (cos[:, None] - occluded)
         maps = (fall @ cover.flatten(1)).clamp(min=0).view(-1, gh, gw)
         texts = _token_deletion(towers, ids, eot, full[pair_image], cos)
