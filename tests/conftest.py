@@ -1,5 +1,9 @@
+import json
 import os
+import subprocess
+import sys
 import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -88,3 +92,34 @@ def unbiased_demo_scan(tmp_path_factory):
     run_scan(str(manifest), str(root / "scan"), model="audit-demo", pretrained="auto", workers=0, device="cpu",
              quiet=True, **DEMO_SETTINGS)
     return root / "scan"
+
+
+# tests/fused_check.py runs the fused Triton step under Triton's interpreter, in a process of its own (about a
+# minute and a half of one core). It starts as soon as the suite knows a test needs it and runs beside the other
+# tests; the fixture collects what it measured.
+_BACKGROUND: dict[str, subprocess.Popen] = {}
+
+
+def _start_fused_check() -> subprocess.Popen:
+    here = Path(__file__).parent
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(here.parent), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, str(here / "fused_check.py")], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=here.parent, env=env)
+
+
+def pytest_collection_finish(session):
+    if any(Path(str(item.fspath)).name == "test_fused_step.py" for item in session.items):
+        _BACKGROUND["fused"] = _start_fused_check()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    for proc in _BACKGROUND.values():
+        proc.kill()
+
+
+@pytest.fixture(scope="session")
+def fused_measured():
+    proc = _BACKGROUND.pop("fused", None) or _start_fused_check()
+    out, err = proc.communicate(timeout=900)
+    assert proc.returncode == 0, err[-3000:]
+    return json.loads(out.strip().splitlines()[-1])

@@ -332,8 +332,11 @@ def test_scans_of_schema_version_1_are_read_and_resumed(tmp_path, capsys):
     assert set(Scan(scan).tokens().kind) == {"ascent"}
     code, out, _ = run_cli(capsys, "check", scan, "--policy", policy(tmp_path, WATCH))
     assert code == 1 and "'grass' with label=A: 8 of 10 images" in out  # the same finding as before
-    # As this audit writes them: the opinions that ran, and the kernel an ascent on a CPU ran with then.
-    now = {**config["settings"], "refine_words": False, "kernel": "eager", "opinions": ["ascent"]}
+    # As this audit writes them: the opinions that ran, and the kernel and precision a CPU ran with then.
+    now = {**config["settings"], "refine_words": False, "kernel": "eager", "opinions": ["ascent"],
+           "precision": "float32"}
+    with pytest.raises(Exception, match="precision: stored 'float32', now 'bfloat16'"):
+        ScanWriter.open(scan, {**now, "precision": "bfloat16"}, {"kind": "test"})
     with pytest.raises(Exception, match="other settings"):
         ScanWriter.open(scan, {**now, "opinions": ["concepts"]}, {"kind": "test"})
     with pytest.raises(Exception, match="refine_words: stored False, now True"):  # the default changed since

@@ -20,7 +20,8 @@ from audit.words import STOP_WORDS
 
 from .helpers import FAST, assert_same_rows, save_noise
 
-CONCEPTS = dict(model="audit-tiny", pretrained="none", workers=0, quiet=True, opinion="concepts", concept_l1=0.05)
+CONCEPTS = dict(model="audit-tiny", pretrained="none", workers=0, quiet=True, opinion="concepts", concept_l1=0.05,
+                precision="float32")
 
 
 def reference_solve(atoms: np.ndarray, x: np.ndarray, l1: float) -> np.ndarray:

@@ -3,10 +3,6 @@ Triton's interpreter, and the switch that chooses the kernel."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,13 +15,10 @@ pytest.importorskip("triton")
 
 
 @pytest.fixture(scope="module")
-def measured():
-    """tests/fused_check.py in a process of its own (TRITON_INTERPRET must be set before the kernels exist)."""
-    out = subprocess.run([sys.executable, str(Path(__file__).with_name("fused_check.py"))], capture_output=True,
-                         text=True, timeout=900, cwd=Path(__file__).parents[1],
-                         env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).parents[1])})
-    assert out.returncode == 0, out.stderr[-3000:]
-    return json.loads(out.stdout.strip().splitlines()[-1])
+def measured(fused_measured):
+    """tests/fused_check.py in a process of its own (TRITON_INTERPRET must be set before the kernels exist),
+    started by conftest.py when the suite was collected."""
+    return fused_measured
 
 
 def test_the_noise_is_rngs_bit_for_bit(measured):

@@ -422,7 +422,9 @@ def scan_pending(plan: ScanPlan, writer: ScanWriter, pending: Pending, counts: S
     loaded = load_model_for(opts, device)
     # The first pass's batches are scanned first, unless a resume's done ids are among them (a mean that was not
     # stored: then only their embeddings are reused, and the stream reads them again).
+    started = time.perf_counter()
     opinions, first = prepare_opinions(plan, writer, loaded, keep_batches=not pending.done)
+    first_seconds = time.perf_counter() - started
     fitting, preprocess, batch_size = load_scanner(opts, opinions, plan.source.meta_columns, device,
                                                    plan.batch_size, say, loaded,
                                                    first.features if first is not None else None)
@@ -435,6 +437,8 @@ def scan_pending(plan: ScanPlan, writer: ScanWriter, pending: Pending, counts: S
                          opts.workers, pin_memory=device.type == "cuda")
     progress = Progress(pending.pending, quiet=opts.quiet)
     phases = counts.phases = {"waiting_for_images": 0.0, "model": 0.0, "writing": 0.0}
+    if first is not None:  # reading and encoding the first images for the concept mean, before the stream
+        phases["first_pass"] = first_seconds
     try:
         for batch in itertools.chain(_drain(ahead), waited(loader, phases, "waiting_for_images")):
             t1 = time.perf_counter()
