@@ -211,7 +211,7 @@ def scan(
     commit_every: float = typer.Option(_D.commit_every, "--commit-every", min=0, metavar="SECONDS", rich_help_panel=RUN, help="Commit the batches scanned once this long has passed since the last commit (and every 8,192 images): a kill loses about this much work and the batch in progress, and fewer, larger files read back faster. 0 commits every batch."),
     retry_errors: bool = typer.Option(_D.retry_errors, "--retry-errors", rich_help_panel=RUN, help="Re-attempt the images whose last attempt failed (stored in errors); by default a resume skips them."),
     precision: Precision = _D.precision,
-    kernel: Kernel = typer.Option(_D.kernel, envvar="AUDIT_KERNEL", rich_help_panel=ASCENT, help="The ascent step's implementation: auto (compile on CUDA, eager elsewhere; AUDIT_COMPILE=0 makes it eager), eager, compile (torch.compile), or triton (two fused kernels; CUDA). Recorded in scan.json: a resume with another one is refused."),
+    kernel: Kernel = typer.Option(_D.kernel, envvar="AUDIT_KERNEL", rich_help_panel=ASCENT, help="The ascent step's implementation: auto (compile on CUDA, eager elsewhere; AUDIT_COMPILE=0 makes it eager), eager, compile (torch.compile; on a CPU it needs a C++ compiler and is about 1.4x faster), or triton (two fused kernels; CUDA). Recorded in scan.json: a resume with another one is refused."),
     triton_tiles: Optional[str] = typer.Option(None, envvar="AUDIT_TRITON_TILES", parser=_tiles, metavar="R,V,D[,W[,S]]", rich_help_panel=ASCENT, help="--kernel triton: the kernels' tiles, rows,vocab,dim[,warps[,stages]] (bench/fused_tiles.py finds the fastest)."),  # noqa: UP045
     quiet: Quiet = _D.quiet,
 ) -> None:

@@ -142,6 +142,8 @@ def test_bfloat16_stays_within_the_tolerances_of_float32(images):
     pictures = bench.demo_scenes(32) if images == "demo scenes" else bench.photo_crops(32)
     r = bench.compare("audit-demo", "auto", pictures)
     assert r["min_cosine"] >= 0.9995, r
-    assert r["top5_same_set"] >= 0.96, r  # one image of 32 may swap a near-tie at rank 5 (the bench: 98%)
+    # The issue asks 98% of images; on 32 images that allows no change, and on these photographs one image swaps
+    # its 5th and 6th concepts (31 of 32; 98.4% on the bench's 64). Every change must be such a near-tie.
+    assert r["top5_same_set"] >= 0.96 and r["top5_in_top7"] == 1.0, r
     assert r["probe_max_diff"] <= 2e-3, r
     assert r["chefer_r_min"] >= 0.99 and r["legrad_r_min"] >= 0.99, r

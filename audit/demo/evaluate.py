@@ -137,10 +137,10 @@ def _found(scenes, tokens, attributes) -> dict[str, float]:
 
 
 def word_recall(scenes, model: str, pretrained: str, steps: int, candidates: int, device: str, seed: int,
-                quiet: bool = True):
+                quiet: bool = True, kernel: str = "auto"):
     """Scan the scenes with the real pipeline and count colour and shape words among the found words."""
     tokens = _scan_scenes(scenes, model=model, pretrained=pretrained, steps=steps, candidates=candidates,
-                          device=device, seed=seed, quiet=quiet)
+                          device=device, seed=seed, quiet=quiet, kernel=kernel)
     return _found(scenes, tokens, ("colour", "shape"))
 
 
