@@ -172,8 +172,7 @@ def run_faithful(model: str, n: int) -> None:
 
 def scan_once(code: Path, source: Path, out: Path, args: list[str]) -> dict:
     """One `audit scan` in a fresh process with the package at `code`: wall seconds and what scan.json says."""
-    env = {**os.environ, "PYTHONPATH": str(code), "AUDIT_CACHE_DIR": os.environ.get("AUDIT_CACHE_DIR", "")}
-    env = {k: v for k, v in env.items() if v}
+    env = {**os.environ, "PYTHONPATH": str(code)}
     started = time.perf_counter()
     subprocess.run([sys.executable, "-m", "audit", "scan", str(source), "--out", str(out), "--quiet", *args],
                    env=env, check=True, cwd=code)
@@ -181,8 +180,7 @@ def scan_once(code: Path, source: Path, out: Path, args: list[str]) -> dict:
     config = json.loads((out / "scan.json").read_text())
     run = config["runs"][-1]
     phases = run.get("phases") or {}
-    return {"wall": wall, "images": run["images"], "seconds": run["seconds"], "phases": phases,
-            "precision": config["settings"].get("precision", "float32")}
+    return {"wall": wall, "images": run["images"], "seconds": run["seconds"], "phases": phases}
 
 
 def worktree(ref: str, where: Path) -> Path:

@@ -151,8 +151,8 @@ KERNELS = ("triton", "compile", "eager")
 
 def resolve_kernel(kernel: str, device: torch.device) -> str:
     """The implementation of the ascent step a scan runs (ScanOptions.kernel): "auto" is "compile" on CUDA and
-    "eager" elsewhere ("compile" named on a CPU compiles there too: it needs a C++ compiler). "triton" (fused_step.py) runs on CUDA, or on a CPU under Triton's interpreter
-    (TRITON_INTERPRET=1: tests, slowly). It becomes the CUDA default once a GPU run shows it faster with the
+    "eager" elsewhere ("compile" named on a CPU compiles there too: it needs a C++ compiler). "triton"
+    (fused_step.py) runs on CUDA, or on a CPU under Triton's interpreter (TRITON_INTERPRET=1: tests, slowly). It becomes the CUDA default once a GPU run shows it faster with the
     same objective (bench/gpu.sh)."""
     asked = kernel.strip().lower()
     if asked == "auto":

@@ -21,8 +21,6 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-
-
 def native_bfloat16(device: torch.device) -> bool:
     """Whether `device` computes bfloat16 matrix products in hardware: a CUDA GPU with bf16 support (Ampere and
     later), or a CPU with AVX512-BF16 or AMX. Elsewhere bfloat16 is emulated, slower than float32, and `auto`

@@ -20,6 +20,7 @@ from audit.errors import AuditError
 # ascent; a smaller batch pads up to it, which costs one pass of the image tower per batch, not per image.
 EMBED_CHUNK = 16
 
+
 def _text_parts(model):
     """The text tower's modules, whether they sit on the CLIP itself or on model.text."""
     owner = model if hasattr(model, "token_embedding") else getattr(model, "text", None)

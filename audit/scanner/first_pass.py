@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from audit.errors import AuditError
 from audit.scanner.concepts import MEAN_CHUNK, MEAN_IMAGES, ImageMean, warn_small_mean
 from audit.scanner.device import autocast
 from audit.scanner.loader import Batch, ImageDataset, make_loader
@@ -49,7 +50,7 @@ def first_pass(towers, source, preprocess: dict, max_pixels: int | None, workers
     seen = 0
     while seen < limit:
         # Enough records for the images still wanted; a window with unreadable files is followed by another.
-        window = [r for r in itertools.islice(records, limit - seen)]
+        window = list(itertools.islice(records, limit - seen))
         if not window:
             break
         loader = make_loader(ImageDataset(window, preprocess, max_pixels), MEAN_CHUNK, workers)
@@ -66,8 +67,6 @@ def first_pass(towers, source, preprocess: dict, max_pixels: int | None, workers
             if keep_batches:
                 kept.append(batch)
     if total is None:
-        from audit.errors import AuditError
-
         raise AuditError("--concept-mean dataset: no readable image in the source to average")
     warn_small_mean(seen)
     return FirstPass(ImageMean((total / seen).float().numpy(), "dataset", seen), features, kept)

@@ -19,7 +19,13 @@ import torch
 from audit.errors import AuditError, internal_errors_note
 from audit.scanner import rng
 from audit.scanner.ascent import resolve_kernel
-from audit.scanner.device import autocast, resolve_device, resolve_precision, tune_cpu_allocator
+from audit.scanner.device import (
+    autocast,
+    native_bfloat16,
+    resolve_device,
+    resolve_precision,
+    tune_cpu_allocator,
+)
 from audit.scanner.encoders import Towers
 from audit.scanner.first_pass import FirstPass, first_pass
 from audit.scanner.heatmap_stats import heatmap_columns
@@ -405,8 +411,6 @@ def _start_line(plan: ScanPlan, pending: Pending, batch_size: int, where: str) -
 
 
 def _why_precision(plan: ScanPlan) -> str:
-    from audit.scanner.device import native_bfloat16
-
     if plan.requested_precision != "auto":
         return "--precision"
     if plan.resumed_precision:

@@ -20,14 +20,15 @@ CONCEPT_SETTINGS = ("vocabulary", "concept_l1", "concepts_per_image", "concept_h
 def upgrade(settings: dict, runs: list[dict] | None = None) -> dict:
     """Settings of any audit's scan in this audit's form. The kernel of an older scan's ascent, and the precision
     of a scan made before --precision, are the defaults it ran with then, from its runs' devices: compile and
-    bfloat16 on CUDA, eager and float32 elsewhere. Without a finished run neither can be known and both stay out."""
+    bfloat16 on CUDA, eager and float32 elsewhere. Without a finished run the precision cannot be known and stays
+    out (the kernel is taken as eager, as it always was)."""
     if str(settings.get("vocabulary", "")).startswith("default:"):  # the tokenizer's words, named before 0.3
         settings = {**settings, "vocabulary": "tokens:" + settings["vocabulary"].split(":", 1)[1]}
     if settings.get("probe_words") and "probe_templates" not in settings:
         settings = {**settings, "probe_templates": "none"}  # probe words were scored bare before schema 4
+    on_gpu = any(str(r.get("device", "")).startswith("cuda") for r in runs or ())
     if "model" in settings and "precision" not in settings and runs:
         # Before --precision, CUDA ran under bfloat16 autocast and every other device in float32.
-        on_gpu = any(str(r.get("device", "")).startswith("cuda") for r in runs)
         settings = {**settings, "precision": "bfloat16" if on_gpu else "float32"}
     if "opinions" in settings or "model" not in settings:  # this audit's form, or no scan's settings at all
         return dict(settings)
@@ -39,7 +40,6 @@ def upgrade(settings: dict, runs: list[dict] | None = None) -> dict:
     if "probes" not in names:
         s.pop("probe_words", None)
     if "ascent" in names:
-        on_gpu = any(str(r.get("device", "")).startswith("cuda") for r in runs or ())
         s["kernel"] = "compile" if on_gpu else "eager"
     else:
         for key in ASCENT_SETTINGS:
