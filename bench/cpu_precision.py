@@ -1,6 +1,7 @@
 """Issue 43's yardstick: what --precision bfloat16 buys on a CPU, and what it changes.
 
-    python bench/cpu_precision.py speed  [--images 1000] [--baseline-ref REF]   # scans, side by side
+    python bench/cpu_precision.py speed  [--images 1000] [--baseline-ref REF] [--compare-ref REF]
+                                         [--opinions concepts,probes,ascent]     # scans, side by side
     python bench/cpu_precision.py faithful [--model ViT-B-32]                      # bfloat16 against float32
 
 speed: `audit scan` (a fresh process each, as a user runs it) of JPEG photographs cut from scikit-image's data
@@ -189,7 +190,8 @@ def worktree(ref: str, where: Path) -> Path:
     return where
 
 
-def run_speed(images: int, small: int, baseline_ref: str | None, ascent_images: int, work: Path) -> None:
+def run_speed(images: int, small: int, baseline_ref: str | None, ascent_images: int, work: Path,
+              chosen: list[str] | None = None, compare_ref: str | None = None) -> None:
     model = ["--model", "ViT-B-32", "--pretrained", "none", "--device", "cpu"]
     photos = write_jpegs(work / "photos", images)
     few = write_jpegs(work / "few", small, seed=1)
@@ -199,7 +201,13 @@ def run_speed(images: int, small: int, baseline_ref: str | None, ascent_images: 
     opinions = {"concepts": (photos, ["--opinion", "concepts"]),
                 "probes": (photos, ["--opinion", "probes", "--words", ",".join(PROBES)]),
                 "ascent": (few_ascent, ["--opinion", "ascent", "--steps", "20", "--views", "8"])}
+    opinions = {k: v for k, v in opinions.items() if not chosen or k in chosen}
     rows = []
+    if compare_ref:  # the same scans in bfloat16 with an earlier commit's code, for the ratio of a later change
+        before = worktree(compare_ref, work / "compare-code")
+        for opinion, (src, extra) in opinions.items():
+            r = scan_once(before, src, work / f"{opinion}-compare", [*model, *extra, "--precision", "bfloat16"])
+            rows.append((opinion, f"bfloat16 @ {compare_ref[:10]}", r))
     if baseline_ref:
         base = worktree(baseline_ref, work / "baseline-code")
         r = scan_once(base, photos, work / "base-concepts", [*model, "--opinion", "concepts"])
@@ -215,9 +223,14 @@ def run_speed(images: int, small: int, baseline_ref: str | None, ascent_images: 
         print(f"{opinion:<9} {precision:<22} {r['images']:>6} {r['wall']:>7.1f} {r['images'] / r['wall']:>12.1f} "
               f"{r['images'] / model_s:>11.1f}")
     by = {(o, p): r for o, p, r in rows}
-    bf, fp = by[("concepts", "bfloat16")], by[("concepts", "float32")]
-    print(f"ratio: concepts all-in bfloat16 vs float32 = {fp['wall'] / bf['wall']:.2f}x")
-    if baseline_ref:
+    for opinion in opinions:
+        bf, fp = by[(opinion, "bfloat16")], by[(opinion, "float32")]
+        print(f"ratio: {opinion} all-in bfloat16 vs float32 = {fp['wall'] / bf['wall']:.2f}x")
+        if compare_ref:
+            print(f"ratio: {opinion} all-in bfloat16 vs bfloat16 @ {compare_ref[:10]} = "
+                  f"{by[(opinion, f'bfloat16 @ {compare_ref[:10]}')]['wall'] / bf['wall']:.2f}x")
+    if baseline_ref and "concepts" in opinions:
+        bf = by[("concepts", "bfloat16")]
         today = by[("concepts", f"float32 @ {baseline_ref[:10]}")]
         print(f"ratio: concepts all-in bfloat16 vs {baseline_ref[:10]} = {today['wall'] / bf['wall']:.2f}x")
     for precision in ("float32", "bfloat16"):
@@ -231,7 +244,9 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=1000)
     ap.add_argument("--small", type=int, default=16)
     ap.add_argument("--ascent-images", type=int, default=16)
-    ap.add_argument("--baseline-ref", default=None)
+    ap.add_argument("--baseline-ref", default=None, help="float32 concepts scan with this commit's code")
+    ap.add_argument("--compare-ref", default=None, help="every chosen opinion in bfloat16 with this commit's code")
+    ap.add_argument("--opinions", default="concepts,probes,ascent", help="comma-separated: which scans to time")
     ap.add_argument("--model", default="ViT-B-32")
     ap.add_argument("--faithful-images", type=int, default=48)
     args = ap.parse_args()
@@ -241,7 +256,8 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory(prefix="cpu-precision-") as tmp:
         try:
-            run_speed(args.images, args.small, args.baseline_ref, args.ascent_images, Path(tmp))
+            run_speed(args.images, args.small, args.baseline_ref, args.ascent_images, Path(tmp),
+                      args.opinions.split(","), args.compare_ref)
         finally:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "prune"], capture_output=True)
 

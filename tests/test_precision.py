@@ -84,19 +84,19 @@ def test_no_image_is_encoded_twice_and_the_mean_is_the_first_images(tmp_path, mo
     for i in range(21):
         save_noise(root / f"{i:02d}.png", seed=i)
     (root / "03.png").write_bytes(b"broken")
-    embedded, encoded = [], []
-    real_embed, real_encode = Towers.embed_images, Towers.encode_images
+    passed, prefixes = [], []
+    real_pass, real_prefix = Towers.image_pass, Towers.vision_prefix
 
-    def embed(self, images):
-        embedded.append(images.shape[0])
-        return real_embed(self, images)
+    def image_pass(self, images, keep=None):
+        passed.append(images.shape[0])
+        return real_pass(self, images, keep)
 
-    def encode(self, images):
-        encoded.append(images.shape[0])
-        return real_encode(self, images)
+    def vision_prefix(self, images, upto):
+        prefixes.append(images.shape[0])
+        return real_prefix(self, images, upto)
 
-    monkeypatch.setattr(Towers, "embed_images", embed)
-    monkeypatch.setattr(Towers, "encode_images", encode)
+    monkeypatch.setattr(Towers, "image_pass", image_pass)
+    monkeypatch.setattr(Towers, "vision_prefix", vision_prefix)
     from audit.scanner import first_pass as first_pass_mod
     from audit.scanner.encoders import EMBED_CHUNK
 
@@ -104,9 +104,10 @@ def test_no_image_is_encoded_twice_and_the_mean_is_the_first_images(tmp_path, mo
     opts = dict(model="audit-tiny", pretrained="none", opinion="concepts", quiet=True, precision="float32",
                 embeddings="float32")
     one = audit.scan(root, tmp_path / "w0", **opts, workers=0, batch_size=4)
-    # 20 readable images, each embedded once: the first pass's 12 (11 of the first 12 files, then one more) are
-    # the scan's first batches. Chefer's heatmaps run forwards of their own, not through encode_images.
-    assert sum(embedded) == 20 and all(n == EMBED_CHUNK for n in encoded) and len(encoded) == 4, (embedded, encoded)
+    # 20 readable images, each through the image tower once: the first pass's 12 (11 of the first 12 files, then
+    # one more) are the scan's first batches, and Chefer's heatmaps start from the hidden states that pass kept
+    # (one chunk of EMBED_CHUNK for each pass: 11, 1, then two stream batches of 4; no forward of Chefer's own).
+    assert passed == [11, 1, 4, 4] and prefixes == [EMBED_CHUNK] * 4, (passed, prefixes)
     mean = np.asarray(one.config["concept_mean"]["vector"], np.float32)
     emb = one.df("embeddings").set_index("image_id").embedding
     first = [f"{i:02d}.png" for i in range(21) if i != 3][:12]
@@ -123,6 +124,16 @@ def test_no_image_is_encoded_twice_and_the_mean_is_the_first_images(tmp_path, mo
     tb = two.tokens().sort_values(["image_id", "word_rank"]).reset_index(drop=True)
     # The solve stops on its batch's worst row, so weights may differ in the last digits (issue 44's to fix).
     assert list(ta.word) == list(tb.word) and np.allclose(ta.weight, tb.weight, atol=1e-6)
+    # Hidden states the first pass could not keep (no budget) are computed again, the same bits: the heatmaps are
+    # those of the scan that kept them.
+    monkeypatch.setattr(first_pass_mod, "HIDDEN_BUDGET", 0)
+    prefixes.clear()
+    three = audit.scan(root, tmp_path / "w3", **opts, workers=0, batch_size=4)
+    # Four more: Chefer's, for the first pass's images, in the scan's batches of at most 4 (4 + 4 + 3, then 1).
+    assert len(prefixes) == 8, prefixes
+    ha = one.df("heatmaps").sort_values(["image_id", "word"]).reset_index(drop=True)
+    hc = three.df("heatmaps").sort_values(["image_id", "word"]).reset_index(drop=True)
+    assert len(ha) > 20 and np.array_equal(np.stack(ha.grid), np.stack(hc.grid))
 
 
 def _bench():

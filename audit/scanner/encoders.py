@@ -200,19 +200,42 @@ class Towers:
                 pooled = pooled.float() @ self.visual.proj.float()
         return pooled
 
-    def embed_images(self, images: torch.Tensor) -> torch.Tensor:
-        """encode_images in chunks of exactly EMBED_CHUNK images, the last one padded with blank images, so that
-        each image's embedding is the same, bit for bit, whatever batch it came in. A matrix product's blocking
-        follows its shape, and under bfloat16 one rounding flipped by it moved ViT-B-32's embedding values by up to
-        0.03 between batch sizes (2e-6 in float32); with one shape there is one blocking."""
+    def _fixed_chunks(self, images: torch.Tensor):
+        """(chunk of exactly EMBED_CHUNK images, the last one padded with blank images; how many are real)."""
         n = images.shape[0]
-        out = []
         for lo in range(0, n, EMBED_CHUNK):
             part = images[lo:lo + EMBED_CHUNK]
             if part.shape[0] < EMBED_CHUNK:
                 part = torch.cat([part, part.new_zeros((EMBED_CHUNK - part.shape[0], *part.shape[1:]))])
-            out.append(self.encode_images(part)[:min(EMBED_CHUNK, n - lo)])
-        return torch.cat(out) if out else self.encode_images(images)
+            yield part, min(EMBED_CHUNK, n - lo)
+
+    def image_pass(self, images: torch.Tensor, keep: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The embeddings, in chunks of exactly EMBED_CHUNK images (the last one padded with blank images), so that
+        each image's embedding is the same, bit for bit, whatever batch it came in. A matrix product's blocking
+        follows its shape, and under bfloat16 one rounding flipped by it moved ViT-B-32's embedding values by up to
+        0.03 between batch sizes (2e-6 in float32); with one shape there is one blocking.
+
+        `keep`: also return the hidden states [N, L, D] that enter block `keep`, the ones a relevancy method
+        starting there needs (hidden_states gives the same bits), so that relevancy does not run the image tower's
+        first blocks a second time."""
+        upto = len(self.vision_blocks) if keep is None else keep
+        feats, hidden = [], []
+        for part, real in self._fixed_chunks(images):
+            x = self.vision_prefix(part, upto)
+            if keep is not None:
+                hidden.append(x[:real])
+            feats.append(self.vision_suffix(x, upto, explicit=False)[0][:real])
+        if not feats:  # no images: the shapes an empty batch gives
+            return self.encode_images(images), (self.vision_prefix(images, upto) if keep is not None else None)
+        return torch.cat(feats), (torch.cat(hidden) if keep is not None else None)
+
+    def embed_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Each image's embedding, independent of its batch (image_pass)."""
+        return self.image_pass(images)[0]
+
+    def hidden_states(self, images: torch.Tensor, upto: int) -> torch.Tensor:
+        """The hidden states entering block `upto`, bit for bit as image_pass(images, keep=upto) keeps them."""
+        return torch.cat([self.vision_prefix(part, upto)[:real] for part, real in self._fixed_chunks(images)])
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         return self.vision_suffix(self.vision_prefix(images, len(self.vision_blocks)), len(self.vision_blocks),

@@ -36,7 +36,7 @@ from audit.scanner.opinions import OPINIONS, opinion_class
 from audit.scanner.opinions.base import OpinionBatch, token_columns
 from audit.scanner.options import ScanOptions
 from audit.scanner.progress import Progress, waited
-from audit.scanner.relevancy import check_method, method_options, relevancy
+from audit.scanner.relevancy import check_method, method_options, prefix_layer, relevancy
 from audit.sources import BOX_COLUMNS, Record, Source, open_source
 from audit.store.reader import Scan
 from audit.store.schema import IMAGES, INTERNAL, conform, embeddings_table
@@ -83,15 +83,19 @@ class _BatchScanner:
     for the words each opinion shows, and their statistics."""
 
     def __init__(self, opts: ScanOptions, towers: Towers, meta_columns: list[str] | None, opinions: list,
-                 known: dict[str, torch.Tensor] | None = None):
+                 known: dict[str, torch.Tensor] | None = None, known_hidden: dict[str, torch.Tensor] | None = None):
         self.opts = opts
-        # Embeddings the first pass already computed, by image id: used once each, instead of a second forward.
+        # Embeddings (and relevancy hidden states) the first pass already computed, by image id: used once each,
+        # instead of a second forward.
         self.known = dict(known or {})
+        self.known_hidden = dict(known_hidden or {})
         self.towers = towers
         self.meta_columns = meta_columns  # None: whatever each record carries (WebDataset JSON)
         self.opinions = opinions  # built Opinion objects, in the registry's order
         self.relevancy_params = method_options(opts.heatmap, opts)
         check_method(towers, opts.heatmap, self.relevancy_params)
+        # The relevancy pass starts from the hidden states entering this block: kept from the embedding pass.
+        self.keep = prefix_layer(towers, opts.heatmap, self.relevancy_params)
         self.relevancy_chunk = relevancy_chunk(towers, towers.device)
 
     def error_rows(self, batch: Batch) -> dict:
@@ -114,20 +118,30 @@ class _BatchScanner:
             rows[col if col not in IMAGES.names else f"meta_{col}"] = [r.meta.get(col) for r in recs]
         return rows
 
-    def _known_features(self, recs: list[Record], images: torch.Tensor) -> torch.Tensor | None:
-        """The batch's embeddings where the first pass computed them (the rest encoded now), else None."""
+    def _known(self, recs: list[Record], images: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The batch's embeddings and relevancy hidden states where the first pass kept them (the rest computed
+        now), else (None, None): each image's are the same bits either way (Towers.image_pass)."""
         if not self.known:
-            return None
+            return None, None
         found = [self.known.pop(r.image_id, None) for r in recs]
         if all(f is None for f in found):
-            return None
-        missing = [i for i, f in enumerate(found) if f is None]
-        if missing:
-            with torch.no_grad(), autocast(self.towers.device, self.opts.precision):
-                fresh = self.towers.embed_images(images[missing])
-            for i, f in zip(missing, fresh, strict=True):
-                found[i] = f
-        return torch.stack([f.to(self.towers.device) for f in found])
+            return None, None
+        held = [self.known_hidden.pop(r.image_id, None) for r in recs]
+        t, keep = self.towers, self.keep
+        with torch.no_grad(), autocast(t.device, self.opts.precision):
+            missing = [i for i, f in enumerate(found) if f is None]
+            if missing:
+                fresh, hidden = t.image_pass(images[missing], keep)
+                for j, i in enumerate(missing):
+                    found[i] = fresh[j]
+                    if hidden is not None:
+                        held[i] = hidden[j]
+            lacking = [i for i, h in enumerate(held) if h is None]
+            if keep is not None and lacking:
+                for i, h in zip(lacking, t.hidden_states(images[lacking], keep), strict=True):
+                    held[i] = h
+        features = torch.stack([f.to(t.device) for f in found])
+        return features, (torch.stack([h.to(t.device) for h in held]) if keep is not None else None)
 
     def run(self, batch: Batch) -> dict[str, pa.Table]:
         tables = {"errors": pa.table(self.error_rows(batch))}
@@ -137,7 +151,8 @@ class _BatchScanner:
         recs = batch.records
         images = batch.pixels.to(t.device, non_blocking=True)
         seeds = torch.tensor([rng.image_seed(self.opts.seed, r.image_id) for r in recs], device=t.device)
-        view = OpinionBatch(t, images, seeds, self._known_features(recs, images))
+        features, hidden = self._known(recs, images)
+        view = OpinionBatch(t, images, seeds, features, hidden, keep=self.keep)
         with autocast(t.device, self.opts.precision):
             if self.opts.embeddings != "none":
                 view.features()  # under the same autocast as the opinions that read it: one vector for both
@@ -147,7 +162,7 @@ class _BatchScanner:
             pair_image = torch.tensor([i for i, ws in enumerate(shown) for _ in ws], dtype=torch.long)
             pair_words = [w["word"] for ws in shown for w in ws]
             rel = relevancy(t, images, pair_image, pair_words, self.opts.heatmap, self.relevancy_chunk,
-                            **self.relevancy_params)
+                            hidden=view.hidden() if pair_words else None, **self.relevancy_params)
         pairs = [(recs[i], w) for i, ws in enumerate(shown) for w in ws]
         rows = pairs + [(recs[i], w) for i in range(len(recs)) for f in found for w in f.words[i][f.heatmaps[i]:]]
         # A word's own cosine: the relevancy pass's, unless its opinion measured it already (a concept's, from
@@ -346,8 +361,9 @@ class ScanSetup:
         if self.first is None:
             towers, preprocess = self.model()
             opts = self.plan.opts
+            keep = prefix_layer(towers, opts.heatmap, method_options(opts.heatmap, opts))
             self.first = first_pass(towers, self.source, preprocess, opts.max_pixels, opts.workers,
-                                    opts.precision, self.keep_batches)
+                                    opts.precision, self.keep_batches, keep=keep)
         return self.first
 
 
@@ -387,7 +403,8 @@ def load_model_for(opts: ScanOptions, device: torch.device) -> tuple[Towers, dic
 
 def load_scanner(opts: ScanOptions, opinions: dict, meta_columns: list[str] | None, device: torch.device,
                  batch_size: int, say, loaded: tuple[Towers, dict] | None = None,
-                 known: dict[str, torch.Tensor] | None = None) -> tuple[_Fitting, dict, int]:
+                 known: dict[str, torch.Tensor] | None = None,
+                 known_hidden: dict[str, torch.Tensor] | None = None) -> tuple[_Fitting, dict, int]:
     """The model, once (per process or Ray actor; or `loaded` already), and the chosen opinions built on it
     (`opinions`: name -> what prepare_opinions gave): the batch scanner inside its memory fitting, the model's
     preprocessing, and the batch size (on CUDA with "auto", what the free memory holds). `known`: embeddings the
@@ -396,7 +413,7 @@ def load_scanner(opts: ScanOptions, opinions: dict, meta_columns: list[str] | No
     built = [opinion_class(name).build(opts, towers, inputs) for name, inputs in opinions.items()]
     if opts.batch_size == "auto" and device.type == "cuda":
         batch_size = cuda_batch_size(opts, towers, device, sum(op.words_per_image() for op in built))
-    scanner = _BatchScanner(opts, towers, meta_columns, built, known)
+    scanner = _BatchScanner(opts, towers, meta_columns, built, known, known_hidden)
     return _Fitting(scanner, batch_size, device, say), preprocess, batch_size
 
 
@@ -431,7 +448,8 @@ def scan_pending(plan: ScanPlan, writer: ScanWriter, pending: Pending, counts: S
     first_seconds = time.perf_counter() - started
     fitting, preprocess, batch_size = load_scanner(opts, opinions, plan.source.meta_columns, device,
                                                    plan.batch_size, say, loaded,
-                                                   first.features if first is not None else None)
+                                                   first.features if first is not None else None,
+                                                   first.hidden if first is not None else None)
     ahead = first.batches if first is not None else []
     counts.batch_size = batch_size
     say(_start_line(plan, pending, batch_size, str(device)))

@@ -23,17 +23,31 @@ import torch
 @dataclass
 class OpinionBatch:
     """One batch as the opinions see it. The un-augmented image embeddings are computed once, by the first
-    opinion that asks, and shared."""
+    opinion that asks, and shared; so are the hidden states entering block `keep`, which the relevancy pass starts
+    from (computed in the same pass as the embeddings)."""
     towers: Any  # audit.scanner.encoders.Towers
     images: torch.Tensor  # [B, 3, H, W] preprocessed, on the model's device
     seeds: torch.Tensor  # [B] per-image seeds (audit.scanner.rng)
     _features: torch.Tensor | None = None
+    _hidden: torch.Tensor | None = None
+    keep: int | None = None  # audit.scanner.relevancy.prefix_layer of the scan's heatmap method
 
     def features(self) -> torch.Tensor:
         if self._features is None:
             with torch.no_grad():
-                self._features = self.towers.embed_images(self.images)
+                self._features, hidden = self.towers.image_pass(self.images, self.keep if self._hidden is None
+                                                                else None)
+            self._hidden = self._hidden if hidden is None else hidden
         return self._features
+
+    def hidden(self) -> torch.Tensor | None:
+        """The hidden states entering block `keep` (None without a `keep`)."""
+        if self.keep is None:
+            return None
+        if self._hidden is None:
+            with torch.no_grad():
+                self._hidden = self.towers.hidden_states(self.images, self.keep)
+        return self._hidden
 
 
 @dataclass

@@ -4,7 +4,8 @@ For each pair, logit = logit_scale * cos(image, word). Per layer from `start_lay
 probabilities A (explicit, see encoders.explicit_block) and dlogit/dA give cam = mean_heads(max(dA * A, 0)),
 accumulated as R <- R + cam @ R from R = I. The image map is R[CLS, patches]; the text map is R[EOT, tokens].
 
-Batching: layers before the start layer need no gradient and run once per image; their output is repeated
+Batching: layers before the start layer need no gradient and run once per image (or not at all here: the scan
+keeps their output from the pass that computed the embeddings, Towers.image_pass); their output is repeated
 for every word of the image and the remaining layers run for all pairs at once. Each pair's logit depends
 only on its own rows, so one backward of the summed logits gives every pair's gradients.
 """
@@ -42,15 +43,21 @@ def _accumulate(probs: list[torch.Tensor], grads: list[torch.Tensor]) -> torch.T
     return r
 
 
+def prefix_layer(towers: Towers, params: Params) -> int:
+    return _layer(params.start_layer, len(towers.vision_blocks))
+
+
 def compute(towers: Towers, images: torch.Tensor, pair_image: torch.Tensor, words: list[str], params: Params,
-            chunk: int) -> Relevancy:
+            chunk: int, hidden: torch.Tensor | None = None) -> Relevancy:
     gh, gw = towers.grid_size
-    start_layer, start_layer_text = params.start_layer, params.start_layer_text
     n_pairs = len(words)
-    sv = _layer(start_layer, len(towers.vision_blocks))
-    st = _layer(start_layer_text, len(towers.text_blocks))
-    with torch.no_grad():
-        prefix = towers.vision_prefix(images, sv)
+    sv = prefix_layer(towers, params)
+    st = _layer(params.start_layer_text, len(towers.text_blocks))
+    if hidden is not None:
+        prefix = hidden
+    else:
+        with torch.no_grad():
+            prefix = towers.hidden_states(images, sv)
     maps, texts, cosines = [], [], []
     for lo in range(0, n_pairs, chunk):
         hi = min(lo + chunk, n_pairs)

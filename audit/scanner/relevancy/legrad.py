@@ -63,15 +63,19 @@ def scale(grids: torch.Tensor) -> torch.Tensor:
     return ((flat - low) / torch.where(span > 0, span, torch.ones_like(span))).reshape(grids.shape)
 
 
-def compute(towers: Towers, images: torch.Tensor, pair_image: torch.Tensor, words: list[str], params: Params,
-            chunk: int) -> Relevancy:
-    gh, gw = towers.grid_size
+def prefix_layer(towers: Towers, params: Params) -> int:
     n_blocks = len(towers.vision_blocks)
     if not 1 <= params.layers <= n_blocks:
         raise ValueError(f"LeGrad explains 1 to {n_blocks} layers of this model, not {params.layers}")
-    first = n_blocks - params.layers
+    return n_blocks - params.layers
+
+
+def compute(towers: Towers, images: torch.Tensor, pair_image: torch.Tensor, words: list[str], params: Params,
+            chunk: int, hidden: torch.Tensor | None = None) -> Relevancy:
+    gh, gw = towers.grid_size
+    first = prefix_layer(towers, params)
     with torch.no_grad():
-        prefix = towers.vision_prefix(images, first)
+        prefix = hidden if hidden is not None else towers.hidden_states(images, first)
         ids, eot = towers.tokenize(words)
         text = F.normalize(towers.encode_ids(ids, eot)[0].float(), dim=-1)
     maps, cosines = [], []

@@ -36,7 +36,7 @@ def windows(gh: int, gw: int, window: int) -> list[tuple[int, int, int, int]]:
 
 
 def compute(towers: Towers, images: torch.Tensor, pair_image: torch.Tensor, words: list[str], params: Params,
-            chunk: int) -> Relevancy:
+            chunk: int, hidden: None = None) -> Relevancy:
     window = params.window
     gh, gw = towers.grid_size
     b, _, h, w = images.shape
