@@ -291,10 +291,9 @@ def _fingerprint_older_scan(scan: Scan) -> None:
     log.info(f"audit duplicates: {lacking.num_rows} images were scanned before audit took fingerprints; reading "
              "them again to take them")
     table, missed = fingerprint_files(lacking["image_id"].to_pylist(), lacking["path"].to_pylist(),
-                                      _D.max_pixels)
+                                      _D.max_pixels, scan.config.get("source"))
     if missed:
-        log.info(f"audit duplicates: {missed} of them could not be read again (moved, or a shard member or dataset "
-                 "row with no file to open)")
+        log.info(f"audit duplicates: {missed} of them could not be read again (moved or changed since the scan)")
     try:
         target.parent.mkdir(exist_ok=True)
         tmp = target.with_name(".tmp-fingerprints.parquet")
@@ -398,10 +397,13 @@ TILE = 256  # width of an explain tile in pixels
 
 def explain(inputs: list[str | os.PathLike], out: str | os.PathLike, *, tile: int = TILE,
             stop_words: str | os.PathLike = STOP_WORDS, min_relative_cosine: float = MIN_RELATIVE_COSINE,
-            options: ScanOptions | None = None, **overrides) -> list[Explained]:
+            options: ScanOptions | None = None, images: list[str] | None = None, **overrides) -> list[Explained]:
     """Scan the given images (files or folders) into out/scan and draw, per image, its tiles, its mosaic and
     its opinion.txt into out/<image>/. Words the statistics would leave out (stop_words, min_relative_cosine:
     as `audit report` takes them) come after the counted ones, marked, with the reason.
+
+    `inputs` may instead be one scan directory, of any source kind: its images are drawn from what it stored (no
+    scan; the images are read again by their keys), all of them or the image ids in `images`.
 
     The scan options are `options` (default: ScanOptions() with no DataLoader workers, which a few images do
     not pay for) with ScanOptions fields given as keywords on top: explain(paths, out, model="audit-demo")."""
@@ -415,6 +417,13 @@ def explain(inputs: list[str | os.PathLike], out: str | os.PathLike, *, tile: in
     if tile < 64:
         raise AuditError(f"--tile must be at least 64 pixels, not {tile}")
     words = word_filter(str(stop_words), min_relative_cosine)
+    scans = [Path(i) for i in inputs if (Path(i) / "scan.json").is_file()]
+    if scans:
+        if len(inputs) != 1:
+            raise AuditError("audit explain takes image files and folders, or one scan directory alone")
+        return render(scans[0], out, tile, only=_known_ids(scans[0], images), words=words)
+    if images:
+        raise AuditError("--image names images of a scan directory; pass one as the input")
     paths = collect_images(inputs)
     unknown = set(overrides) - {f.name for f in dataclasses.fields(ScanOptions)}
     if unknown:
@@ -424,6 +433,19 @@ def explain(inputs: list[str | os.PathLike], out: str | os.PathLike, *, tile: in
     # the same folder stay (resume); --overwrite starts the folder's scan over.
     run_scan(str(_manifest(paths, out)), str(out / "scan"), **dataclasses.asdict(opts))
     return render(out / "scan", out, tile, only={str(p) for p in paths}, words=words)
+
+
+def _known_ids(scan_dir: Path, images: list[str] | None) -> set[str] | None:
+    """The image ids asked for, each one scanned (None: all)."""
+    if not images:
+        return None
+    known = set(Scan(scan_dir).images().image_id)
+    missing = [i for i in images if i not in known]
+    if missing:
+        raise AuditError(f"{scan_dir} has no image {missing[0]!r}" + (f" (and {len(missing) - 1} more)" if
+                                                                      len(missing) > 1 else "")
+                         + "; image ids are as the scan stored them (audit.Scan(...).images().image_id)")
+    return set(images)
 
 
 def collect_images(inputs: list[str | os.PathLike]) -> list[Path]:

@@ -303,7 +303,7 @@ def diff(
 
 @app.command()
 def explain(
-    inputs: list[Path] = typer.Argument(..., help="Image files and/or folders."),
+    inputs: list[Path] = typer.Argument(..., help="Image files and/or folders, or one scan directory (of any source kind: its stored words are drawn, nothing is scanned)."),
     out: Path = typer.Option(Path("explain-out"), "--out", "-o", help="Folder for the tiles, mosaics and the scan behind them."),
     words: Words = None,
     words_file: WordsFile = None,
@@ -329,6 +329,7 @@ def explain(
     vocabulary: Vocabulary = _D.vocabulary,
     concept_mean: ConceptMean = _D.concept_mean,
     tile: int = typer.Option(256, min=64, help="Width of a tile in pixels."),
+    image: Optional[list[str]] = typer.Option(None, "--image", help="With a scan directory: draw only this image id (repeat for more); default: every image."),  # noqa: UP045
     stop_words: StopWords = STOP_WORDS,
     min_relative_cosine: MinRelativeCosine = MIN_RELATIVE_COSINE,
     json_out: Path = typer.Option(None, "--json", help="Write what is printed (sequences, words, files) as JSON here; - for standard output, instead of the text."),
@@ -341,7 +342,7 @@ def explain(
     import audit
     from audit.outputs.explain import explained_json, explained_text, write_json
 
-    done = audit.explain(inputs, out, tile=tile, words=tuple(words or ()), words_file=words_file,
+    done = audit.explain(inputs, out, tile=tile, images=image, words=tuple(words or ()), words_file=words_file,
                          no_ascent=no_ascent, model=model, pretrained=pretrained, device=device, seed=seed,
                          steps=steps, tokens_per_seq=tokens_per_seq, candidates=candidates, lr=lr, views=views,
                          refine_rounds=refine_rounds, refine_words=refine_words, prompt=prompt,

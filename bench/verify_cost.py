@@ -7,6 +7,10 @@ and the planted finding to ground); ViT-B-32 with random weights with three prob
 no findings), so its grounding cost is measured as what a (finding, image) pair encodes: 3 + 2 * random_draws blanked
 images (2 more with an object box), timed on the model.
 
+The same demo images stored as WebDataset shards (16 a shard) and as a Parquet file give rows of their own: verify
+reads each image again by its stored key (audit.sources.access), and the ratio to the manifest's row is printed
+(issue 44's target: within 1.5x per verified finding).
+
     .venv/bin/python bench/verify_cost.py [--images 60] [--vit-images 8]
 """
 
@@ -15,6 +19,7 @@ from __future__ import annotations
 import argparse
 import logging
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -79,6 +84,16 @@ def main() -> None:
         demo = root / "demo" / "scan"
         audit.scan(manifest, demo, model="audit-demo", opinion="concepts", workers=0, device="cpu", quiet=True)
         rows.append(("audit-demo", measure(demo, args.images, min_count=3)))
+        # The same images as shards and as a Parquet file, written by the tests' writer of every source kind.
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+        from tests.source_kinds import write_kinds
+
+        kinds = write_kinds(manifest, root / "kinds")
+        for kind, name in (("webdataset", "audit-demo, WebDataset shards"), ("parquet", "audit-demo, Parquet")):
+            scan = root / kind / "scan"
+            audit.scan(kinds[kind][0], scan, model="audit-demo", opinion="concepts", workers=0, device="cpu",
+                       quiet=True)
+            rows.append((name, measure(scan, args.images, min_count=3)))
         vit = root / "vit" / "scan"
         audit.scan(manifest, vit, model="ViT-B-32", pretrained="none", opinion="probes", words="grass,red,circle",
                    workers=0, device="cpu", quiet=True)
@@ -93,6 +108,18 @@ def main() -> None:
                         f"{r['pair_estimate']:.3f} (the encodes of one pair, timed)")
             print(f"| {name} | {r['faith_images']} | {r['faith_s'] / max(r['faith_images'], 1):.3f} | "
                   f"{r['findings']} | {r['pairs']} | {per_pair} |")
+        by = dict(rows)
+
+        def per(r, seconds, count):
+            return r[seconds] / max(r[count], 1)
+
+        base = by["audit-demo"]
+        for name in ("audit-demo, WebDataset shards", "audit-demo, Parquet"):
+            r = by[name]
+            finding = per(r, "ground_s", "findings") / per(base, "ground_s", "findings")
+            image = per(r, "faith_s", "faith_images") / per(base, "faith_s", "faith_images")
+            print(f"ratio: {name} / manifest: per verified finding {finding:.2f}x, per faithfulness image "
+                  f"{image:.2f}x")
         # The target: `audit verify` of the demo scan (the ascent's words, as `audit demo` scans) with the
         # defaults, within a minute.
         from audit.demo import DEMO_SETTINGS

@@ -255,3 +255,18 @@ def test_ask_reads_a_bounded_number_of_images_at_a_time(odd_folder, tmp_path, mo
     monkeypatch.setattr(ask_mod, "ROWS_PER_UNIT", 2 * len(WORDS.split(",")))  # 2 images' rows
     rows = audit.ask(tmp_path / "src", tmp_path / "rows", words=WORDS, device="cpu", quiet=True)
     assert sizes(rows) == [2, 1, 2, 1, 1] and np.allclose(by_pair(rows), whole, atol=1e-6)
+
+
+def test_ask_takes_the_whole_vocabulary_without_heatmaps(demo_run, tmp_path, capsys):
+    """Without --heatmaps an asked word costs a row of a matrix product: the built-in vocabulary's 13,000 words
+    are asked of the demo scan at once. With --heatmaps each costs a relevancy pass per image: more than 1,000 are
+    refused, and the message says why and what the limit is without them."""
+    from audit.scanner.vocabulary import WORDS_FILE as BUILTIN
+
+    asked = audit.ask(demo_run[0] / "scan", tmp_path / "all", words_file=BUILTIN, device="cpu", quiet=True)
+    tokens = asked.tokens()
+    assert tokens.word.nunique() == 13_000 and len(tokens) == 13_000 * len(asked.images())
+    code = main(["ask", str(demo_run[0] / "scan"), "-o", str(tmp_path / "maps"), "--words-file", str(BUILTIN),
+                 "--heatmaps", "--device", "cpu", "-q"])
+    err = capsys.readouterr().err
+    assert code == 2 and "at most 1000 with --heatmaps" in err and "without --heatmaps" in err, err

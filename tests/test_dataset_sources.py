@@ -191,6 +191,56 @@ def test_memory_filesystem_shards_and_manifest(tmp_path):
     assert "cannot read remote object" in reason
 
 
+def test_images_are_read_again_by_key_from_the_containers_that_hold_them(sources, tmp_path, monkeypatch):
+    """audit.sources.access: a scan's images from every kind, remote shards and a dataset without an id column
+    included; only the shards that hold wanted members are opened, and a key that is gone is a reason, not a
+    crash."""
+    import tarfile
+
+    import fsspec
+
+    from audit.sources import access
+
+    want = {stem: data for stem, _, data, _ in _images()}
+
+    def read_back(scan, ids=None):
+        images = scan.images()
+        if ids is not None:
+            images = images[images.image_id.isin(ids)]
+        got = access.SourceImages(scan.config["source"]).fetch(zip(images.image_id, images.path, strict=True))
+        return {Path(i.split("/")[-1]).stem.split("#")[0]: f for i, f in got.items()}
+
+    hf = audit.scan(sources / "hf", tmp_path / "hf", **PROBE)  # ids: split/row index
+    assert sorted(hf.images().image_id)[0] == "train/0"
+    rows = read_back(hf)
+    assert {int(k): f.data for k, f in rows.items()} == {i: want[f"img{i:02d}"] for i in range(N)}
+    parquet = audit.scan(sources / "bytes.parquet", tmp_path / "parquet", **PROBE)
+    assert {k: f.data for k, f in read_back(parquet).items()} == want
+
+    shards = audit.scan(sources / "shards", tmp_path / "shards", **PROBE)
+    opened = []
+    real_open = tarfile.open
+    monkeypatch.setattr(access.tarfile, "open", lambda name=None, *a, **k: opened.append(name) or
+                        real_open(name, *a, **k))
+    one = read_back(shards, ["00001.tar/img05"])
+    assert one["img05"].data == want["img05"] and [Path(o).name for o in opened] == ["00001.tar"]
+    monkeypatch.setattr(access.tarfile, "open", real_open)
+
+    fs = fsspec.filesystem("memory")
+    for path in sorted((sources / "shards").glob("*.tar")):
+        fs.pipe(f"/audit-access/{path.name}", path.read_bytes())
+    remote = audit.scan("memory://audit-access/{00000..00001}.tar", tmp_path / "remote", **PROBE)
+    assert {k: f.data for k, f in read_back(remote).items()} == want
+
+    lost = access.SourceImages(shards.config["source"]).fetch([("x", f"{sources / 'shards' / '00000.tar'}#gone.jpg"),
+                                                               ("y", str(sources / "shards" / "nope.tar") + "#a.jpg"),
+                                                               ("z", "no-key")])
+    assert "no such member" in lost["x"].error and "shard unreadable" in lost["y"].error
+    assert "names no member" in lost["z"].error
+    with pytest.raises(Exception, match="no such member"):
+        access.open_fetched(lost["x"])
+
+
 def test_source_choice(tmp_path, sources):
     assert detect(str(sources / "shards")) == "webdataset" and detect(str(sources / "hf")) == "hf"
     assert detect(str(sources / "bytes.parquet")) == "parquet" and detect(str(sources / "folder")) == "folder"

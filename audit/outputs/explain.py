@@ -22,7 +22,8 @@ from PIL import Image, ImageDraw, ImageFont
 
 from audit.outputs.files import write_text
 from audit.outputs.overlay import overlay
-from audit.sources.decode import DecodeError, fit, open_rgb
+from audit.sources.access import SourceImages, open_fetched
+from audit.sources.decode import DecodeError, fit
 from audit.store.query import WordFilter
 from audit.store.schema import ASCENT, CONCEPT, PROBE
 from audit.words import clean_words
@@ -33,6 +34,7 @@ TILE = 256
 SHOWN_SEQUENCES = 3  # sequences printed per image on the terminal; opinion.txt has them all
 LABEL_H = 40
 MAX_NAME = 48
+FETCH_IMAGES = 64  # images read from the source together (their encoded bytes held meanwhile)
 
 
 @dataclass
@@ -177,11 +179,15 @@ def render(scan_dir: str | os.PathLike, out: str | os.PathLike, tile: int = TILE
     by_image = dict(iter(rows.groupby("image_id", sort=False)))
     settings = scan.config.get("settings", {})
     done = []
-    for im in images.itertuples():
+    access = SourceImages(scan.config.get("source"))  # the images, read again by their keys, whatever the source
+    fetched = {}
+    for k, im in enumerate(images.itertuples()):
+        if k % FETCH_IMAGES == 0:  # read from the source together: a shard is streamed once for them all
+            fetched = access.fetch(images[["image_id", "path"]].iloc[k:k + FETCH_IMAGES].itertuples(index=False))
         try:
-            arr, _ = fit(open_rgb(im.path, None), size if isinstance(size, int) else tuple(size),
+            arr, _ = fit(open_fetched(fetched[im.image_id]), size if isinstance(size, int) else tuple(size),
                          preprocess.get("resize_mode", "shortest"), "bicubic")
-        except DecodeError as e:
+        except (DecodeError, OSError) as e:
             log.warning(f"audit explain: cannot redraw {im.path}: {e}")
             continue
         frame = Image.fromarray(arr).resize((tile, round(tile * arr.shape[0] / arr.shape[1])),

@@ -39,7 +39,8 @@ from audit.outputs import TOP
 from audit.outputs.files import write_text
 from audit.outputs.html import environment
 from audit.outputs.overlay import overlay
-from audit.sources.decode import DecodeError, fit, open_rgb
+from audit.sources.access import Fetched, SourceImages, open_fetched
+from audit.sources.decode import DecodeError, fit
 from audit.store.query import MISSING_GROUP, ScanQuery
 from audit.store.schema import ASCENT, CONCEPT, PROBE
 
@@ -62,11 +63,19 @@ PAIR_NAMES = {ASCENT: "(image, word) pairs from the ascent", CONCEPT: "(image, c
 KIND_NAMES = {ASCENT: ("words the ascent found", "word"), CONCEPT: ("concepts of the decomposition", "concept")}
 
 
-def _thumbnail(path: str, grid, gh: int, gw: int, preprocess: dict) -> str | None:
+def _fetch(q: ScanQuery, pairs) -> dict:
+    """image_id -> its encoded image (audit.sources.access) for (image_id, path) pairs, read from the scan's source
+    by their keys, whatever its kind."""
+    return SourceImages(q.scan.config.get("source")).fetch(pairs)
+
+
+def _thumbnail(fetched: Fetched | None, grid, gh: int, gw: int, preprocess: dict) -> str | None:
     """The image as the model saw it, as a data URL, with the heatmap `grid` over it (none: the image alone)."""
+    if fetched is None:
+        return None
     try:
-        img = open_rgb(path, None)
-    except DecodeError:
+        img = open_fetched(fetched)
+    except (DecodeError, OSError):
         return None
     arr, _ = fit(img, THUMB, preprocess.get("resize_mode", "shortest"), "bicubic")
     from PIL import Image
@@ -132,12 +141,17 @@ def _column_view(q: ScanQuery, assoc: Associations, top: int, preprocess: dict, 
     ordered = pd.concat([assoc.findings, assoc.flagged[assoc.flagged.names_group]])
     looks = assoc.looks
     by_pair = {k: v.to_dict("records") for k, v in looks.groupby(["grp", "word"], sort=False)} if len(looks) else {}
-    for i, r in enumerate(ordered.to_dict("records")):
+    records = ordered.to_dict("records")
+    shown = [q.examples(assoc.column, r["grp"], r["word"], EXAMPLES, assoc.kind, assoc.words).to_dict("records")
+             for r in records[:FLAGGED_WITH_EXAMPLES]]
+    fetched = _fetch(q, ((ex["image_id"], ex["path"]) for examples in shown for ex in examples))
+    for i, r in enumerate(records):
         examples = []
         if i < FLAGGED_WITH_EXAMPLES:
-            for ex in q.examples(assoc.column, r["grp"], r["word"], EXAMPLES, assoc.kind, assoc.words).to_dict("records"):
+            for ex in shown[i]:
                 examples.append({"image_id": ex["image_id"], "cosine": ex["word_cosine"],
-                                 "src": _thumbnail(ex["path"], ex["grid"], ex["grid_h"], ex["grid_w"], preprocess)})
+                                 "src": _thumbnail(fetched.get(ex["image_id"]), ex["grid"], ex["grid_h"],
+                                                   ex["grid_w"], preprocess)})
         flagged.append({**r, "column": assoc.column, "kind": assoc.kind, "kind_name": singular,
                         "looks": _looks_text(by_pair.get((r["grp"], r["word"]), [])), "examples": examples})
     matrix, weights, words = [], [], []
@@ -179,10 +193,11 @@ def _copies_view(q: ScanQuery, group_by: list[str], preprocess: dict) -> dict | 
              .groupby("cluster").head(COPY_THUMBS))
     paths = q.df("SELECT image_id, path FROM all_images WHERE image_id IN (SELECT unnest(?::VARCHAR[]))",
                  [list(shown.image_id)]).set_index("image_id").path
+    fetched = _fetch(q, paths.items())
     clusters = []
     for r in largest.itertuples():
         members = shown[shown.cluster == r.cluster]
-        thumbs = [{"id": m.image_id, "kind": m.kind, "src": _thumbnail(paths.get(m.image_id, ""), None, 0, 0, preprocess)}
+        thumbs = [{"id": m.image_id, "kind": m.kind, "src": _thumbnail(fetched.get(m.image_id), None, 0, 0, preprocess)}
                   for m in members.itertuples()]
         clusters.append({"cluster": int(r.cluster), "representative": r.representative, "size": int(r.size),
                          "exact": int(r.exact), "near": int(r.near), "thumbs": thumbs})

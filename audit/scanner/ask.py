@@ -36,6 +36,7 @@ log = logging.getLogger("audit.ask")
 KEPT = ("model", "pretrained", "weights_sha256", "seed", "start_layer", "start_layer_text", "heatmap",
         "occlusion_window", "legrad_layers", "precision")
 HEATMAP_IMAGES = 16  # images read again and mapped together with --heatmaps
+FETCH_IMAGES = 256  # and read from the source together (encoded bytes held: about 256 x 100 kB)
 IMAGES_PER_UNIT = 16_384  # source images read (and written as one part) at a time, at most
 ROWS_PER_UNIT = 2_000_000  # and fewer with many words: a unit's rows (images times words) are held twice (one written)
 
@@ -66,7 +67,14 @@ class _Probes:
         from audit.scanner.options import ScanOptions
 
         self.opts = ScanOptions(model=model, words=words, words_file=words_file, templates=templates)
-        self.plan = ProbeOpinion.plan(self.opts)
+        from audit.scanner.probes import HEATMAP_COST, MAX_ASKED, MAX_PROBES
+
+        if heatmaps:
+            limit = dict(limit=MAX_PROBES, why=f"at most {MAX_PROBES} with --heatmaps ({HEATMAP_COST}); without "
+                         f"--heatmaps a word costs a row of a matrix product, and up to {MAX_ASKED} may be asked")
+        else:
+            limit = dict(limit=MAX_ASKED, why=f"at most {MAX_ASKED} (each adds a row per image to the answers)")
+        self.plan = ProbeOpinion.plan(self.opts, **limit)
         self.words = self.plan[0]
         if not self.words:
             raise AuditError("audit ask needs words to score: pass --words or --words-file")
@@ -86,8 +94,10 @@ class _Probes:
             from audit.scanner.memory import relevancy_chunk
             from audit.scanner.relevancy import check_method
             from audit.scanner.verify import method_params, scan_method
+            from audit.sources.access import SourceImages
 
             self.towers, self.preprocess = towers, preprocess
+            self.access = SourceImages(source.config.get("source"))  # the images, read again by their keys
             self.method = scan_method(source)
             self.params = method_params(source.settings)[self.method]
             check_method(towers, self.method, self.params)
@@ -110,19 +120,24 @@ class _Probes:
         from audit.scanner.heatmap_stats import heatmap_columns
         from audit.scanner.loader import to_model_input
         from audit.scanner.relevancy import relevancy
-        from audit.sources.decode import DecodeError, box_in_frame, decode
+        from audit.sources.access import decode_fetched
+        from audit.sources.decode import DecodeError, box_in_frame
 
         mean = np.asarray(self.preprocess["mean"], dtype=np.float32)
         std = np.asarray(self.preprocess["std"], dtype=np.float32)
         rows = images.select(["image_id", "path", "x0", "y0", "x1", "y1"]).to_pylist()
         words = list(self.words)
         tables = []
+        fetched = {}
         for lo in range(0, len(rows), HEATMAP_IMAGES):
             ids, pixels, boxes = [], [], []
-            for r in rows[lo:lo + HEATMAP_IMAGES]:
+            part = rows[lo:lo + HEATMAP_IMAGES]
+            if lo % FETCH_IMAGES == 0:  # a shard streamed once for many images, not once per HEATMAP_IMAGES
+                fetched = self.access.fetch((r["image_id"], r["path"]) for r in rows[lo:lo + FETCH_IMAGES])
+            for r in part:
                 try:
-                    d = decode(r["path"], self.preprocess, None)
-                except (DecodeError, OSError) as e:  # moved since the scan, or a source read by key: said once
+                    d = decode_fetched(fetched[r["image_id"]], self.preprocess)
+                except (DecodeError, OSError) as e:  # moved or changed since the scan: said once
                     if not self.unreadable:
                         log.warning(f"audit ask: cannot read {r['path']} again for its heatmaps ({e}); images that "
                                     "cannot be read get none")

@@ -10,15 +10,21 @@ from pathlib import Path
 from audit.errors import AuditError
 from audit.words import read_lines
 
+# A scanned probe word (or one asked with --heatmaps) costs a relevancy pass per image; one asked without heatmaps
+# costs a row of a matrix product per image, so `audit ask` takes as many as a vocabulary file may hold.
 MAX_PROBES = 1000
+MAX_ASKED = 200_000
+HEATMAP_COST = "each costs a relevancy pass per image, for its heatmap"
 
 
 def normalise(text: str) -> str:
     return " ".join(text.lower().split())
 
 
-def parse_probe_words(words=(), words_file: str | os.PathLike | None = None) -> tuple[str, ...]:
-    """Probe words in order, duplicates dropped. `words` may be one comma-separated string or several."""
+def parse_probe_words(words=(), words_file: str | os.PathLike | None = None, limit: int = MAX_PROBES,
+                      why: str = f"at most {MAX_PROBES} per scan ({HEATMAP_COST})") -> tuple[str, ...]:
+    """Probe words in order, duplicates dropped. `words` may be one comma-separated string or several; more than
+    `limit` are refused with `why`."""
     items: list[str] = []
     for chunk in [words] if isinstance(words, str) else list(words or ()):
         items += str(chunk).split(",")
@@ -27,9 +33,8 @@ def parse_probe_words(words=(), words_file: str | os.PathLike | None = None) -> 
         lines = read_lines(path, "--words-file", f"--words-file {path} does not exist")
         items += [line for line in lines if not line.lstrip().startswith("#")]
     out = list(dict.fromkeys(w for w in map(normalise, items) if w))
-    if len(out) > MAX_PROBES:
-        raise AuditError(f"{len(out)} probe words; at most {MAX_PROBES} per scan (each costs a relevancy pass per "
-                         "image)")
+    if len(out) > limit:
+        raise AuditError(f"{len(out)} probe words; {why}")
     return tuple(out)
 
 

@@ -35,7 +35,8 @@ import torch.nn.functional as F
 
 from audit.errors import AuditError
 from audit.scanner.options import VerifyOptions
-from audit.sources.decode import DecodeError, decode
+from audit.sources.access import Fetched, SourceImages, decode_fetched
+from audit.sources.decode import DecodeError
 from audit.store.schema import PROBE, VERIFICATION, VERIFICATION_FOLDER
 
 log = logging.getLogger("audit.verify")
@@ -233,10 +234,10 @@ def method_params(settings: dict) -> dict[str, dict]:
     return {method: method_options(method, opts) for method in METHODS}
 
 
-def _pixels(path: str, preprocess: dict):
+def _pixels(fetched: Fetched, preprocess: dict):
     from audit.scanner.loader import to_model_input
 
-    d = decode(path, preprocess, None)
+    d = decode_fetched(fetched, preprocess)
     mean = np.asarray(preprocess["mean"], dtype=np.float32)
     std = np.asarray(preprocess["std"], dtype=np.float32)
     return to_model_input(d.pixels, mean, std), d.frame
@@ -270,6 +271,7 @@ def method_curves(towers, images: torch.Tensor, pair_image: torch.Tensor, words:
 
 
 IMAGES_PER_BATCH = 8  # images verified together: their pairs share the relevancy calls and the encodes
+FETCH_IMAGES = 256  # images read from the source together (a multiple of IMAGES_PER_BATCH)
 
 
 def faithfulness(scan_dir, towers, preprocess: dict, store: Store, opts: VerifyOptions, words, progress) -> int:
@@ -286,11 +288,15 @@ def faithfulness(scan_dir, towers, preprocess: dict, store: Store, opts: VerifyO
     tokens = q.judged(words, todo)
     tokens = tokens[tokens.filtered.isna() | (tokens.kind == PROBE)].sort_values(["image_id", "kind", "word_rank"])
     tokens = tokens.groupby(["image_id", "kind"]).head(opts.words_per_kind)
+    access = SourceImages(q.scan.config.get("source"))
+    fetched = {}
     for lo in range(0, len(todo), IMAGES_PER_BATCH):
         batch, pixels = [], []
+        if lo % FETCH_IMAGES == 0:  # read from the source together: a shard is streamed once for them all
+            fetched = access.fetch((i, images.at[i, "path"]) for i in todo[lo:lo + FETCH_IMAGES])
         for image_id in todo[lo:lo + IMAGES_PER_BATCH]:
             try:
-                pixels.append(_pixels(images.at[image_id, "path"], preprocess)[0])
+                pixels.append(_pixels(fetched[image_id], preprocess)[0])
                 batch.append(image_id)
             except (DecodeError, OSError) as e:  # moved or changed since the scan: skipped, said once
                 log.warning(f"audit verify: cannot read {images.at[image_id, 'path']}: {e}")
@@ -328,15 +334,20 @@ def grounding(scan_dir, towers, preprocess: dict, store: Store, opts: VerifyOpti
     cells = grid[0] * grid[1]
     method = scan_method(q.scan)
     count = 0
-    for column, kind, grp, word in findings:
-        examples = q.examples(column, grp, word, opts.grounding_images, kind=kind, words=words)
+    # Every finding's examples first, so that the source is read once for them all (a shard streamed once).
+    wanted = [(finding, q.examples(finding[0], finding[2], finding[3], opts.grounding_images, kind=finding[1],
+                                   words=words)) for finding in findings]
+    fetched = SourceImages(q.scan.config.get("source")).fetch(
+        (ex.image_id, ex.path) for finding, examples in wanted for ex in examples.itertuples()
+        if (*finding, ex.image_id) not in done)
+    for (column, kind, grp, word), examples in wanted:
         text = unit_texts(towers, [word])[0]
         todo, pixels, frames = [], [], []
         for ex in examples.itertuples():
             if (column, kind, grp, word, ex.image_id) in done:
                 continue
             try:
-                pixel, frame = _pixels(ex.path, preprocess)
+                pixel, frame = _pixels(fetched[ex.image_id], preprocess)
             except (DecodeError, OSError) as e:  # moved or changed since the scan: skipped, said once
                 log.warning(f"audit verify: cannot read {ex.path}: {e}")
                 continue

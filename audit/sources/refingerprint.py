@@ -1,5 +1,5 @@
-"""Fingerprints for a scan made before scans took them (schema 6): its images read again from their stored
-paths, by `audit duplicates`, into a table of their own (the scan's files are never edited)."""
+"""Fingerprints for a scan made before scans took them (schema 6): its images read again by their stored keys
+(audit.sources.access), by `audit duplicates`, into a table of their own (the scan's files are never edited)."""
 
 from __future__ import annotations
 
@@ -7,24 +7,31 @@ import logging
 
 import pyarrow as pa
 
-from audit.sources.decode import DecodeError, open_rgb
+from audit.sources.access import SourceImages, open_fetched
+from audit.sources.decode import DecodeError
 from audit.sources.fingerprint import fingerprint
-from audit.sources.remote import is_url, read_bytes
 from audit.store.schema import FINGERPRINTS
 
 log = logging.getLogger("audit.fingerprint")
 
 
-def fingerprint_files(ids: list[str], paths: list[str], max_pixels: int | None) -> tuple[pa.Table, int]:
-    """Fingerprints of images stored before scans took them (schema 6), read again from their stored paths (local
-    files or fsspec URLs); returns the FINGERPRINTS rows of those that could be read and how many could not (a
-    shard member or a dataset row has no path to open, a file may have moved)."""
+READ_AT_ONCE = 256  # images read from the source together (their encoded bytes held meanwhile)
+
+
+def fingerprint_files(ids: list[str], paths: list[str], max_pixels: int | None,
+                      source: dict | None = None) -> tuple[pa.Table, int]:
+    """Fingerprints of images stored before scans took them (schema 6), read again by their stored keys from the
+    scan's `source` (scan.json's; None: files or fsspec URLs); returns the FINGERPRINTS rows of those that could be
+    read and how many could not (a file moved, a shard changed)."""
     rows: dict[str, list] = {name: [] for name in FINGERPRINTS.names}
     missed = 0
-    for image_id, path in zip(ids, paths, strict=True):
+    access = SourceImages(source)
+    fetched = {}
+    for k, (image_id, path) in enumerate(zip(ids, paths, strict=True)):
+        if k % READ_AT_ONCE == 0:
+            fetched = access.fetch(zip(ids[k:k + READ_AT_ONCE], paths[k:k + READ_AT_ONCE], strict=True))
         try:
-            data = read_bytes(path) if is_url(path) else None
-            f = fingerprint(open_rgb(path, max_pixels, data))
+            f = fingerprint(open_fetched(fetched[image_id], max_pixels))
         except (DecodeError, OSError, ValueError) as e:
             missed += 1
             log.debug(f"audit: cannot fingerprint {path}: {e}")

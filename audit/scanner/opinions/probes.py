@@ -41,9 +41,10 @@ class ProbeOpinion(Opinion):
     options = ("words", "words_file", "templates")
 
     @classmethod
-    def plan(cls, opts) -> tuple[tuple[str, ...], list[str], str]:
+    def plan(cls, opts, **limit) -> tuple[tuple[str, ...], list[str], str]:
+        """`limit`: parse_probe_words' limit and why (`audit ask` without heatmaps takes more words)."""
         spec = opts.with_model_defaults().templates
-        return parse_probe_words(opts.words, opts.words_file), parse_templates(spec), spec
+        return parse_probe_words(opts.words, opts.words_file, **limit), parse_templates(spec), spec
 
     @classmethod
     def settings(cls, opts, planned) -> dict:
