@@ -28,7 +28,9 @@ KEYS = {"images": ["image_id"], "tokens": ["image_id", "kind", "word"], "heatmap
         "errors": ["image_id"], "embeddings": ["image_id"]}
 
 
-def assert_same_rows(got: audit.Scan, want: audit.Scan):
+def assert_same_rows(got: audit.Scan, want: audit.Scan, exact: bool = False):
+    """The same rows in every table; `exact`: every value bit for bit but the heatmaps' (the model's forward and
+    backward over a batch's pairs), which stay within float noise."""
     for t in TABLES:
         a, b = got.df(t), want.df(t)
         assert not a.duplicated(KEYS[t]).any(), f"{t}: rows stored twice"
@@ -38,6 +40,9 @@ def assert_same_rows(got: audit.Scan, want: audit.Scan):
         for col in a.columns:
             if col in ("grid", "text_relevance"):
                 assert np.allclose(np.concatenate(a[col].to_list()), np.concatenate(b[col].to_list()), atol=1e-5)
+            elif exact and (col == "embedding" or a[col].dtype.kind == "f"):
+                values = (np.stack(a[col]), np.stack(b[col])) if col == "embedding" else (a[col], b[col])
+                assert np.array_equal(*values, equal_nan=True), (t, col)
             elif col == "embedding":  # float16: another batch's float noise may round the last bit the other way
                 assert np.allclose(np.stack(a[col]), np.stack(b[col]), rtol=2e-3, atol=1e-3), t
             elif a[col].dtype.kind == "f":

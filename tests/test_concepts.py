@@ -258,7 +258,7 @@ def test_concepts_do_not_depend_on_batch_size_order_or_resume(photos, concept_sc
         assert len(after) == len(before) + len(added) and len(added) > 0
         fresh = audit.scan(photos, tmp_path / "fresh", **CONCEPTS, concept_mean=str(tmp_path / "part")).tokens()
         want = fresh[fresh.image_id == "a/0-new.png"]
-        assert list(added.word) == list(want.word) and np.allclose(added.weight, want.weight, atol=1e-5)
+        assert list(added.word) == list(want.word) and np.array_equal(added.weight, want.weight)
     finally:
         (photos / "a" / "0-new.png").unlink()
 
@@ -270,7 +270,7 @@ def test_both_opinions_side_by_side(photos, concept_scan, tmp_path):
     concepts = tokens[tokens.kind == "concept"].sort_values(["image_id", "word_rank"]).reset_index(drop=True)
     alone = concept_scan.tokens().sort_values(["image_id", "word_rank"]).reset_index(drop=True)
     assert list(concepts.word) == list(alone.word)
-    assert np.allclose(concepts.weight, alone.weight, atol=1e-5)
+    assert np.array_equal(concepts.weight, alone.weight)
     assert tokens[tokens.kind == "ascent"].weight.isna().all()
 
 

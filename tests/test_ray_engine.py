@@ -73,6 +73,22 @@ def test_ray_engine_gives_the_rows_of_the_local_engine(dataset, reference, tmp_p
     assert got.config["concept_mean"] == reference.config["concept_mean"]  # the driver's mean is the local one
 
 
+def test_webdataset_probes_on_ray_equal_the_local_rows_bit_for_bit(tmp_path):
+    """Two shards, 48 images, probe words: every value the two engines store is the same bits (each image's
+    embedding and scores are computed in chunks of one shape, whatever the batch an actor was given); the
+    heatmaps, the model's own pass over each batch's pairs, within float noise."""
+    from .source_kinds import write_shards
+
+    manifest = make_dataset(tmp_path / "ds", images=48, size=64)
+    shards = write_shards(manifest, tmp_path / "shards", per_shard=24)
+    kw = dict(model="audit-tiny", pretrained="none", opinion="probes", words="cat,dog", device="cpu", quiet=True,
+              embeddings="float32", precision="float32")
+    local = audit.scan(shards, tmp_path / "local", workers=0, batch_size=16, **kw)
+    ray = audit.scan(shards, tmp_path / "ray", engine="ray", workers=2, batch_size=5, **kw)
+    assert ray.config["runs"][-1]["engine"] == "ray" and len(ray.images()) == 48
+    assert_same_rows(ray, local, exact=True)
+
+
 def test_driver_killed_then_rerun_gives_the_uninterrupted_rows(dataset, reference, tmp_path):
     out = tmp_path / "scan"
     proc = subprocess.Popen(_command(dataset, out), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from audit.errors import AuditError
-from audit.scanner.sparse_solve import nonneg_lasso
+from audit.scanner.sparse_solve import exact_row, nonneg_lasso
 from audit.store.schema import CONCEPT
 
 log = logging.getLogger("audit.scan")
@@ -146,17 +146,19 @@ class Decomposition:
             return self._solve(feats)
 
     def _solve(self, feats: torch.Tensor) -> tuple[list[list[dict]], np.ndarray]:
-        x = self.centred(feats)
-        sol = nonneg_lasso(self.atoms, x, self.settings.l1)
-        recon = torch.bmm(sol.weights[:, None, :], self.atoms[sol.atoms])[:, 0]
-        fit = F.cosine_similarity(recon, x, dim=-1).nan_to_num(0.0).clamp(min=0.0).cpu().numpy()
-        cosine = (F.normalize(feats.float(), dim=-1)[:, None, :] * self.embeddings[sol.atoms]).sum(-1)
-        weights, atoms, cosine = sol.weights.cpu().numpy(), sol.atoms.cpu().numpy(), cosine.cpu().numpy()
-        rows = []
-        for i in range(x.shape[0]):
-            keep = [j for j in range(weights.shape[1]) if weights[i, j] > 0][: self.settings.per_image]
-            rows.append([{"word": self.words[atoms[i, j]], "kind": CONCEPT, "word_rank": r, "seq_rank": -1,
-                          "seq_text": self.words[atoms[i, j]], "seq_cosine": float(cosine[i, j]),
-                          "weight": float(weights[i, j])} for r, j in enumerate(keep)])
-        return rows, fit.astype(np.float32)
+        # The batch finds each image's support; each image is then finished alone, in shapes of its own (its
+        # centring, its exact weights, its fit and its words' cosines), so its rows are the same bits in any batch.
+        sol = nonneg_lasso(self.atoms, self.centred(feats), self.settings.l1)
+        rows, fits = [], np.zeros(feats.shape[0], np.float32)
+        for i in range(feats.shape[0]):
+            x = self.centred(feats[i:i + 1])
+            weights, atoms = exact_row(self.atoms, x[0], self.settings.l1, sol.weights[i], sol.atoms[i])
+            recon = (weights.double() @ self.atoms[atoms].double()).float()[None]
+            fits[i] = F.cosine_similarity(recon, x, dim=-1).nan_to_num(0.0).clamp(min=0.0).item() if len(atoms) else 0
+            cosine = (F.normalize(feats[i:i + 1].float(), dim=-1) * self.embeddings[atoms]).sum(-1).tolist()
+            words = [(self.words[a], float(w), c) for a, w, c in zip(atoms.tolist(), weights.tolist(), cosine,
+                                                                       strict=True)][: self.settings.per_image]
+            rows.append([{"word": word, "kind": CONCEPT, "word_rank": r, "seq_rank": -1, "seq_text": word,
+                          "seq_cosine": c, "weight": w} for r, (word, w, c) in enumerate(words)])
+        return rows, fits
 

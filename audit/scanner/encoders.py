@@ -21,6 +21,18 @@ from audit.errors import AuditError
 EMBED_CHUNK = 16
 
 
+def fixed_chunks(rows: torch.Tensor, size: int):
+    """(chunk of exactly `size` rows, the last one padded with zero rows; how many are real), over `rows`' first
+    dimension. A product over a chunk gives each row the same bits whatever batch the row came in: the product's
+    blocking follows its shape, and every chunk has the one shape."""
+    n = rows.shape[0]
+    for lo in range(0, n, size):
+        part = rows[lo:lo + size]
+        if part.shape[0] < size:
+            part = torch.cat([part, part.new_zeros((size - part.shape[0], *part.shape[1:]))])
+        yield part, min(size, n - lo)
+
+
 def _text_parts(model):
     """The text tower's modules, whether they sit on the CLIP itself or on model.text."""
     owner = model if hasattr(model, "token_embedding") else getattr(model, "text", None)
@@ -201,13 +213,7 @@ class Towers:
         return pooled
 
     def _fixed_chunks(self, images: torch.Tensor):
-        """(chunk of exactly EMBED_CHUNK images, the last one padded with blank images; how many are real)."""
-        n = images.shape[0]
-        for lo in range(0, n, EMBED_CHUNK):
-            part = images[lo:lo + EMBED_CHUNK]
-            if part.shape[0] < EMBED_CHUNK:
-                part = torch.cat([part, part.new_zeros((EMBED_CHUNK - part.shape[0], *part.shape[1:]))])
-            yield part, min(EMBED_CHUNK, n - lo)
+        return fixed_chunks(images, EMBED_CHUNK)
 
     def image_pass(self, images: torch.Tensor, keep: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The embeddings, in chunks of exactly EMBED_CHUNK images (the last one padded with blank images), so that

@@ -14,9 +14,11 @@ small working set and checked against all V atoms:
     keeps that answer where it is non-negative and optimal;
  4. the optimality conditions of every atom outside the set (A r <= l1 with r the residual) are checked; the
     atoms that break them join the set and the solve repeats.
-The answer is the problem's exact optimum (to the tolerances below), whatever the working set was, so an image's
-weights do not depend on the images it is batched with. Everything is deterministic: fixed iteration limits,
-fixed tolerances, no randomness.
+The answer is the problem's exact optimum (to the tolerances below), whatever the working set was. The batch
+shares its working-set size and its iteration count, so the last bits of that answer could still follow the
+batch; `exact_row` then solves each row again on its own support alone (float64, shapes of the row's own), so an
+image's weights are the same bits whatever images it is batched with. Everything is deterministic: fixed
+iteration limits, fixed tolerances, no randomness.
 """
 
 from __future__ import annotations
@@ -125,3 +127,53 @@ def nonneg_lasso(atoms: torch.Tensor, x: torch.Tensor, l1: float, start: int = S
         w = torch.cat([w, torch.zeros_like(extra, dtype=w.dtype)], 1)
     order = w.argsort(dim=-1, descending=True, stable=True)
     return Solution(w.gather(1, order), work.gather(1, order), used, violation)
+
+
+SCREEN = 1e-4  # atoms whose float32 slack is above -SCREEN are checked again in float64
+EXACT_TOL = 1e-10  # an atom outside the support joins it when its float64 slack exceeds this
+
+
+@torch.no_grad()
+def exact_row(atoms: torch.Tensor, x: torch.Tensor, l1: float, weights: torch.Tensor,
+              chosen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One row's exact optimum, from its batched answer (`weights` over `chosen`, a row of nonneg_lasso's
+    Solution), with the row's own atoms and shapes alone, so that it depends on the row only.
+
+    Active set in float64: solve G_SS w = A_S x - l1 on the support, drop atoms whose weight is not positive,
+    add every atom outside whose slack A_j r - l1 is positive, until neither happens. The batched answer's support
+    is only where it starts: within KKT_TOL, the batch could leave out an atom of tiny weight (or keep one), and the
+    batch decided which. Returns (weights, atoms), largest weight first; a row that does not settle keeps its
+    batched answer."""
+    on = weights > 0
+    kept = (weights[on], chosen[on])
+    support = chosen[on].sort().values
+    x64 = x.double()
+    for _ in range(ROUNDS):
+        w = torch.zeros(0, dtype=torch.float64, device=x.device)
+        for _ in range(support.numel() + 1):
+            if support.numel() == 0:
+                w = torch.zeros(0, dtype=torch.float64, device=x.device)
+                break
+            a = atoms[support].double()
+            factor, info = torch.linalg.cholesky_ex(a @ a.T)
+            if int(info) != 0:
+                return _sorted(*kept)
+            w = torch.cholesky_solve((a @ x64 - l1)[:, None], factor)[:, 0]
+            if bool((w > 0).all()):
+                break
+            support = support[w > 0]
+        residual = x64 - (w @ atoms[support].double() if support.numel() else 0)
+        near = ((atoms @ residual.float() - l1) > -SCREEN).nonzero()[:, 0]
+        near = near[~torch.isin(near, support)]
+        join = near[(atoms[near].double() @ residual - l1) > EXACT_TOL]
+        if join.numel() == 0:
+            if not bool(torch.isfinite(w).all()):
+                return _sorted(*kept)
+            return _sorted(w.float(), support)
+        support = torch.cat([support, join]).sort().values
+    return _sorted(*kept)
+
+
+def _sorted(weights: torch.Tensor, atoms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    order = weights.argsort(descending=True, stable=True)
+    return weights[order], atoms[order]

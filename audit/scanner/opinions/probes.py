@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from audit.scanner.opinions.base import Opinion, OpinionBatch, OpinionRows
+from audit.scanner.encoders import EMBED_CHUNK, fixed_chunks
 from audit.scanner.probes import parse_probe_words
 from audit.scanner.templates import NAMED, check_fit, parse_templates, text_vectors
 from audit.store.schema import PROBE
@@ -24,9 +25,13 @@ def probe_cosines(features: torch.Tensor, texts: torch.Tensor) -> np.ndarray:
     # In float32 under the scan's bfloat16 autocast, on purpose: a probe score is a statistic, and `audit ask`
     # computes the same product on stored embeddings outside any autocast.
     with torch.autocast(features.device.type, enabled=False):
-        # Divided by the norms after the product: [B, W] divisions, not [B, D] (the same cosine, to float rounding).
-        dots = features @ texts.to(features.device, torch.float32).T
-        return (dots / features.norm(dim=-1, keepdim=True).clamp_min(1e-12)).cpu().numpy()
+        words = texts.to(features.device, torch.float32).T
+        out = []
+        # In chunks of one shape, so that an image's scores are the same bits in any batch (or in `audit ask`'s
+        # units of thousands). Divided by the norms after the product: [B, W] divisions, not [B, D].
+        for part, real in fixed_chunks(features, EMBED_CHUNK):
+            out.append((part @ words / part.norm(dim=-1, keepdim=True).clamp_min(1e-12))[:real])
+        return torch.cat(out).cpu().numpy() if out else np.zeros((0, words.shape[1]), np.float32)
 
 
 def probe_rows(words: tuple[str, ...], cosines: np.ndarray) -> list[list[dict]]:
