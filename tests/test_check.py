@@ -376,6 +376,16 @@ def test_a_watch_rule_without_a_bound_flags_any_association(tmp_path):
     assert "1 when not given" in (Path(__file__).parents[1] / "examples" / "audit-policy.toml").read_text()
 
 
+def test_there_is_one_example_policy_and_the_demo_gates_on_it():
+    """examples/audit-policy.toml is the file the package ships and `audit demo` checks with (a link to it), so
+    the documented example and the demo's cannot drift apart."""
+    from audit.demo import POLICY
+
+    example = Path(__file__).parents[1] / "examples" / "audit-policy.toml"
+    assert example.is_symlink() and example.resolve() == POLICY.resolve()
+    assert load_policy(example).rules
+
+
 def test_each_groups_drift_is_the_divergence_of_its_own_images(tmp_path):
     """compare() codes every pair once and slices a group's; each group's divergence, noise and p must be what
     divergence() gives on that group's own images and pairs, with groups that appear, vanish, or show no word."""

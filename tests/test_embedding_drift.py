@@ -97,6 +97,25 @@ def test_diff_and_check_see_what_the_images_show(tmp_path, capsys):
     assert "moved beyond sampling noise" in audit.diff(tmp_path / "b", tmp_path / "asked").text()
 
 
+def test_a_rule_without_a_kind_reads_the_words_the_scan_holds(tmp_path, capsys):
+    """[drift] embeddings on two concept scans names the concepts that moved (it named the ascent's words, which
+    a concepts scan has none of: "moved most: none"); a kind set in the policy still wins."""
+    noise = tmp_path / "noise"
+    for i in range(8):
+        save_noise(noise / "x" / f"{i}.png", seed=i)
+    kw = dict(opinion="concepts", **FAST)
+    audit.scan(noise, tmp_path / "a", **kw)
+    audit.scan(flat_colours(tmp_path / "flat"), tmp_path / "b", **kw)
+    policy = tmp_path / "policy.toml"
+    policy.write_text("[drift]\nembeddings = true\n", encoding="utf-8")
+    assert main(["check", str(tmp_path / "b"), "--policy", str(policy), "--baseline", str(tmp_path / "a")]) == 1
+    out = capsys.readouterr().out
+    assert "concept words that moved most: '" in out, out
+    policy.write_text('[drift]\nembeddings = true\nkind = "ascent"\n', encoding="utf-8")
+    main(["check", str(tmp_path / "b"), "--policy", str(policy), "--baseline", str(tmp_path / "a")])
+    assert "ascent words that moved most: none" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("bad", ["embeddings = 1", 'embeddings = "yes"'])
 def test_the_rule_takes_a_boolean(tmp_path, bad, capsys):
     audit.scan(flat_colours(tmp_path / "flat"), tmp_path / "a", opinion="probes", words="red", **FAST)

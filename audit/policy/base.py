@@ -9,6 +9,9 @@ from audit.analysis import FDR, MIN_COUNT, MIN_RELATIVE_COSINE, STOP_WORDS
 from audit.errors import AuditError
 
 LEVELS = ("fail", "warn")
+# A rule's `kind` left unset is this prefix and the kinds the rule allows, in order: the Checker picks the first
+# the checked scan holds (a concepts scan's rules read its concepts), or the first allowed when it holds none.
+KIND_HELD = "held:"
 
 
 @dataclass(frozen=True)
@@ -93,8 +96,11 @@ class Table:
         return value
 
     def kind(self, allowed: tuple[str, ...]) -> str:
-        """Which words the rule reads: ascent (the default, as before kinds existed), concept or probe."""
-        value = self.get("kind", str, "ascent")
+        """Which words the rule reads: ascent, concept or probe; unset, the kind the checked scan holds (KIND_HELD
+        and the allowed kinds, which the Checker resolves)."""
+        value = self.get("kind", str, None)
+        if value is None:
+            return KIND_HELD + ",".join(allowed)
         if value not in allowed:
             raise self.fail("kind", f"is {' or '.join(repr(a) for a in allowed)} for this rule, not {value!r}")
         return value

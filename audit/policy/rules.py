@@ -8,6 +8,7 @@ rule is evaluated by its own module (audit/policy/kinds/); the Checker here hold
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 
@@ -18,11 +19,13 @@ from audit.analysis.drift import Drift, compare
 from audit.analysis.duplicates import check_mode, collapse, collapsed_ids
 from audit.analysis.duplicates import header as copies_header
 from audit.errors import AuditError, internal_errors_note
-from audit.policy.base import ASSOC_EVIDENCE, EVIDENCE_ROWS, Policy, Rule, RuleResult
+from audit.policy.base import ASSOC_EVIDENCE, EVIDENCE_ROWS, KIND_HELD, Policy, Rule, RuleResult
 from audit.policy.kinds import BY_RULE
 from audit.store.query import ScanQuery
-from audit.store.schema import ASCENT
+from audit.store.schema import ASCENT, CONCEPT, PROBE
 from audit.store.settings import differences_note
+
+OPINION_KINDS = {"ascent": ASCENT, "concepts": CONCEPT, "probes": PROBE}  # an opinion -> the kind of its words
 
 
 @dataclass
@@ -106,7 +109,17 @@ class Checker:
         return RuleResult(rule, status, summary, evidence, measured)
 
     def run(self, rule: Rule) -> RuleResult:
+        kind = rule.params.get("kind")
+        if isinstance(kind, str) and kind.startswith(KIND_HELD):
+            rule = dataclasses.replace(rule, params={**rule.params, "kind": self.held_kind(kind)})
         return BY_RULE[rule.kind].evaluate(self, rule)
+
+    def held_kind(self, spec: str) -> str:
+        """The first of the allowed kinds (KIND_HELD + "ascent,concept") whose words the checked scan holds, in
+        the order ascent, concept, probe; the first allowed when it holds none of them."""
+        allowed = spec[len(KIND_HELD):].split(",")
+        held = {OPINION_KINDS.get(o) for o in self.q.scan.settings.get("opinions", ["ascent"])}
+        return next((k for k in allowed if k in held), allowed[0])
 
 
 def _setting_notes(q: ScanQuery, base: ScanQuery) -> list[str]:
