@@ -56,9 +56,14 @@ CHANGED = {"seed": 1, "start_layer": 0, "start_layer_text": 0, "heatmap": "occlu
 def test_each_setting_changes_the_recorded_settings_and_run_options_do_not(folder, monkeypatch):
     base = _settings(folder, opinion="ascent,concepts", kernel="auto")
     for name, value in CHANGED.items():
-        if name in ("opinion", "kernel"):
+        if name in ("opinion", "kernel", "occlusion_window"):
             continue
         assert _settings(folder, opinion="ascent,concepts", **{name: value}) != base, name
+    # A relevancy method's settings are recorded where it draws the heatmaps, and only there.
+    occlusion = _settings(folder, opinion="ascent,concepts", heatmap="occlusion")
+    assert _settings(folder, opinion="ascent,concepts", heatmap="occlusion", occlusion_window=2) != occlusion
+    assert "occlusion_window" not in base and "start_layer" not in occlusion and "legrad_layers" not in base
+    assert _settings(folder, opinion="ascent,concepts", occlusion_window=2) == base
     assert _settings(folder, opinion="ascent") != base  # the concepts' settings go with them
     for name, value in {"workers": 0, "batch_size": 3, "engine": "ray", "retry_errors": True, "overwrite": True,
                         "max_pixels": 10_000, "quiet": False}.items():
@@ -171,3 +176,26 @@ def test_legrad_layers_are_a_setting_only_where_legrad_runs(folder):
     legrad = _settings(folder, opinion="ascent", heatmap="legrad")
     assert legrad["legrad_layers"] == 2  # the model's default: its authors' 2 layers
     assert _settings(folder, opinion="ascent", heatmap="legrad", legrad_layers=1) != legrad
+
+
+def test_a_scan_that_stored_every_methods_settings_resumes_and_reads_in_this_form(folder, tmp_path):
+    """Scans before this audit stored Chefer's and occlusion's settings whichever drew the heatmaps: they read as
+    if they had stored the drawing method's alone, and resume."""
+    import audit
+
+    kw = dict(**TINY, opinion="probes", words="red", workers=0, precision="float32")
+    audit.scan(folder / "ds", tmp_path / "scan", **kw)
+    config_path = tmp_path / "scan" / "scan.json"
+    config = json.loads(config_path.read_text())
+    assert "occlusion_window" not in config["settings"] and config["settings"]["start_layer"] == -1
+    config["settings"]["occlusion_window"] = 3  # as an older audit wrote it
+    config_path.write_text(json.dumps(config))
+    assert "occlusion_window" not in audit.Scan(tmp_path / "scan").settings
+    save_noise(folder / "ds" / "late.png", seed=7)
+    try:
+        again = audit.scan(folder / "ds", tmp_path / "scan", **kw)
+    finally:
+        (folder / "ds" / "late.png").unlink()
+    assert len(again.config["runs"]) == 2 and "occlusion_window" not in again.config["settings"]
+    assert stored_settings.upgrade({"heatmap": "occlusion", "occlusion_window": 3, "start_layer": -1,
+                                    "start_layer_text": -1}) == {"heatmap": "occlusion", "occlusion_window": 3}

@@ -36,7 +36,7 @@ from audit.scanner.opinions import OPINIONS, opinion_class
 from audit.scanner.opinions.base import OpinionBatch, token_columns
 from audit.scanner.options import ScanOptions
 from audit.scanner.progress import Progress, waited
-from audit.scanner.relevancy import check_method, method_options, prefix_layer, relevancy
+from audit.scanner.relevancy import METHODS, check_method, method_options, prefix_layer, relevancy
 from audit.sources import BOX_COLUMNS, Record, Source, open_source
 from audit.store.reader import Scan
 from audit.store.schema import IMAGES, INTERNAL, conform, embeddings_table
@@ -50,11 +50,9 @@ def _settings(opts: ScanOptions, weights: str | None, sha: str | None, planned: 
     settings and each chosen opinion's own. A resume refuses to mix two different ones; check and diff name the
     ones in which two scans differ."""
     settings = {"model": opts.model, "pretrained": weights_identity(weights, sha), "weights_sha256": sha,
-                "seed": opts.seed, "start_layer": opts.start_layer, "start_layer_text": opts.start_layer_text,
-                "heatmap": opts.heatmap, "occlusion_window": opts.occlusion_window, "opinions": list(planned),
-                "precision": opts.precision}
-    if opts.heatmap == "legrad":  # a setting only where LeGrad runs: scans made before it existed resume as they were
-        settings["legrad_layers"] = opts.legrad_layers
+                "seed": opts.seed, "heatmap": opts.heatmap, "opinions": list(planned), "precision": opts.precision}
+    # The settings of the method that draws the heatmaps only (store.settings.upgrade reads older scans so).
+    settings.update({field: getattr(opts, field) for field in METHODS[opts.heatmap].options.values()})
     for name, inputs in planned.items():
         settings.update(opinion_class(name).settings(opts, inputs))
     return settings

@@ -4,11 +4,13 @@ audit wrote them, and compared between two scans.
 audit 0.2 stored `opinion` (ascent | concepts | both) with an `ascent` flag, kept every opinion's settings whether
 it ran or not, and did not record the ascent's kernel. This audit stores `opinions` (the methods that ran) and
 only their settings; `upgrade` reads the older form as this one, so a resume, `audit check --baseline` and
-`audit diff` compare like with like.
+`audit diff` compare like with like. Likewise scans stored every relevancy method's settings, and now store only
+the method's that drew their heatmaps (`heatmap`).
 """
 
 from __future__ import annotations
 
+from audit.scanner.relevancy import METHODS
 from audit.store.schema import SETTINGS_ADDED
 
 # The ascent's settings as audit 0.2 stored them (its AscentConfig), which a scan without an ascent dropped.
@@ -26,6 +28,8 @@ def upgrade(settings: dict, runs: list[dict] | None = None) -> dict:
         settings = {**settings, "vocabulary": "tokens:" + settings["vocabulary"].split(":", 1)[1]}
     if settings.get("probe_words") and "probe_templates" not in settings:
         settings = {**settings, "probe_templates": "none"}  # probe words were scored bare before schema 4
+    if settings.get("heatmap") in METHODS:
+        settings = relevancy_settings(settings)
     on_gpu = any(str(r.get("device", "")).startswith("cuda") for r in runs or ())
     if "model" in settings and "precision" not in settings and runs:
         # Before --precision, CUDA ran under bfloat16 autocast and every other device in float32.
@@ -66,3 +70,11 @@ def differences_note(old: dict, new: dict, older: str = "the baseline") -> str |
         return None
     return (f"{older} was scanned with other settings ({'; '.join(found)}); differences may reflect the settings "
             "rather than the data")
+
+
+def relevancy_settings(settings: dict) -> dict:
+    """`settings` without the options of the relevancy methods that did not draw the heatmaps (scans before this
+    audit stored all of them, whichever ran)."""
+    used = set(METHODS[settings["heatmap"]].options.values())
+    unused = {field for m in METHODS.values() for field in m.options.values()} - used
+    return {k: v for k, v in settings.items() if k not in unused}
