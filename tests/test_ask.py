@@ -270,3 +270,26 @@ def test_ask_takes_the_whole_vocabulary_without_heatmaps(demo_run, tmp_path, cap
                  "--heatmaps", "--device", "cpu", "-q"])
     err = capsys.readouterr().err
     assert code == 2 and "at most 1000 with --heatmaps" in err and "without --heatmaps" in err, err
+
+
+def test_an_asked_scan_refers_to_its_sources_images(odd_folder, tmp_path):
+    """ask stores of each image only what the store requires (id, path, size): labels, boxes, metadata and
+    fingerprints are read from the source scan, and a source that is gone is said in one line."""
+    import shutil
+
+    source = audit.scan(odd_folder, tmp_path / "src", opinion="concepts", **FAST)
+    asked = audit.ask(tmp_path / "src", tmp_path / "asked", words="red", device="cpu", quiet=True)
+    stored = pq.read_table(asked.files("images")[0])
+    assert stored.column("label").null_count == stored.num_rows  # nothing copied
+    assert stored.column("pixel_sha256").null_count == stored.num_rows
+    want = source.images().sort_values("image_id").reset_index(drop=True)
+    got = asked.images().sort_values("image_id").reset_index(drop=True)
+    assert got.equals(want)  # the source's rows, its concept fit included
+    concepts = audit.ask(tmp_path / "src", tmp_path / "asked-c", opinion="concepts", concepts_per_image=3,
+                         device="cpu", quiet=True).images().sort_values("image_id")
+    assert list(concepts.label) == list(want.label) and concepts.concept_cosine.notna().all()
+    assert not np.array_equal(concepts.concept_cosine, want.concept_cosine)  # the asked decomposition's own fit
+    assert "Groups" in audit.report(tmp_path / "asked", "label", min_count=1).html  # grouped by the source's labels
+    shutil.move(tmp_path / "src", tmp_path / "moved")
+    with pytest.raises(AuditError, match="whose images it reads, and that scan is not there"):
+        audit.Scan(tmp_path / "asked").images()

@@ -1,10 +1,11 @@
 """`audit ask`: new questions answered from a finished scan's stored embeddings, without reading an image.
 
 A second pass: it loads the scan's model (for its text tower), streams the source scan's embeddings a bounded
-number of images at a time (memory flat in the number of images) and writes a scan directory of its own (with --heatmaps, and only
-then, it reads the images again for the asked words' relevancy maps): the source's images and
-errors tables as they are, and the new word rows (probe words scored in prompt templates, with the function the
-scan itself scores them with: opinions.probes). `audit report`, `check`, `diff` and the Python API read it like
+number of images at a time (memory flat in the number of images) and writes a scan directory of its own (with
+--heatmaps, and only then, it reads the images again for the asked words' relevancy maps): the new word rows (probe
+words scored in prompt templates, with the function the scan itself scores them with: opinions.probes), and of
+each image only what the store requires (id, path, size): readers take its images and errors rows from the
+source scan (store.reader, "images": "referenced" in scan.json). `audit report`, `check`, `diff` and the Python API read it like
 any scan. It names its source and the source's fingerprint (its committed part files), and refuses a source
 that changed since.
 """
@@ -107,7 +108,8 @@ class _Probes:
 
     def answer(self, images: pa.Table, embeddings: np.ndarray) -> dict[str, pa.Table]:
         cos = probe_cosines(torch.from_numpy(embeddings), self.texts)
-        out = {"images": images, "tokens": _token_table(images["image_id"], self.words, cos)}
+        out = {"images": _referring(images) if self.refer else images,
+               "tokens": _token_table(images["image_id"], self.words, cos)}
         maps = self._maps(images) if self.heatmaps else None
         if maps is not None:
             out["heatmaps"] = maps
@@ -202,8 +204,17 @@ class _Concepts:
         words = [w for _, w in rows]
         tokens = pa.table(token_columns([i for i, _ in rows], words, [w["word_cosine"] for w in words]))
         fit = pa.array(found.image_columns["concept_cosine"], pa.float32())
-        images = images.set_column(images.schema.get_field_index("concept_cosine"), "concept_cosine", fit)
-        return {"images": images, "tokens": tokens}
+        if not self.refer:  # an asked scan begun by an audit that copied its source's images rows
+            return {"images": images.set_column(images.schema.get_field_index("concept_cosine"), "concept_cosine",
+                                                fit), "tokens": tokens}
+        return {"images": _referring(images).append_column("concept_cosine", fit), "tokens": tokens}
+
+
+def _referring(images: pa.Table) -> pa.Table:
+    """The rows an asked scan stores of its source's images: what the store requires of a row (its id, path and
+    size) and nothing more. Readers take every other column from the source scan itself (store.reader), so the
+    labels, boxes, metadata and fingerprints are not copied."""
+    return images.select(["image_id", "path", "width", "height"])
 
 
 def _stored_mean(root: Path):
@@ -263,9 +274,11 @@ def run_ask(source_dir: str | os.PathLike, out: str | os.PathLike, *, words=(), 
     mine = {k: settings[k] for k in KEPT if k in settings}
     mine.update(question.settings())
     print_fp = fingerprint(root)
-    writer = ScanWriter.open(out, mine, {"kind": "scan", "location": str(root), "fingerprint": print_fp},
-                             overwrite=overwrite)
+    writer = ScanWriter.open(out, mine, {"kind": "scan", "location": str(root), "fingerprint": print_fp,
+                                         "images": "referenced"}, overwrite=overwrite)
     try:
+        # New asked scans refer to their source's images rows; one begun by an older audit goes on copying them.
+        question.refer = writer.config["source"].get("images") == "referenced"
         if writer.config["source"].get("fingerprint") != print_fp:
             raise AuditError(f"{out} was asked of {root} as it was before (it changed since: resumed, retried or "
                              "overwritten); ask again with --overwrite")
@@ -278,7 +291,6 @@ def run_ask(source_dir: str | os.PathLike, out: str | os.PathLike, *, words=(), 
         done = writer.scanned_ids()
         bar = Progress(images_n, "ask", quiet)
         bar.update(len(done))
-        errors = None if done or writer.failed_ids() else source.table("errors")
         written = tokens = 0
         # One unit is written (a thread of its own: Parquet's encoder lets go of the GIL) while the next is read
         # and scored; "writing" is the time spent waiting for it.
@@ -290,9 +302,6 @@ def run_ask(source_dir: str | os.PathLike, out: str | os.PathLike, *, words=(), 
                 tables = question.answer(*unit)
                 t2 = time.perf_counter()
                 phases["scoring"] += t2 - t1
-                if errors is not None and errors.num_rows:
-                    tables["errors"] = errors
-                errors = None
                 if writing is not None:
                     writing.result()
                     phases["writing"] += time.perf_counter() - t2

@@ -64,7 +64,9 @@ class ScanQuery:
         for name in ("images", "tokens", "heatmaps"):
             view = f"raw_{name}"
             files = [str(p) for p in scan.files(name)]
-            if files:
+            if name == "images" and scan.refers:  # an asked scan's images are its source's rows (store.reader)
+                con.register(view, scan.table(name))
+            elif files:
                 # A view, so DuckDB reads only the columns and rows a query needs (grids stay on disk).
                 con.read_parquet(files, union_by_name=True).create_view(view)
             else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -25,6 +26,8 @@ from audit.store.schema import (
     plain,
     upgrade,
 )
+
+log = logging.getLogger("audit")
 
 
 def _latest_errors(attempts: pa.Table, scanned: pa.Array) -> pa.Table:
@@ -68,6 +71,8 @@ class Scan:
         return self._read("errors")
 
     def _read(self, name: str) -> pa.Table:
+        if name in ("images", "errors") and self.refers:
+            return self._referred(name)
         files = self.files(name)
         if not files:
             return empty_table(name)
@@ -112,6 +117,39 @@ class Scan:
             ids += part_ids
             arrays.append(array)
         return ids, (np.concatenate(arrays) if arrays else np.zeros((0, 0), np.float32))
+
+    @property
+    def refers(self) -> bool:
+        """Whether this scan's images and errors rows are its source scan's (`audit ask` refers to them)."""
+        source = self.config.get("source") or {}
+        return source.get("kind") == "scan" and source.get("images") == "referenced"
+
+    def _source(self) -> Scan:
+        where = Path(self.config["source"]["location"])
+        if not (where / "scan.json").is_file():
+            raise AuditError(f"{self.root} was asked of the scan {where}, whose images it reads, and that scan is not "
+                             "there any more (moved or deleted?); put it back, or ask again of where it is now")
+        return Scan(where)
+
+    def _referred(self, name: str) -> pa.Table:
+        """The source scan's rows of this scan's images (its errors: the source's), the asked concept fit over the
+        source's where this scan measured one."""
+        source = self._source()
+        if name == "errors":
+            return source._read("errors")
+        own = pa.concat_tables([pq.read_table(p, columns=["image_id", "concept_cosine"]) for p in self.files(name)]) \
+            if self.files(name) else pa.table({"image_id": pa.array([], pa.string()),
+                                                "concept_cosine": pa.array([], pa.float32())})
+        theirs = source._read("images")
+        theirs = theirs.filter(pc.is_in(theirs["image_id"], own["image_id"]))
+        if len(theirs) != len(own):
+            log.warning(f"audit: {self.root} was asked of {source.root}, which no longer holds "
+                        f"{len(own) - len(theirs)} of its images (overwritten since?); they are left out")
+        if pc.any(pc.is_valid(own["concept_cosine"])).as_py():
+            fit = dict(zip(own["image_id"].to_pylist(), own["concept_cosine"].to_pylist(), strict=True))
+            column = pa.array([fit.get(i) for i in theirs["image_id"].to_pylist()], pa.float32())
+            theirs = theirs.set_column(theirs.schema.get_field_index("concept_cosine"), "concept_cosine", column)
+        return theirs
 
     @property
     def asked_of(self) -> str | None:

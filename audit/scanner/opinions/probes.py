@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from audit.scanner.opinions.base import Opinion, OpinionBatch, OpinionRows
 from audit.scanner.encoders import EMBED_CHUNK, fixed_chunks
+from audit.scanner.opinions.base import Opinion, OpinionBatch, OpinionRows
 from audit.scanner.probes import parse_probe_words
 from audit.scanner.templates import NAMED, check_fit, parse_templates, text_vectors
 from audit.store.schema import PROBE
