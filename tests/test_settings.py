@@ -199,3 +199,10 @@ def test_a_scan_that_stored_every_methods_settings_resumes_and_reads_in_this_for
     assert len(again.config["runs"]) == 2 and "occlusion_window" not in again.config["settings"]
     assert stored_settings.upgrade({"heatmap": "occlusion", "occlusion_window": 3, "start_layer": -1,
                                     "start_layer_text": -1}) == {"heatmap": "occlusion", "occlusion_window": 3}
+
+
+def test_the_store_knows_each_relevancy_methods_settings_as_the_registry_names_them():
+    from audit.scanner.relevancy import METHODS
+
+    assert {m: tuple(method.options.values()) for m, method in METHODS.items()} == \
+        stored_settings.RELEVANCY_SETTINGS

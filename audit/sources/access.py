@@ -160,14 +160,14 @@ class SourceImages:
     # ---- Hugging Face --------------------------------------------------------------------------------
     def _open_dataset(self):
         if self._dataset is None:
-            from audit.sources.hf import _load, is_saved_dataset
+            from audit.sources.hf import is_saved_dataset, load_split
             from audit.sources.remote import require
 
             datasets = require("datasets", "a Hugging Face dataset source")
             where = self.source.get("location", "")
             how = "disk" if os.path.isdir(where) and is_saved_dataset(where) else \
                 "local" if os.path.exists(where) else "hub"
-            ds, split = _load(how, where, self.source.get("split"))
+            ds, split = load_split(how, where, self.source.get("split"))
             column = self.source.get("image_column")
             if isinstance(ds.features.get(column), datasets.Image):
                 ds = ds.cast_column(column, datasets.Image(decode=False))
@@ -216,9 +216,9 @@ class SourceImages:
 
 def _member_key(name: str) -> str:
     """A tar member's name as the scan stored it after '#': the key, then the extension in lower case."""
-    from audit.sources.webdataset import _split
+    from audit.sources.webdataset import split_member
 
-    key, ext = _split(name)
+    key, ext = split_member(name)
     return f"{key}.{ext}"
 
 

@@ -28,7 +28,7 @@ def is_saved_dataset(path: str) -> bool:
 
 
 @functools.lru_cache(maxsize=4)
-def _load(how: str, location: str, split: str | None):
+def load_split(how: str, location: str, split: str | None):
     """The dataset split, opened once per process (save_to_disk folders and local files are memory-mapped)."""
     datasets = require("datasets", "a Hugging Face dataset source")
     try:
@@ -80,7 +80,7 @@ class DatasetShard(Shard):
     name: str = ""
 
     def ids(self) -> Iterator[str]:
-        ds, split = _load(self.how, self.location, self.split)
+        ds, split = load_split(self.how, self.location, self.split)
         if self.id_column is None:
             yield from (f"{split}/{i}" for i in range(self.start, self.stop))
             return
@@ -89,7 +89,7 @@ class DatasetShard(Shard):
 
     def records(self) -> Iterator[Record]:
         datasets = require("datasets", "a Hugging Face dataset source")
-        ds, split = _load(self.how, self.location, self.split)
+        ds, split = load_split(self.how, self.location, self.split)
         ds = ds.cast_column(self.image_column, datasets.Image(decode=False)) \
             if isinstance(ds.features[self.image_column], datasets.Image) else ds
         rows = ds[self.start:self.stop]
@@ -126,7 +126,7 @@ def open_hf(location: str, split: str | None = None, image_column: str | None = 
         how, where = "local", os.path.abspath(path)
     else:
         how, where = "hub", location
-    ds, split = _load(how, where, split)
+    ds, split = load_split(how, where, split)
     column = _image_column(ds, image_column)
     if id_column is not None and id_column not in ds.features:
         raise AuditError(f"--id-column {id_column!r} is not a column of the dataset; columns: "

@@ -27,7 +27,7 @@ IMAGE_MEMBERS = ("jpg", "jpeg", "png", "webp")
 TEXT_MEMBERS = ("txt", "cls")
 
 
-def _split(member: str) -> tuple[str, str]:
+def split_member(member: str) -> tuple[str, str]:
     folder, base = posixpath.split(member)
     key, _, ext = base.partition(".")
     return posixpath.join(folder, key) if folder else key, ext.lower()
@@ -80,7 +80,7 @@ class TarShard(Shard):
                 for info in tar:
                     if not info.isfile():
                         continue
-                    k, _ = _split(info.name)
+                    k, _ = split_member(info.name)
                     if k != key:
                         if key is not None:
                             yield f"{self.name}/{key}"
@@ -100,7 +100,7 @@ class TarShard(Shard):
                 for info in tar:
                     if not info.isfile():
                         continue
-                    k, ext = _split(info.name)
+                    k, ext = split_member(info.name)
                     if k != key and key is not None:
                         sample, key, members = self._sample(key, members), None, {}
                         yield sample

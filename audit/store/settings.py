@@ -10,13 +10,16 @@ the method's that drew their heatmaps (`heatmap`).
 
 from __future__ import annotations
 
-from audit.scanner.relevancy import METHODS
 from audit.store.schema import SETTINGS_ADDED
 
 # The ascent's settings as audit 0.2 stored them (its AscentConfig), which a scan without an ascent dropped.
 ASCENT_SETTINGS = ("tokens_per_seq", "candidates", "steps", "lr", "tau", "views", "resample_views", "prompt", "keep",
                    "refine_rounds", "refine_top", "refine_words", "degrees", "translate", "p_affine")
 CONCEPT_SETTINGS = ("vocabulary", "concept_l1", "concepts_per_image", "concept_heatmaps", "concept_mean")
+# Each relevancy method's settings, as audit.scanner.relevancy.METHODS names them (the store does not import the
+# scanner; tests/test_settings.py holds the two equal).
+RELEVANCY_SETTINGS = {"chefer": ("start_layer", "start_layer_text"), "occlusion": ("occlusion_window",),
+                      "legrad": ("legrad_layers",)}
 
 
 def upgrade(settings: dict, runs: list[dict] | None = None) -> dict:
@@ -28,7 +31,7 @@ def upgrade(settings: dict, runs: list[dict] | None = None) -> dict:
         settings = {**settings, "vocabulary": "tokens:" + settings["vocabulary"].split(":", 1)[1]}
     if settings.get("probe_words") and "probe_templates" not in settings:
         settings = {**settings, "probe_templates": "none"}  # probe words were scored bare before schema 4
-    if settings.get("heatmap") in METHODS:
+    if settings.get("heatmap") in RELEVANCY_SETTINGS:
         settings = relevancy_settings(settings)
     on_gpu = any(str(r.get("device", "")).startswith("cuda") for r in runs or ())
     if "model" in settings and "precision" not in settings and runs:
@@ -75,6 +78,6 @@ def differences_note(old: dict, new: dict, older: str = "the baseline") -> str |
 def relevancy_settings(settings: dict) -> dict:
     """`settings` without the options of the relevancy methods that did not draw the heatmaps (scans before this
     audit stored all of them, whichever ran)."""
-    used = set(METHODS[settings["heatmap"]].options.values())
-    unused = {field for m in METHODS.values() for field in m.options.values()} - used
+    used = set(RELEVANCY_SETTINGS[settings["heatmap"]])
+    unused = {field for fields in RELEVANCY_SETTINGS.values() for field in fields} - used
     return {k: v for k, v in settings.items() if k not in unused}
