@@ -334,3 +334,25 @@ def test_centring_removes_what_the_mean_holds():
     assert plain.atoms is emb
     rows, fit = plain(feats)
     assert rows[0] != []
+
+
+def test_an_images_exact_weights_do_not_depend_on_the_support_it_started_from():
+    """exact_row reaches one answer, bit for bit, from the batched support, from it without its smallest atom
+    (a batch that left out a tiny weight, within its tolerance) and from it with one more atom at zero."""
+    from audit.scanner.sparse_solve import exact_row, nonneg_lasso
+
+    g = torch.Generator().manual_seed(0)
+    atoms = F.normalize(torch.randn(300, 64, generator=g), dim=-1)  # supports well below 64 atoms: well posed
+    x = F.normalize(torch.randn(6, 64, generator=g), dim=-1)
+    sol = nonneg_lasso(atoms, x, 0.05)
+    for i in range(len(x)):
+        want = exact_row(atoms, x[i], 0.05, sol.weights[i], sol.atoms[i])
+        k = int((sol.weights[i] > 0).sum())
+        assert k >= 2 and bool((want[0] > 0).all())
+        fewer = sol.weights[i].clone()
+        fewer[k - 1] = 0
+        more = sol.weights[i].clone()
+        more[k] = 1e-3  # an atom the answer does not use
+        for start in (fewer, more):
+            got = exact_row(atoms, x[i], 0.05, start, sol.atoms[i], sol.slack[i])
+            assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]), i

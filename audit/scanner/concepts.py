@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from audit.errors import AuditError
-from audit.scanner.sparse_solve import exact_row, nonneg_lasso
+from audit.scanner.sparse_solve import KKT_TOL, exact_row, nonneg_lasso
 from audit.store.schema import CONCEPT
 
 log = logging.getLogger("audit.scan")
@@ -152,7 +152,9 @@ class Decomposition:
         rows, fits = [], np.zeros(feats.shape[0], np.float32)
         for i in range(feats.shape[0]):
             x = self.centred(feats[i:i + 1])
-            weights, atoms = exact_row(self.atoms, x[0], self.settings.l1, sol.weights[i], sol.atoms[i])
+            # The batch's slack screens the first round only where the batch reached its optimum.
+            screen = sol.slack[i] if float(sol.violation[i]) <= KKT_TOL else None
+            weights, atoms = exact_row(self.atoms, x[0], self.settings.l1, sol.weights[i], sol.atoms[i], screen)
             recon = (weights.double() @ self.atoms[atoms].double()).float()[None]
             fits[i] = F.cosine_similarity(recon, x, dim=-1).nan_to_num(0.0).clamp(min=0.0).item() if len(atoms) else 0
             cosine = (F.normalize(feats[i:i + 1].float(), dim=-1) * self.embeddings[atoms]).sum(-1).tolist()

@@ -41,6 +41,7 @@ class Solution:
     atoms: torch.Tensor  # [B, K] int64 atom index of each weight (meaningless where the weight is 0)
     rounds: int  # working-set rounds the batch needed
     violation: torch.Tensor  # [B] largest optimality violation left outside the set (<= KKT_TOL when solved)
+    slack: torch.Tensor | None = None  # [B, V] every atom's A r - l1 at the answer (exact_row's first screen)
 
 
 def _fista(gram: torch.Tensor, b: torch.Tensor, l1: float, w: torch.Tensor) -> torch.Tensor:
@@ -116,8 +117,8 @@ def nonneg_lasso(atoms: torch.Tensor, x: torch.Tensor, l1: float, start: int = S
         b = b_all.gather(1, work)
         w = _polish(gram, b, l1, _fista(gram, b, l1, w))
         residual = x.float() - torch.bmm(w[:, None, :], sub)[:, 0]
-        slack = residual @ atoms.float().T - l1  # [B, V]: > 0 means the atom should be in use
-        slack.scatter_(1, work, float("-inf"))
+        screen = residual @ atoms.float().T - l1  # [B, V]: > 0 means the atom should be in use
+        slack = screen.clone().scatter_(1, work, float("-inf"))
         violation = slack.amax(-1).clamp(min=0)
         if not bool((violation > KKT_TOL).any()) or work.shape[1] >= n_atoms:
             break
@@ -126,7 +127,7 @@ def nonneg_lasso(atoms: torch.Tensor, x: torch.Tensor, l1: float, start: int = S
         work = torch.cat([work, extra], 1)
         w = torch.cat([w, torch.zeros_like(extra, dtype=w.dtype)], 1)
     order = w.argsort(dim=-1, descending=True, stable=True)
-    return Solution(w.gather(1, order), work.gather(1, order), used, violation)
+    return Solution(w.gather(1, order), work.gather(1, order), used, violation, screen)
 
 
 SCREEN = 1e-4  # atoms whose float32 slack is above -SCREEN are checked again in float64
@@ -135,7 +136,7 @@ EXACT_TOL = 1e-10  # an atom outside the support joins it when its float64 slack
 
 @torch.no_grad()
 def exact_row(atoms: torch.Tensor, x: torch.Tensor, l1: float, weights: torch.Tensor,
-              chosen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+              chosen: torch.Tensor, screen: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One row's exact optimum, from its batched answer (`weights` over `chosen`, a row of nonneg_lasso's
     Solution), with the row's own atoms and shapes alone, so that it depends on the row only.
 
@@ -143,7 +144,12 @@ def exact_row(atoms: torch.Tensor, x: torch.Tensor, l1: float, weights: torch.Te
     add every atom outside whose slack A_j r - l1 is positive, until neither happens. The batched answer's support
     is only where it starts: within KKT_TOL, the batch could leave out an atom of tiny weight (or keep one), and the
     batch decided which. Returns (weights, atoms), largest weight first; a row that does not settle keeps its
-    batched answer."""
+    batched answer.
+
+    `screen`: the row's slack at the batched answer (Solution.slack) where the batch reached its optimum, which
+    spares the first round a pass over the whole dictionary (a [V, D] read per image). It only proposes atoms to
+    check in float64: the batched and the exact residual then differ by far less than SCREEN, so an atom it leaves
+    out could not join."""
     on = weights > 0
     kept = (weights[on], chosen[on])
     support = chosen[on].sort().values
@@ -163,7 +169,10 @@ def exact_row(atoms: torch.Tensor, x: torch.Tensor, l1: float, weights: torch.Te
                 break
             support = support[w > 0]
         residual = x64 - (w @ atoms[support].double() if support.numel() else 0)
-        near = ((atoms @ residual.float() - l1) > -SCREEN).nonzero()[:, 0]
+        if screen is None:
+            screen = atoms @ residual.float() - l1
+        near = (screen > -SCREEN).nonzero()[:, 0]
+        screen = None  # later rounds (rare) screen against their own residual
         near = near[~torch.isin(near, support)]
         join = near[(atoms[near].double() @ residual - l1) > EXACT_TOL]
         if join.numel() == 0:
