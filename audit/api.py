@@ -239,11 +239,12 @@ class DiffOutcome:
 
 
 def diff(old: str | os.PathLike, new: str | os.PathLike, *, group_by: str | list[str] | None = None,
-         min_count: int = MIN_COUNT, fdr: float = FDR, kind: str = "ascent", stop_words: str | os.PathLike = STOP_WORDS,
+         min_count: int = MIN_COUNT, fdr: float = FDR, kind: str | None = None,
+         stop_words: str | os.PathLike = STOP_WORDS,
          min_relative_cosine: float = MIN_RELATIVE_COSINE, copies: str = COPIES) -> DiffOutcome:
     """Compare two scans: images added and removed, word shift, associations gained and lost, and whether what
     the images show moved (a two-sample test on their stored embeddings); `kind` chooses the words compared
-    ("ascent" or "concept"); `copies` ("collapse" or "keep") whether a cluster of copies counts once."""
+    ("ascent" or "concept"; None: those the new scan holds, the ascent's else the concepts); `copies` ("collapse" or "keep") whether a cluster of copies counts once."""
     from audit.outputs.diff import build_diff
 
     columns = [group_by] if isinstance(group_by, str) else list(group_by or [])

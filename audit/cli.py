@@ -286,7 +286,7 @@ def diff(
     out: Path = typer.Option(None, "--out", "-o", parser=_diff_file, help="Also write the diff to this .html or .md file."),
     min_count: MinCount = MIN_COUNT,
     fdr: Fdr = FDR,
-    kind: Literal["ascent", "concept"] = typer.Option("ascent", help="Which words to compare: the ascent's or the concept decomposition's."),
+    kind: Optional[Literal["ascent", "concept"]] = typer.Option(None, help="Which words to compare: the ascent's or the concept decomposition's; default: those the new scan holds (the ascent's, else the concepts)."),  # noqa: UP045
     stop_words: StopWords = STOP_WORDS,
     min_relative_cosine: MinRelativeCosine = MIN_RELATIVE_COSINE,
     copies: CopiesOption = COPIES,

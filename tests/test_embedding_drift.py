@@ -114,6 +114,9 @@ def test_a_rule_without_a_kind_reads_the_words_the_scan_holds(tmp_path, capsys):
     policy.write_text('[drift]\nembeddings = true\nkind = "ascent"\n', encoding="utf-8")
     main(["check", str(tmp_path / "b"), "--policy", str(policy), "--baseline", str(tmp_path / "a")])
     assert "ascent words that moved most: none" in capsys.readouterr().out
+    # audit diff likewise compares the concepts of two concept scans, unless told otherwise.
+    assert audit.diff(tmp_path / "a", tmp_path / "b").diff.kind == "concept"
+    assert audit.diff(tmp_path / "a", tmp_path / "b", kind="ascent").diff.kind == "ascent"
 
 
 @pytest.mark.parametrize("bad", ["embeddings = 1", 'embeddings = "yes"'])

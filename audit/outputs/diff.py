@@ -22,7 +22,7 @@ from audit.outputs.check_output import md, plain
 from audit.outputs.files import write_text
 from audit.store.query import ScanQuery
 from audit.store.schema import ASCENT, CONCEPT
-from audit.store.settings import differences_note
+from audit.store.settings import differences_note, held_kind
 
 TOP_WORDS = 15
 SHOWN_IDS = 10
@@ -48,9 +48,10 @@ class Diff:
 
 
 def build_diff(old: str | os.PathLike, new: str | os.PathLike, group_by: list[str] | None = None, *,
-               min_count: int = MIN_COUNT, fdr: float = FDR, kind: str = ASCENT, stop_words=STOP_WORDS,
+               min_count: int = MIN_COUNT, fdr: float = FDR, kind: str | None = None, stop_words=STOP_WORDS,
                min_relative_cosine: float = MIN_RELATIVE_COSINE, copies: str = COPIES) -> Diff:
-    if kind not in (ASCENT, CONCEPT):
+    """`kind`: the words compared; None: those the new scan holds (the ascent's, else the concepts)."""
+    if kind is not None and kind not in (ASCENT, CONCEPT):
         raise AuditError(f"--kind must be ascent or concept, not {kind!r} (probe words have no distribution to diff)")
     words = word_filter(stop_words, min_relative_cosine)
     if not 0 < fdr < 1:
@@ -59,6 +60,7 @@ def build_diff(old: str | os.PathLike, new: str | os.PathLike, group_by: list[st
         raise AuditError("--min-count must be at least 1")
     check_mode(copies)
     qo, qn = ScanQuery.open(old), ScanQuery.open(new)
+    kind = kind or held_kind(qn.scan.settings, (ASCENT, CONCEPT))
     for col in group_by or []:
         for which, q in (("old", qo), ("new", qn)):
             if col not in q.columns("images"):

@@ -22,10 +22,8 @@ from audit.errors import AuditError, internal_errors_note
 from audit.policy.base import ASSOC_EVIDENCE, EVIDENCE_ROWS, KIND_HELD, Policy, Rule, RuleResult
 from audit.policy.kinds import BY_RULE
 from audit.store.query import ScanQuery
-from audit.store.schema import ASCENT, CONCEPT, PROBE
-from audit.store.settings import differences_note
-
-OPINION_KINDS = {"ascent": ASCENT, "concepts": CONCEPT, "probes": PROBE}  # an opinion -> the kind of its words
+from audit.store.schema import ASCENT
+from audit.store.settings import differences_note, held_kind
 
 
 @dataclass
@@ -117,9 +115,7 @@ class Checker:
     def held_kind(self, spec: str) -> str:
         """The first of the allowed kinds (KIND_HELD + "ascent,concept") whose words the checked scan holds, in
         the order ascent, concept, probe; the first allowed when it holds none of them."""
-        allowed = spec[len(KIND_HELD):].split(",")
-        held = {OPINION_KINDS.get(o) for o in self.q.scan.settings.get("opinions", ["ascent"])}
-        return next((k for k in allowed if k in held), allowed[0])
+        return held_kind(self.q.scan.settings, spec[len(KIND_HELD):].split(","))
 
 
 def _setting_notes(q: ScanQuery, base: ScanQuery) -> list[str]:

@@ -10,7 +10,7 @@ the method's that drew their heatmaps (`heatmap`).
 
 from __future__ import annotations
 
-from audit.store.schema import SETTINGS_ADDED
+from audit.store.schema import ASCENT, CONCEPT, PROBE, SETTINGS_ADDED
 
 # The ascent's settings as audit 0.2 stored them (its AscentConfig), which a scan without an ascent dropped.
 ASCENT_SETTINGS = ("tokens_per_seq", "candidates", "steps", "lr", "tau", "views", "resample_views", "prompt", "keep",
@@ -81,3 +81,13 @@ def relevancy_settings(settings: dict) -> dict:
     used = set(RELEVANCY_SETTINGS[settings["heatmap"]])
     unused = {field for fields in RELEVANCY_SETTINGS.values() for field in fields} - used
     return {k: v for k, v in settings.items() if k not in unused}
+
+
+OPINION_KINDS = {"ascent": ASCENT, "concepts": CONCEPT, "probes": PROBE}  # an opinion -> the kind of its words
+
+
+def held_kind(settings: dict, allowed: tuple[str, ...] | list[str]) -> str:
+    """The first of the `allowed` kinds of words whose opinion the scan ran (in the order given), or the first
+    allowed when it ran none of them: what a rule or a comparison reads when no kind is named."""
+    held = {OPINION_KINDS.get(o) for o in settings.get("opinions", ["ascent"])}
+    return next((k for k in allowed if k in held), allowed[0])
