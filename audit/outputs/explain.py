@@ -34,7 +34,6 @@ TILE = 256
 SHOWN_SEQUENCES = 3  # sequences printed per image on the terminal; opinion.txt has them all
 LABEL_H = 40
 MAX_NAME = 48
-FETCH_IMAGES = 64  # images read from the source together (their encoded bytes held meanwhile)
 
 
 @dataclass
@@ -179,13 +178,11 @@ def render(scan_dir: str | os.PathLike, out: str | os.PathLike, tile: int = TILE
     by_image = dict(iter(rows.groupby("image_id", sort=False)))
     settings = scan.config.get("settings", {})
     done = []
-    access = SourceImages(scan.config.get("source"))  # the images, read again by their keys, whatever the source
-    fetched = {}
-    for k, im in enumerate(images.itertuples()):
-        if k % FETCH_IMAGES == 0:  # read from the source together: a shard is streamed once for them all
-            fetched = access.fetch(images[["image_id", "path"]].iloc[k:k + FETCH_IMAGES].itertuples(index=False))
+    # The images, read again by their keys whatever the source, in the rows' order.
+    fetched = SourceImages(scan.config.get("source")).stream(zip(images.image_id, images.path, strict=True))
+    for im, (_, image) in zip(images.itertuples(), fetched, strict=True):
         try:
-            arr, _ = fit(open_fetched(fetched[im.image_id]), size if isinstance(size, int) else tuple(size),
+            arr, _ = fit(open_fetched(image), size if isinstance(size, int) else tuple(size),
                          preprocess.get("resize_mode", "shortest"), "bicubic")
         except (DecodeError, OSError) as e:
             log.warning(f"audit explain: cannot redraw {im.path}: {e}")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as _dt
 import functools
 import hashlib
+import itertools
 import logging
 import os
 import time
@@ -37,7 +38,6 @@ log = logging.getLogger("audit.ask")
 KEPT = ("model", "pretrained", "weights_sha256", "seed", "start_layer", "start_layer_text", "heatmap",
         "occlusion_window", "legrad_layers", "precision")
 HEATMAP_IMAGES = 16  # images read again and mapped together with --heatmaps
-FETCH_IMAGES = 256  # and read from the source together (encoded bytes held: about 256 x 100 kB)
 IMAGES_PER_UNIT = 16_384  # source images read (and written as one part) at a time, at most
 ROWS_PER_UNIT = 2_000_000  # and fewer with many words: a unit's rows (images times words) are held twice (one written)
 
@@ -81,6 +81,7 @@ class _Probes:
             raise AuditError("audit ask needs words to score: pass --words or --words-file")
         self.heatmaps = heatmaps
         self.unreadable = 0
+        self.refer = True  # store each image's id, path and size only (run_ask: False for an older asked scan)
 
     def rows_per_image(self) -> int:
         return len(self.words)
@@ -130,15 +131,14 @@ class _Probes:
         rows = images.select(["image_id", "path", "x0", "y0", "x1", "y1"]).to_pylist()
         words = list(self.words)
         tables = []
-        fetched = {}
+        # Read from the source a block at a time (a shard streamed once for many images), mapped 16 at a time.
+        fetched = self.access.stream((r["image_id"], r["path"]) for r in rows)
         for lo in range(0, len(rows), HEATMAP_IMAGES):
             ids, pixels, boxes = [], [], []
-            part = rows[lo:lo + HEATMAP_IMAGES]
-            if lo % FETCH_IMAGES == 0:  # a shard streamed once for many images, not once per HEATMAP_IMAGES
-                fetched = self.access.fetch((r["image_id"], r["path"]) for r in rows[lo:lo + FETCH_IMAGES])
-            for r in part:
+            for r, (_, image) in zip(rows[lo:lo + HEATMAP_IMAGES], itertools.islice(fetched, HEATMAP_IMAGES),
+                                     strict=True):
                 try:
-                    d = decode_fetched(fetched[r["image_id"]], self.preprocess)
+                    d = decode_fetched(image, self.preprocess)
                 except (DecodeError, OSError) as e:  # moved or changed since the scan: said once
                     if not self.unreadable:
                         log.warning(f"audit ask: cannot read {r['path']} again for its heatmaps ({e}); images that "
@@ -179,6 +179,7 @@ class _Concepts:
         self.method = ConceptOpinion
         self.plan = ConceptOpinion.plan(self.opts)
         self.root = root
+        self.refer = True  # as _Probes.refer
 
     def rows_per_image(self) -> int:
         return self.opts.concepts_per_image

@@ -21,6 +21,7 @@ A blanked cell is set to the preprocessing mean (0 after normalisation) for ever
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -271,7 +272,6 @@ def method_curves(towers, images: torch.Tensor, pair_image: torch.Tensor, words:
 
 
 IMAGES_PER_BATCH = 8  # images verified together: their pairs share the relevancy calls and the encodes
-FETCH_IMAGES = 256  # images read from the source together (a multiple of IMAGES_PER_BATCH)
 
 
 def faithfulness(scan_dir, towers, preprocess: dict, store: Store, opts: VerifyOptions, words, progress) -> int:
@@ -288,15 +288,12 @@ def faithfulness(scan_dir, towers, preprocess: dict, store: Store, opts: VerifyO
     tokens = q.judged(words, todo)
     tokens = tokens[tokens.filtered.isna() | (tokens.kind == PROBE)].sort_values(["image_id", "kind", "word_rank"])
     tokens = tokens.groupby(["image_id", "kind"]).head(opts.words_per_kind)
-    access = SourceImages(q.scan.config.get("source"))
-    fetched = {}
-    for lo in range(0, len(todo), IMAGES_PER_BATCH):
+    fetched = SourceImages(q.scan.config.get("source")).stream((i, images.at[i, "path"]) for i in todo)
+    for _ in range(0, len(todo), IMAGES_PER_BATCH):
         batch, pixels = [], []
-        if lo % FETCH_IMAGES == 0:  # read from the source together: a shard is streamed once for them all
-            fetched = access.fetch((i, images.at[i, "path"]) for i in todo[lo:lo + FETCH_IMAGES])
-        for image_id in todo[lo:lo + IMAGES_PER_BATCH]:
+        for image_id, image in itertools.islice(fetched, IMAGES_PER_BATCH):
             try:
-                pixels.append(_pixels(fetched[image_id], preprocess)[0])
+                pixels.append(_pixels(image, preprocess)[0])
                 batch.append(image_id)
             except (DecodeError, OSError) as e:  # moved or changed since the scan: skipped, said once
                 log.warning(f"audit verify: cannot read {images.at[image_id, 'path']}: {e}")

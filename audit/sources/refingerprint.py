@@ -15,9 +15,6 @@ from audit.store.schema import FINGERPRINTS
 log = logging.getLogger("audit.fingerprint")
 
 
-READ_AT_ONCE = 256  # images read from the source together (their encoded bytes held meanwhile)
-
-
 def fingerprint_files(ids: list[str], paths: list[str], max_pixels: int | None,
                       source: dict | None = None) -> tuple[pa.Table, int]:
     """Fingerprints of images stored before scans took them (schema 6), read again by their stored keys from the
@@ -25,16 +22,12 @@ def fingerprint_files(ids: list[str], paths: list[str], max_pixels: int | None,
     read and how many could not (a file moved, a shard changed)."""
     rows: dict[str, list] = {name: [] for name in FINGERPRINTS.names}
     missed = 0
-    access = SourceImages(source)
-    fetched = {}
-    for k, (image_id, path) in enumerate(zip(ids, paths, strict=True)):
-        if k % READ_AT_ONCE == 0:
-            fetched = access.fetch(zip(ids[k:k + READ_AT_ONCE], paths[k:k + READ_AT_ONCE], strict=True))
+    for image_id, fetched in SourceImages(source).stream(zip(ids, paths, strict=True)):
         try:
-            f = fingerprint(open_fetched(fetched[image_id], max_pixels))
+            f = fingerprint(open_fetched(fetched, max_pixels))
         except (DecodeError, OSError, ValueError) as e:
             missed += 1
-            log.debug(f"audit: cannot fingerprint {path}: {e}")
+            log.debug(f"audit: cannot fingerprint {fetched.path}: {e}")
             continue
         for name, value in (("image_id", image_id), ("pixel_sha256", f.pixel_sha256), ("phash", f.phash),
                             ("phash_mirror", f.phash_mirror)):
