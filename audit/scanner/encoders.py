@@ -212,9 +212,6 @@ class Towers:
                 pooled = pooled.float() @ self.visual.proj.float()
         return pooled
 
-    def _fixed_chunks(self, images: torch.Tensor):
-        return fixed_chunks(images, EMBED_CHUNK)
-
     def image_pass(self, images: torch.Tensor, keep: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The embeddings, in chunks of exactly EMBED_CHUNK images (the last one padded with blank images), so that
         each image's embedding is the same, bit for bit, whatever batch it came in. A matrix product's blocking
@@ -226,7 +223,7 @@ class Towers:
         first blocks a second time."""
         upto = len(self.vision_blocks) if keep is None else keep
         feats, hidden = [], []
-        for part, real in self._fixed_chunks(images):
+        for part, real in fixed_chunks(images, EMBED_CHUNK):
             x = self.vision_prefix(part, upto)
             if keep is not None:
                 hidden.append(x[:real])
@@ -241,7 +238,7 @@ class Towers:
 
     def hidden_states(self, images: torch.Tensor, upto: int) -> torch.Tensor:
         """The hidden states entering block `upto`, bit for bit as image_pass(images, keep=upto) keeps them."""
-        return torch.cat([self.vision_prefix(part, upto)[:real] for part, real in self._fixed_chunks(images)])
+        return torch.cat([self.vision_prefix(part, upto)[:real] for part, real in fixed_chunks(images, EMBED_CHUNK)])
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         return self.vision_suffix(self.vision_prefix(images, len(self.vision_blocks)), len(self.vision_blocks),

@@ -118,28 +118,26 @@ class _BatchScanner:
 
     def _known(self, recs: list[Record], images: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """The batch's embeddings and relevancy hidden states where the first pass kept them (the rest computed
-        now), else (None, None): each image's are the same bits either way (Towers.image_pass)."""
+        now), else None: each image's are the same bits either way (Towers.image_pass). Hidden states are given
+        only where every image has them; otherwise OpinionBatch computes them when a heatmap needs them."""
         if not self.known:
             return None, None
         found = [self.known.pop(r.image_id, None) for r in recs]
         if all(f is None for f in found):
             return None, None
         held = [self.known_hidden.pop(r.image_id, None) for r in recs]
-        t, keep = self.towers, self.keep
-        with torch.no_grad(), autocast(t.device, self.opts.precision):
-            missing = [i for i, f in enumerate(found) if f is None]
-            if missing:
-                fresh, hidden = t.image_pass(images[missing], keep)
-                for j, i in enumerate(missing):
-                    found[i] = fresh[j]
-                    if hidden is not None:
-                        held[i] = hidden[j]
-            lacking = [i for i, h in enumerate(held) if h is None]
-            if keep is not None and lacking:
-                for i, h in zip(lacking, t.hidden_states(images[lacking], keep), strict=True):
-                    held[i] = h
+        t = self.towers
+        missing = [i for i, f in enumerate(found) if f is None]
+        if missing:
+            with torch.no_grad(), autocast(t.device, self.opts.precision):
+                fresh, hidden = t.image_pass(images[missing], self.keep)
+            for j, i in enumerate(missing):
+                found[i] = fresh[j]
+                held[i] = None if hidden is None else hidden[j]
         features = torch.stack([f.to(t.device) for f in found])
-        return features, (torch.stack([h.to(t.device) for h in held]) if keep is not None else None)
+        if any(h is None for h in held):
+            return features, None
+        return features, torch.stack([h.to(t.device) for h in held])
 
     def run(self, batch: Batch) -> dict[str, pa.Table]:
         tables = {"errors": pa.table(self.error_rows(batch))}

@@ -15,9 +15,10 @@ small working set and checked against all V atoms:
  4. the optimality conditions of every atom outside the set (A r <= l1 with r the residual) are checked; the
     atoms that break them join the set and the solve repeats.
 The answer is the problem's exact optimum (to the tolerances below), whatever the working set was. The batch
-shares its working-set size and its iteration count, so the last bits of that answer could still follow the
-batch; `exact_row` then solves each row again on its own support alone (float64, shapes of the row's own), so an
-image's weights are the same bits whatever images it is batched with. Everything is deterministic: fixed
+shares its working-set size and its iteration count, so the last bits of that answer, and an atom of tiny weight
+within the tolerance, could still follow the batch; `exact_row` then finishes each row alone (an active set in
+float64 from the batch's support, in shapes of the row's own), so an image's weights are the same bits whatever
+images it is batched with. Everything is deterministic: fixed
 iteration limits, fixed tolerances, no randomness.
 """
 
@@ -158,7 +159,6 @@ def exact_row(atoms: torch.Tensor, x: torch.Tensor, l1: float, weights: torch.Te
         w = torch.zeros(0, dtype=torch.float64, device=x.device)
         for _ in range(support.numel() + 1):
             if support.numel() == 0:
-                w = torch.zeros(0, dtype=torch.float64, device=x.device)
                 break
             a = atoms[support].double()
             factor, info = torch.linalg.cholesky_ex(a @ a.T)
