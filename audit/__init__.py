@@ -19,6 +19,7 @@ from audit.api import (
            explain,
            report,
            scan,
+           slices,
            verify,
 )
 from audit.scanner.options import ScanOptions
@@ -27,4 +28,4 @@ from audit.version import __version__
 
 __all__ = ["CheckOutcome", "DiffOutcome", "Report", "Scan", "ScanOptions", "__version__", "ask", "check", "diff",
            "duplicates",
-           "explain", "report", "scan", "verify"]
+           "explain", "report", "scan", "slices", "verify"]

@@ -275,6 +275,33 @@ def duplicates(scan_dir: str | os.PathLike, *, split_by: str | None = None,
     return find(scan_dir, split_by=split_by, against=[str(a) for a in against or []], settings=settings)
 
 
+def slices(scan_dir: str | os.PathLike, *, by: list[str] | None = None, labels: str | None = None,
+           k: int | None = None, max_k: int | None = None, fdr: float = FDR, min_count: int = MIN_COUNT,
+           copies: str = COPIES, kind: str | None = None, stop_words: str | os.PathLike = STOP_WORDS,
+           min_relative_cosine: float = MIN_RELATIVE_COSINE, vocabulary: str | os.PathLike | None = None,
+           pretrained: str | None = None, device: str = "auto", seed: int = 0):
+    """The slices of a scan (analysis.slices): k-means clusters of the stored embeddings (k None: chosen by
+    silhouette), each described by the stored words over-represented in it and, with `vocabulary` ("words",
+    "tokens" or a file; loads the scan's model for its text tower), by the vocabulary entries its mean embedding
+    points to; and tested for skew across each column of `by` (default: label) under the report's FDR procedure.
+    `labels`: a column to list label-issue candidates for (a cross-fitted probe and cleanlab). Stored in
+    scan-dir/slices/, which report and check read."""
+    from audit.analysis.associations import word_filter
+    from audit.analysis.slices import find_slices, settings_with
+
+    settings = settings_with(k=k, max_k=max_k, fdr=fdr, min_size=min_count, seed=seed)
+    words = word_filter(stop_words, min_relative_cosine)
+    text = None
+    if vocabulary is not None:
+        from audit.analysis.embedding_drift import embedded_scan
+        from audit.scanner.describe import for_scan
+
+        text = for_scan(embedded_scan(Scan(scan_dir)), None if vocabulary == "default" else str(vocabulary),
+                        pretrained, device)
+    return find_slices(scan_dir, by=by, labels=labels, settings=settings, copies=copies, kind=kind, words=words,
+                       vocabulary=text)
+
+
 def _fingerprint_older_scan(scan: Scan) -> None:
     """A scan made before schema 6 holds no fingerprints: take them from its images, read again where their
     paths can be opened, into scan-dir/fingerprints/ (a table of its own: the scan's files are never edited)."""

@@ -452,6 +452,50 @@ def duplicates(
     sys.stdout.write(text(found, str(scan_dir)))
 
 
+def _k(value: str) -> int | None:
+    if value == "auto":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise typer.BadParameter(f"'auto' or a number of slices, not {value!r}") from None
+
+
+@app.command()
+def slices(
+    scan_dir: Path = typer.Argument(..., help="A scan directory written by `audit scan` (with its embeddings)."),
+    by: list[str] = typer.Option(None, "--by", "-b", help="An image column (label, split, site, camera...) to test each slice's skew across (repeatable). Default: label, where the scan has labels."),
+    k: str = typer.Option("auto", "--k", parser=_k, metavar="auto|N", help="Slices to find: auto (the best silhouette among 2..--max-k) or a number."),
+    max_k: int = typer.Option(None, min=2, help="The most slices auto considers. Default: 20."),
+    labels: str = typer.Option(None, "--labels", help="An image column whose values to check: list the images a cross-fitted probe on the embeddings finds mislabelled (cleanlab)."),
+    vocabulary: str = typer.Option(None, "--vocabulary", help="Describe each slice by vocabulary entries too (loads the scan's model for its text tower): default (the model's), words, tokens or a file."),
+    pretrained: Optional[str] = typer.Option(None, help="The scan's weights, for --vocabulary, when its record does not say where they are."),  # noqa: UP045
+    device: Device = "auto",
+    json_out: Path = typer.Option(None, "--json", help="Write the summary (slices, words, skews, label issues) as JSON here."),
+    min_count: MinCount = MIN_COUNT,
+    fdr: Fdr = FDR,
+    stop_words: StopWords = STOP_WORDS,
+    min_relative_cosine: MinRelativeCosine = MIN_RELATIVE_COSINE,
+    copies: CopiesMode = typer.Option(COPIES, help="collapse: each cluster of copies counts once; keep: every image counts."),
+) -> None:
+    """Sub-populations nobody labelled: clusters of the stored embeddings, each described by the words that set it
+    apart and tested for skew across the columns given, under the report's FDR control; with --labels, label-issue
+    candidates. Writes scan-dir/slices/, which report and check read."""
+    import json
+
+    import audit
+    from audit.outputs.slices import text
+
+    found = audit.slices(scan_dir, by=by or None, labels=labels, k=k, max_k=max_k, fdr=fdr, min_count=min_count,
+                         copies=copies, stop_words=stop_words, min_relative_cosine=min_relative_cosine,
+                         vocabulary=vocabulary, pretrained=pretrained, device=device)
+    if json_out is not None:
+        from audit.outputs.files import write_text
+
+        write_text(json_out, json.dumps(found.summary(), indent=2, default=str) + "\n", "slices.json")
+    sys.stdout.write(text(found, str(scan_dir)))
+
+
 demo_app = typer.Typer(help="The offline demo: a planted-bias dataset scanned with the project's own CLIP.")
 app.add_typer(demo_app, name="demo")
 

@@ -95,6 +95,8 @@ def schema_reference() -> str:
              f"  {schema.VERIFICATION_FOLDER}/part-*.parquet  written by `audit verify`, with its settings.json",
              f"  {schema.DUPLICATES_FOLDER}/copies.parquet, leaks.parquet, settings.json  written by `audit duplicates` "
              "(or on first use)",
+             f"  {schema.SLICES_FOLDER}/slices.parquet, words.parquet, tests.parquet, label_issues.parquet, "
+             "settings.json  written by `audit slices` (or on first use by a policy rule)",
              "```", "",
              "Each table is a folder of Parquet part files; a part counts once its commit marker is written, so "
              "a reader never sees half a batch. Read them with `audit.Scan(path)` (pandas or Arrow), DuckDB "
@@ -124,6 +126,17 @@ def schema_reference() -> str:
               "", "| column | type | meaning |", "|---|---|---|"]
     for field in schema.LEAKS:
         lines.append(f"| `{field.name}` | {cell(str(field.type))} | {cell(schema.LEAKS_DOCS[field.name])} |")
+    lines += ["", f"## `{schema.SLICES_FOLDER}`", "",
+              "Written by `audit slices` (and by `audit check` the first time a `[slices]` or `[label_issues]` "
+              "rule needs them), never by the scan itself: whole files beside a settings.json that names the scan's "
+              "parts and the settings they were computed from."]
+    for file, table, docs in (("slices.parquet", schema.SLICES, schema.SLICES_DOCS),
+                              ("words.parquet", schema.SLICE_WORDS, schema.SLICE_WORDS_DOCS),
+                              ("tests.parquet", schema.SLICE_TESTS, schema.SLICE_TESTS_DOCS),
+                              ("label_issues.parquet", schema.LABEL_ISSUES, schema.LABEL_ISSUES_DOCS)):
+        lines += ["", f"`{file}`:", "", "| column | type | meaning |", "|---|---|---|"]
+        for field in table:
+            lines.append(f"| `{field.name}` | {cell(str(field.type))} | {cell(docs[field.name])} |")
     return "\n".join(lines) + "\n"
 
 

@@ -4,6 +4,7 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
+from audit.store.schema import embeddings_table
 from audit.store.writer import ScanWriter
 
 SETTINGS = {"model": "hand-made", "pretrained": "none", "steps": 0}
@@ -11,11 +12,12 @@ SETTINGS = {"model": "hand-made", "pretrained": "none", "steps": 0}
 
 def write_scan(out, images: list[dict], words: dict[str, list[str]], image_dir=None, errors=(), box_mass=None,
                probes: dict[str, list[tuple[str, float]]] | None = None, word_cosine=None,
-               concepts: dict[str, list[tuple[str, float]]] | None = None):
+               concepts: dict[str, list[tuple[str, float]]] | None = None, embeddings=None):
     """images: dicts with image_id and label (and other columns); words: image_id -> ascent words; box_mass:
     an optional function (image_id, word) -> value instead of the default pattern; probes: image_id ->
     (probe word, cosine) pairs; word_cosine: an optional function (image_id, word) -> an ascent word's own
-    cosine (default 0.25; every image's best sequence scores 0.3); concepts: image_id -> (concept, weight)."""
+    cosine (default 0.25; every image's best sequence scores 0.3); concepts: image_id -> (concept, weight);
+    embeddings: an optional [n, D] array, one row per image, stored as float16 like a scan's."""
     writer = ScanWriter.open(out, SETTINGS, {"kind": "test"})
     try:
         paths = [""] * len(images)
@@ -59,8 +61,11 @@ def write_scan(out, images: list[dict], words: dict[str, list[str]], image_dir=N
                 "peak_in_box": [True] * n, "text_relevance": pa.array([[1.0]] * n, type=pa.list_(pa.float32()))}
         errs = {"image_id": [e for e in errors], "path": [e for e in errors], "stage": ["decode"] * len(errors),
                 "reason": ["not an image file Pillow can read"] * len(errors)}
-        writer.write_unit({"images": pa.table(img_table), "tokens": pa.table(tokens), "heatmaps": pa.table(heat),
-                           "errors": pa.table(errs)})
+        unit = {"images": pa.table(img_table), "tokens": pa.table(tokens), "heatmaps": pa.table(heat),
+                "errors": pa.table(errs)}
+        if embeddings is not None:
+            unit["embeddings"] = embeddings_table(pa.array(img_table["image_id"]), np.asarray(embeddings), "float16")
+        writer.write_unit(unit)
         writer.record_run({"images": len(images), "preprocess": {"size": [224, 224], "resize_mode": "shortest"}})
     finally:
         writer.close()

@@ -103,7 +103,7 @@ def mmd_test(x: np.ndarray, y: np.ndarray, permutations: int = PERMUTATIONS, see
             float(np.sqrt(width2) * scales[best]))
 
 
-def _embedded(scan):
+def embedded_scan(scan):
     """The scan whose stored embeddings are this scan's images': itself, or for a scan `audit ask` made (it keeps
     none), the scan it was asked of, when that is still there."""
     from pathlib import Path
@@ -133,7 +133,7 @@ def embedding_drift(old, new, *, max_images: int = MAX_IMAGES, permutations: int
     samples = []
     for (which, scan), left_out in zip((("the old scan", old), ("the new scan", new)), skip, strict=True):
         seen = [0]
-        s = sample(_without(_embedded(scan).embedding_parts(), left_out, seen), max_images, seed)
+        s = sample(_without(embedded_scan(scan).embedding_parts(), left_out, seen), max_images, seed)
         if len(s) < 2 and seen[0] >= 2:
             return EmbeddingDrift(0, 0, float("nan"), float("nan"), float("nan"), float("nan"),
                                   missing=f"{which} ({scan.root}) holds fewer than 2 images once its copies are "

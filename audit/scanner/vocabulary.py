@@ -219,3 +219,4 @@ def text_mean(towers, model_identity: str) -> torch.Tensor:
     key = _cache_key(model_identity, sample.sha256, "embeddings")
     array = _cached(key, sample.words, lambda: encode_texts(towers, sample.words))
     return torch.from_numpy(array.mean(0)).to(towers.device)
+

@@ -247,6 +247,91 @@ LEAKS_DOCS: dict[str, str] = {
     "hash_distance": "Bits that differ between the two pHashes (or a mirror's), of 64; null without fingerprints.",
 }
 
+SLICES_FOLDER = "slices"
+# Written by `audit slices` (or by check on first use of a [slices] or [label_issues] rule) into scan-dir/slices/,
+# as whole files beside a settings.json that names the scan state and settings they were computed from.
+SLICES = pa.schema(
+    [
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("slice", pa.int32(), nullable=False),
+        pa.field("cosine", pa.float32(), nullable=False),
+    ]
+)
+SLICE_WORDS = pa.schema(
+    [
+        pa.field("slice", pa.int32(), nullable=False),
+        pa.field("word", pa.string(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("score", pa.float64(), nullable=False),
+        pa.field("share_slice", pa.float64()),
+        pa.field("share_rest", pa.float64()),
+        pa.field("q", pa.float64()),
+    ]
+)
+SLICE_TESTS = pa.schema(
+    [
+        pa.field("slice", pa.int32(), nullable=False),
+        pa.field("column", pa.string(), nullable=False),
+        pa.field("value", pa.string(), nullable=False),
+        pa.field("in_slice", pa.int64(), nullable=False),
+        pa.field("slice_size", pa.int64(), nullable=False),
+        pa.field("share_slice", pa.float64(), nullable=False),
+        pa.field("share_rest", pa.float64(), nullable=False),
+        pa.field("lift", pa.float64(), nullable=False),
+        pa.field("p", pa.float64(), nullable=False),
+        pa.field("q", pa.float64()),
+        pa.field("flagged", pa.bool_(), nullable=False),
+    ]
+)
+LABEL_ISSUES = pa.schema(
+    [
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("column", pa.string(), nullable=False),
+        pa.field("given", pa.string(), nullable=False),
+        pa.field("suggested", pa.string(), nullable=False),
+        pa.field("quality", pa.float64(), nullable=False),
+    ]
+)
+SLICES_DOCS: dict[str, str] = {
+    "image_id": "Every image with a stored embedding.",
+    "slice": "Its slice: the k-means cluster of its embedding (0 is the largest slice).",
+    "cosine": "Cosine of its embedding with its slice's centroid (higher: more typical of the slice).",
+}
+SLICE_WORDS_DOCS: dict[str, str] = {
+    "slice": "The slice the word describes.",
+    "word": "A word that sets the slice apart.",
+    "source": "'stored' (a word of the scan's own kind, over-represented among the slice's images, tested like a "
+              "finding) or 'vocabulary' (a vocabulary entry whose text embedding points from the rest's mean "
+              "embedding to the slice's: Domino's description).",
+    "score": "stored: the word's lift (share in the slice over share in the rest); vocabulary: the cosine of its "
+             "text embedding with the difference of the two means.",
+    "share_slice": "stored: the share of the slice's images that hold the word (null for vocabulary words).",
+    "share_rest": "stored: the share of the other images that hold it (null for vocabulary words).",
+    "q": "stored: the q-value of the one-sided test of the word's over-representation (null where untestable "
+         "and for vocabulary words).",
+}
+SLICE_TESTS_DOCS: dict[str, str] = {
+    "slice": "The slice tested.",
+    "column": "The image column its skew was tested across (--by).",
+    "value": "One value of that column.",
+    "in_slice": "The slice's images with that value (copies counted once when collapsed).",
+    "slice_size": "The slice's images that have a value of the column.",
+    "share_slice": "in_slice / slice_size.",
+    "share_rest": "The same share among the images outside the slice.",
+    "lift": "share_slice / share_rest (inf where the rest holds none).",
+    "p": "One-sided p of the value's over-representation in the slice (the report's test of a 2x2 table).",
+    "q": "Its q-value under the report's multiplicity procedure over every (slice, column, value) tested "
+         "(null where it could not reach significance at all).",
+    "flagged": "q at most the false discovery rate: the slice is skewed toward the value.",
+}
+LABEL_ISSUES_DOCS: dict[str, str] = {
+    "image_id": "An image whose given label disagrees with what images like it carry: a candidate, not a verdict.",
+    "column": "The label column checked.",
+    "given": "Its given value.",
+    "suggested": "The value a probe fitted without it (cross-fitted on the stored embeddings) finds likeliest.",
+    "quality": "cleanlab's self-confidence: the probe's probability of the given value (lower: more suspect).",
+}
+
 SCHEMAS: dict[str, pa.Schema] = {"images": IMAGES, "tokens": TOKENS, "heatmaps": HEATMAPS, "errors": ERRORS,
                                   "embeddings": EMBEDDINGS}
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 
 MODULES = ("max_error_rate", "min_images_per_group", "duplicates", "leakage", "watch", "max_association", "drift",
-           "heatmap", "grounding")
+           "heatmap", "grounding", "slices", "label_issues")
 KINDS = {name: importlib.import_module(f"audit.policy.kinds.{name}").KIND for name in MODULES}
 # Rule.kind -> the kind that evaluates it ([drift] makes four kinds of rule).
 BY_RULE = {rule_kind: kind for kind in KINDS.values() for rule_kind in kind.rule_kinds()}

@@ -1,0 +1,534 @@
+"""Slices: the sub-populations nobody labelled, found in the stored embeddings, described in words and tested
+against the columns someone did name; and label-issue candidates from the same embeddings. Torch-free.
+
+Discovery: k-means (scikit-learn) on the unit-normalised embeddings of a seeded sample of the images (chosen by
+a hash of the image id, so the same images whatever the order they were scanned in), then every image assigned
+to its nearest centroid, one stored part at a time: memory and time stay linear in the number of images.
+k "auto" is the k of the best silhouette (Rousseeuw 1987; cosine) among 2..max_k on a smaller sample: the
+common criterion that needs no labels, and one that prefers tight, separated groups, which is what a slice
+worth naming is.
+
+Description, two kinds of words:
+- stored: the words of the scan's own kind (concepts, ascent words or probes, with the report's word filter)
+  over-represented among the slice's images, each tested one-sided against the rest exactly like a
+  (group, word) pair, under the same false-discovery procedure;
+- vocabulary (when the caller gives text embeddings): the vocabulary entries whose text embedding has the
+  largest cosine with the slice's mean minus the rest's mean (Domino's describe, Eyuboglu et al. 2022).
+
+Skew: for each column given and each of its values, the slice's share of the value against the rest's, tested
+one-sided with the report's 2x2 test, every (slice, column, value) under one Tarone-BH correction. Copies count
+once (analysis.duplicates): the fit leaves out all but each cluster's representative, and the tests count a
+cluster once per value it spans, as the report does.
+
+Label issues: a linear probe (multinomial logistic regression) predicts a column from the embeddings,
+cross-fitted over FOLDS folds drawn by a hash of the image id (each image is scored by a probe that never saw
+it), trained on at most `probe_sample` images per fold; the out-of-fold probabilities go to cleanlab's
+find_label_issues (Northcutt et al. 2021). Candidates to look at, not verdicts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from dataclasses import asdict, dataclass, field, replace
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from audit.analysis import ALTERNATIVE, COPIES, FDR, MIN_COUNT, stats, tables
+from audit.errors import AuditError
+from audit.store.layout import committed_parts
+from audit.store.query import ScanQuery, WordFilter
+from audit.store.reader import Scan
+from audit.store.schema import KINDS, LABEL_ISSUES, SLICE_TESTS, SLICE_WORDS, SLICES, SLICES_FOLDER
+
+log = logging.getLogger("audit.slices")
+
+SETTINGS_FILE = "settings.json"
+FILES = {"slices": "slices.parquet", "words": "words.parquet", "tests": "tests.parquet",
+         "label_issues": "label_issues.parquet"}
+FOLDS = 5  # cross-fitting folds of the label probe (cleanlab's own default for out-of-fold probabilities)
+WORDS_PER_SLICE = 8  # words kept per slice and source
+EXAMPLES = 6  # the images nearest each centroid kept as its examples
+
+
+@dataclass(frozen=True)
+class SliceSettings:
+    """k: None chooses it (auto, by silhouette among 2..max_k). fit_sample: k-means sees at most this many images
+    (scikit-learn's k-means on 50,000 x 512 takes seconds; the centroids of a uniform sample that size move less
+    than the clusters are wide). choose_sample: the silhouette, quadratic in its sample, on at most this many.
+    min_size: a slice smaller than this many images is not tested (the report's MIN_COUNT)."""
+    k: int | None = None
+    max_k: int = 20
+    fit_sample: int = 50_000
+    choose_sample: int = 3_000
+    min_size: int = MIN_COUNT
+    fdr: float = FDR
+    probe_sample: int = 20_000
+    seed: int = 0
+
+    def check(self) -> SliceSettings:
+        if self.k is not None and self.k < 2:
+            raise AuditError(f"--k is 'auto' or a number of slices of at least 2, not {self.k}")
+        if self.max_k < 2:
+            raise AuditError(f"--max-k must be at least 2, not {self.max_k}")
+        if not 0 < self.fdr < 1:
+            raise AuditError(f"--fdr must be between 0 and 1, not {self.fdr}")
+        return self
+
+
+@dataclass
+class Slices:
+    """What `audit slices` found: each image's slice, the slices' words and skews, label-issue candidates."""
+    slices: pd.DataFrame  # SLICES rows
+    words: pd.DataFrame  # SLICE_WORDS rows
+    tests: pd.DataFrame  # SLICE_TESTS rows
+    label_issues: pd.DataFrame  # LABEL_ISSUES rows
+    k: int
+    silhouette: dict  # k -> silhouette, where k was chosen
+    settings: dict
+    by: list[str] = field(default_factory=list)
+    labels: str | None = None
+    counted: int = 0  # images the tests and words count (copies once)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def images(self) -> int:
+        return len(self.slices)
+
+    def sizes(self) -> pd.DataFrame:
+        """slice, images, share, examples (ids nearest the centroid): largest first."""
+        if not len(self.slices):
+            return pd.DataFrame(columns=["slice", "images", "share", "examples"])
+        s = self.slices.sort_values(["slice", "cosine", "image_id"], ascending=[True, False, True])
+        out = s.groupby("slice", as_index=False).agg(images=("image_id", "size"))
+        out["share"] = out.images / len(self.slices)
+        out["examples"] = [list(g.image_id.head(EXAMPLES)) for _, g in s.groupby("slice")]
+        return out
+
+    @property
+    def flagged(self) -> pd.DataFrame:
+        return self.tests[self.tests.flagged].sort_values(["q", "lift"], ascending=[True, False])
+
+    def words_of(self, slice_id: int, source: str | None = None) -> list[str]:
+        w = self.words[self.words.slice == slice_id]
+        if source is not None:
+            w = w[w.source == source]
+        return list(w.word)
+
+    def summary(self) -> dict:
+        sizes = self.sizes()
+        described = []
+        for row in sizes.itertuples():
+            described.append({"slice": int(row.slice), "images": int(row.images), "share": round(row.share, 6),
+                              "stored_words": self.words_of(row.slice, "stored"),
+                              "vocabulary_words": self.words_of(row.slice, "vocabulary"),
+                              "examples": row.examples})
+        return {"images": self.images, "counted": self.counted, "k": self.k,
+                "silhouette": {str(k): v for k, v in self.silhouette.items()}, "by": self.by,
+                "labels": self.labels, "slices": described,
+                "flagged": self.flagged.to_dict("records"),
+                "label_issues": len(self.label_issues), "settings": self.settings, "notes": self.notes}
+
+
+# ---- the embeddings ---------------------------------------------------------------------------------------------
+
+def id_hashes(ids, seed: int) -> np.ndarray:
+    """A seeded 64-bit hash of each image id: samples and folds chosen by it do not depend on scan order."""
+    return np.array([int.from_bytes(hashlib.sha256(f"{seed}:{i}".encode("utf-8", "surrogatepass")).digest()[:8],
+                                    "little") for i in ids], dtype=np.uint64)
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True).clip(1e-12)
+
+
+def _parts(scan: Scan):
+    from audit.analysis.embedding_drift import embedded_scan
+
+    return embedded_scan(scan).embedding_parts()
+
+
+def sample_vectors(scan: Scan, size: int, seed: int, skip: frozenset[str] = frozenset()
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, unit vectors) of at most `size` images, those whose ids hash lowest (images in `skip` left out),
+    sorted by that hash; read a part at a time."""
+    keys, ids, kept = np.zeros(0, np.uint64), np.zeros(0, object), None
+    for part_ids, emb in _parts(scan):
+        part_ids = np.asarray(part_ids, dtype=object)
+        if skip:
+            keep = np.array([i not in skip for i in part_ids], bool)
+            part_ids, emb = part_ids[keep], emb[keep]
+        k = np.concatenate([keys, id_hashes(part_ids, seed)])
+        i = np.concatenate([ids, part_ids])
+        e = _unit(emb) if kept is None else np.concatenate([kept, _unit(emb)])
+        if len(k) > size:
+            order = np.argpartition(k, size - 1)[:size]
+            k, i, e = k[order], i[order], e[order]
+        keys, ids, kept = k, i, e
+    if kept is None:
+        return np.zeros(0, object), np.zeros((0, 0), np.float32)
+    order = np.argsort(keys, kind="stable")
+    return ids[order], kept[order]
+
+
+# ---- discovery --------------------------------------------------------------------------------------------------
+
+def _kmeans(x: np.ndarray, k: int, seed: int):
+    from sklearn.cluster import KMeans
+
+    return KMeans(n_clusters=k, n_init=4, random_state=seed).fit(x)
+
+
+def choose_k(x: np.ndarray, settings: SliceSettings) -> tuple[int, dict[int, float]]:
+    """The k of the best cosine silhouette among 2..max_k (at most n/min_size slices), on the first
+    choose_sample rows of x (a hash-ordered sample, so the first rows are a sample too)."""
+    from sklearn.metrics import silhouette_score
+
+    x = x[:settings.choose_sample]
+    top = min(settings.max_k, max(2, len(x) // max(settings.min_size, 1)), len(x) - 1)
+    scores = {}
+    for k in range(2, top + 1):
+        labels = _kmeans(x, k, settings.seed).labels_
+        if len(np.unique(labels)) < 2:
+            continue
+        scores[k] = round(float(silhouette_score(x, labels, metric="cosine")), 6)
+    if not scores:
+        return 2, {}
+    return max(scores, key=lambda k: (scores[k], -k)), scores
+
+
+def discover(scan: Scan, settings: SliceSettings, skip: frozenset[str]) -> tuple[pd.DataFrame, np.ndarray, int,
+                                                                                 dict]:
+    """(SLICES rows for every image with an embedding, the unit centroids [k, D] numbered largest slice first,
+    k, silhouettes)."""
+    _, x = sample_vectors(scan, settings.fit_sample, settings.seed, skip)
+    if len(x) < 4:
+        raise AuditError(f"{scan.root} holds {len(x)} images with stored embeddings (copies counted once): slices "
+                         "need at least 4 (a scan made with --embeddings none keeps none)")
+    k, scores = (settings.k, {}) if settings.k is not None else choose_k(x, settings)
+    k = min(k, len(x))
+    centroids = _unit(_kmeans(x, k, settings.seed).cluster_centers_)
+    frames = []
+    for ids, emb in _parts(scan):
+        cos = _unit(emb) @ centroids.T
+        best = cos.argmax(1)
+        frames.append(pd.DataFrame({"image_id": np.asarray(ids, dtype=object), "slice": best.astype(np.int32),
+                                    "cosine": cos[np.arange(len(best)), best].astype(np.float32)}))
+    rows = pd.concat(frames, ignore_index=True)
+    # Numbered by size (ties by the smallest member id): the numbers do not depend on k-means' own order.
+    counted = rows[~rows.image_id.isin(skip)]
+    order = (counted.groupby("slice").agg(n=("image_id", "size"), first=("image_id", "min"))
+             .reindex(range(k)).fillna({"n": 0, "first": ""}).sort_values(["n", "first"], ascending=[False, True]))
+    renumber = np.empty(k, np.int32)
+    renumber[order.index.to_numpy()] = np.arange(k, dtype=np.int32)
+    rows["slice"] = renumber[rows.slice.to_numpy()]
+    rows = rows.sort_values("image_id", ignore_index=True)
+    return rows, centroids[order.index.to_numpy()], k, scores
+
+
+# ---- description ------------------------------------------------------------------------------------------------
+
+def _one_sided(inside: np.ndarray, size: np.ndarray, total: np.ndarray, n: int, fdr: float):
+    """p, q (Tarone-BH), share inside, share outside and lift of tables: `inside` of `size` slice images hold
+    the value, `total` of all n images do."""
+    a = inside
+    b = size - inside
+    c = total - inside
+    d = (n - size) - c
+    p, _ = tables.association_test(a, b, c, d, ALTERNATIVE)
+    floor = tables.min_attainable_p(size, n - size, total, ALTERNATIVE)
+    q, _ = stats.tarone_bh(p, floor, fdr)
+    share_in = a / np.maximum(size, 1)
+    share_out = c / np.maximum(n - size, 1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lift = np.where(share_out > 0, share_in / np.where(share_out > 0, share_out, 1), np.inf)
+    return p, q, share_in, share_out, lift
+
+
+def stored_words(q: ScanQuery, rows: pd.DataFrame, kind: str, settings: SliceSettings,
+                 words: WordFilter) -> pd.DataFrame:
+    """SLICE_WORDS rows of source 'stored': per slice, the words of `kind` over-represented among its images."""
+    pairs = q.word_pairs(kind, words)
+    counted = q.df("SELECT image_id FROM images")
+    where = rows.set_index("image_id").slice
+    counted = counted.assign(slice=counted.image_id.map(where)).dropna()
+    n = len(counted)
+    if not len(pairs) or not n:
+        return SLICE_WORDS.empty_table().to_pandas()
+    pairs = pairs.assign(slice=pairs.image_id.map(where)).dropna()
+    total = pairs.groupby("word").image_id.nunique()
+    total = total[total >= settings.min_size]
+    size = counted.groupby("slice").image_id.size()
+    cells = pairs[pairs.word.isin(total.index)].groupby(["slice", "word"]).image_id.nunique().reset_index()
+    if not len(cells):
+        return SLICE_WORDS.empty_table().to_pandas()
+    s = cells.slice.to_numpy().astype(int)
+    p, qv, share_in, share_out, lift = _one_sided(cells.image_id.to_numpy(), size.reindex(s).to_numpy(),
+                                                  total.reindex(cells.word).to_numpy(), n, settings.fdr)
+    out = pd.DataFrame({"slice": s.astype(np.int32), "word": cells.word, "source": "stored", "score": lift,
+                        "share_slice": share_in, "share_rest": share_out, "q": qv, "p": p})
+    # Per slice: its significant words, strongest evidence first; where none is, the best few untested ones
+    # would mislead, so a slice may have no stored words.
+    out = out[out.q <= settings.fdr].sort_values(["slice", "p", "score", "word"], ascending=[True, True, False, True])
+    return out.groupby("slice").head(WORDS_PER_SLICE).drop(columns="p").reset_index(drop=True)
+
+
+def vocabulary_words(rows: pd.DataFrame, scan: Scan, words: list[str], text: np.ndarray) -> pd.DataFrame:
+    """SLICE_WORDS rows of source 'vocabulary': per slice, the entries whose unit text embedding has the largest
+    cosine with (the slice's mean unit image embedding - the rest's)."""
+    where = rows.set_index("image_id").slice
+    k = int(rows.slice.max()) + 1 if len(rows) else 0
+    sums, counts = None, np.zeros(k)
+    for ids, emb in _parts(scan):
+        s = where.reindex(ids).to_numpy()
+        e = _unit(emb)
+        if sums is None:
+            sums = np.zeros((k, e.shape[1]))
+        np.add.at(sums, s, e)
+        counts += np.bincount(s, minlength=k)
+    if sums is None or text.shape[1] != sums.shape[1]:
+        return SLICE_WORDS.empty_table().to_pandas()
+    total = sums.sum(0)
+    t = _unit(text)
+    frames = []
+    for j in range(k):
+        rest = counts.sum() - counts[j]
+        if counts[j] == 0 or rest == 0:
+            continue
+        direction = sums[j] / counts[j] - (total - sums[j]) / rest
+        direction /= max(np.linalg.norm(direction), 1e-12)
+        score = t @ direction
+        top = np.argsort(-score, kind="stable")[:WORDS_PER_SLICE]
+        frames.append(pd.DataFrame({"slice": np.int32(j), "word": [words[i] for i in top], "source": "vocabulary",
+                                    "score": score[top].astype(np.float64), "share_slice": np.nan,
+                                    "share_rest": np.nan, "q": np.nan}))
+    return pd.concat(frames, ignore_index=True) if frames else SLICE_WORDS.empty_table().to_pandas()
+
+
+# ---- skew -------------------------------------------------------------------------------------------------------
+
+def skew_tests(q: ScanQuery, rows: pd.DataFrame, by: list[str], settings: SliceSettings) -> pd.DataFrame:
+    """SLICE_TESTS rows: every (slice, column, value), one correction over all of them."""
+    q.con.register("slice_rows", pa.Table.from_pandas(rows[["image_id", "slice"]], preserve_index=False))
+    frames = []
+    for column in by:
+        view = q.images_of(column)
+        cells = q.df(f"""SELECT s.slice, CAST(i."{column}" AS VARCHAR) AS value, count(*) AS n
+                         FROM {view} i JOIN slice_rows s USING (image_id)
+                         WHERE i."{column}" IS NOT NULL GROUP BY ALL""")
+        if not len(cells):
+            continue
+        size = cells.groupby("slice").n.sum()
+        total = cells.groupby("value").n.sum()
+        n = int(cells.n.sum())
+        grid = (pd.MultiIndex.from_product([size.index, total.index], names=["slice", "value"])
+                .to_frame(index=False).merge(cells, how="left").fillna({"n": 0}))
+        grid = grid[grid.slice.map(size) >= settings.min_size]
+        if len(total) < 2 or not len(grid):
+            continue
+        frames.append(pd.DataFrame({"slice": grid.slice.astype(np.int32), "column": column, "value": grid.value,
+                                    "in_slice": grid.n.astype(np.int64),
+                                    "slice_size": grid.slice.map(size).astype(np.int64),
+                                    "total": grid.value.map(total).astype(np.int64), "n": n}))
+    if not frames:
+        return SLICE_TESTS.empty_table().to_pandas()
+    t = pd.concat(frames, ignore_index=True)
+    p, qv, share_in, share_out, lift = _one_sided(t.in_slice.to_numpy(), t.slice_size.to_numpy(),
+                                                  t.total.to_numpy(), t.n.to_numpy(), settings.fdr)
+    t = t.drop(columns=["total", "n"]).assign(share_slice=share_in, share_rest=share_out, lift=lift, p=p, q=qv)
+    t["flagged"] = t.q.fillna(1.0) <= settings.fdr
+    return t.sort_values(["flagged", "q", "slice", "column", "value"], ascending=[False, True, True, True, True],
+                         ignore_index=True)[SLICE_TESTS.names]
+
+
+# ---- label issues -----------------------------------------------------------------------------------------------
+
+def label_issues(scan: Scan, column: str, settings: SliceSettings, skip: frozenset[str] = frozenset()
+                 ) -> tuple[pd.DataFrame, list[str]]:
+    """LABEL_ISSUES rows for `column` (cross-fitted probe + cleanlab), and notes on what was left out."""
+    from cleanlab.filter import find_label_issues
+    from sklearn.linear_model import LogisticRegression
+
+    images = scan.table("images")
+    if column not in images.column_names:
+        raise AuditError(f"unknown --labels column {column!r}; the scan's image columns are "
+                         + ", ".join(c for c in images.column_names if c not in ("image_id", "path")))
+    given = (images.select(["image_id", column]).to_pandas().dropna().astype({column: str})
+             .set_index("image_id")[column])
+    given = given[~given.index.isin(skip)]
+    counts = given.value_counts()
+    classes = sorted(counts[counts >= FOLDS].index)
+    notes = []
+    if len(counts) > len(classes):
+        notes.append(f"label issues: values of {column!r} with fewer than {FOLDS} images are left out "
+                     f"({', '.join(sorted(set(counts.index) - set(classes)))[:300]})")
+    given = given[given.isin(classes)]
+    if len(classes) < 2:
+        notes.append(f"label issues: {column!r} has fewer than two values with {FOLDS} images each; none looked for")
+        return LABEL_ISSUES.empty_table().to_pandas(), notes
+    code = {c: i for i, c in enumerate(classes)}
+    # Folds by a hash of the id, so an image's fold (and its score) does not depend on scan order.
+    ids, vectors = [], []
+    for part_ids, emb in _parts(scan):
+        keep = np.array([i in given.index for i in part_ids], bool)
+        ids += [i for i, k in zip(part_ids, keep, strict=True) if k]
+        vectors.append(_unit(emb[keep]))
+    if not ids:
+        return LABEL_ISSUES.empty_table().to_pandas(), notes
+    order = np.argsort(np.asarray(ids, dtype=object), kind="stable")
+    ids = np.asarray(ids, dtype=object)[order]
+    x = np.concatenate(vectors)[order]
+    y = np.array([code[given[i]] for i in ids])
+    h = id_hashes(ids, settings.seed)
+    fold = (h % FOLDS).astype(int)
+    probs = np.zeros((len(ids), len(classes)))
+    for f in range(FOLDS):
+        train = np.flatnonzero(fold != f)
+        if len(train) > settings.probe_sample:  # the lowest hashes: a sample that is the same in any order
+            train = train[np.argsort(h[train] // FOLDS, kind="stable")[:settings.probe_sample]]
+        probe = LogisticRegression(max_iter=1000, C=1.0)
+        probe.fit(x[train], y[train])
+        inside = np.flatnonzero(fold == f)
+        p = np.zeros((len(inside), len(classes)))
+        p[:, probe.classes_] = probe.predict_proba(x[inside])
+        probs[inside] = p
+    if (np.bincount(y, minlength=len(classes)) == 0).any():
+        return LABEL_ISSUES.empty_table().to_pandas(), notes
+    # How far the probe predicts the column at all: near the largest class's share, the candidates are noise.
+    accuracy = float((probs.argmax(1) == y).mean())
+    majority = float(np.bincount(y).max() / len(y))
+    notes.append(f"label issues: the probe predicts {column!r} out of fold for {accuracy:.1%} of {len(y)} images "
+                 f"(the largest value alone: {majority:.1%})"
+                 + ("; barely better, so the candidates say little" if accuracy < majority + 0.1 else ""))
+    found = find_label_issues(y, probs, return_indices_ranked_by="self_confidence")
+    quality = probs[found, y[found]]
+    out = pd.DataFrame({"image_id": ids[found], "column": column, "given": [classes[i] for i in y[found]],
+                        "suggested": [classes[i] for i in probs[found].argmax(1)], "quality": quality})
+    return out.sort_values(["quality", "image_id"], ignore_index=True), notes
+
+
+# ---- the command ------------------------------------------------------------------------------------------------
+
+def scan_state(scan: Scan) -> str:
+    return ",".join(p.name for p in committed_parts(scan.root, "images"))
+
+
+def find_slices(scan_dir: str | os.PathLike, *, by: list[str] | None = None, labels: str | None = None,
+                settings: SliceSettings | None = None, copies: str = COPIES, kind: str | None = None,
+                words: WordFilter | None = None, vocabulary: tuple[list[str], np.ndarray] | None = None,
+                store: bool = True) -> Slices:
+    """Find, describe and test the slices of a scan (see the module's text); store them in scan-dir/slices/
+    unless `store` is False or the folder cannot be written. by: image columns to test skews across (default:
+    label, where the scan has labels). labels: a column to look for label issues in (None: none). kind: the
+    stored words that describe (default: the kind the scan holds). vocabulary: (words, text embeddings [W, D])
+    for the vocabulary description."""
+    from audit.analysis.associations import word_filter
+    from audit.analysis.duplicates import collapsed_ids, open_query
+    from audit.store.settings import held_kind
+
+    settings = (settings or SliceSettings()).check()
+    q = open_query(scan_dir, copies)
+    have = q.columns("images")
+    if by is None:
+        by = ["label"] if "label" in have and q.scalar("SELECT count(label) FROM images") else []
+    for column in by:
+        if column not in have or column in ("image_id", "path"):
+            raise AuditError(f"unknown --by column {column!r}; the scan's image columns are "
+                             + ", ".join(c for c in have if c not in ("image_id", "path")))
+    skip = collapsed_ids(q)
+    log.info(f"audit slices: reading the embeddings of {q.scan.root}")
+    rows, _, k, scores = discover(q.scan, settings, skip)
+    chosen = f"k={k}" + (f" (auto: the best silhouette, {scores.get(k)})" if scores else "")
+    log.info(f"audit slices: {len(rows)} images in {chosen} slices")
+    notes = []
+    # The kind the scan's opinion made, else the first kind it holds rows of (a scan asked for probes later).
+    held = q.kinds()
+    kind = kind or (held_kind(q.scan.settings, KINDS) if held_kind(q.scan.settings, KINDS) in held or not held
+                    else held[0])
+    described = [stored_words(q, rows, kind, settings, words or word_filter())]
+    if vocabulary is not None:
+        described.append(vocabulary_words(rows, q.scan, *vocabulary))
+    described = [d for d in described if len(d)]
+    word_rows = (pd.concat(described, ignore_index=True) if described
+                 else SLICE_WORDS.empty_table().to_pandas())[SLICE_WORDS.names]
+    tests = skew_tests(q, rows, by, settings)
+    issues = LABEL_ISSUES.empty_table().to_pandas()
+    if labels is not None:
+        issues, more = label_issues(q.scan, labels, settings, skip)
+        notes += more
+    counted = int(q.scalar("SELECT count(*) FROM images"))
+    found = Slices(rows, word_rows, tests, issues, k, scores,
+                   {**asdict(settings), "copies": copies, "kind": kind,
+                    "vocabulary": len(vocabulary[0]) if vocabulary else 0},
+                   list(by), labels, counted, notes)
+    if store:
+        save(q.scan, found)
+    return found
+
+
+def save(scan: Scan, found: Slices) -> bool:
+    """Write scan-dir/slices/ whole (a temporary folder renamed over the old one); False where the scan
+    directory cannot be written."""
+    folder = scan.root / SLICES_FOLDER
+    tmp = scan.root / f".tmp-{SLICES_FOLDER}"
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        for name, frame, schema in (("slices", found.slices, SLICES), ("words", found.words, SLICE_WORDS),
+                                    ("tests", found.tests, SLICE_TESTS),
+                                    ("label_issues", found.label_issues, LABEL_ISSUES)):
+            pq.write_table(pa.Table.from_pandas(frame[schema.names], schema=schema, preserve_index=False),
+                           tmp / FILES[name])
+        meta = {"scan_state": scan_state(scan), **found.summary()}
+        (tmp / SETTINGS_FILE).write_text(json.dumps(meta, indent=2, default=str) + "\n", encoding="utf-8")
+        old = scan.root / f".old-{SLICES_FOLDER}"
+        if folder.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            folder.rename(old)
+        tmp.rename(folder)
+        shutil.rmtree(old, ignore_errors=True)
+        return True
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        log.info(f"audit: slices kept in memory only ({scan.root} cannot be written: {e.strerror or e})")
+        return False
+
+
+def stored(scan: Scan) -> Slices | None:
+    """The slices stored beside the scan, when computed from its current parts (else None)."""
+    folder = scan.root / SLICES_FOLDER
+    try:
+        meta = json.loads((folder / SETTINGS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if meta.get("scan_state") != scan_state(scan):
+        return None
+    read = {name: pq.read_table(folder / f).to_pandas() for name, f in FILES.items()}
+    return Slices(read["slices"], read["words"], read["tests"], read["label_issues"], int(meta["k"]),
+                  {int(k): v for k, v in meta.get("silhouette", {}).items()}, meta.get("settings", {}),
+                  meta.get("by", []), meta.get("labels"), int(meta.get("counted", 0)), meta.get("notes", []))
+
+
+def slices_of(scan_dir: str | os.PathLike, by: list[str], labels: str | None = None) -> Slices:
+    """The stored slices when current and they tested every column of `by` (and looked for label issues in
+    `labels`); else found now with the defaults and stored."""
+    found = stored(Scan(scan_dir))
+    if found is not None and set(by) <= set(found.by) and (labels is None or found.labels == labels):
+        return found
+    log.info(f"audit: finding slices in {scan_dir} (stored in {SLICES_FOLDER}/; `audit slices` shows them)")
+    want_by = sorted(set(by) | set(found.by if found is not None else []))
+    return find_slices(scan_dir, by=want_by, labels=labels or (found.labels if found is not None else None))
+
+
+def settings_with(**overrides) -> SliceSettings:
+    return replace(SliceSettings(), **{k: v for k, v in overrides.items() if v is not None}).check()
+
+
+__all__ = ["Slices", "SliceSettings", "find_slices", "label_issues", "slices_of", "stored"]
