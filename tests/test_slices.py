@@ -18,7 +18,7 @@ POOL = ["tree", "car", "dog", "house", "cloud", "road", "grass", "sky"]
 
 
 def planted_scan(out, seed: int, skew: bool = True, n: int = 300, dim: int = 32, flip: float = 0.0,
-                 label_by_cluster: bool = False):
+                 label_by_cluster: bool = False, image_dir=None):
     """n images around four common centres and one planted centre (30 images, 10%) that no column names; the
     planted images hold the concepts 'snow' and 'red'. skew: the planted slice 24/6 across labels a and b (80/20)
     instead of half and half. label_by_cluster: the label is the image's centre (predictable from the
@@ -41,7 +41,7 @@ def planted_scan(out, seed: int, skew: bool = True, n: int = 300, dim: int = 32,
     concepts = {ids[i]: ([("snow", 0.3), ("red", 0.2)] if which[i] == 4 else [])
                 + [(POOL[(which[i] * 2 + j) % 8], 0.1) for j in range(2)] for i in range(n)}
     write_scan(out, [{"image_id": ids[i], "label": labels[i], "site": f"s{i % 3}"} for i in range(n)], {},
-               concepts=concepts, embeddings=emb)
+               concepts=concepts, embeddings=emb, image_dir=image_dir)
     return {ids[i] for i in planted}, {ids[i] for i in np.flatnonzero(flipped)}
 
 
@@ -51,7 +51,8 @@ def test_a_planted_slice_is_found_described_and_flagged(tmp_path):
     sizes = found.sizes()
     # The best-matching slice: the one holding most of the planted images. Domino's precision-at-10 on the images
     # nearest its centroid.
-    best = found.slices[found.slices.image_id.isin(members)].slice.mode().iloc[0]
+    rows = found.slices.assign(hit=found.slices.image_id.isin(members))
+    best = rows.groupby("slice").hit.sum().idxmax()
     nearest = found.slices[found.slices.slice == best].nlargest(10, "cosine").image_id
     assert nearest.isin(members).mean() >= 0.8
     assert set(found.words_of(best, "stored")[:3]) >= {"snow", "red"}
@@ -203,3 +204,58 @@ def test_settings_are_checked():
         SliceSettings(max_k=1).check()
     with pytest.raises(AuditError, match="--k is 'auto' or a number of slices of at least 2"):
         SliceSettings(k=1).check()
+
+
+def test_a_tight_group_inside_a_slice_becomes_a_sub_slice_of_its_own(tmp_path):
+    """Four broad clusters; inside the first, 30 near-identical images (one product shot), 24 of them under label
+    a. The first level cannot separate them from their cluster; the second level does, and tests them."""
+    rs = np.random.RandomState(5)
+    dim, n = 32, 400
+    centres = rs.randn(4, dim) * 4
+    which = np.arange(n) % 4
+    emb = centres[which] + rs.randn(n, dim)
+    labels = np.where((np.arange(n) // 4) % 2 == 0, "a", "b")
+    first = np.flatnonzero(which == 0)
+    tight = np.concatenate([rs.choice(first[labels[first] == "a"], 24, replace=False),
+                            rs.choice(first[labels[first] == "b"], 6, replace=False)])
+    emb[tight] = centres[0] + 1.5 * rs.randn(dim) + 0.1 * rs.randn(len(tight), dim)
+    ids = [f"im{i:04d}" for i in range(n)]
+    write_scan(tmp_path / "scan", [{"image_id": ids[i], "label": labels[i]} for i in range(n)], {},
+               embeddings=emb)
+    found = find_slices(tmp_path / "scan", by=["label"], copies="keep")
+    members = {ids[i] for i in tight}
+    rows = found.slices.assign(hit=found.slices.image_id.isin(members))
+    per = rows.groupby("slice").agg(parent=("parent", "first"), n=("hit", "size"), hit=("hit", "sum"))
+    top = per[per.parent < 0]
+    assert (top.hit / top.n).max() < 0.5  # no top slice is the group
+    sub = per[(per.parent >= 0) & (per.hit / per.n >= 0.9) & (per.hit >= 27)]
+    assert len(sub) == 1, per
+    # Every image has one top slice, and at most one sub-slice.
+    assert (found.slices[found.slices.parent < 0].image_id.value_counts() == 1).all()
+    assert found.slices.image_id.value_counts().max() <= 2
+    flagged = found.flagged
+    assert (sub.index[0], "a") in set(zip(flagged.slice, flagged.value, strict=True))
+
+
+def test_the_report_shows_the_slices_in_a_browser(tmp_path):
+    """The report's Slices section after `audit slices`: the skewed slice first with its words and skew, the
+    images nearest each centre and the label-issue candidates as thumbnails; no console error, nothing fetched."""
+    from .browser import open_page
+
+    images = tmp_path / "images"
+    images.mkdir()
+    planted_scan(tmp_path / "scan", seed=1, image_dir=images)
+    import audit
+
+    audit.report(tmp_path / "scan", "label").write(tmp_path / "before.html")
+    assert 'id="slices"' not in (tmp_path / "before.html").read_text()  # none stored: the report finds none itself
+    found = audit.slices(tmp_path / "scan", labels="label")
+    audit.report(tmp_path / "scan", "label").write(tmp_path / "report.html")
+    run = open_page(tmp_path / "report.html", tmp_path / "chromium")
+    assert run.console == [] and run.requests == []
+    section = run.dom.split('id="slices"', 1)[1].split("<h2", 1)[0]
+    first = section.split("<tbody>", 1)[1].split("</tr>", 1)[0]
+    skewed = int(found.flagged.slice.iloc[0])
+    assert f'<td class="n">{skewed}' in first and "label = a" in first and "red" in first and "snow" in first
+    assert section.count("<img") >= 6 * found.k // 2
+    assert f"{len(found.label_issues)} images whose label" in section

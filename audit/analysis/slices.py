@@ -55,6 +55,9 @@ FILES = {"slices": "slices.parquet", "words": "words.parquet", "tests": "tests.p
 FOLDS = 5  # cross-fitting folds of the label probe (cleanlab's own default for out-of-fold probabilities)
 WORDS_PER_SLICE = 8  # words kept per slice and source
 EXAMPLES = 6  # the images nearest each centroid kept as its examples
+# Kaufman and Rousseeuw (1990): an average silhouette below 0.25 shows no substantial structure. A slice whose own
+# best split scores below it is not split again.
+SUBSTANTIAL = 0.25
 
 
 @dataclass(frozen=True)
@@ -99,15 +102,15 @@ class Slices:
 
     @property
     def images(self) -> int:
-        return len(self.slices)
+        return int((self.slices.parent < 0).sum())
 
     def sizes(self) -> pd.DataFrame:
-        """slice, images, share, examples (ids nearest the centroid): largest first."""
+        """slice, parent (-1 for a top slice), images, share, examples (ids nearest the centroid): by number."""
         if not len(self.slices):
-            return pd.DataFrame(columns=["slice", "images", "share", "examples"])
+            return pd.DataFrame(columns=["slice", "parent", "images", "share", "examples"])
         s = self.slices.sort_values(["slice", "cosine", "image_id"], ascending=[True, False, True])
-        out = s.groupby("slice", as_index=False).agg(images=("image_id", "size"))
-        out["share"] = out.images / len(self.slices)
+        out = s.groupby("slice", as_index=False).agg(parent=("parent", "first"), images=("image_id", "size"))
+        out["share"] = out.images / max(self.images, 1)
         out["examples"] = [list(g.image_id.head(EXAMPLES)) for _, g in s.groupby("slice")]
         return out
 
@@ -125,7 +128,8 @@ class Slices:
         sizes = self.sizes()
         described = []
         for row in sizes.itertuples():
-            described.append({"slice": int(row.slice), "images": int(row.images), "share": round(row.share, 6),
+            described.append({"slice": int(row.slice), "parent": int(row.parent), "images": int(row.images),
+                              "share": round(row.share, 6),
                               "stored_words": self.words_of(row.slice, "stored"),
                               "vocabulary_words": self.words_of(row.slice, "vocabulary"),
                               "examples": row.examples})
@@ -163,7 +167,7 @@ def sample_vectors(scan: Scan, size: int, seed: int, skip: frozenset[str] = froz
     for part_ids, emb in _parts(scan):
         part_ids = np.asarray(part_ids, dtype=object)
         if skip:
-            keep = np.array([i not in skip for i in part_ids], bool)
+            keep = ~pd.Index(part_ids).isin(skip)
             part_ids, emb = part_ids[keep], emb[keep]
         k = np.concatenate([keys, id_hashes(part_ids, seed)])
         i = np.concatenate([ids, part_ids])
@@ -204,10 +208,32 @@ def choose_k(x: np.ndarray, settings: SliceSettings) -> tuple[int, dict[int, flo
     return max(scores, key=lambda k: (scores[k], -k)), scores
 
 
-def discover(scan: Scan, settings: SliceSettings, skip: frozenset[str]) -> tuple[pd.DataFrame, np.ndarray, int,
-                                                                                 dict]:
-    """(SLICES rows for every image with an embedding, the unit centroids [k, D] numbered largest slice first,
-    k, silhouettes)."""
+def _numbered(rows: pd.DataFrame, skip: frozenset[str], k: int) -> np.ndarray:
+    """For cluster labels 0..k-1 of `rows`, their numbers by size, largest first (ties by the smallest member id):
+    numbers that do not depend on k-means' own order."""
+    counted = rows[~rows.image_id.isin(skip)]
+    order = (counted.groupby("slice").agg(n=("image_id", "size"), first=("image_id", "min"))
+             .reindex(range(k)).fillna({"n": 0, "first": ""}).sort_values(["n", "first"], ascending=[False, True]))
+    renumber = np.empty(k, np.int32)
+    renumber[order.index.to_numpy()] = np.arange(k, dtype=np.int32)
+    return renumber
+
+
+def _split(x: np.ndarray, settings: SliceSettings) -> np.ndarray | None:
+    """Unit centroids that split one slice's sample further, or None where its best silhouette shows no
+    substantial structure (below SUBSTANTIAL) or it is too small to hold two testable parts."""
+    if len(x) < 4 * settings.min_size:
+        return None
+    k, scores = choose_k(x, settings)
+    if not scores or scores[k] < SUBSTANTIAL:
+        return None
+    return _unit(_kmeans(x[:settings.fit_sample], k, settings.seed).cluster_centers_)
+
+
+def discover(scan: Scan, settings: SliceSettings, skip: frozenset[str]) -> tuple[pd.DataFrame, int, dict]:
+    """(SLICES rows: every image with an embedding in its top slice, and in a sub-slice where its top slice
+    splits further; k, the top level's silhouettes). Top slices are numbered 0..k-1 by size; sub-slices after
+    them, by parent and then by size."""
     _, x = sample_vectors(scan, settings.fit_sample, settings.seed, skip)
     if len(x) < 4:
         raise AuditError(f"{scan.root} holds {len(x)} images with stored embeddings (copies counted once): slices "
@@ -215,22 +241,47 @@ def discover(scan: Scan, settings: SliceSettings, skip: frozenset[str]) -> tuple
     k, scores = (settings.k, {}) if settings.k is not None else choose_k(x, settings)
     k = min(k, len(x))
     centroids = _unit(_kmeans(x, k, settings.seed).cluster_centers_)
+    # A second level: a slice of the sample with substantial structure of its own is split again, so that a
+    # small, tight sub-population (one product shot, one camera's night scenes) is a slice of its own even
+    # where the first level groups it with what it most resembles.
+    top_of_sample = (x @ centroids.T).argmax(1)
+    subs = {j: _split(x[top_of_sample == j], settings) for j in range(k)} if settings.k is None else {}
+    subs = {j: c for j, c in subs.items() if c is not None}
+    base = {j: k + sum(len(subs[i]) for i in subs if i < j) for j in subs}
     frames = []
     for ids, emb in _parts(scan):
-        cos = _unit(emb) @ centroids.T
+        ids = np.asarray(ids, dtype=object)
+        e = _unit(emb)
+        cos = e @ centroids.T
         best = cos.argmax(1)
-        frames.append(pd.DataFrame({"image_id": np.asarray(ids, dtype=object), "slice": best.astype(np.int32),
+        frames.append(pd.DataFrame({"image_id": ids, "slice": best.astype(np.int32), "parent": np.int32(-1),
                                     "cosine": cos[np.arange(len(best)), best].astype(np.float32)}))
+        for j, sub in subs.items():
+            inside = np.flatnonzero(best == j)
+            if not len(inside):
+                continue
+            c = e[inside] @ sub.T
+            b = c.argmax(1)
+            frames.append(pd.DataFrame({"image_id": ids[inside], "slice": (base[j] + b).astype(np.int32),
+                                        "parent": np.int32(j),
+                                        "cosine": c[np.arange(len(b)), b].astype(np.float32)}))
     rows = pd.concat(frames, ignore_index=True)
-    # Numbered by size (ties by the smallest member id): the numbers do not depend on k-means' own order.
-    counted = rows[~rows.image_id.isin(skip)]
-    order = (counted.groupby("slice").agg(n=("image_id", "size"), first=("image_id", "min"))
-             .reindex(range(k)).fillna({"n": 0, "first": ""}).sort_values(["n", "first"], ascending=[False, True]))
-    renumber = np.empty(k, np.int32)
-    renumber[order.index.to_numpy()] = np.arange(k, dtype=np.int32)
-    rows["slice"] = renumber[rows.slice.to_numpy()]
-    rows = rows.sort_values("image_id", ignore_index=True)
-    return rows, centroids[order.index.to_numpy()], k, scores
+    top = rows.parent < 0
+    renumber = _numbered(rows[top], skip, k)
+    rows.loc[top, "slice"] = renumber[rows.slice[top].to_numpy()]
+    rows.loc[~top, "parent"] = renumber[rows.parent[~top].to_numpy()]
+    # Sub-slices in the order of their parents' new numbers, each parent's by size.
+    total = k + sum(len(c) for c in subs.values())
+    if total > k:
+        sub_rows = rows[~top]
+        order = (sub_rows[~sub_rows.image_id.isin(skip)].groupby("slice")
+                 .agg(parent=("parent", "first"), n=("image_id", "size"), first=("image_id", "min"))
+                 .sort_values(["parent", "n", "first"], ascending=[True, False, True]))
+        renumber = np.full(total, -1, np.int32)
+        renumber[order.index.to_numpy()] = k + np.arange(len(order), dtype=np.int32)
+        rows.loc[~top, "slice"] = renumber[rows.slice[~top].to_numpy()]
+    rows = rows.astype({"slice": np.int32, "parent": np.int32})
+    return rows.sort_values(["image_id", "parent"], ignore_index=True), k, scores
 
 
 # ---- description ------------------------------------------------------------------------------------------------
@@ -257,16 +308,17 @@ def stored_words(q: ScanQuery, rows: pd.DataFrame, kind: str, settings: SliceSet
     """SLICE_WORDS rows of source 'stored': per slice, the words of `kind` over-represented among its images."""
     pairs = q.word_pairs(kind, words)
     counted = q.df("SELECT image_id FROM images")
-    where = rows.set_index("image_id").slice
-    counted = counted.assign(slice=counted.image_id.map(where)).dropna()
+    member = rows[["image_id", "slice"]]
+    counted = counted[counted.image_id.isin(member.image_id)]
     n = len(counted)
     if not len(pairs) or not n:
         return SLICE_WORDS.empty_table().to_pandas()
-    pairs = pairs.assign(slice=pairs.image_id.map(where)).dropna()
+    pairs = pairs[pairs.image_id.isin(counted.image_id)]
     total = pairs.groupby("word").image_id.nunique()
     total = total[total >= settings.min_size]
-    size = counted.groupby("slice").image_id.size()
-    cells = pairs[pairs.word.isin(total.index)].groupby(["slice", "word"]).image_id.nunique().reset_index()
+    size = counted.merge(member).groupby("slice").image_id.size()
+    cells = (pairs[pairs.word.isin(total.index)].merge(member).groupby(["slice", "word"]).image_id.nunique()
+             .reset_index())
     if not len(cells):
         return SLICE_WORDS.empty_table().to_pandas()
     s = cells.slice.to_numpy().astype(int)
@@ -283,23 +335,26 @@ def stored_words(q: ScanQuery, rows: pd.DataFrame, kind: str, settings: SliceSet
 def vocabulary_words(rows: pd.DataFrame, scan: Scan, words: list[str], text: np.ndarray) -> pd.DataFrame:
     """SLICE_WORDS rows of source 'vocabulary': per slice, the entries whose unit text embedding has the largest
     cosine with (the slice's mean unit image embedding - the rest's)."""
-    where = rows.set_index("image_id").slice
     k = int(rows.slice.max()) + 1 if len(rows) else 0
-    sums, counts = None, np.zeros(k)
+    member = rows[["image_id", "slice"]]
+    sums, counts, total, n = None, np.zeros(k), None, 0
     for ids, emb in _parts(scan):
-        s = where.reindex(ids).to_numpy()
         e = _unit(emb)
         if sums is None:
-            sums = np.zeros((k, e.shape[1]))
-        np.add.at(sums, s, e)
+            sums, total = np.zeros((k, e.shape[1])), np.zeros(e.shape[1])
+        # Every (image, slice) row of the part's images: an image is in its top slice and maybe a sub-slice.
+        m = pd.DataFrame({"image_id": ids, "pos": np.arange(len(ids))}).merge(member)
+        s = m.slice.to_numpy()
+        np.add.at(sums, s, e[m.pos.to_numpy()])
         counts += np.bincount(s, minlength=k)
+        total += e.sum(0)
+        n += len(ids)
     if sums is None or text.shape[1] != sums.shape[1]:
         return SLICE_WORDS.empty_table().to_pandas()
-    total = sums.sum(0)
     t = _unit(text)
     frames = []
     for j in range(k):
-        rest = counts.sum() - counts[j]
+        rest = n - counts[j]
         if counts[j] == 0 or rest == 0:
             continue
         direction = sums[j] / counts[j] - (total - sums[j]) / rest
@@ -326,8 +381,11 @@ def skew_tests(q: ScanQuery, rows: pd.DataFrame, by: list[str], settings: SliceS
         if not len(cells):
             continue
         size = cells.groupby("slice").n.sum()
-        total = cells.groupby("value").n.sum()
-        n = int(cells.n.sum())
+        # Each image once, whatever the number of levels its slices sit at.
+        total = q.df(f"""SELECT CAST("{column}" AS VARCHAR) AS value, count(*) AS n FROM {view}
+                         WHERE "{column}" IS NOT NULL AND image_id IN (SELECT image_id FROM slice_rows)
+                         GROUP BY ALL""").set_index("value").n
+        n = int(total.sum())
         grid = (pd.MultiIndex.from_product([size.index, total.index], names=["slice", "value"])
                 .to_frame(index=False).merge(cells, how="left").fillna({"n": 0}))
         grid = grid[grid.slice.map(size) >= settings.min_size]
@@ -350,10 +408,25 @@ def skew_tests(q: ScanQuery, rows: pd.DataFrame, by: list[str], settings: SliceS
 
 # ---- label issues -----------------------------------------------------------------------------------------------
 
-def label_issues(scan: Scan, column: str, settings: SliceSettings, skip: frozenset[str] = frozenset()
-                 ) -> tuple[pd.DataFrame, list[str]]:
-    """LABEL_ISSUES rows for `column` (cross-fitted probe + cleanlab), and notes on what was left out."""
-    from cleanlab.filter import find_label_issues
+@dataclass
+class OutOfFold:
+    """A cross-fitted probe's predictions of a column: per image (sorted by id) its given value's code and every
+    value's out-of-fold probability."""
+    ids: np.ndarray
+    given: np.ndarray  # [n] codes into classes
+    probs: np.ndarray  # [n, classes]
+    classes: list[str]
+    notes: list[str]
+
+
+PREDICT_CHUNK = 65_536
+
+
+def out_of_fold(scan: Scan, column: str, settings: SliceSettings, skip: frozenset[str] = frozenset()) -> OutOfFold:
+    """The probe behind label issues: multinomial logistic regression on the unit embeddings, FOLDS folds by a
+    hash of the id (an image's fold and score do not depend on scan order), each fold's probe trained on at most
+    probe_sample images of the other folds (those with the lowest hashes). Embeddings are held as float16, the
+    stored precision: a million 512-d ones take 1 GB."""
     from sklearn.linear_model import LogisticRegression
 
     images = scan.table("images")
@@ -370,48 +443,63 @@ def label_issues(scan: Scan, column: str, settings: SliceSettings, skip: frozens
         notes.append(f"label issues: values of {column!r} with fewer than {FOLDS} images are left out "
                      f"({', '.join(sorted(set(counts.index) - set(classes)))[:300]})")
     given = given[given.isin(classes)]
+    empty = OutOfFold(np.zeros(0, object), np.zeros(0, np.int64), np.zeros((0, len(classes))), classes, notes)
     if len(classes) < 2:
         notes.append(f"label issues: {column!r} has fewer than two values with {FOLDS} images each; none looked for")
-        return LABEL_ISSUES.empty_table().to_pandas(), notes
-    code = {c: i for i, c in enumerate(classes)}
-    # Folds by a hash of the id, so an image's fold (and its score) does not depend on scan order.
+        return empty
     ids, vectors = [], []
     for part_ids, emb in _parts(scan):
-        keep = np.array([i in given.index for i in part_ids], bool)
-        ids += [i for i, k in zip(part_ids, keep, strict=True) if k]
-        vectors.append(_unit(emb[keep]))
-    if not ids:
-        return LABEL_ISSUES.empty_table().to_pandas(), notes
-    order = np.argsort(np.asarray(ids, dtype=object), kind="stable")
-    ids = np.asarray(ids, dtype=object)[order]
+        part_ids = np.asarray(part_ids, dtype=object)
+        keep = given.index.get_indexer(part_ids) >= 0
+        ids.append(part_ids[keep])
+        vectors.append(_unit(emb[keep]).astype(np.float16))
+    ids = np.concatenate(ids) if ids else np.zeros(0, object)
+    if not len(ids):
+        return empty
+    order = np.argsort(ids, kind="stable")
+    ids = ids[order]
     x = np.concatenate(vectors)[order]
-    y = np.array([code[given[i]] for i in ids])
+    del vectors
+    code = {c: i for i, c in enumerate(classes)}
+    y = given.reindex(ids).map(code).to_numpy(dtype=np.int64)
     h = id_hashes(ids, settings.seed)
     fold = (h % FOLDS).astype(int)
     probs = np.zeros((len(ids), len(classes)))
     for f in range(FOLDS):
         train = np.flatnonzero(fold != f)
-        if len(train) > settings.probe_sample:  # the lowest hashes: a sample that is the same in any order
+        if len(train) > settings.probe_sample:
             train = train[np.argsort(h[train] // FOLDS, kind="stable")[:settings.probe_sample]]
         probe = LogisticRegression(max_iter=1000, C=1.0)
-        probe.fit(x[train], y[train])
+        probe.fit(x[train].astype(np.float32), y[train])
         inside = np.flatnonzero(fold == f)
-        p = np.zeros((len(inside), len(classes)))
-        p[:, probe.classes_] = probe.predict_proba(x[inside])
-        probs[inside] = p
-    if (np.bincount(y, minlength=len(classes)) == 0).any():
-        return LABEL_ISSUES.empty_table().to_pandas(), notes
+        for lo in range(0, len(inside), PREDICT_CHUNK):
+            rows = inside[lo:lo + PREDICT_CHUNK]
+            p = np.zeros((len(rows), len(classes)))
+            p[:, probe.classes_] = probe.predict_proba(x[rows].astype(np.float32))
+            probs[rows] = p
     # How far the probe predicts the column at all: near the largest class's share, the candidates are noise.
     accuracy = float((probs.argmax(1) == y).mean())
     majority = float(np.bincount(y).max() / len(y))
     notes.append(f"label issues: the probe predicts {column!r} out of fold for {accuracy:.1%} of {len(y)} images "
                  f"(the largest value alone: {majority:.1%})"
                  + ("; barely better, so the candidates say little" if accuracy < majority + 0.1 else ""))
-    found = find_label_issues(y, probs, return_indices_ranked_by="self_confidence")
-    quality = probs[found, y[found]]
-    out = pd.DataFrame({"image_id": ids[found], "column": column, "given": [classes[i] for i in y[found]],
-                        "suggested": [classes[i] for i in probs[found].argmax(1)], "quality": quality})
-    return out.sort_values(["quality", "image_id"], ignore_index=True), notes
+    return OutOfFold(ids, y, probs, classes, notes)
+
+
+def label_issues(scan: Scan, column: str, settings: SliceSettings, skip: frozenset[str] = frozenset()
+                 ) -> tuple[pd.DataFrame, list[str]]:
+    """LABEL_ISSUES rows for `column`, most suspect first: cleanlab's find_label_issues on the out-of-fold
+    probabilities (confident learning), and notes on what was left out and how well the probe predicts."""
+    from cleanlab.filter import find_label_issues
+
+    oof = out_of_fold(scan, column, settings, skip)
+    if not len(oof.ids) or (np.bincount(oof.given, minlength=len(oof.classes)) == 0).any():
+        return LABEL_ISSUES.empty_table().to_pandas(), oof.notes
+    found = find_label_issues(oof.given, oof.probs, return_indices_ranked_by="self_confidence")
+    y, probs, classes = oof.given, oof.probs, oof.classes
+    out = pd.DataFrame({"image_id": oof.ids[found], "column": column, "given": [classes[i] for i in y[found]],
+                        "suggested": [classes[i] for i in probs[found].argmax(1)], "quality": probs[found, y[found]]})
+    return out.sort_values(["quality", "image_id"], ignore_index=True), oof.notes
 
 
 # ---- the command ------------------------------------------------------------------------------------------------
@@ -444,7 +532,7 @@ def find_slices(scan_dir: str | os.PathLike, *, by: list[str] | None = None, lab
                              + ", ".join(c for c in have if c not in ("image_id", "path")))
     skip = collapsed_ids(q)
     log.info(f"audit slices: reading the embeddings of {q.scan.root}")
-    rows, _, k, scores = discover(q.scan, settings, skip)
+    rows, k, scores = discover(q.scan, settings, skip)
     chosen = f"k={k}" + (f" (auto: the best silhouette, {scores.get(k)})" if scores else "")
     log.info(f"audit slices: {len(rows)} images in {chosen} slices")
     notes = []

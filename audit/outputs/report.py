@@ -217,6 +217,45 @@ def _copies_view(q: ScanQuery, group_by: list[str], preprocess: dict) -> dict | 
             "leaks": found.leak_counts().to_dict("records"), "notes": found.notes, "settings": found.settings}
 
 
+SLICES_SHOWN = 30  # slices in the report's section, flagged ones first
+SLICE_THUMBS = 6
+LABEL_ISSUES_SHOWN = 24
+
+
+def _slices_view(q: ScanQuery, preprocess: dict) -> dict | None:
+    """The Slices section: what `audit slices` stored for the scan's current parts (the report finds none itself:
+    that is the slices command's work), flagged slices first, each with its words, skews and the images nearest its
+    centroid; then the label-issue candidates."""
+    from audit.analysis.slices import stored
+
+    found = stored(q.scan)
+    if found is None:
+        return None
+    sizes = found.sizes().set_index("slice")
+    flagged = found.flagged
+    order = list(dict.fromkeys(list(flagged.slice) + list(sizes.index)))[:SLICES_SHOWN]
+    issues = found.label_issues.head(LABEL_ISSUES_SHOWN)
+    wanted = {i for s in order for i in sizes.examples[s][:SLICE_THUMBS]} | set(issues.image_id)
+    paths = q.df("SELECT image_id, path FROM all_images WHERE image_id IN (SELECT unnest(?::VARCHAR[]))",
+                 [sorted(wanted)]).set_index("image_id").path
+    fetched = _fetch(q, paths.items())
+    rows = []
+    for s in order:
+        skews = flagged[flagged.slice == s]
+        rows.append({"slice": int(s), "parent": int(sizes.parent[s]), "images": int(sizes.images[s]),
+                     "share": float(sizes.share[s]), "stored": found.words_of(s, "stored")[:6],
+                     "vocabulary": found.words_of(s, "vocabulary")[:6],
+                     "skews": [{"column": r.column, "value": r.value, "share_slice": r.share_slice,
+                                "share_rest": r.share_rest, "q": r.q} for r in skews.itertuples()],
+                     "thumbs": [{"id": i, "src": _thumbnail(fetched.get(i), None, 0, 0, preprocess)}
+                                for i in sizes.examples[s][:SLICE_THUMBS]]})
+    candidates = [{"id": r.image_id, "given": r.given, "suggested": r.suggested, "quality": r.quality,
+                   "src": _thumbnail(fetched.get(r.image_id), None, 0, 0, preprocess)} for r in issues.itertuples()]
+    return {"slices": rows, "k": found.k, "total": len(sizes), "flagged": int(flagged.slice.nunique()),
+            "by": found.by, "labels": found.labels, "label_issues": len(found.label_issues),
+            "candidates": candidates, "notes": found.notes, "fdr": found.settings.get("fdr")}
+
+
 def _probe_view(q: ScanQuery, column: str, fdr: float) -> dict:
     """Every (probe, group) row with a handful of groups; with more, the flagged rows (the page grows with
     findings, not groups times probes)."""
@@ -343,6 +382,7 @@ def render_report(scan_dir: str | os.PathLike, group_by: list[str], *, min_count
         min_count=min_count, fdr=fdr, top=top, tool_version=config.get("tool_version"),
         matrix_words=MATRIX_WORDS, examples_per_word=EXAMPLES, flagged_with_examples=FLAGGED_WITH_EXAMPLES,
         copies_line=copies_header(q.copies, copies), copy_view=_copies_view(q, group_by, preprocess),
+        slice_view=_slices_view(q, preprocess),
     )
     return RenderedReport(html, tested)
 

@@ -9,19 +9,23 @@ SHOWN = 20
 
 
 def text(found: Slices, scan: str) -> str:
+    sizes = found.sizes()
     chosen = (f"chosen by silhouette among k = {min(found.silhouette)}..{max(found.silhouette)}"
               if found.silhouette else "as asked")
+    subs = len(sizes) - found.k
     lines = [f"audit slices: {scan}",
-             f"{found.images} images in {found.k} slices ({chosen}); the tests count {found.counted} images "
+             f"{found.images} images in {found.k} slices ({chosen})"
+             + (f" and {subs} sub-slices" if subs else "") + f"; the tests count {found.counted} images "
              f"(copies: {found.settings.get('copies', 'collapse')})"]
     lines += [f"note: {n}" for n in found.notes]
-    for row in found.sizes().head(SHOWN).itertuples():
+    for row in sizes.head(SHOWN).itertuples():
         stored = ", ".join(found.words_of(row.slice, "stored")[:5]) or "-"
         vocab = ", ".join(found.words_of(row.slice, "vocabulary")[:5])
         words = f"words: {stored}" + (f"; vocabulary: {vocab}" if vocab else "")
-        lines.append(f"  slice {int(row.slice):>3}: {int(row.images):>7} images ({percent(row.share)}); {words}")
-    if found.k > SHOWN:
-        lines.append(f"  and {found.k - SHOWN} more (scan-dir/slices/ holds them all)")
+        within = f" (in slice {int(row.parent)})" if row.parent >= 0 else ""
+        lines.append(f"  slice {int(row.slice):>3}{within}: {int(row.images):>7} images ({percent(row.share)}); {words}")
+    if len(sizes) > SHOWN:
+        lines.append(f"  and {len(sizes) - SHOWN} more (scan-dir/slices/ holds them all)")
     flagged = found.flagged
     if found.by:
         if len(flagged):

@@ -254,6 +254,7 @@ SLICES = pa.schema(
     [
         pa.field("image_id", pa.string(), nullable=False),
         pa.field("slice", pa.int32(), nullable=False),
+        pa.field("parent", pa.int32(), nullable=False),
         pa.field("cosine", pa.float32(), nullable=False),
     ]
 )
@@ -293,8 +294,10 @@ LABEL_ISSUES = pa.schema(
     ]
 )
 SLICES_DOCS: dict[str, str] = {
-    "image_id": "Every image with a stored embedding.",
-    "slice": "Its slice: the k-means cluster of its embedding (0 is the largest slice).",
+    "image_id": "An image with a stored embedding: one row in its top slice, and one in a sub-slice where its top "
+                "slice splits further.",
+    "slice": "The slice: top slices are numbered 0..k-1 by size (0 the largest), sub-slices after them.",
+    "parent": "-1 for a top slice; for a sub-slice, the top slice it splits.",
     "cosine": "Cosine of its embedding with its slice's centroid (higher: more typical of the slice).",
 }
 SLICE_WORDS_DOCS: dict[str, str] = {
