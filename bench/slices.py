@@ -7,8 +7,8 @@ else differs between the groups. For each seed: the precision-at-10 of the best-
 nearest its centroid, Domino's DCBench measure), whether its top-3 stored words and top-3 vocabulary words name
 the planted attributes, whether the skew is flagged (skewed set) and whether anything is flagged (null set).
 
-labels: the same kind of scans with the label = the scene's shape (which audit-demo's embeddings predict), 5% of
-labels flipped to another shape: the AUPRC of audit's out-of-fold probe (1 - probability of the given label)
+labels: the same kind of scans with the label = the scene's shape, colour or background (--label-by; which
+audit-demo's embeddings predict, shape best), 5% of labels flipped to another value: the AUPRC of audit's out-of-fold probe (1 - probability of the given label)
 against the flips, beside cleanlab's own kNN label check (Datalab with the same embeddings).
 
 scale: N synthetic embeddings (512-d, float16 as stored; 30 clusters, a label that follows the cluster with 2%
@@ -16,7 +16,7 @@ flipped, one concept word per image) written as a scan: `audit slices --labels l
 and peak memory (a child process's max RSS).
 
     .venv/bin/python bench/slices.py planted [--seeds 20] [--images 200]
-    .venv/bin/python bench/slices.py labels [--seeds 5]
+    .venv/bin/python bench/slices.py labels [--seeds 5] [--label-by shape|colour|background]
     .venv/bin/python bench/slices.py scale [--images 1000000]
 """
 
@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 
 def make_set(root: Path, images: int, seed: int, planted_share: float = 0.1, skew: float | None = 0.8,
-             label_by_shape: bool = False, flip: float = 0.0) -> tuple[set[str], tuple[str, str, str], set[str]]:
+             label_by: str | None = None, flip: float = 0.0) -> tuple[set[str], tuple[str, str, str], set[str]]:
     """Scenes and manifest.csv (path, label); returns (planted ids, the planted (shape, colour, background),
     flipped ids)."""
     from audit.demo.scenes import BACKGROUNDS, COLOURS, SHAPES, make_scene
@@ -72,10 +72,11 @@ def make_set(root: Path, images: int, seed: int, planted_share: float = 0.1, ske
         rel = f"{i:04d}.png"
         scene.image.save(root / rel)
         label = groups[i]
-        if label_by_shape:
-            label = shape
+        if label_by is not None:
+            values = {"shape": list(SHAPES), "colour": colours, "background": list(BACKGROUNDS)}[label_by]
+            label = {"shape": shape, "colour": colour, "background": background}[label_by]
             if rs.rand() < flip:
-                label = SHAPES[(SHAPES.index(shape) + 1 + rs.randint(len(SHAPES) - 1)) % len(SHAPES)]
+                label = values[(values.index(label) + 1 + rs.randint(len(values) - 1)) % len(values)]
                 flipped.add(rel)
         rows.append(f"{rel},{label},{groups[i]}")
         if is_planted[i]:
@@ -137,7 +138,7 @@ def run_planted(seeds: int, images: int, work: Path) -> None:
           f"{(~null.any_flagged).mean():.0%} of seeds")
 
 
-def run_labels(seeds: int, images: int, work: Path) -> None:
+def run_labels(seeds: int, images: int, work: Path, label_by: str) -> None:
     from cleanlab import Datalab
     from sklearn.metrics import average_precision_score
 
@@ -145,9 +146,9 @@ def run_labels(seeds: int, images: int, work: Path) -> None:
     from audit.store.reader import Scan
 
     for seed in range(seeds):
-        root = work / f"labels-{seed}"
+        root = work / f"labels-{label_by}-{seed}"
         root.mkdir(parents=True)
-        _, _, flipped = make_set(root, images, 1000 + seed, planted_share=0.0, skew=None, label_by_shape=True,
+        _, _, flipped = make_set(root, images, 1000 + seed, planted_share=0.0, skew=None, label_by=label_by,
                                  flip=0.05)
         scan = Scan(scan_set(root))
         oof = out_of_fold(scan, "label", SliceSettings(seed=seed))
@@ -161,7 +162,7 @@ def run_labels(seeds: int, images: int, work: Path) -> None:
         lab.find_issues(features=emb / np.linalg.norm(emb, axis=1, keepdims=True), issue_types={"label": {}})
         theirs = average_precision_score(np.array([i in flipped for i in ids]),
                                          1 - lab.get_issues("label").label_score.to_numpy())
-        print(f"seed {seed}: {len(flipped)} of {len(ids)} labels flipped; AUPRC audit probe {ours:.3f}, "
+        print(f"label = {label_by}, seed {seed}: {len(flipped)} of {len(ids)} labels flipped; AUPRC audit probe {ours:.3f}, "
               f"cleanlab Datalab kNN {theirs:.3f}; probe accuracy note: {oof.notes[-1]}", flush=True)
 
 
@@ -218,13 +219,14 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=20)
     ap.add_argument("--images", type=int, default=None)
     ap.add_argument("--work", type=Path, default=None)
+    ap.add_argument("--label-by", choices=("shape", "colour", "background"), default="shape")
     args = ap.parse_args()
     logging.getLogger("audit").setLevel(logging.WARNING)
     work = args.work or Path(tempfile.mkdtemp(prefix="audit-slices-"))
     if args.what == "planted":
         run_planted(args.seeds, args.images or 200, work)
     elif args.what == "labels":
-        run_labels(args.seeds, args.images or 400, work)
+        run_labels(args.seeds, args.images or 400, work, args.label_by)
     else:
         run_scale(args.images or 1_000_000, work)
 

@@ -184,10 +184,10 @@ def sample_vectors(scan: Scan, size: int, seed: int, skip: frozenset[str] = froz
 
 # ---- discovery --------------------------------------------------------------------------------------------------
 
-def _kmeans(x: np.ndarray, k: int, seed: int):
+def _kmeans(x: np.ndarray, k: int, seed: int, restarts: int = 4):
     from sklearn.cluster import KMeans
 
-    return KMeans(n_clusters=k, n_init=4, random_state=seed).fit(x)
+    return KMeans(n_clusters=k, n_init=restarts, random_state=seed).fit(x)
 
 
 def choose_k(x: np.ndarray, settings: SliceSettings) -> tuple[int, dict[int, float]]:
@@ -199,7 +199,9 @@ def choose_k(x: np.ndarray, settings: SliceSettings) -> tuple[int, dict[int, flo
     top = min(settings.max_k, max(2, len(x) // max(settings.min_size, 1)), len(x) - 1)
     scores = {}
     for k in range(2, top + 1):
-        labels = _kmeans(x, k, settings.seed).labels_
+        # One start per k while choosing (the silhouettes of neighbouring k are compared, not used); the chosen
+        # k is then fitted with the full restarts.
+        labels = _kmeans(x, k, settings.seed, restarts=1).labels_
         if len(np.unique(labels)) < 2:
             continue
         scores[k] = round(float(silhouette_score(x, labels, metric="cosine")), 6)
@@ -410,7 +412,7 @@ def skew_tests(q: ScanQuery, rows: pd.DataFrame, by: list[str], settings: SliceS
 
 @dataclass
 class OutOfFold:
-    """A cross-fitted probe's predictions of a column: per image (sorted by id) its given value's code and every
+    """A cross-fitted probe's predictions of a column: per image (in stored order) its given value's code and every
     value's out-of-fold probability."""
     ids: np.ndarray
     given: np.ndarray  # [n] codes into classes
@@ -447,28 +449,29 @@ def out_of_fold(scan: Scan, column: str, settings: SliceSettings, skip: frozense
     if len(classes) < 2:
         notes.append(f"label issues: {column!r} has fewer than two values with {FOLDS} images each; none looked for")
         return empty
-    ids, vectors = [], []
+    # One float16 array filled part by part (no list of parts beside it): a million 512-d embeddings, 1 GB.
+    ids, x, n = [], None, 0
     for part_ids, emb in _parts(scan):
         part_ids = np.asarray(part_ids, dtype=object)
         keep = given.index.get_indexer(part_ids) >= 0
+        if x is None:
+            x = np.empty((len(given), emb.shape[1]), np.float16)
+        x[n:n + int(keep.sum())] = _unit(emb[keep])
+        n += int(keep.sum())
         ids.append(part_ids[keep])
-        vectors.append(_unit(emb[keep]).astype(np.float16))
-    ids = np.concatenate(ids) if ids else np.zeros(0, object)
-    if not len(ids):
+    if not n:
         return empty
-    order = np.argsort(ids, kind="stable")
-    ids = ids[order]
-    x = np.concatenate(vectors)[order]
-    del vectors
+    ids, x = np.concatenate(ids), x[:n]
     code = {c: i for i, c in enumerate(classes)}
     y = given.reindex(ids).map(code).to_numpy(dtype=np.int64)
     h = id_hashes(ids, settings.seed)
     fold = (h % FOLDS).astype(int)
     probs = np.zeros((len(ids), len(classes)))
     for f in range(FOLDS):
+        # Training rows in the order of their hashes (the lowest first where they are sampled): the probe, and so
+        # every score, does not depend on the order the images were scanned in.
         train = np.flatnonzero(fold != f)
-        if len(train) > settings.probe_sample:
-            train = train[np.argsort(h[train] // FOLDS, kind="stable")[:settings.probe_sample]]
+        train = train[np.argsort(h[train], kind="stable")[:settings.probe_sample]]
         probe = LogisticRegression(max_iter=1000, C=1.0)
         probe.fit(x[train].astype(np.float32), y[train])
         inside = np.flatnonzero(fold == f)
@@ -534,7 +537,9 @@ def find_slices(scan_dir: str | os.PathLike, *, by: list[str] | None = None, lab
     log.info(f"audit slices: reading the embeddings of {q.scan.root}")
     rows, k, scores = discover(q.scan, settings, skip)
     chosen = f"k={k}" + (f" (auto: the best silhouette, {scores.get(k)})" if scores else "")
-    log.info(f"audit slices: {len(rows)} images in {chosen} slices")
+    subs = int(rows.slice.max()) + 1 - k if len(rows) else 0
+    log.info(f"audit slices: {int((rows.parent < 0).sum())} images in {chosen} slices"
+             + (f" and {subs} sub-slices" if subs else ""))
     notes = []
     # The kind the scan's opinion made, else the first kind it holds rows of (a scan asked for probes later).
     held = q.kinds()
