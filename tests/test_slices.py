@@ -259,3 +259,27 @@ def test_the_report_shows_the_slices_in_a_browser(tmp_path):
     assert f'<td class="n">{skewed}' in first and "label = a" in first and "red" in first and "snow" in first
     assert section.count("<img") >= 6 * found.k // 2
     assert f"{len(found.label_issues)} images whose label" in section
+
+
+def test_hostile_column_names_and_values_are_tested_and_escaped(tmp_path):
+    members, _ = planted_scan(tmp_path / "scan0", seed=1)
+    from audit.store.reader import Scan
+
+    scan = Scan(tmp_path / "scan0")
+    images = scan.df("images")
+    ids, emb = scan.embeddings()
+    hostile = 'we"ird <col>'
+    value = {True: "<script>alert(1)</script>", False: "ok & fine"}
+    rows = [{"image_id": i, "label": lab, hostile: value[i in members and k % 5 != 0]}
+            for k, (i, lab) in enumerate(zip(images.image_id, images.label, strict=True))]
+    order = {i: k for k, i in enumerate(ids)}
+    write_scan(tmp_path / "scan", rows, {}, concepts={i: [("<b>bold</b>", 0.2)] for i in members},
+               embeddings=emb[[order[r["image_id"]] for r in rows]])
+    found = find_slices(tmp_path / "scan", by=[hostile])
+    assert set(found.tests.column) == {hostile} and value[True] in set(found.flagged.value)
+    import audit
+
+    audit.report(tmp_path / "scan", "label").write(tmp_path / "report.html")
+    html = (tmp_path / "report.html").read_text()
+    assert "<script>alert(1)" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "<b>bold</b>" not in html

@@ -376,16 +376,16 @@ def skew_tests(q: ScanQuery, rows: pd.DataFrame, by: list[str], settings: SliceS
     q.con.register("slice_rows", pa.Table.from_pandas(rows[["image_id", "slice"]], preserve_index=False))
     frames = []
     for column in by:
-        view = q.images_of(column)
-        cells = q.df(f"""SELECT s.slice, CAST(i."{column}" AS VARCHAR) AS value, count(*) AS n
+        view, c = q.images_of(column), q.check_group_column(column)  # c: the column's name, quoted for SQL
+        cells = q.df(f"""SELECT s.slice, CAST(i.{c} AS VARCHAR) AS value, count(*) AS n
                          FROM {view} i JOIN slice_rows s USING (image_id)
-                         WHERE i."{column}" IS NOT NULL GROUP BY ALL""")
+                         WHERE i.{c} IS NOT NULL GROUP BY ALL""")
         if not len(cells):
             continue
         size = cells.groupby("slice").n.sum()
         # Each image once, whatever the number of levels its slices sit at.
-        total = q.df(f"""SELECT CAST("{column}" AS VARCHAR) AS value, count(*) AS n FROM {view}
-                         WHERE "{column}" IS NOT NULL AND image_id IN (SELECT image_id FROM slice_rows)
+        total = q.df(f"""SELECT CAST({c} AS VARCHAR) AS value, count(*) AS n FROM {view}
+                         WHERE {c} IS NOT NULL AND image_id IN (SELECT image_id FROM slice_rows)
                          GROUP BY ALL""").set_index("value").n
         n = int(total.sum())
         grid = (pd.MultiIndex.from_product([size.index, total.index], names=["slice", "value"])

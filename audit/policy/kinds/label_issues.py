@@ -21,7 +21,7 @@ class LabelIssues(RuleKind):
     def evaluate(cls, check, rule: Rule) -> RuleResult:
         column, limit = rule.params["column"], rule.params["max_share"]
         found = slices_of(check.q.scan.root, [], labels=column)
-        labelled = int(check.q.scalar(f'SELECT count("{column}") FROM images'))
+        labelled = int(check.q.scalar(f"SELECT count({check.q.check_group_column(column)}) FROM images"))
         issues = found.label_issues
         share = len(issues) / labelled if labelled else 0.0
         broken = share > limit
