@@ -283,3 +283,18 @@ def test_hostile_column_names_and_values_are_tested_and_escaped(tmp_path):
     html = (tmp_path / "report.html").read_text()
     assert "<script>alert(1)" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert "<b>bold</b>" not in html
+
+
+def test_a_second_pass_folder_is_replaced_whole_or_not_at_all(tmp_path):
+    from audit.store.layout import replace_folder
+
+    assert replace_folder(tmp_path, "slices", lambda tmp: (tmp / "a.txt").write_text("one"))
+    assert (tmp_path / "slices" / "a.txt").read_text() == "one"
+
+    def half(tmp):
+        (tmp / "a.txt").write_text("two")
+        raise OSError(28, "No space left on device")
+
+    assert not replace_folder(tmp_path, "slices", half)
+    assert (tmp_path / "slices" / "a.txt").read_text() == "one"  # the old files, untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["slices"]  # nothing half-written left behind

@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -34,7 +33,7 @@ import pyarrow.parquet as pq
 
 from audit.analysis import COPIES, COPIES_MODES
 from audit.errors import AuditError
-from audit.store.layout import committed_parts
+from audit.store.layout import committed_parts, replace_folder
 from audit.store.query import ScanQuery
 from audit.store.reader import Scan
 from audit.store.schema import DUPLICATES, DUPLICATES_FOLDER, FINGERPRINTS_FOLDER, LEAKS
@@ -517,29 +516,19 @@ def duplicates(scan_dir: str | os.PathLike, *, split_by: str | None = None, agai
 
 
 def save(scan: Scan, found: Copies) -> bool:
-    """Write scan-dir/duplicates/ whole (a temporary folder renamed over the old one); False where the scan
-    directory cannot be written (a read-only snapshot): the caller keeps the result in memory."""
-    folder = scan.root / DUPLICATES_FOLDER
-    tmp = scan.root / f".tmp-{DUPLICATES_FOLDER}"
-    try:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
+    """Write scan-dir/duplicates/ whole; False where the scan directory cannot be written (a read-only
+    snapshot): the caller keeps the result in memory."""
+    def write(tmp: Path) -> None:
         pq.write_table(pa.Table.from_pandas(found.copies, schema=DUPLICATES, preserve_index=False),
                        tmp / FILES["copies"])
         pq.write_table(pa.Table.from_pandas(found.leaks, schema=LEAKS, preserve_index=False), tmp / FILES["leaks"])
         meta = {"scan_state": scan_state(scan), **found.summary()}
         (tmp / SETTINGS_FILE).write_text(json.dumps(meta, indent=2, default=str) + "\n", encoding="utf-8")
-        old = scan.root / f".old-{DUPLICATES_FOLDER}"
-        if folder.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            folder.rename(old)
-        tmp.rename(folder)
-        shutil.rmtree(old, ignore_errors=True)
+
+    if replace_folder(scan.root, DUPLICATES_FOLDER, write):
         return True
-    except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        log.info(f"audit: copies kept in memory only ({scan.root} cannot be written: {e.strerror or e})")
-        return False
+    log.info(f"audit: copies kept in memory only ({scan.root} cannot be written)")
+    return False
 
 
 def stored(scan: Scan) -> Copies | None:

@@ -32,7 +32,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
@@ -42,7 +41,7 @@ import pyarrow.parquet as pq
 
 from audit.analysis import ALTERNATIVE, COPIES, FDR, MIN_COUNT, stats, tables
 from audit.errors import AuditError
-from audit.store.layout import committed_parts
+from audit.store.layout import committed_parts, replace_folder
 from audit.store.query import ScanQuery, WordFilter
 from audit.store.reader import Scan
 from audit.store.schema import KINDS, LABEL_ISSUES, SLICE_TESTS, SLICE_WORDS, SLICES, SLICES_FOLDER
@@ -567,13 +566,8 @@ def find_slices(scan_dir: str | os.PathLike, *, by: list[str] | None = None, lab
 
 
 def save(scan: Scan, found: Slices) -> bool:
-    """Write scan-dir/slices/ whole (a temporary folder renamed over the old one); False where the scan
-    directory cannot be written."""
-    folder = scan.root / SLICES_FOLDER
-    tmp = scan.root / f".tmp-{SLICES_FOLDER}"
-    try:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
+    """Write scan-dir/slices/ whole; False where the scan directory cannot be written."""
+    def write(tmp) -> None:
         for name, frame, schema in (("slices", found.slices, SLICES), ("words", found.words, SLICE_WORDS),
                                     ("tests", found.tests, SLICE_TESTS),
                                     ("label_issues", found.label_issues, LABEL_ISSUES)):
@@ -581,17 +575,11 @@ def save(scan: Scan, found: Slices) -> bool:
                            tmp / FILES[name])
         meta = {"scan_state": scan_state(scan), **found.summary()}
         (tmp / SETTINGS_FILE).write_text(json.dumps(meta, indent=2, default=str) + "\n", encoding="utf-8")
-        old = scan.root / f".old-{SLICES_FOLDER}"
-        if folder.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            folder.rename(old)
-        tmp.rename(folder)
-        shutil.rmtree(old, ignore_errors=True)
+
+    if replace_folder(scan.root, SLICES_FOLDER, write):
         return True
-    except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        log.info(f"audit: slices kept in memory only ({scan.root} cannot be written: {e.strerror or e})")
-        return False
+    log.info(f"audit: slices kept in memory only ({scan.root} cannot be written)")
+    return False
 
 
 def stored(scan: Scan) -> Slices | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 
 from audit.errors import AuditError
@@ -46,3 +47,23 @@ def committed_parts(root: Path, table: str) -> list[Path]:
     """The part files of a table whose unit is committed (its `images` twin exists)."""
     committed = {p.name for p in parts(root / "images")}
     return [p for p in parts(root / table) if p.name in committed]
+
+
+def replace_folder(root: Path, name: str, write) -> bool:
+    """A second pass's folder of whole files (duplicates/, slices/) replaced at once: `write(tmp)` fills a
+    temporary folder, which is then renamed over the old one, so a reader sees the old files or the new, never a
+    mix. False where the scan directory cannot be written (a read-only snapshot): nothing is left behind."""
+    folder, tmp, old = root / name, root / f".tmp-{name}", root / f".old-{name}"
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        write(tmp)
+        if folder.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            folder.rename(old)
+        tmp.rename(folder)
+        shutil.rmtree(old, ignore_errors=True)
+        return True
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        return False
