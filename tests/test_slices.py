@@ -298,3 +298,20 @@ def test_a_second_pass_folder_is_replaced_whole_or_not_at_all(tmp_path):
     assert not replace_folder(tmp_path, "slices", half)
     assert (tmp_path / "slices" / "a.txt").read_text() == "one"  # the old files, untouched
     assert sorted(p.name for p in tmp_path.iterdir()) == ["slices"]  # nothing half-written left behind
+
+
+def test_a_rule_that_needs_label_issues_keeps_the_stored_slices(tmp_path):
+    """The policy path: slices stored without label issues get them added, the slices themselves untouched, and
+    the candidates are those `audit slices --labels` finds."""
+    from audit.analysis.slices import slices_of
+
+    planted_scan(tmp_path / "scan", seed=3, label_by_cluster=True, flip=0.05)
+    first = find_slices(tmp_path / "scan", by=["label"])
+    assert first.labels is None and not len(first.label_issues)
+    after = slices_of(tmp_path / "scan", ["label"], labels="label")
+    pd.testing.assert_frame_equal(after.slices, first.slices)
+    pd.testing.assert_frame_equal(after.tests, first.tests)
+    direct = find_slices(tmp_path / "scan", by=["label"], labels="label", store=False)
+    pd.testing.assert_frame_equal(after.label_issues, direct.label_issues)
+    again = stored(__import__("audit").Scan(tmp_path / "scan"))
+    assert again.labels == "label" and len(again.label_issues) == len(direct.label_issues) > 0

@@ -32,7 +32,7 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 
 import numpy as np
 import pandas as pd
@@ -602,6 +602,19 @@ def slices_of(scan_dir: str | os.PathLike, by: list[str], labels: str | None = N
     `labels`); else found now with the defaults and stored."""
     found = stored(Scan(scan_dir))
     if found is not None and set(by) <= set(found.by) and (labels is None or found.labels == labels):
+        return found
+    if found is not None and set(by) <= set(found.by):
+        # Only the label issues are missing: the slices stand, the probe runs with their settings.
+        from audit.analysis.duplicates import collapsed_ids, open_query
+
+        log.info(f"audit: looking for label issues in {labels!r} of {scan_dir} (stored in {SLICES_FOLDER}/)")
+        known = {f.name for f in fields(SliceSettings)}
+        settings = SliceSettings(**{k: v for k, v in found.settings.items() if k in known})
+        q = open_query(scan_dir, found.settings.get("copies", COPIES))
+        found.label_issues, notes = label_issues(q.scan, labels, settings, collapsed_ids(q))
+        found.labels = labels
+        found.notes = [n for n in found.notes if not n.startswith("label issues:")] + notes
+        save(q.scan, found)
         return found
     log.info(f"audit: finding slices in {scan_dir} (stored in {SLICES_FOLDER}/; `audit slices` shows them)")
     want_by = sorted(set(by) | set(found.by if found is not None else []))
