@@ -40,8 +40,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from audit.analysis import ALTERNATIVE, COPIES, FDR, MIN_COUNT, stats, tables
+from audit.analysis.duplicates import scan_state
 from audit.errors import AuditError
-from audit.store.layout import committed_parts, replace_folder
+from audit.store.layout import replace_folder
 from audit.store.query import ScanQuery, WordFilter
 from audit.store.reader import Scan
 from audit.store.schema import KINDS, LABEL_ISSUES, SLICE_TESTS, SLICE_WORDS, SLICES, SLICES_FOLDER
@@ -505,10 +506,6 @@ def label_issues(scan: Scan, column: str, settings: SliceSettings, skip: frozens
 
 
 # ---- the command ------------------------------------------------------------------------------------------------
-
-def scan_state(scan: Scan) -> str:
-    return ",".join(p.name for p in committed_parts(scan.root, "images"))
-
 
 def find_slices(scan_dir: str | os.PathLike, *, by: list[str] | None = None, labels: str | None = None,
                 settings: SliceSettings | None = None, copies: str = COPIES, kind: str | None = None,
