@@ -11,6 +11,8 @@ which also names the backgrounds). A is compared with B and with C by the embedd
 width alone (the usual rule), and by the word distribution's Jensen-Shannon divergence over the concepts (its
 permutation p, as drift.words reads it). Printed: how often each says p < 0.05. Then, without a model, the two
 embedding tests on generated clusters (`--clusters` repeats): a share of one sample moved to a new, tight cluster.
+Also: whether the drift is said in words (the vocabulary entries that follow the test's witness, analysis.drift_words)
+and whether the shift's own word (--shift snow: "snow") is among the first five.
 
     .venv/bin/python bench/embedding_drift.py [--repeats 8] [--images 400] [--moved 0.2]
         [--shift snow|dark|noise|blur] [--vocabulary objects|all]
@@ -89,6 +91,7 @@ def main() -> None:
     logging.getLogger("audit").setLevel(logging.WARNING)
     tests = ("embeddings", "median", "words")
     found = {(case, test): 0 for case in ("null", "shift") for test in tests}
+    spoke, named = {"null": 0, "shift": 0}, {"null": 0, "shift": 0}
     with tempfile.TemporaryDirectory() as t:
         tmp = Path(t)
         vocabulary = None
@@ -100,14 +103,20 @@ def main() -> None:
             b = snapshot(tmp / f"b{r}", args.images, 3 * r + 2, 0.0, vocabulary=vocabulary)
             c = snapshot(tmp / f"c{r}", args.images, 3 * r + 3, args.moved, args.shift, vocabulary)
             for case, other in (("null", b), ("shift", c)):
-                p = {"embeddings": embedding_drift(audit.Scan(a), audit.Scan(other), seed=r).p,
+                drift = embedding_drift(audit.Scan(a), audit.Scan(other), seed=r)
+                p = {"embeddings": drift.p,
                      "median": mmd_test(sample(audit.Scan(a).embedding_parts(), 1000, r),
                                         sample(audit.Scan(other).embedding_parts(), 1000, r), seed=r,
                                         scales=(1.0,))[2],
                      "words": compare(ScanQuery.open(a), ScanQuery.open(other), None, kind=CONCEPT).divergence.p}
                 for test in tests:
                     found[case, test] += p[test] < 0.05
-                print(f"repeat {r} {case}: " + ", ".join(f"{k} p={v:.3f}" for k, v in p.items()), flush=True)
+                # The drift in words is said only when the test finds drift (audit diff, [drift] embeddings).
+                said = [w for w, _ in drift.words.arrived] if drift.p < 0.05 and drift.words is not None else []
+                spoke[case] += bool(said)
+                named[case] += args.shift in said  # the shift's own word ("snow") among the first five
+                print(f"repeat {r} {case}: " + ", ".join(f"{k} p={v:.3f}" for k, v in p.items())
+                      + (f"; more like {', '.join(said)}" if said else ""), flush=True)
     n = args.repeats
     what = {"snow": "on snow", "dark": "at half brightness", "noise": "with pixel noise", "blur": "blurred"}
     words = {"objects": "the objects' shapes and colours", "all": "the demo's whole vocabulary"}[args.vocabulary]
@@ -118,6 +127,9 @@ def main() -> None:
                         ("median", "embeddings (MMD, the median width alone)"),
                         ("words", "concept distribution (JSD)")):
         print(f"| {label} | {found['null', test]} of {n} | {found['shift', test]} of {n} |")
+    print(f"\nThe drift in words (analysis.drift_words, said when the embedding test finds drift): words said in "
+          f"{spoke['null']} of {n} null pairs; on the shifted pairs, '{args.shift}' among the first five in "
+          f"{named['shift']} of {n} (words said in {spoke['shift']}).")
     agg, median, k = generated_clusters(args.clusters)
     print(f"\nGenerated clusters (200 unit vectors a sample, 64 numbers, 8% of one moved to a new tight cluster), "
           f"found in {k} repeats: MMD over 4 widths {agg}, the median width alone {median}.")

@@ -97,6 +97,8 @@ def schema_reference() -> str:
              "(or on first use)",
              f"  {schema.SLICES_FOLDER}/slices.parquet, words.parquet, tests.parquet, label_issues.parquet, "
              "settings.json  written by `audit slices` (or on first use by a policy rule)",
+             f"  {schema.VOCABULARY_FOLDER}/vocabulary.parquet  a concepts scan's (or `audit slices --vocabulary`'s) "
+             "text embeddings",
              "```", "",
              "Each table is a folder of Parquet part files; a part counts once its commit marker is written, so "
              "a reader never sees half a batch. Read them with `audit.Scan(path)` (pandas or Arrow), DuckDB "
@@ -137,6 +139,13 @@ def schema_reference() -> str:
         lines += ["", f"`{file}`:", "", "| column | type | meaning |", "|---|---|---|"]
         for field in table:
             lines.append(f"| `{field.name}` | {cell(str(field.type))} | {cell(docs[field.name])} |")
+    lines += ["", f"## `{schema.VOCABULARY_FOLDER}`", "",
+              "Written by a concepts scan (its vocabulary) and by `audit slices --vocabulary` (the one it described "
+              "slices with; the last one written stays), so that `audit check` and `audit diff`, which load no "
+              "model, can say an embedding drift in words. `vocabulary.parquet`, with the model it was embedded "
+              "under in its metadata:", "", "| column | type | meaning |", "|---|---|---|"]
+    for field in schema.VOCABULARY:
+        lines.append(f"| `{field.name}` | {cell(str(field.type))} | {cell(schema.VOCABULARY_DOCS[field.name])} |")
     return "\n".join(lines) + "\n"
 
 

@@ -14,11 +14,11 @@ from .helpers import FAST, save_noise
 DIM = 64
 
 
-def clusters(rs, n: int, centres: np.ndarray, moved: float = 0.0) -> np.ndarray:
+def clusters(rs, n: int, centres: np.ndarray, moved: float = 0.0, spread: float = 0.5) -> np.ndarray:
     """n unit vectors around random centres; a share `moved` of them around the first centre instead."""
     pick = rs.integers(0, len(centres), n)
     pick[: int(moved * n)] = 0
-    x = centres[pick] * 3 + rs.standard_normal((n, centres.shape[1])) * 0.5
+    x = centres[pick] * 3 + rs.standard_normal((n, centres.shape[1])) * spread
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
@@ -111,6 +111,10 @@ def test_a_rule_without_a_kind_reads_the_words_the_scan_holds(tmp_path, capsys):
     assert main(["check", str(tmp_path / "b"), "--policy", str(policy), "--baseline", str(tmp_path / "a")]) == 1
     out = capsys.readouterr().out
     assert "concept words that moved most: '" in out, out
+    # A concepts scan keeps its vocabulary's text embeddings, so the check names the drift in words, no model loaded.
+    words, text = audit.Scan(tmp_path / "b").vocabulary()
+    assert len(words) == len(text) > 100 and np.allclose(np.linalg.norm(text, axis=1), 1, atol=1e-2)
+    assert "the new images are more like '" in out, out
     policy.write_text('[drift]\nembeddings = true\nkind = "ascent"\n', encoding="utf-8")
     main(["check", str(tmp_path / "b"), "--policy", str(policy), "--baseline", str(tmp_path / "a")])
     assert "ascent words that moved most: none" in capsys.readouterr().out
@@ -143,3 +147,72 @@ def test_the_smallest_p_of_the_kernel_widths_is_calibrated():
         assert aggregated >= smallest - 1e-12
         above += aggregated > smallest + 1e-12
     assert above >= 10, above
+
+
+def gapped(rs, centres: np.ndarray, gap: np.ndarray) -> np.ndarray:
+    """Text embeddings for the centres as CLIP places them: near their images' direction, across a common gap."""
+    t = centres + gap + rs.standard_normal(centres.shape) * 0.3
+    return t / np.linalg.norm(t, axis=1, keepdims=True)
+
+
+def test_the_witness_names_the_word_whose_images_arrived():
+    """A fifth of the new snapshot moved to the first of ten clusters: its word follows the witness best of 30
+    words (10 near the clusters across a modality gap, 20 elsewhere) in 8 of 8 draws; the other way round it is
+    the word the images are least like."""
+    from audit.analysis.drift_words import drift_words
+
+    rs = np.random.default_rng(3)
+    centres = rs.standard_normal((10, DIM))
+    words = [f"w{i}" for i in range(30)]
+    unit = centres / np.linalg.norm(centres, axis=1, keepdims=True)
+    text = np.concatenate([gapped(rs, unit * 3, rs.standard_normal(DIM) * 0.4), rs.standard_normal((20, DIM))])
+    for seed in range(8):
+        old, new = clusters(rs, 300, centres), clusters(rs, 300, centres, moved=0.2)
+        width = mmd_test(old, new, 50, seed)[3]
+        found = drift_words(old, new, words, text, width)
+        assert found.arrived[0][0] == "w0" and "w0" not in [w for w, _ in found.left], found
+        back = drift_words(new, old, words, text, width)
+        assert back.left[0][0] == "w0" and "w0" not in [w for w, _ in back.arrived], back
+
+
+def test_diff_and_check_say_the_drift_in_words_only_when_it_drifted(tmp_path, capsys):
+    """Stored embeddings and a stored vocabulary, no model: the moved snapshot is 'more like' the word its
+    images moved towards, in audit diff and in the check's rule; a snapshot of the same distribution drifts
+    not, and no words are said. Without a stored vocabulary the diff says why there are none."""
+    from audit.store.layout import write_vocabulary
+
+    from .scanfactory import write_scan
+
+    rs = np.random.default_rng(4)
+    centres = rs.standard_normal((6, DIM))
+    unit = centres / np.linalg.norm(centres, axis=1, keepdims=True)
+    names = ["snow", "grass", "sand", "road", "water", "wall"]
+    text = gapped(rs, unit * 3, rs.standard_normal(DIM) * 0.4)
+
+    def snapshot(name, moved):
+        emb = clusters(rs, 240, centres, moved=moved, spread=2.0)  # wide enough that no two are near-copies
+        images = [{"image_id": f"{name}/{i}.png", "label": "a"} for i in range(240)]
+        write_scan(tmp_path / name, images, {im["image_id"]: ["thing"] for im in images}, embeddings=emb)
+        return tmp_path / name
+
+    old, same, moved = snapshot("old", 0.0), snapshot("same", 0.0), snapshot("moved", 0.25)
+    out = audit.diff(old, moved).text()
+    assert "no words for it" in out and "stored a vocabulary" in out, out
+    for scan in (old, same, moved):
+        write_vocabulary(scan, names, text, "test")
+    out = audit.diff(old, moved).text()
+    assert "moved beyond sampling noise" in out and "the new images are more like 'snow'" in out, out
+    out = audit.diff(old, same).text()
+    assert "within sampling noise" in out and "more like" not in out, out
+    policy = tmp_path / "policy.toml"
+    policy.write_text('[drift]\nembeddings = true\nkind = "ascent"\n', encoding="utf-8")
+    assert main(["check", str(moved), "--policy", str(policy), "--baseline", str(old), "--json",
+                 str(tmp_path / "check.json")]) == 1
+    assert "the new images are more like 'snow'" in capsys.readouterr().out
+    import json
+
+    rule = next(r for r in json.loads((tmp_path / "check.json").read_text())["rules"]
+                if r["name"] == "drift.embeddings")
+    assert rule["measured"]["more_like"][0]["word"] == "snow", rule
+    assert main(["check", str(same), "--policy", str(policy), "--baseline", str(old)]) == 0
+    assert "more like" not in capsys.readouterr().out

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from audit.analysis.drift_words import DriftWords, drift_words
+
 MAX_IMAGES = 1000  # per snapshot: a 2,000 x 2,000 kernel, under a second with 500 permutations
 PERMUTATIONS = 500
 # Kernel widths, in units of the median pooled distance: the median alone sees a shift of the whole sample, a
@@ -44,6 +46,9 @@ class EmbeddingDrift:
     p: float  # aggregated over the kernels (mmd_test)
     bandwidth: float
     missing: str | None = None  # why the test could not run (a scan without stored embeddings), else None
+    # The drift in words (analysis.drift_words) where either scan stored a vocabulary's text embeddings; else why not.
+    words: DriftWords | None = None
+    words_missing: str | None = None
 
     @property
     def available(self) -> bool:
@@ -149,4 +154,23 @@ def embedding_drift(old, new, *, max_images: int = MAX_IMAGES, permutations: int
                               missing=f"the scans' embeddings differ in size ({x.shape[1]} and {y.shape[1]}): "
                                       "two models")
     mmd2, noise, p, width = mmd_test(x, y, permutations, seed)
-    return EmbeddingDrift(len(x), len(y), mmd2, noise, p, width)
+    words, why = None, None
+    vocabulary = stored_vocabulary(new, old)
+    if vocabulary is None:
+        why = ("neither scan stored a vocabulary's text embeddings (a concepts scan stores its own; `audit slices "
+               "--vocabulary` stores the one it used)")
+    elif vocabulary[1].shape[1] != x.shape[1]:
+        why = f"the stored vocabulary's embeddings are {vocabulary[1].shape[1]}-d, the images' {x.shape[1]}-d"
+    else:
+        words = drift_words(x, y, vocabulary[0], vocabulary[1], width)
+    return EmbeddingDrift(len(x), len(y), mmd2, noise, p, width, words=words, words_missing=why)
+
+
+def stored_vocabulary(*scans):
+    """The first vocabulary text embeddings stored with these scans (or the scans they were asked of), if any."""
+    for scan in scans:
+        for candidate in (scan, embedded_scan(scan)):
+            found = candidate.vocabulary()
+            if found is not None and len(found[0]):
+                return found
+    return None

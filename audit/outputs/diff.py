@@ -84,10 +84,15 @@ def embeddings_sentence(e: EmbeddingDrift | None, fdr: float) -> str:
         return f"Embeddings: not compared: {e.missing}."
     verdict = ("what the images show moved beyond sampling noise" if e.p < fdr else
                "within sampling noise")
-    return (f"Embeddings: maximum mean discrepancy (MMD², Gaussian kernel of width {e.bandwidth:.2f}, the most "
-            f"telling of 4) {e.mmd2:.4f} between {e.images_old} and {e.images_new} sampled images; shuffled "
-            f"snapshots reach {e.noise:.4f} (95th percentile), p={e.p:.2g}: {verdict}. It sees shifts no stored word names (more night scenes, another camera); the "
-            "words that moved most say what it may be.")
+    sentence = (f"Embeddings: maximum mean discrepancy (MMD², Gaussian kernel of width {e.bandwidth:.2f}, the most "
+                f"telling of 4) {e.mmd2:.4f} between {e.images_old} and {e.images_new} sampled images; shuffled "
+                f"snapshots reach {e.noise:.4f} (95th percentile), p={e.p:.2g}: {verdict}.")
+    if e.p < fdr and e.words is not None:
+        return (f"{sentence} In the vocabulary's words, the new images are {e.words.said()} (r: how closely a "
+                "word's zero-shot score follows the test's witness over the sampled images).")
+    if e.p < fdr:
+        return f"{sentence} It sees shifts no stored word names; no words for it: {e.words_missing}."
+    return sentence
 
 
 def _ids(ids: list[str]) -> str:

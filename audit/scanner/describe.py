@@ -9,6 +9,7 @@ from audit.scanner.encoders import Towers
 from audit.scanner.profiles import profile
 from audit.scanner.verify import scan_model
 from audit.scanner.vocabulary import check_vocabulary, embeddings, named_vocabulary
+from audit.store.layout import write_vocabulary
 
 
 def for_scan(scan, spec: str | None, pretrained: str | None = None, device: str = "auto"
@@ -21,5 +22,8 @@ def for_scan(scan, spec: str | None, pretrained: str | None = None, device: str 
     model = scan.settings["model"]
     vocab = named_vocabulary(spec or profile(model).vocabulary, towers.tokenizer)
     check_vocabulary(vocab, towers.tokenizer, towers.context_length)
-    array = embeddings(towers, vocab, f"{model}|text:{towers.text_digest()}")
-    return list(vocab.words), array.float().cpu().numpy()
+    identity = f"{model}|text:{towers.text_digest()}"
+    words, array = list(vocab.words), embeddings(towers, vocab, identity).float().cpu().numpy()
+    # Kept in the scan directory for the readers that load no model (the drift's words in check and diff).
+    write_vocabulary(scan.root, words, array, identity)
+    return words, array

@@ -67,3 +67,14 @@ def replace_folder(root: Path, name: str, write) -> bool:
     except OSError:
         shutil.rmtree(tmp, ignore_errors=True)
         return False
+
+
+def write_vocabulary(root: Path, words: list[str], vectors, model: str) -> bool:
+    """A vocabulary's text embeddings into scan-dir/vocabulary/ (schema.VOCABULARY), with the model identity they
+    were made under. False where the scan directory cannot be written."""
+    import pyarrow.parquet as pq
+
+    from audit.store.schema import VOCABULARY_FOLDER, vocabulary_table
+
+    table = vocabulary_table(list(words), vectors).replace_schema_metadata({"model": model})
+    return replace_folder(Path(root), VOCABULARY_FOLDER, lambda tmp: pq.write_table(table, tmp / "vocabulary.parquet"))

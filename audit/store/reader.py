@@ -20,6 +20,7 @@ from audit.store.schema import (
     TABLES,
     VERIFICATION,
     VERIFICATION_FOLDER,
+    VOCABULARY_FOLDER,
     embedding_lists,
     embedding_matrix,
     empty_table,
@@ -117,6 +118,15 @@ class Scan:
             ids += part_ids
             arrays.append(array)
         return ids, (np.concatenate(arrays) if arrays else np.zeros((0, 0), np.float32))
+
+    def vocabulary(self) -> tuple[list[str], np.ndarray] | None:
+        """The vocabulary text embeddings a pass stored under this scan's model (store.layout.write_vocabulary):
+        (entries, unit float32 array [V, D]), or None when none was stored."""
+        path = self.root / VOCABULARY_FOLDER / "vocabulary.parquet"
+        if not path.is_file():
+            return None
+        table = pq.read_table(path)
+        return table["word"].to_pylist(), embedding_matrix(table)
 
     @property
     def refers(self) -> bool:

@@ -247,6 +247,29 @@ LEAKS_DOCS: dict[str, str] = {
     "hash_distance": "Bits that differ between the two pHashes (or a mirror's), of 64; null without fingerprints.",
 }
 
+VOCABULARY_FOLDER = "vocabulary"
+# A vocabulary's text embeddings under the scan's own model, written by the pass that embedded them (a concepts
+# scan, `audit slices --vocabulary`), so that torch-free readers (the drift's words in `audit check` and `audit
+# diff`) can name directions in the embedding space. One file, the last vocabulary written; stored like the
+# embeddings table (float16 bytes), with `word` for `image_id`.
+VOCABULARY = pa.schema(
+    [
+        pa.field("word", pa.string(), nullable=False),
+        pa.field("embedding", pa.list_(pa.float32()), nullable=False),
+    ]
+)
+VOCABULARY_DOCS: dict[str, str] = {
+    "word": "A vocabulary entry (a word or phrase), as the vocabulary file or list names it.",
+    "embedding": "Its unit text embedding under the scan's model (stored as float16 bytes, like the embeddings "
+                 "table).",
+}
+
+
+def vocabulary_table(words: list[str], vectors: np.ndarray) -> pa.Table:
+    """The vocabulary table as stored: each entry's text embedding [V, D] in float16."""
+    return embeddings_table(pa.array(words, pa.string()), vectors, "float16").rename_columns(["word", "embedding"])
+
+
 SLICES_FOLDER = "slices"
 # Written by `audit slices` (or by check on first use of a [slices] or [label_issues] rule) into scan-dir/slices/,
 # as whole files beside a settings.json that names the scan state and settings they were computed from.

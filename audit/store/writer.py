@@ -27,6 +27,7 @@ from audit.store.layout import CONFIG_FILE, PART, parts, read_config
 from audit.store.schema import (
     SCHEMA_VERSION,
     TABLES,
+    VOCABULARY_FOLDER,
     compression,
     conform,
     dictionary_columns,
@@ -112,7 +113,9 @@ class ScanWriter:
     def _prepare(root: Path, settings: dict, source: dict, overwrite: bool) -> dict:
         config_path = root / CONFIG_FILE
         if config_path.exists() and overwrite:
-            for t in TABLES:
+            # The vocabulary's text embeddings go too: they name no scan state to be found stale by, and the
+            # scan that starts over may use another model.
+            for t in (*TABLES, VOCABULARY_FOLDER):
                 shutil.rmtree(root / t, ignore_errors=True)
             config_path.unlink()
         if config_path.exists():

@@ -106,13 +106,18 @@ class Drift(RuleKind):
         top = check.drift(None, words).words.head(5)
         moved = ", ".join(f"'{w}' {percent(o)}->{percent(n)}" for w, o, n in
                           zip(top.word, top.share_old, top.share_new, strict=True))
+        drifted = e.p < fdr
+        said = f"; the new images are {e.words.said()}" if drifted and e.words is not None else ""
         summary = (f"maximum mean discrepancy of the image embeddings {e.mmd2:.4f} ({e.images_old} vs "
-                   f"{e.images_new} sampled images; shuffled snapshots reach {e.noise:.4f}, p={e.p:.2g}); "
+                   f"{e.images_new} sampled images; shuffled snapshots reach {e.noise:.4f}, p={e.p:.2g}){said}; "
                    f"{words} words that moved most: {moved or 'none'}")
-        return check.result(rule, e.p < fdr, summary,
-                            records(top, ["word", "n_old", "n_new", "share_old", "share_new", "delta"]),
-                            {"mmd2": e.mmd2, "noise": e.noise, "p": e.p, "images_old": e.images_old,
-                             "images_new": e.images_new})
+        measured = {"mmd2": e.mmd2, "noise": e.noise, "p": e.p, "images_old": e.images_old,
+                    "images_new": e.images_new}
+        if drifted and e.words is not None:
+            measured["more_like"] = [{"word": w, "r": s} for w, s in e.words.arrived]
+            measured["less_like"] = [{"word": w, "r": s} for w, s in e.words.left]
+        return check.result(rule, drifted, summary,
+                            records(top, ["word", "n_old", "n_new", "share_old", "share_new", "delta"]), measured)
 
 
 KIND = Drift

@@ -53,6 +53,7 @@ class ConceptOpinion(Opinion):
     def before_scan(cls, planned: ConceptPlan, scan) -> ConceptPlan:
         """The image mean the decomposition centres by: the one scan.json stores (a resume uses exactly it), else
         the one --concept-mean names, else the dataset's, computed now and stored."""
+        cls._store_vocabulary(planned, scan)
         stored = scan.writer.config.get("concept_mean")
         if stored:
             return ConceptPlan(planned.vocabulary, ImageMean.from_json(stored))
@@ -63,6 +64,22 @@ class ConceptOpinion(Opinion):
             mean = scan.first_pass().mean
         scan.writer.set_config("concept_mean", mean.to_json())
         return ConceptPlan(planned.vocabulary, mean)
+
+    @staticmethod
+    def _store_vocabulary(planned: ConceptPlan, scan) -> None:
+        """The vocabulary's text embeddings into the scan directory (store.layout.write_vocabulary), once, for the
+        readers that load no model: the drift's words in `audit check` and `audit diff`. From the same cache as
+        build()'s, so the vocabulary is embedded once either way."""
+        from audit.store.layout import write_vocabulary
+        from audit.store.schema import VOCABULARY_FOLDER
+
+        if (scan.writer.root / VOCABULARY_FOLDER / "vocabulary.parquet").is_file():
+            return
+        towers, _ = scan.model()
+        check_vocabulary(planned.vocabulary, towers.tokenizer, towers.context_length)
+        identity = f"{scan.plan.opts.model}|text:{towers.text_digest()}"
+        array = embeddings(towers, planned.vocabulary, identity).float().cpu().numpy()
+        write_vocabulary(scan.writer.root, list(planned.vocabulary.words), array, identity)
 
     @classmethod
     def build(cls, opts, towers, planned: ConceptPlan) -> ConceptOpinion:
