@@ -82,6 +82,12 @@ def cli_reference() -> str:
 
 # ---- the scan directory ---------------------------------------------------------------------------------
 
+def columns(table, docs: dict[str, str]) -> list[str]:
+    """A second pass's table as Markdown: each column's name, Arrow type and meaning."""
+    return ["| column | type | meaning |", "|---|---|---|",
+            *[f"| `{field.name}` | {cell(str(field.type))} | {cell(docs[field.name])} |" for field in table]]
+
+
 def schema_reference() -> str:
     from audit.store import schema
 
@@ -114,20 +120,14 @@ def schema_reference() -> str:
               f"## `{schema.VERIFICATION_FOLDER}`", "",
               "Written by `audit verify` (a folder of part files and the settings they were made with), never by "
               "the scan itself; read it with `audit.Scan(path).verification()`.", "",
-              "| column | type | meaning |", "|---|---|---|"]
-    for field in schema.VERIFICATION:
-        lines.append(f"| `{field.name}` | {cell(str(field.type))} | {cell(schema.VERIFICATION_DOCS[field.name])} |")
+              *columns(schema.VERIFICATION, schema.VERIFICATION_DOCS)]
     lines += ["", f"## `{schema.DUPLICATES_FOLDER}`", "",
               "Written by `audit duplicates` (and by report, check, diff and verify the first time they count "
               "copies), never by the scan itself: whole files beside a settings.json that names the scan's parts "
               "they were computed from (a resumed scan's are computed again). `copies.parquet` holds one row per "
-              "image in a cluster of copies:", "", "| column | type | meaning |", "|---|---|---|"]
-    for field in schema.DUPLICATES:
-        lines.append(f"| `{field.name}` | {cell(str(field.type))} | {cell(schema.DUPLICATES_DOCS[field.name])} |")
+              "image in a cluster of copies:", "", *columns(schema.DUPLICATES, schema.DUPLICATES_DOCS)]
     lines += ["", "`leaks.parquet` one row per image with a copy on the other side of a split or in another scan:",
-              "", "| column | type | meaning |", "|---|---|---|"]
-    for field in schema.LEAKS:
-        lines.append(f"| `{field.name}` | {cell(str(field.type))} | {cell(schema.LEAKS_DOCS[field.name])} |")
+              "", *columns(schema.LEAKS, schema.LEAKS_DOCS)]
     lines += ["", f"## `{schema.SLICES_FOLDER}`", "",
               "Written by `audit slices` (and by `audit check` the first time a `[slices]` or `[label_issues]` "
               "rule needs them), never by the scan itself: whole files beside a settings.json that names the scan's "
@@ -136,16 +136,12 @@ def schema_reference() -> str:
                               ("words.parquet", schema.SLICE_WORDS, schema.SLICE_WORDS_DOCS),
                               ("tests.parquet", schema.SLICE_TESTS, schema.SLICE_TESTS_DOCS),
                               ("label_issues.parquet", schema.LABEL_ISSUES, schema.LABEL_ISSUES_DOCS)):
-        lines += ["", f"`{file}`:", "", "| column | type | meaning |", "|---|---|---|"]
-        for field in table:
-            lines.append(f"| `{field.name}` | {cell(str(field.type))} | {cell(docs[field.name])} |")
+        lines += ["", f"`{file}`:", "", *columns(table, docs)]
     lines += ["", f"## `{schema.VOCABULARY_FOLDER}`", "",
               "Written by a concepts scan (its vocabulary) and by `audit slices --vocabulary` (the one it described "
               "slices with; the last one written stays), so that `audit check` and `audit diff`, which load no "
               "model, can say an embedding drift in words. `vocabulary.parquet`, with the model it was embedded "
-              "under in its metadata:", "", "| column | type | meaning |", "|---|---|---|"]
-    for field in schema.VOCABULARY:
-        lines.append(f"| `{field.name}` | {cell(str(field.type))} | {cell(schema.VOCABULARY_DOCS[field.name])} |")
+              "under in its metadata:", "", *columns(schema.VOCABULARY, schema.VOCABULARY_DOCS)]
     return "\n".join(lines) + "\n"
 
 
