@@ -14,7 +14,9 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent))
+from cpu_precision import ROOT, worktree  # noqa: E402  (the same checkout of a ref as its --compare-ref)
+
 RUN = ("import sys; from pathlib import Path; from audit.cli import configure_logging; from audit.demo import run_demo; "
        "configure_logging(); "
        "run_demo(Path(sys.argv[1]), images=int(sys.argv[2]), quiet=True, device='cpu')")
@@ -44,9 +46,7 @@ def main() -> None:
         work = Path(tmp)
         before = None
         if args.compare_ref:
-            code = work / "code"
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "-f", "--detach", str(code), args.compare_ref],
-                           check=True, capture_output=True)
+            code = worktree(args.compare_ref, work / "code")
             try:
                 before, _ = timed_demo(code, work / "before", args.images)
             finally:

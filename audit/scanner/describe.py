@@ -8,8 +8,7 @@ import numpy as np
 from audit.scanner.encoders import Towers
 from audit.scanner.profiles import profile
 from audit.scanner.verify import scan_model
-from audit.scanner.vocabulary import check_vocabulary, embeddings, named_vocabulary
-from audit.store.layout import write_vocabulary
+from audit.scanner.vocabulary import named_vocabulary, store_embeddings
 
 
 def for_scan(scan, spec: str | None, pretrained: str | None = None, device: str = "auto"
@@ -21,9 +20,4 @@ def for_scan(scan, spec: str | None, pretrained: str | None = None, device: str 
     towers = Towers(loaded)
     model = scan.settings["model"]
     vocab = named_vocabulary(spec or profile(model).vocabulary, towers.tokenizer)
-    check_vocabulary(vocab, towers.tokenizer, towers.context_length)
-    identity = f"{model}|text:{towers.text_digest()}"
-    words, array = list(vocab.words), embeddings(towers, vocab, identity).float().cpu().numpy()
-    # Kept in the scan directory for the readers that load no model (the drift's words in check and diff).
-    write_vocabulary(scan.root, words, array, identity)
-    return words, array
+    return store_embeddings(towers, vocab, model, scan.root)

@@ -202,6 +202,24 @@ def _cached(key: str, words: tuple[str, ...], compute) -> np.ndarray:
         lock.release()
 
 
+def text_identity(model: str, towers) -> str:
+    """What a vocabulary's text embeddings are cached and stored under: the model's name and its text weights."""
+    return f"{model}|text:{towers.text_digest()}"
+
+
+def store_embeddings(towers, vocab: Vocabulary, model: str, root) -> tuple[list[str], np.ndarray]:
+    """The vocabulary's entries and unit text embeddings [V, D] (from the cache), also written into the scan
+    directory `root` (store.layout.write_vocabulary) for the readers that load no model: the drift's words in
+    `audit check` and `audit diff`."""
+    from audit.store.layout import write_vocabulary
+
+    check_vocabulary(vocab, towers.tokenizer, towers.context_length)
+    identity = text_identity(model, towers)
+    words, array = list(vocab.words), embeddings(towers, vocab, identity).float().cpu().numpy()
+    write_vocabulary(root, words, array, identity)
+    return words, array
+
+
 def embeddings(towers, vocab: Vocabulary, model_identity: str) -> torch.Tensor:
     """Normalized text embeddings of the vocabulary [V, D], float32 on the model's device, from the cache."""
     def compute() -> np.ndarray:

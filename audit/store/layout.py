@@ -12,8 +12,10 @@ import re
 import shutil
 from pathlib import Path
 
+import pyarrow.parquet as pq
+
 from audit.errors import AuditError
-from audit.store.schema import READABLE_VERSIONS, SCHEMA_VERSION
+from audit.store.schema import READABLE_VERSIONS, SCHEMA_VERSION, VOCABULARY_FOLDER, vocabulary_table
 
 CONFIG_FILE = "scan.json"
 PART = re.compile(r"^part-(\d{6,})\.parquet$")
@@ -69,12 +71,16 @@ def replace_folder(root: Path, name: str, write) -> bool:
         return False
 
 
+VOCABULARY_FILE = "vocabulary.parquet"
+
+
+def vocabulary_path(root: str | os.PathLike) -> Path:
+    """Where a scan directory keeps its vocabulary's text embeddings (schema.VOCABULARY)."""
+    return Path(root) / VOCABULARY_FOLDER / VOCABULARY_FILE
+
+
 def write_vocabulary(root: Path, words: list[str], vectors, model: str) -> bool:
     """A vocabulary's text embeddings into scan-dir/vocabulary/ (schema.VOCABULARY), with the model identity they
     were made under. False where the scan directory cannot be written."""
-    import pyarrow.parquet as pq
-
-    from audit.store.schema import VOCABULARY_FOLDER, vocabulary_table
-
     table = vocabulary_table(list(words), vectors).replace_schema_metadata({"model": model})
-    return replace_folder(Path(root), VOCABULARY_FOLDER, lambda tmp: pq.write_table(table, tmp / "vocabulary.parquet"))
+    return replace_folder(Path(root), VOCABULARY_FOLDER, lambda tmp: pq.write_table(table, tmp / VOCABULARY_FILE))

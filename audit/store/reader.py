@@ -14,13 +14,12 @@ import pyarrow.parquet as pq
 
 from audit.errors import AuditError
 from audit.store import settings
-from audit.store.layout import committed_parts, read_config
+from audit.store.layout import committed_parts, read_config, vocabulary_path
 from audit.store.schema import (
     SCHEMAS,
     TABLES,
     VERIFICATION,
     VERIFICATION_FOLDER,
-    VOCABULARY_FOLDER,
     embedding_lists,
     embedding_matrix,
     empty_table,
@@ -122,7 +121,7 @@ class Scan:
     def vocabulary(self) -> tuple[list[str], np.ndarray] | None:
         """The vocabulary text embeddings a pass stored under this scan's model (store.layout.write_vocabulary):
         (entries, unit float32 array [V, D]), or None when none was stored."""
-        path = self.root / VOCABULARY_FOLDER / "vocabulary.parquet"
+        path = vocabulary_path(self.root)
         if not path.is_file():
             return None
         table = pq.read_table(path)

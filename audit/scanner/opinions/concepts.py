@@ -13,6 +13,8 @@ from audit.scanner.vocabulary import (
     check_vocabulary,
     embeddings,
     named_vocabulary,
+    store_embeddings,
+    text_identity,
     text_mean,
 )
 from audit.store.schema import CONCEPT
@@ -67,24 +69,17 @@ class ConceptOpinion(Opinion):
 
     @staticmethod
     def _store_vocabulary(planned: ConceptPlan, scan) -> None:
-        """The vocabulary's text embeddings into the scan directory (store.layout.write_vocabulary), once, for the
-        readers that load no model: the drift's words in `audit check` and `audit diff`. From the same cache as
-        build()'s, so the vocabulary is embedded once either way."""
-        from audit.store.layout import write_vocabulary
-        from audit.store.schema import VOCABULARY_FOLDER
+        """The vocabulary's text embeddings into the scan directory, once (vocabulary.store_embeddings). From the
+        same cache as build()'s, so the vocabulary is embedded once either way."""
+        from audit.store.layout import vocabulary_path
 
-        if (scan.writer.root / VOCABULARY_FOLDER / "vocabulary.parquet").is_file():
-            return
-        towers, _ = scan.model()
-        check_vocabulary(planned.vocabulary, towers.tokenizer, towers.context_length)
-        identity = f"{scan.plan.opts.model}|text:{towers.text_digest()}"
-        array = embeddings(towers, planned.vocabulary, identity).float().cpu().numpy()
-        write_vocabulary(scan.writer.root, list(planned.vocabulary.words), array, identity)
+        if not vocabulary_path(scan.writer.root).is_file():
+            store_embeddings(scan.model()[0], planned.vocabulary, scan.plan.opts.model, scan.writer.root)
 
     @classmethod
     def build(cls, opts, towers, planned: ConceptPlan) -> ConceptOpinion:
         check_vocabulary(planned.vocabulary, towers.tokenizer, towers.context_length)
-        identity = f"{opts.model}|text:{towers.text_digest()}"
+        identity = text_identity(opts.model, towers)
         embedded = embeddings(towers, planned.vocabulary, identity)
         return cls(Decomposition(planned.vocabulary.words, embedded, text_mean(towers, identity), planned.mean,
                                  opts.concepts()))
